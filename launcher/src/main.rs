@@ -1,0 +1,467 @@
+//! `taskfarm`: the command-line front end. Each subcommand is a thin layer
+//! over the `taskfarm` library crate.
+
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+use taskfarm::protocol::Role;
+use taskfarm::scheduler::{self, SchedulerConfig, ServerConfig};
+use taskfarm::worker::{self, WorkerConfig, WorkerExit};
+use taskfarm::{log_at, schedfile, util, Client, ClientError, Graph, Registry, Results};
+
+const EXIT_TASK_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "taskfarm",
+    version,
+    about = "Run task graphs on one machine or across an HPC allocation",
+    long_about = "Run task graphs on one machine or across an HPC allocation.\n\n\
+        One machine, no setup:      taskfarm run graph.json\n\
+        Scheduler + workers:        taskfarm scheduler --scheduler-file S &\n\
+        \x20                           taskfarm worker --scheduler-file S &\n\
+        \x20                           taskfarm submit graph.json --scheduler-file S\n\n\
+        Exit status: 0 all requested keys computed; 1 a task failed; 2 usage or validation error \
+        (bad flags, malformed graph, unreachable scheduler).",
+    after_help = "Logging: set TASKFARM_LOG=error|warn|info|debug (default info). Docs: docs/guide.md, docs/cli.md."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a graph on this machine with an in-process scheduler and workers; print the results as JSON.
+    Run(RunArgs),
+    /// Start a scheduler that workers and clients find through the scheduler file.
+    Scheduler(SchedulerArgs),
+    /// Start a worker that joins a scheduler and runs its tasks.
+    Worker(WorkerArgs),
+    /// Submit a graph to a running scheduler; print the results as JSON.
+    Submit(SubmitArgs),
+    /// Show a running scheduler's workers and task counts.
+    Status(StatusArgs),
+    /// Make a running scheduler and all its workers exit cleanly.
+    Shutdown(ShutdownArgs),
+    /// List the built-in task functions.
+    Functions,
+}
+
+#[derive(Args)]
+struct KeysArg {
+    /// Keys to compute and print, comma-separated [default: the graph's outputs, i.e. keys nothing depends on].
+    #[arg(long, value_delimiter = ',', value_name = "K,...")]
+    keys: Vec<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The graph file (JSON; see docs/graph-format.md). `-` reads standard input.
+    graph: PathBuf,
+    /// Number of in-process workers.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers: u32,
+    /// Threads per worker [default: the CPUs available divided among the workers].
+    #[arg(long, value_name = "T")]
+    nthreads: Option<u32>,
+    #[command(flatten)]
+    keys: KeysArg,
+    /// Parent directory for the workers' scratch directories [default: $TMPDIR or /tmp].
+    #[arg(long, value_name = "DIR")]
+    local_directory: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SchedulerFileArg {
+    /// The scheduler file (address and secret of the scheduler) [default: $TASKFARM_SCHEDULER_FILE, else ./taskfarm-scheduler.json].
+    #[arg(long, value_name = "FILE")]
+    scheduler_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SchedulerArgs {
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    /// Address to listen on [default: this host's address on the default route, else loopback]. Only this address is listened on.
+    #[arg(long, value_name = "HOST")]
+    host: Option<IpAddr>,
+    /// Port to listen on; 0 picks a free one (the scheduler file tells clients which).
+    #[arg(long, default_value_t = 0, value_name = "P")]
+    port: u16,
+    /// Exit after being idle (no clients, no tasks) this long, e.g. 30m. [default: never]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Write this process's id to FILE (removed at exit).
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// Consider a worker lost after this long without a message.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    worker_timeout: Duration,
+    /// A task running on this many workers that died is marked erred.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    allowed_failures: u32,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// Scheduler address tcp://HOST:PORT; needs the secret in $TASKFARM_SECRET. Prefer --scheduler-file.
+    address: Option<String>,
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    /// Number of threads running tasks [default: the CPUs available to this process].
+    #[arg(long, value_name = "T")]
+    nthreads: Option<u32>,
+    /// Worker name, shown in status and usable in a task's "workers" restriction [default: HOST-PID].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Where the worker's scratch directory (command cwd, later spill files) goes [default: $TMPDIR or /tmp].
+    #[arg(long, value_name = "DIR")]
+    local_directory: Option<PathBuf>,
+    /// How long to wait for the scheduler (file to appear and answer) before giving up.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    death_timeout: Duration,
+    /// Write this process's id to FILE (removed at exit).
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// Abstract resources this worker offers, e.g. "GPU=2 MEM=10e9" (cpus = threads).
+    #[arg(long, value_name = "\"NAME=AMOUNT ...\"")]
+    resources: Option<String>,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    /// The graph file (JSON; see docs/graph-format.md). `-` reads standard input.
+    graph: PathBuf,
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    #[command(flatten)]
+    keys: KeysArg,
+    /// How long to wait for the scheduler to be reachable.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// How long to wait for the scheduler to be reachable.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct ShutdownArgs {
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    /// How long to wait for the scheduler to be reachable.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    util::parse_duration(s)
+}
+
+/// A failure that ends the command with a message and an exit status.
+struct Fail(u8, String);
+
+impl From<ClientError> for Fail {
+    fn from(e: ClientError) -> Fail {
+        Fail(EXIT_USAGE, e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    util::init_log_from_env();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Scheduler(a) => cmd_scheduler(a),
+        Command::Worker(a) => cmd_worker(a),
+        Command::Submit(a) => cmd_submit(a),
+        Command::Status(a) => cmd_status(a),
+        Command::Shutdown(a) => cmd_shutdown(a),
+        Command::Functions => {
+            for (name, help) in Registry::with_builtins().describe() {
+                println!("{name:10} {help}");
+            }
+            Ok(0)
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Fail(code, msg)) => {
+            eprintln!("taskfarm: error: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn available_cpus() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+fn default_local_directory() -> PathBuf {
+    std::env::var_os("TMPDIR").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// Read and validate a graph and the keys to compute; exit 2 on any problem.
+fn load_graph(path: &Path, keys: Vec<String>) -> Result<(Graph, Vec<String>), Fail> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| Fail(EXIT_USAGE, format!("cannot read the graph from standard input: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| Fail(EXIT_USAGE, format!("cannot read graph file {}: {e}", path.display())))?
+    };
+    let reg = Registry::with_builtins();
+    let graph = Graph::from_json(&text, &|f| reg.contains(f)).map_err(|e| Fail(EXIT_USAGE, format!("{}: {e}", path.display())))?;
+    if graph.is_empty() {
+        return Err(Fail(EXIT_USAGE, format!("{}: the graph has no tasks", path.display())));
+    }
+    let keys = if keys.is_empty() { graph.output_keys() } else { keys };
+    graph.check_keys(&keys).map_err(|e| Fail(EXIT_USAGE, format!("{e} (see --keys)")))?;
+    Ok((graph, keys))
+}
+
+/// Print results as one JSON object and report errors; exit 1 if any task failed.
+fn report(results: Results, keys: &[String]) -> Result<u8, Fail> {
+    let printed: Vec<(&str, &taskfarm::Data)> = results.values.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", taskfarm::value::format_results(printed));
+    let _ = out.flush();
+    if results.errors.is_empty() {
+        return Ok(0);
+    }
+    for (key, error) in &results.errors {
+        eprintln!("taskfarm: task '{key}' failed: {error}");
+    }
+    eprintln!("taskfarm: {} of {} requested keys failed", results.errors.len(), keys.len());
+    Ok(EXIT_TASK_FAILED)
+}
+
+fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
+    let (graph, keys) = load_graph(&a.graph, a.keys.keys)?;
+    if a.workers == 0 {
+        return Err(Fail(EXIT_USAGE, "--workers must be at least 1".into()));
+    }
+    let nthreads = a.nthreads.unwrap_or_else(|| (available_cpus() / a.workers).max(1));
+    if nthreads == 0 {
+        return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
+    }
+    if !log_enabled_info_requested() {
+        util::set_log_level(1);
+    }
+    let dir = a.local_directory.unwrap_or_else(default_local_directory);
+    let cluster = taskfarm::local::LocalCluster::start(a.workers, nthreads, dir, Registry::with_builtins())
+        .map_err(|e| Fail(EXIT_USAGE, format!("cannot start the local cluster: {e}")))?;
+    let mut client = cluster.client()?;
+    let results = client.compute(&graph, &keys)?;
+    drop(client);
+    cluster.shutdown();
+    report(results, &keys)
+}
+
+/// `run` is quiet unless the user asked for logs.
+fn log_enabled_info_requested() -> bool {
+    std::env::var_os("TASKFARM_LOG").is_some()
+}
+
+struct PidFile(Option<PathBuf>);
+
+impl PidFile {
+    fn create(path: Option<PathBuf>) -> Result<PidFile, Fail> {
+        if let Some(p) = &path {
+            std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| Fail(EXIT_USAGE, format!("cannot write pid file {}: {e}", p.display())))?;
+        }
+        Ok(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
+    let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
+    let _pid = PidFile::create(a.pid_file)?;
+    let host = a.host.unwrap_or_else(util::default_ip);
+    let sched = scheduler::start(ServerConfig {
+        listen: SocketAddr::new(host, a.port),
+        contact: None,
+        secret: util::random_bytes(32),
+        scheduler_file: Some(path),
+        idle_timeout: a.idle_timeout,
+        state: SchedulerConfig { worker_timeout: a.worker_timeout.as_secs_f64(), allowed_failures: a.allowed_failures, ..Default::default() },
+    })
+    .map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
+    let stop = sched.stopper();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(|e| Fail(EXIT_USAGE, format!("cannot install signal handlers: {e}")))?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            stop(&format!("received signal {sig}"));
+        }
+    });
+    sched.join();
+    Ok(0)
+}
+
+fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, Fail> {
+    s.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (name, amount) = p.split_once('=').ok_or_else(|| Fail(EXIT_USAGE, format!("--resources: '{p}' is not NAME=AMOUNT")))?;
+            let x: f64 = amount.parse().map_err(|_| Fail(EXIT_USAGE, format!("--resources: amount '{amount}' of '{name}' is not a number")))?;
+            if !(x >= 0.0 && x.is_finite()) {
+                return Err(Fail(EXIT_USAGE, format!("--resources: amount of '{name}' must be a non-negative number")));
+            }
+            Ok((name.to_string(), x))
+        })
+        .collect()
+}
+
+fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
+    let _pid = PidFile::create(a.pid_file)?;
+    let resources = a.resources.as_deref().map(parse_resources).transpose()?.unwrap_or_default();
+    let (secret, stream) = match &a.address {
+        Some(addr) => {
+            let secret = std::env::var("TASKFARM_SECRET")
+                .ok()
+                .and_then(|s| util::unhex(s.trim()))
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Fail(EXIT_USAGE, format!("connecting to {addr} needs the scheduler's secret in $TASKFARM_SECRET (hex); or use --scheduler-file")))?;
+            let stream = connect_with_retry(addr, &secret, a.death_timeout)?;
+            (secret, stream)
+        }
+        None => {
+            let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
+            let (file, stream) = schedfile::wait_and_connect(&path, a.death_timeout, Role::Worker).map_err(|e| Fail(EXIT_USAGE, e))?;
+            (file.secret_bytes().map_err(|e| Fail(EXIT_USAGE, e))?, stream)
+        }
+    };
+    let nthreads = a.nthreads.unwrap_or_else(available_cpus);
+    if nthreads == 0 {
+        return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
+    }
+    let cfg = WorkerConfig {
+        name: a.name.unwrap_or_else(|| format!("{}-{}", util::hostname(), std::process::id())),
+        nthreads,
+        local_directory: a.local_directory.unwrap_or_else(default_local_directory),
+        listen_ip: None,
+        contact_ip: None,
+        resources,
+        secret,
+        heartbeat: Duration::from_secs(1),
+        registry: Registry::with_builtins(),
+    };
+    // SIGTERM/SIGINT: close the scheduler connection so the worker leaves at once.
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+        let s = stream.try_clone().ok();
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log_at!(2, "worker", "received signal {sig}; leaving");
+                if let Some(s) = s {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        });
+    }
+    match worker::run(cfg, stream) {
+        Ok(WorkerExit::Shutdown(_)) => Ok(0),
+        Ok(WorkerExit::SchedulerLost(reason)) => {
+            log_at!(1, "worker", "exiting: {reason}");
+            Ok(1)
+        }
+        Err(e) => Err(Fail(EXIT_USAGE, e.to_string())),
+    }
+}
+
+fn connect_with_retry(addr: &str, secret: &[u8], timeout: Duration) -> Result<std::net::TcpStream, Fail> {
+    let start = std::time::Instant::now();
+    loop {
+        match schedfile::connect(addr, secret, Role::Worker) {
+            Ok(s) => return Ok(s),
+            Err(schedfile::ConnectError::Fatal(m)) => return Err(Fail(EXIT_USAGE, m)),
+            Err(schedfile::ConnectError::Unreachable(e)) if start.elapsed() >= timeout => {
+                return Err(Fail(EXIT_USAGE, format!("scheduler at {addr} did not answer within {:.0} s: {e}", timeout.as_secs_f64())))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+fn client_from(file: SchedulerFileArg, timeout: Duration) -> Result<Client, Fail> {
+    let path = schedfile::resolve_path(file.scheduler_file.as_deref());
+    Ok(Client::from_scheduler_file(&path, timeout)?)
+}
+
+fn cmd_submit(a: SubmitArgs) -> Result<u8, Fail> {
+    let (graph, keys) = load_graph(&a.graph, a.keys.keys)?;
+    let mut client = client_from(a.file, a.timeout)?;
+    let results = client.compute(&graph, &keys).map_err(|e| match e {
+        ClientError::Rejected(m) => Fail(EXIT_USAGE, format!("the scheduler rejected the graph: {m}")),
+        other => Fail(EXIT_TASK_FAILED, other.to_string()),
+    })?;
+    report(results, &keys)
+}
+
+fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
+    let mut client = client_from(a.file, a.timeout)?;
+    let r = client.status()?;
+    if a.json {
+        let workers: Vec<serde_json::Value> = r
+            .workers
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "id": w.id, "name": w.name, "address": w.address, "host": w.host, "pid": w.pid,
+                    "nthreads": w.nthreads, "processing": w.processing, "in_memory": w.in_memory,
+                    "memory": w.metrics.rss, "stored_bytes": w.metrics.stored_bytes,
+                    "executing": w.metrics.executing,
+                    "fetched_from_peers": w.metrics.fetched_from_peers, "fetched_bytes": w.metrics.fetched_bytes,
+                    "served_to_peers": w.metrics.served_to_peers, "served_bytes": w.metrics.served_bytes,
+                    "last_seen_seconds": w.last_seen_secs,
+                })
+            })
+            .collect();
+        let tasks: serde_json::Map<String, serde_json::Value> = r.tasks.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
+        let j = serde_json::json!({"address": r.address, "started": r.started, "clients": r.clients, "workers": workers, "tasks": tasks});
+        println!("{}", serde_json::to_string_pretty(&j).expect("serialisable"));
+        return Ok(0);
+    }
+    println!("scheduler {}  up {:.0} s  clients {}", r.address, util::unix_time() - r.started, r.clients);
+    println!("workers: {}", r.workers.len());
+    if !r.workers.is_empty() {
+        println!("  {:<24} {:<24} {:>7} {:>6} {:>9} {:>10}", "NAME", "ADDRESS", "THREADS", "TASKS", "HELD", "MEMORY");
+        for w in &r.workers {
+            println!(
+                "  {:<24} {:<24} {:>7} {:>6} {:>9} {:>10}",
+                w.name, w.address, w.nthreads, w.processing, w.in_memory, util::format_bytes(w.metrics.rss)
+            );
+        }
+    }
+    let counts: Vec<String> = r.tasks.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    println!("tasks: {}", counts.join(", "));
+    Ok(0)
+}
+
+fn cmd_shutdown(a: ShutdownArgs) -> Result<u8, Fail> {
+    let mut client = client_from(a.file, a.timeout)?;
+    client.shutdown()?;
+    eprintln!("taskfarm: scheduler at {} is shutting down", client.address);
+    Ok(0)
+}

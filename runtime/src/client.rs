@@ -1,0 +1,239 @@
+//! The client: connect to a scheduler (by address + secret, or through the
+//! scheduler file), submit graphs, collect results and errors, query status,
+//! shut the cluster down. Results are fetched straight from the workers'
+//! data servers, never relayed through the scheduler.
+
+use crate::graph::Graph;
+use crate::protocol::{FrameReader, FrameWriter, Role, StatusReport, TaskId, ToClient, ToScheduler};
+use crate::schedfile::{self, ConnectError};
+use crate::value::Data;
+use crate::{log_at, worker};
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// What a computation produced: values of the keys that finished, errors of
+/// those that failed, each in the order requested.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub values: Vec<(String, Data)>,
+    pub errors: Vec<(String, String)>,
+}
+
+impl Results {
+    pub fn get(&self, key: &str) -> Option<&Data> {
+        self.values.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// Could not connect or authenticate.
+    Connect(String),
+    /// The scheduler refused the graph.
+    Rejected(String),
+    /// The connection broke or the scheduler went away.
+    Lost(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Connect(m) => write!(f, "{m}"),
+            ClientError::Rejected(m) => write!(f, "the scheduler rejected the graph: {m}"),
+            ClientError::Lost(m) => write!(f, "lost the scheduler: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+pub struct Client {
+    reader: FrameReader<TcpStream>,
+    writer: FrameWriter<TcpStream>,
+    secret: Vec<u8>,
+    pending: Vec<ToClient>,
+    pub address: String,
+}
+
+impl Client {
+    /// Connect to a scheduler at `address` (tcp://HOST:PORT) with `secret`.
+    pub fn connect(address: &str, secret: &[u8]) -> Result<Client, ClientError> {
+        let stream = schedfile::connect(address, secret, Role::Client).map_err(|e| match e {
+            ConnectError::Fatal(m) => ClientError::Connect(m),
+            ConnectError::Unreachable(e) => ClientError::Connect(format!("cannot reach the scheduler at {address}: {e}")),
+        })?;
+        Client::from_stream(stream, address, secret)
+    }
+
+    /// Find the scheduler through its file, waiting up to `timeout` for it.
+    pub fn from_scheduler_file(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        let (file, stream) = schedfile::wait_and_connect(path, timeout, Role::Client).map_err(ClientError::Connect)?;
+        let secret = file.secret_bytes().map_err(ClientError::Connect)?;
+        Client::from_stream(stream, &file.address, &secret)
+    }
+
+    fn from_stream(stream: TcpStream, address: &str, secret: &[u8]) -> Result<Client, ClientError> {
+        let lost = |e: std::io::Error| ClientError::Lost(e.to_string());
+        let mut writer = FrameWriter::new(stream.try_clone().map_err(lost)?);
+        writer.send(&[ToScheduler::RegisterClient { name: format!("{}-{}", crate::util::hostname(), std::process::id()) }], &[]).map_err(lost)?;
+        let mut c = Client { reader: FrameReader::new(stream), writer, secret: secret.to_vec(), pending: Vec::new(), address: address.to_string() };
+        match c.next()? {
+            ToClient::Welcome { .. } => Ok(c),
+            other => Err(ClientError::Lost(format!("unexpected first message {other:?}"))),
+        }
+    }
+
+    fn next(&mut self) -> Result<ToClient, ClientError> {
+        loop {
+            if !self.pending.is_empty() {
+                return Ok(self.pending.remove(0));
+            }
+            match self.reader.read_batch::<ToClient>() {
+                Ok(Some((msgs, _))) => self.pending.extend(msgs),
+                Ok(None) => return Err(ClientError::Lost("the scheduler closed the connection".into())),
+                Err(e) => return Err(ClientError::Lost(e.to_string())),
+            }
+        }
+    }
+
+    fn send(&mut self, m: ToScheduler) -> Result<(), ClientError> {
+        self.writer.send(&[m], &[]).map_err(|e| ClientError::Lost(e.to_string()))
+    }
+
+    /// Submit `graph`, wait for `keys`, fetch their values.
+    pub fn compute(&mut self, graph: &Graph, keys: &[String]) -> Result<Results, ClientError> {
+        self.send(ToScheduler::UpdateGraph { tasks: graph.tasks.clone(), wanted: keys.to_vec() })?;
+        self.gather(keys)
+    }
+
+    /// Wait for keys already submitted, then fetch their values and release them.
+    fn gather(&mut self, keys: &[String]) -> Result<Results, ClientError> {
+        enum Slot {
+            Pending,
+            At(TaskId, Vec<String>),
+            Value(Data),
+            Failed(String),
+        }
+        let mut slots: HashMap<&str, Slot> = keys.iter().map(|k| (k.as_str(), Slot::Pending)).collect();
+        let mut unresolved = slots.len();
+        let mut fetch_failures = 0u32;
+        while unresolved > 0 {
+            // Wait until every key is located or failed.
+            while slots.values().any(|s| matches!(s, Slot::Pending)) {
+                match self.next()? {
+                    ToClient::GraphRejected { error } => return Err(ClientError::Rejected(error)),
+                    ToClient::KeyInMemory { key, id, holders } => {
+                        if let Some(s) = slots.get_mut(key.as_str()) {
+                            if !matches!(s, Slot::Value(_)) {
+                                *s = Slot::At(id, holders);
+                            }
+                        }
+                    }
+                    ToClient::KeyErred { key, error } => {
+                        if let Some(s) = slots.get_mut(key.as_str()) {
+                            if !matches!(s, Slot::Value(_) | Slot::Failed(_)) {
+                                *s = Slot::Failed(error);
+                                unresolved -= 1;
+                            }
+                        }
+                    }
+                    ToClient::ShuttingDown { reason } => return Err(ClientError::Lost(format!("the scheduler is shutting down: {reason}"))),
+                    _ => {}
+                }
+            }
+            // Fetch from the holders, one request per holder.
+            let mut by_holder: HashMap<String, Vec<(String, TaskId)>> = HashMap::new();
+            for (k, s) in &slots {
+                if let Slot::At(id, holders) = s {
+                    match holders.first() {
+                        Some(h) => by_holder.entry(h.clone()).or_default().push((k.to_string(), *id)),
+                        None => {}
+                    }
+                }
+            }
+            for (holder, items) in by_holder {
+                let ids: Vec<TaskId> = items.iter().map(|(_, id)| *id).collect();
+                let got = self.fetch_from(&holder, &ids);
+                let mut values: HashMap<TaskId, Data> = match got {
+                    Ok(v) => v.into_iter().collect(),
+                    Err(e) => {
+                        log_at!(1, "client", "cannot fetch results from {holder}: {e}; waiting for the scheduler to recompute them");
+                        HashMap::new()
+                    }
+                };
+                for (k, id) in items {
+                    let slot = slots.get_mut(k.as_str()).expect("known key");
+                    match values.remove(&id) {
+                        Some(v) => {
+                            *slot = Slot::Value(v);
+                            unresolved -= 1;
+                        }
+                        None => {
+                            // Drop this holder and wait for a new location.
+                            if let Slot::At(_, hs) = slot {
+                                hs.retain(|h| *h != holder);
+                                if hs.is_empty() {
+                                    *slot = Slot::Pending;
+                                    fetch_failures += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            if fetch_failures > 100 {
+                return Err(ClientError::Lost("results could not be fetched from any worker after many attempts".into()));
+            }
+        }
+        let mut results = Results::default();
+        for k in keys {
+            match slots.remove(k.as_str()) {
+                Some(Slot::Value(v)) => results.values.push((k.clone(), v)),
+                Some(Slot::Failed(e)) => results.errors.push((k.clone(), e)),
+                _ => {}
+            }
+        }
+        self.send(ToScheduler::ReleaseKeys { keys: keys.to_vec() })?;
+        Ok(results)
+    }
+
+    fn fetch_from(&self, holder: &str, ids: &[TaskId]) -> std::io::Result<Vec<(TaskId, Data)>> {
+        let s = schedfile::connect(holder, &self.secret, Role::Peer).map_err(|e| match e {
+            ConnectError::Unreachable(e) => e,
+            ConnectError::Fatal(m) => std::io::Error::other(m),
+        })?;
+        let mut r = FrameReader::new(s.try_clone()?);
+        let mut w = FrameWriter::new(s);
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(50_000) {
+            for (id, stored) in worker::fetch_values(&mut r, &mut w, chunk)? {
+                let data = std::sync::Arc::try_unwrap(stored).map(|s| s.data).unwrap_or_else(|a| a.data.clone());
+                out.push((id, data));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn status(&mut self) -> Result<StatusReport, ClientError> {
+        self.send(ToScheduler::StatusRequest)?;
+        loop {
+            if let ToClient::Status(r) = self.next()? {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Ask the scheduler and all its workers to exit cleanly.
+    pub fn shutdown(&mut self) -> Result<(), ClientError> {
+        self.send(ToScheduler::Shutdown)?;
+        // Wait for the scheduler to acknowledge by closing or saying goodbye.
+        loop {
+            match self.next() {
+                Ok(ToClient::ShuttingDown { .. }) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The registry of callable task functions: built-ins, command tasks and
+//! user-registered Rust functions; and the evaluator of task specs.
+
+use crate::graph::{CmdSpec, Expr};
+use crate::value::Data;
+use serde_json::{json, Value as Json};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a running task can know about where and how it runs.
+pub struct TaskContext<'a> {
+    pub key: &'a str,
+    /// The worker's own scratch directory (default cwd of commands).
+    pub local_directory: &'a std::path::Path,
+    /// When the task's `timeout` runs out.
+    pub deadline: Option<Instant>,
+}
+
+/// A task function: arguments in, value or error message out.
+pub type Function = Arc<dyn Fn(&[&Data], &TaskContext<'_>) -> Result<Data, String> + Send + Sync>;
+
+struct Entry {
+    func: Function,
+    help: &'static str,
+}
+
+/// Functions tasks can call by name.
+#[derive(Clone)]
+pub struct Registry {
+    funcs: Arc<BTreeMap<String, Entry>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::with_builtins()
+    }
+}
+
+impl Registry {
+    pub fn with_builtins() -> Registry {
+        let mut r = Registry { funcs: Arc::new(BTreeMap::new()) };
+        r.add_builtin("noop", "noop(...) -> null; ignores its arguments", |_, _| Ok(Data::null()));
+        r.add_builtin("identity", "identity(x) -> x", |a, _| one(a, "identity").map(|x| x.clone()));
+        r.add_builtin("inc", "inc(x) -> x + 1", |a, _| num_op(one(a, "inc")?, &Data::Json(json!(1)), "inc", |x, y| x + y, i64::checked_add));
+        r.add_builtin("add", "add(x, y, ...) -> sum of its numeric arguments", |a, _| fold(a, "add", |x, y| x + y, i64::checked_add));
+        r.add_builtin("sub", "sub(x, y) -> x - y", |a, _| {
+            let (x, y) = two(a, "sub")?;
+            num_op(x, y, "sub", |x, y| x - y, i64::checked_sub)
+        });
+        r.add_builtin("mul", "mul(x, y, ...) -> product of its numeric arguments", |a, _| fold(a, "mul", |x, y| x * y, i64::checked_mul));
+        r.add_builtin("sum", "sum(list) -> sum of the numbers in a list (or of its arguments)", |a, _| {
+            match a {
+                [Data::Json(Json::Array(items))] if items.is_empty() => Ok(Data::Json(json!(0))),
+                [Data::Json(Json::Array(items))] => {
+                    let owned: Vec<Data> = items.iter().cloned().map(Data::Json).collect();
+                    let refs: Vec<&Data> = owned.iter().collect();
+                    fold(&refs, "sum", |x, y| x + y, i64::checked_add)
+                }
+                [] => Ok(Data::Json(json!(0))),
+                _ => fold(a, "sum", |x, y| x + y, i64::checked_add),
+            }
+        });
+        r.add_builtin("list", "list(a, b, ...) -> [a, b, ...]", |a, _| Ok(Data::Json(Json::Array(a.iter().map(|d| d.to_json()).collect()))));
+        r.add_builtin("concat", "concat(a, b, ...) -> strings joined, lists concatenated, bytes appended; or concat(list_of_those)", |a, _| {
+            match a {
+                [Data::Json(Json::Array(items))] if items.iter().all(|i| i.is_string() || i.is_array()) && !items.is_empty() => {
+                    let owned: Vec<Data> = items.iter().cloned().map(Data::Json).collect();
+                    concat(&owned.iter().collect::<Vec<_>>())
+                }
+                _ => concat(a),
+            }
+        });
+        r.add_builtin("sleep", "sleep(seconds) -> null after sleeping; respects the task's timeout", |a, ctx| {
+            let secs = one(a, "sleep")?;
+            let s = as_f64(secs).filter(|s| *s >= 0.0 && s.is_finite()).ok_or_else(|| format!("sleep: expected a number of seconds, got {}", show(secs)))?;
+            let want = Duration::from_secs_f64(s);
+            match ctx.deadline {
+                Some(d) if Instant::now() + want > d => {
+                    std::thread::sleep(d.saturating_duration_since(Instant::now()));
+                    Err(format!("timed out: sleep({s}) ran past the task's timeout"))
+                }
+                _ => {
+                    std::thread::sleep(want);
+                    Ok(Data::null())
+                }
+            }
+        });
+        r.add_builtin("fail", "fail(message) -> always an error with that message (for tests)", |a, _| {
+            Err(match a.first() {
+                Some(Data::Json(Json::String(s))) => s.clone(),
+                Some(other) => show(other),
+                None => "fail() was called".into(),
+            })
+        });
+        r.add_builtin("cmd", "cmd(program, args...) -> stdout of the program (see command tasks)", |_, _| {
+            Err("cmd is evaluated by the worker directly".into())
+        });
+        r
+    }
+
+    fn add_builtin(&mut self, name: &str, help: &'static str, f: impl Fn(&[&Data], &TaskContext<'_>) -> Result<Data, String> + Send + Sync + 'static) {
+        Arc::get_mut(&mut self.funcs).expect("registry not shared yet").insert(name.to_string(), Entry { func: Arc::new(f), help });
+    }
+
+    /// Register a user function under `name` (replacing any of that name).
+    pub fn register(&mut self, name: &str, f: impl Fn(&[&Data], &TaskContext<'_>) -> Result<Data, String> + Send + Sync + 'static) {
+        let mut map: BTreeMap<String, Entry> = self.funcs.iter().map(|(k, e)| (k.clone(), Entry { func: e.func.clone(), help: e.help })).collect();
+        map.insert(name.to_string(), Entry { func: Arc::new(f), help: "user function" });
+        self.funcs = Arc::new(map);
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.funcs.contains_key(name)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Function> {
+        self.funcs.get(name).map(|e| &e.func)
+    }
+
+    /// (name, one-line help) of every function.
+    pub fn describe(&self) -> Vec<(String, &'static str)> {
+        self.funcs.iter().map(|(k, e)| (k.clone(), e.help)).collect()
+    }
+}
+
+fn show(d: &Data) -> String {
+    match d {
+        Data::Json(j) => j.to_string(),
+        Data::Bytes(b) => format!("<{} bytes>", b.len()),
+    }
+}
+
+fn one<'a>(a: &[&'a Data], name: &str) -> Result<&'a Data, String> {
+    match a {
+        [x] => Ok(x),
+        _ => Err(format!("{name}: expected 1 argument, got {}", a.len())),
+    }
+}
+
+fn two<'a>(a: &[&'a Data], name: &str) -> Result<(&'a Data, &'a Data), String> {
+    match a {
+        [x, y] => Ok((x, y)),
+        _ => Err(format!("{name}: expected 2 arguments, got {}", a.len())),
+    }
+}
+
+fn as_f64(d: &Data) -> Option<f64> {
+    match d {
+        Data::Json(Json::Number(n)) => n.as_f64(),
+        _ => None,
+    }
+}
+
+/// Integer arithmetic when both are integers (erroring on overflow), float otherwise.
+fn num_op(x: &Data, y: &Data, name: &str, f: fn(f64, f64) -> f64, i: fn(i64, i64) -> Option<i64>) -> Result<Data, String> {
+    match (x, y) {
+        (Data::Json(Json::Number(a)), Data::Json(Json::Number(b))) => {
+            if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
+                return i(a, b).map(|r| Data::Json(json!(r))).ok_or_else(|| format!("{name}: integer overflow on {a} and {b}"));
+            }
+            let r = f(a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
+            serde_json::Number::from_f64(r).map(|n| Data::Json(Json::Number(n))).ok_or_else(|| format!("{name}: result is not a finite number"))
+        }
+        _ => Err(format!("{name}: expected numbers, got {} and {}", show(x), show(y))),
+    }
+}
+
+fn fold(a: &[&Data], name: &str, f: fn(f64, f64) -> f64, i: fn(i64, i64) -> Option<i64>) -> Result<Data, String> {
+    let (first, rest) = a.split_first().ok_or_else(|| format!("{name}: expected at least 1 argument"))?;
+    if as_f64(first).is_none() {
+        return Err(format!("{name}: expected numbers, got {}", show(first)));
+    }
+    let mut acc = (*first).clone();
+    for x in rest {
+        acc = num_op(&acc, x, name, f, i)?;
+    }
+    Ok(acc)
+}
+
+fn concat(a: &[&Data]) -> Result<Data, String> {
+    if a.iter().all(|d| matches!(d, Data::Json(Json::String(_)))) {
+        return Ok(Data::Json(Json::String(a.iter().map(|d| if let Data::Json(Json::String(s)) = d { s.as_str() } else { "" }).collect())));
+    }
+    if a.iter().all(|d| matches!(d, Data::Json(Json::Array(_)))) {
+        let mut out = Vec::new();
+        for d in a {
+            if let Data::Json(Json::Array(items)) = d {
+                out.extend(items.iter().cloned());
+            }
+        }
+        return Ok(Data::Json(Json::Array(out)));
+    }
+    if a.iter().all(|d| matches!(d, Data::Bytes(_) | Data::Json(Json::String(_)))) {
+        let mut out = Vec::new();
+        for d in a {
+            out.extend_from_slice(&d.to_text_bytes());
+        }
+        return Ok(Data::Bytes(out));
+    }
+    Err(format!("concat: arguments must be all strings/bytes or all lists, got {}", a.iter().map(|d| show(d)).collect::<Vec<_>>().join(", ")))
+}
+
+// ---- evaluation ---------------------------------------------------------------
+
+/// Evaluate a task spec against its dependencies' values.
+pub fn evaluate<'a>(expr: &Expr, deps: &'a [&'a Data], reg: &Registry, ctx: &TaskContext<'_>) -> Result<Cow<'a, Data>, String> {
+    Ok(match expr {
+        Expr::Lit(text) => Cow::Owned(Data::Json(serde_json::from_str(text).map_err(|e| format!("bad literal {text}: {e}"))?)),
+        Expr::Ref(i) => Cow::Borrowed(*deps.get(*i as usize).ok_or_else(|| format!("reference to dependency #{i}, which was not provided"))?),
+        Expr::List(items) => {
+            let vals = items.iter().map(|e| evaluate(e, deps, reg, ctx)).collect::<Result<Vec<_>, _>>()?;
+            Cow::Owned(Data::Json(Json::Array(vals.iter().map(|v| v.to_json()).collect())))
+        }
+        Expr::Call(name, args) => {
+            let f = reg.get(name).ok_or_else(|| format!("function '{name}' is not registered on this worker"))?;
+            let vals = args.iter().map(|e| evaluate(e, deps, reg, ctx)).collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&Data> = vals.iter().map(|v| v.as_ref()).collect();
+            Cow::Owned(f(&refs, ctx).map_err(|e| if e.starts_with(name.as_str()) { e } else { format!("{name}: {e}") })?)
+        }
+        Expr::Cmd(spec) => Cow::Owned(run_command(spec, deps, reg, ctx)?),
+    })
+}
+
+const STDERR_TAIL: usize = 2000;
+
+fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext<'_>) -> Result<Data, String> {
+    let text = |e: &Expr| -> Result<Vec<u8>, String> { Ok(evaluate(e, deps, reg, ctx)?.to_text_bytes()) };
+    let argv: Vec<Vec<u8>> = spec.argv.iter().map(text).collect::<Result<_, _>>()?;
+    use std::os::unix::ffi::OsStrExt;
+    let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+    if argv[0].iter().any(|&c| c == 0) || argv.iter().any(|a| a.contains(&0)) {
+        return Err("command arguments cannot contain NUL bytes".into());
+    }
+    let program = String::from_utf8_lossy(&argv[0]).into_owned();
+    let mut cmd = Command::new(os(&argv[0]));
+    cmd.args(argv[1..].iter().map(|a| os(a)));
+    let cwd = match &spec.cwd {
+        Some(c) => ctx.local_directory.join(c),
+        None => PathBuf::from(ctx.local_directory),
+    };
+    cmd.current_dir(&cwd);
+    for (name, value) in &spec.env {
+        cmd.env(name, os(&text(value)?));
+    }
+    cmd.env("TASKFARM_KEY", ctx.key);
+    let stdin = spec.stdin.as_ref().map(text).transpose()?;
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start command '{program}' in {}: {e}", cwd.display()))?;
+    let feeder = match (stdin, child.stdin.take()) {
+        (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })),
+        _ => None,
+    };
+    let mut out_pipe = child.stdout.take().expect("piped");
+    let mut err_pipe = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out_pipe.read_to_end(&mut buf);
+        buf
+    });
+    let mut timed_out = false;
+    let status = match ctx.deadline {
+        None => child.wait().map_err(|e| format!("waiting for '{program}': {e}"))?,
+        Some(deadline) => {
+            let mut pause = Duration::from_millis(1);
+            loop {
+                if let Some(s) = child.try_wait().map_err(|e| format!("waiting for '{program}': {e}"))? {
+                    break s;
+                }
+                if Instant::now() >= deadline {
+                    timed_out = true;
+                    let _ = child.kill();
+                    break child.wait().map_err(|e| format!("waiting for '{program}': {e}"))?;
+                }
+                std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    };
+    if let Some(f) = feeder {
+        let _ = f.join();
+    }
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    let tail = {
+        let s = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(STDERR_TAIL)..]).trim_end().to_string();
+        if s.is_empty() { String::new() } else { format!("; stderr: {s}") }
+    };
+    if timed_out {
+        return Err(format!("command '{program}' timed out and was killed{tail}"));
+    }
+    if !status.success() {
+        use std::os::unix::process::ExitStatusExt;
+        return Err(match (status.code(), status.signal()) {
+            (Some(code), _) => format!("command '{program}' exited with status {code}{tail}"),
+            (None, Some(sig)) => format!("command '{program}' was killed by signal {sig}{tail}"),
+            _ => format!("command '{program}' failed{tail}"),
+        });
+    }
+    Ok(match String::from_utf8(stdout) {
+        Ok(s) => Data::Json(Json::String(s)),
+        Err(e) => Data::Bytes(e.into_bytes()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(dir: &std::path::Path) -> TaskContext<'_> {
+        TaskContext { key: "k", local_directory: dir, deadline: None }
+    }
+
+    fn call(name: &str, args: &[Data]) -> Result<Data, String> {
+        let r = Registry::with_builtins();
+        let refs: Vec<&Data> = args.iter().collect();
+        let d = std::env::temp_dir();
+        r.get(name).unwrap()(&refs, &ctx(&d))
+    }
+
+    fn j(v: Json) -> Data {
+        Data::Json(v)
+    }
+
+    #[test]
+    fn arithmetic() {
+        assert_eq!(call("inc", &[j(json!(1))]).unwrap(), j(json!(2)));
+        assert_eq!(call("add", &[j(json!(11)), j(json!(1))]).unwrap(), j(json!(12)));
+        assert_eq!(call("add", &[j(json!(1)), j(json!(0.5))]).unwrap(), j(json!(1.5)));
+        assert_eq!(call("sub", &[j(json!(5)), j(json!(7))]).unwrap(), j(json!(-2)));
+        assert_eq!(call("mul", &[j(json!(3)), j(json!(4)), j(json!(2))]).unwrap(), j(json!(24)));
+        assert_eq!(call("sum", &[j(json!([1, 2, 3]))]).unwrap(), j(json!(6)));
+        assert_eq!(call("sum", &[j(json!([]))]).unwrap(), j(json!(0)));
+        assert!(call("add", &[j(json!(i64::MAX)), j(json!(1))]).unwrap_err().contains("overflow"));
+        assert!(call("inc", &[j(json!("a"))]).unwrap_err().contains("expected numbers"));
+        assert!(call("sub", &[j(json!(1))]).unwrap_err().contains("expected 2 arguments"));
+    }
+
+    #[test]
+    fn lists_and_concat() {
+        assert_eq!(call("list", &[j(json!(1)), j(json!("a"))]).unwrap(), j(json!([1, "a"])));
+        assert_eq!(call("concat", &[j(json!("ab")), j(json!("c"))]).unwrap(), j(json!("abc")));
+        assert_eq!(call("concat", &[j(json!([1])), j(json!([2, 3]))]).unwrap(), j(json!([1, 2, 3])));
+        assert_eq!(call("concat", &[j(json!(["x", "y"]))]).unwrap(), j(json!("xy")));
+        assert_eq!(call("concat", &[Data::Bytes(vec![1]), j(json!("a"))]).unwrap(), Data::Bytes(vec![1, b'a']));
+        assert!(call("concat", &[j(json!(1)), j(json!([2]))]).is_err());
+        assert_eq!(call("noop", &[j(json!(1))]).unwrap(), Data::null());
+        assert_eq!(call("fail", &[j(json!("boom"))]).unwrap_err(), "boom");
+    }
+
+    #[test]
+    fn evaluate_nested_with_refs() {
+        let r = Registry::with_builtins();
+        let x = j(json!(2));
+        let deps = [&x];
+        let e = Expr::Call("add".into(), vec![Expr::Call("inc".into(), vec![Expr::Ref(0)]), Expr::Lit("10".into())]);
+        let d = std::env::temp_dir();
+        assert_eq!(evaluate(&e, &deps, &r, &ctx(&d)).unwrap().into_owned(), j(json!(13)));
+        assert!(matches!(evaluate(&Expr::Ref(0), &deps, &r, &ctx(&d)).unwrap(), Cow::Borrowed(_)));
+        assert!(evaluate(&Expr::Ref(1), &deps, &r, &ctx(&d)).is_err());
+    }
+
+    #[test]
+    fn commands_capture_stdout_pass_values_and_report_failures() {
+        let r = Registry::with_builtins();
+        let d = std::env::temp_dir();
+        let v = j(json!("world"));
+        let deps = [&v];
+        let lit = |s: &str| Expr::Lit(Json::String(s.into()).to_string());
+        let spec = CmdSpec {
+            argv: vec![lit("sh"), lit("-c"), lit("printf '%s %s %s' \"$1\" \"$GREETING\" \"$(cat)\""), lit("sh"), Expr::Ref(0)],
+            cwd: None,
+            env: vec![("GREETING".into(), lit("hi"))],
+            stdin: Some(Expr::Ref(0)),
+        };
+        let out = evaluate(&Expr::Cmd(Box::new(spec)), &deps, &r, &ctx(&d)).unwrap();
+        assert_eq!(out.into_owned(), j(json!("world hi world")));
+
+        let bad = CmdSpec { argv: vec![lit("sh"), lit("-c"), lit("echo oops >&2; exit 3")], cwd: None, env: vec![], stdin: None };
+        let e = evaluate(&Expr::Cmd(Box::new(bad)), &deps, &r, &ctx(&d)).unwrap_err();
+        assert_eq!(e, "command 'sh' exited with status 3; stderr: oops");
+
+        let missing = CmdSpec { argv: vec![lit("/no/such/program")], cwd: None, env: vec![], stdin: None };
+        assert!(evaluate(&Expr::Cmd(Box::new(missing)), &deps, &r, &ctx(&d)).unwrap_err().contains("cannot start command"));
+
+        let slow = CmdSpec { argv: vec![lit("sleep"), lit("30")], cwd: None, env: vec![], stdin: None };
+        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(100)) };
+        let e = evaluate(&Expr::Cmd(Box::new(slow)), &deps, &r, &c).unwrap_err();
+        assert!(e.contains("timed out and was killed"), "{e}");
+    }
+
+    #[test]
+    fn user_functions_can_be_registered() {
+        let mut r = Registry::with_builtins();
+        r.register("double", |a, _| Ok(Data::Json(json!(as_f64(a[0]).unwrap() * 2.0))));
+        assert!(r.contains("double") && r.contains("inc"));
+        let d = std::env::temp_dir();
+        let x = j(json!(4));
+        assert_eq!(r.get("double").unwrap()(&[&x], &ctx(&d)).unwrap(), j(json!(8.0)));
+    }
+}

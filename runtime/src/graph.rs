@@ -1,0 +1,583 @@
+//! Task graphs: the JSON format, validation and ordering. No IO here.
+//!
+//! Compact form (Dask's "graphs are dicts", in JSON):
+//! `{"x": 1, "y": ["inc", "x"], "z": ["add", "y", 10]}`
+//!
+//! * an array whose first element is a string that is not a key of the graph
+//!   is a call of the function of that name (an unknown name is an error);
+//! * a string equal to a key of the graph is a reference to that key's value;
+//! * arrays nest; any other array is a list whose elements follow these rules;
+//! * everything else (numbers, other strings, booleans, null, objects nested
+//!   inside a task) is a literal.
+//!
+//! Long form: a top-level object with exactly one of `task`, `cmd` or `value`,
+//! plus optional fields (`deps`, `priority`, `retries`, `resources`,
+//! `workers`, `timeout`; for `cmd`: `cwd`, `env`, `stdin`).
+//! See docs/graph-format.md.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+use std::collections::HashMap;
+use std::fmt;
+
+/// A task's computation, shipped opaque to the scheduler and evaluated on a
+/// worker. References point into the task's dependency list by position, so
+/// a spec does not depend on how the scheduler numbers tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Expr {
+    /// A literal as JSON text (parsed on the worker).
+    Lit(String),
+    /// The value of dependency number `i`.
+    Ref(u32),
+    /// A call of a registered function.
+    Call(String, Vec<Expr>),
+    /// A list whose elements are evaluated.
+    List(Vec<Expr>),
+    /// A command (subprocess).
+    Cmd(Box<CmdSpec>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CmdSpec {
+    pub argv: Vec<Expr>,
+    pub cwd: Option<String>,
+    pub env: Vec<(String, Expr)>,
+    pub stdin: Option<Expr>,
+}
+
+/// Per-task annotations, as given in the long form.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Annotations {
+    /// Higher runs earlier among ready tasks.
+    pub priority: i32,
+    /// How many times an erred task is run again.
+    pub retries: u32,
+    /// Abstract resources needed while running, e.g. `cpus`, `gpus`.
+    pub resources: Vec<(String, f64)>,
+    /// Names or addresses of the workers allowed to run it (empty: any).
+    pub workers: Vec<String>,
+    /// Seconds after which a running task fails.
+    pub timeout: Option<f64>,
+}
+
+/// One task as sent by a client to the scheduler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskDef {
+    pub key: String,
+    /// Keys this task needs, in the order `Expr::Ref` indexes them.
+    pub deps: Vec<String>,
+    /// `bincode` encoding of the `Expr`.
+    pub spec: Vec<u8>,
+    pub annotations: Annotations,
+    /// Position in the memory-friendly execution order (lower first).
+    pub order: u32,
+}
+
+/// A validated graph, in file order.
+#[derive(Clone, Debug)]
+pub struct Graph {
+    pub tasks: Vec<TaskDef>,
+    index: HashMap<String, usize>,
+}
+
+/// Why a graph was rejected. Every variant names the offending key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GraphError {
+    Json { line: usize, column: usize, message: String },
+    NotAnObject(String),
+    Task { key: String, message: String },
+    Cycle(Vec<String>),
+    UnknownKey { key: String, context: String },
+}
+
+impl fmt::Display for GraphError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GraphError::Json { line, column, message } => {
+                write!(f, "malformed JSON at line {line}, column {column}: {message}")
+            }
+            GraphError::NotAnObject(found) => write!(
+                f,
+                "a graph must be a JSON object mapping keys to tasks, e.g. {{\"x\": 1, \"y\": [\"inc\", \"x\"]}}; found {found}"
+            ),
+            GraphError::Task { key, message } => write!(f, "task '{key}': {message}"),
+            GraphError::Cycle(keys) => {
+                write!(f, "the graph has a cycle: {} (a task cannot depend on itself, directly or through others)", keys.join(" -> "))
+            }
+            GraphError::UnknownKey { key, context } => write!(f, "{context} '{key}' is not a key of the graph"),
+        }
+    }
+}
+
+impl std::error::Error for GraphError {}
+
+const LONG_FORM_FIELDS: &[&str] =
+    &["task", "cmd", "value", "deps", "priority", "retries", "resources", "workers", "timeout", "cwd", "env", "stdin"];
+
+impl Graph {
+    /// Parse and validate a graph from JSON text. `is_function` tells which
+    /// function names exist (built-ins plus registered ones).
+    pub fn from_json(text: &str, is_function: &dyn Fn(&str) -> bool) -> Result<Graph, GraphError> {
+        let json: Json = serde_json::from_str(text).map_err(|e| GraphError::Json {
+            line: e.line(),
+            column: e.column(),
+            message: strip_position(&e.to_string()),
+        })?;
+        Graph::from_value(json, is_function)
+    }
+
+    pub fn from_value(json: Json, is_function: &dyn Fn(&str) -> bool) -> Result<Graph, GraphError> {
+        let map = match json {
+            Json::Object(m) => m,
+            other => return Err(GraphError::NotAnObject(describe(&other))),
+        };
+        let keys: HashMap<&str, usize> = map.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        let mut tasks = Vec::with_capacity(map.len());
+        for (key, value) in &map {
+            let mut b = Builder { key, keys: &keys, is_function, deps: Vec::new() };
+            let (expr, annotations) = b.task(value)?;
+            let spec = bincode::serialize(&expr).expect("Expr always serialises");
+            tasks.push(TaskDef { key: key.clone(), deps: b.deps, spec, annotations, order: 0 });
+        }
+        let index = tasks.iter().enumerate().map(|(i, t)| (t.key.clone(), i)).collect();
+        let mut graph = Graph { tasks, index };
+        graph.check_acyclic()?;
+        graph.assign_order();
+        Ok(graph)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&TaskDef> {
+        self.index.get(key).map(|&i| &self.tasks[i])
+    }
+
+    /// Keys nothing else in the graph depends on, in file order.
+    pub fn output_keys(&self) -> Vec<String> {
+        let mut needed = vec![false; self.tasks.len()];
+        for t in &self.tasks {
+            for d in &t.deps {
+                needed[self.index[d]] = true;
+            }
+        }
+        self.tasks.iter().zip(needed).filter(|(_, n)| !n).map(|(t, _)| t.key.clone()).collect()
+    }
+
+    /// Check that every requested key exists.
+    pub fn check_keys(&self, keys: &[String]) -> Result<(), GraphError> {
+        for k in keys {
+            if !self.index.contains_key(k) {
+                return Err(GraphError::UnknownKey { key: k.clone(), context: "requested key".into() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Iterative three-colour DFS; reports the keys on the first cycle found.
+    fn check_acyclic(&self) -> Result<(), GraphError> {
+        let n = self.tasks.len();
+        let dep_ids: Vec<Vec<usize>> = self.tasks.iter().map(|t| t.deps.iter().map(|d| self.index[d]).collect()).collect();
+        let mut colour = vec![0u8; n]; // 0 new, 1 on stack, 2 done
+        for root in 0..n {
+            if colour[root] != 0 {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+            colour[root] = 1;
+            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+                if let Some(&dep) = dep_ids[node].get(*next) {
+                    *next += 1;
+                    match colour[dep] {
+                        0 => {
+                            colour[dep] = 1;
+                            stack.push((dep, 0));
+                        }
+                        1 => {
+                            let start = stack.iter().position(|&(t, _)| t == dep).expect("grey node is on the stack");
+                            let mut cycle: Vec<String> = stack[start..].iter().map(|&(t, _)| self.tasks[t].key.clone()).collect();
+                            cycle.push(self.tasks[dep].key.clone());
+                            return Err(GraphError::Cycle(cycle));
+                        }
+                        _ => {}
+                    }
+                } else {
+                    colour[node] = 2;
+                    stack.pop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Depth-first post-order from the outputs: a task's dependencies come
+    /// right before it, and one output's subtree is finished before the next
+    /// one starts, which keeps the number of values held in memory low.
+    fn assign_order(&mut self) {
+        let n = self.tasks.len();
+        let dep_ids: Vec<Vec<usize>> = self.tasks.iter().map(|t| t.deps.iter().map(|d| self.index[d]).collect()).collect();
+        let mut is_dep = vec![false; n];
+        for ds in &dep_ids {
+            for &d in ds {
+                is_dep[d] = true;
+            }
+        }
+        let mut seen = vec![false; n];
+        let mut next_order = 0u32;
+        for root in (0..n).filter(|&i| !is_dep[i]) {
+            seen[root] = true;
+            let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+                if let Some(&dep) = dep_ids[node].get(*next) {
+                    *next += 1;
+                    if !seen[dep] {
+                        seen[dep] = true;
+                        stack.push((dep, 0));
+                    }
+                } else {
+                    self.tasks[node].order = next_order;
+                    next_order += 1;
+                    stack.pop();
+                }
+            }
+        }
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn describe(j: &Json) -> String {
+    match j {
+        Json::Null => "null".into(),
+        Json::Bool(_) => "a boolean".into(),
+        Json::Number(_) => "a number".into(),
+        Json::String(_) => "a string".into(),
+        Json::Array(_) => "an array".into(),
+        Json::Object(_) => "an object".into(),
+    }
+}
+
+struct Builder<'a> {
+    key: &'a str,
+    keys: &'a HashMap<&'a str, usize>,
+    is_function: &'a dyn Fn(&str) -> bool,
+    deps: Vec<String>,
+}
+
+impl Builder<'_> {
+    fn err(&self, message: impl Into<String>) -> GraphError {
+        GraphError::Task { key: self.key.to_string(), message: message.into() }
+    }
+
+    fn dep_index(&mut self, key: &str) -> u32 {
+        match self.deps.iter().position(|d| d == key) {
+            Some(i) => i as u32,
+            None => {
+                self.deps.push(key.to_string());
+                (self.deps.len() - 1) as u32
+            }
+        }
+    }
+
+    fn task(&mut self, v: &Json) -> Result<(Expr, Annotations), GraphError> {
+        match v {
+            Json::Object(m) => self.long_form(m),
+            other => Ok((self.expr(other)?, Annotations::default())),
+        }
+    }
+
+    fn expr(&mut self, v: &Json) -> Result<Expr, GraphError> {
+        Ok(match v {
+            Json::String(s) if self.keys.contains_key(s.as_str()) => Expr::Ref(self.dep_index(s)),
+            Json::Array(items) => match items.first() {
+                Some(Json::String(name)) if !self.keys.contains_key(name.as_str()) => {
+                    let args = items[1..].iter().map(|a| self.expr(a)).collect::<Result<Vec<_>, _>>()?;
+                    if name == "cmd" {
+                        if args.is_empty() {
+                            return Err(self.err("[\"cmd\", PROGRAM, ARGS...] needs at least a program"));
+                        }
+                        Expr::Cmd(Box::new(CmdSpec { argv: args, cwd: None, env: Vec::new(), stdin: None }))
+                    } else if (self.is_function)(name) {
+                        Expr::Call(name.clone(), args)
+                    } else {
+                        return Err(self.err(format!(
+                            "unknown function '{name}' (an array whose first element is a string that is not a key is a call; \
+                             check the spelling, see `taskfarm functions` for the built-ins, or write a list of strings as \
+                             [\"list\", \"a\", \"b\"] or {{\"value\": [...]}})"
+                        )));
+                    }
+                }
+                _ => Expr::List(items.iter().map(|a| self.expr(a)).collect::<Result<Vec<_>, _>>()?),
+            },
+            other => Expr::Lit(other.to_string()),
+        })
+    }
+
+    fn long_form(&mut self, m: &Map<String, Json>) -> Result<(Expr, Annotations), GraphError> {
+        for field in m.keys() {
+            if !LONG_FORM_FIELDS.contains(&field.as_str()) {
+                return Err(self.err(format!(
+                    "unknown field '{field}' in long-form task; allowed fields: {} (to use an object as a literal value, write {{\"value\": {{...}}}})",
+                    LONG_FORM_FIELDS.join(", ")
+                )));
+            }
+        }
+        let kinds: Vec<&str> = ["task", "cmd", "value"].into_iter().filter(|k| m.contains_key(*k)).collect();
+        if kinds.len() != 1 {
+            return Err(self.err(format!(
+                "a long-form task needs exactly one of \"task\", \"cmd\" or \"value\" (found {})",
+                if kinds.is_empty() { "none".to_string() } else { kinds.join(" and ") }
+            )));
+        }
+        if kinds[0] != "cmd" {
+            for f in ["cwd", "env", "stdin"] {
+                if m.contains_key(f) {
+                    return Err(self.err(format!("field '{f}' only applies to command tasks (\"cmd\")")));
+                }
+            }
+        }
+        let expr = match kinds[0] {
+            "task" => self.expr(&m["task"])?,
+            "value" => Expr::Lit(m["value"].to_string()),
+            _ => self.cmd(m)?,
+        };
+        let mut a = Annotations::default();
+        if let Some(deps) = m.get("deps") {
+            for d in self.string_list(deps, "deps")? {
+                if !self.keys.contains_key(d.as_str()) {
+                    return Err(self.err(format!("dependency '{d}' in \"deps\" is not a key of the graph")));
+                }
+                self.dep_index(&d);
+            }
+        }
+        if let Some(p) = m.get("priority") {
+            a.priority = p
+                .as_i64()
+                .and_then(|p| i32::try_from(p).ok())
+                .ok_or_else(|| self.err(format!("\"priority\" must be an integer, found {p}")))?;
+        }
+        if let Some(r) = m.get("retries") {
+            a.retries = r
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .ok_or_else(|| self.err(format!("\"retries\" must be a non-negative integer, found {r}")))?;
+        }
+        if let Some(r) = m.get("resources") {
+            let obj = r.as_object().ok_or_else(|| self.err("\"resources\" must be an object such as {\"cpus\": 4, \"gpus\": 1}"))?;
+            for (name, amount) in obj {
+                match amount.as_f64() {
+                    Some(x) if x >= 0.0 && x.is_finite() => a.resources.push((name.clone(), x)),
+                    _ => return Err(self.err(format!("resource '{name}' must be a non-negative number, found {amount}"))),
+                }
+            }
+        }
+        if let Some(w) = m.get("workers") {
+            a.workers = self.string_list(w, "workers")?;
+        }
+        if let Some(t) = m.get("timeout") {
+            let secs = match t {
+                Json::Number(n) => n.as_f64(),
+                Json::String(s) => crate::util::parse_duration(s).ok().map(|d| d.as_secs_f64()),
+                _ => None,
+            };
+            match secs {
+                Some(s) if s > 0.0 && s.is_finite() => a.timeout = Some(s),
+                _ => return Err(self.err(format!("\"timeout\" must be a positive number of seconds or a duration like \"90s\", found {t}"))),
+            }
+        }
+        Ok((expr, a))
+    }
+
+    fn cmd(&mut self, m: &Map<String, Json>) -> Result<Expr, GraphError> {
+        let argv = match &m["cmd"] {
+            Json::Array(items) if !items.is_empty() => items.iter().map(|a| self.expr(a)).collect::<Result<Vec<_>, _>>()?,
+            Json::String(s) => {
+                return Err(self.err(format!(
+                    "\"cmd\" must be an argument list such as [\"sh\", \"-c\", \"...\"], not a string (found \"{s}\")"
+                )))
+            }
+            other => return Err(self.err(format!("\"cmd\" must be a non-empty argument list, found {other}"))),
+        };
+        let cwd = match m.get("cwd") {
+            None => None,
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(other) => return Err(self.err(format!("\"cwd\" must be a string, found {other}"))),
+        };
+        let mut env = Vec::new();
+        if let Some(e) = m.get("env") {
+            let obj = e.as_object().ok_or_else(|| self.err("\"env\" must be an object of NAME: value"))?;
+            for (name, v) in obj {
+                if name.is_empty() || name.contains('=') || name.contains('\0') {
+                    return Err(self.err(format!("environment variable name '{name}' is not valid")));
+                }
+                env.push((name.clone(), self.expr(v)?));
+            }
+        }
+        let stdin = m.get("stdin").map(|s| self.expr(s)).transpose()?;
+        Ok(Expr::Cmd(Box::new(CmdSpec { argv, cwd, env, stdin })))
+    }
+
+    fn string_list(&self, v: &Json, field: &str) -> Result<Vec<String>, GraphError> {
+        match v {
+            Json::String(s) => Ok(vec![s.clone()]),
+            Json::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string).ok_or_else(|| self.err(format!("\"{field}\" must list strings, found {i}"))))
+                .collect(),
+            other => Err(self.err(format!("\"{field}\" must be a string or a list of strings, found {other}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtin(name: &str) -> bool {
+        ["inc", "add", "noop", "sum", "list", "identity"].contains(&name)
+    }
+
+    fn parse(s: &str) -> Result<Graph, GraphError> {
+        Graph::from_json(s, &builtin)
+    }
+
+    fn spec(g: &Graph, k: &str) -> Expr {
+        bincode::deserialize(&g.get(k).unwrap().spec).unwrap()
+    }
+
+    #[test]
+    fn seed_graph_parses() {
+        let g = parse(r#"{"x": 1, "y": ["inc", "x"], "z": ["add", "y", 10]}"#).unwrap();
+        assert_eq!(g.len(), 3);
+        assert_eq!(spec(&g, "x"), Expr::Lit("1".into()));
+        assert_eq!(spec(&g, "y"), Expr::Call("inc".into(), vec![Expr::Ref(0)]));
+        assert_eq!(g.get("y").unwrap().deps, vec!["x"]);
+        assert_eq!(spec(&g, "z"), Expr::Call("add".into(), vec![Expr::Ref(0), Expr::Lit("10".into())]));
+        assert_eq!(g.output_keys(), vec!["z"]);
+        // dependencies are ordered before dependents
+        let o = |k: &str| g.get(k).unwrap().order;
+        assert!(o("x") < o("y") && o("y") < o("z"));
+    }
+
+    #[test]
+    fn nesting_lists_and_strings() {
+        let g = parse(r#"{"a": 2, "b": ["add", ["inc", "a"], "a"], "c": [1, "a", "text"], "d": "a", "e": "hello"}"#).unwrap();
+        assert_eq!(spec(&g, "b"), Expr::Call("add".into(), vec![Expr::Call("inc".into(), vec![Expr::Ref(0)]), Expr::Ref(0)]));
+        assert_eq!(g.get("b").unwrap().deps, vec!["a"]);
+        assert_eq!(spec(&g, "c"), Expr::List(vec![Expr::Lit("1".into()), Expr::Ref(0), Expr::Lit("\"text\"".into())]));
+        assert_eq!(spec(&g, "d"), Expr::Ref(0));
+        assert_eq!(spec(&g, "e"), Expr::Lit("\"hello\"".into()));
+        assert_eq!(g.output_keys(), vec!["b", "c", "d", "e"]);
+    }
+
+    #[test]
+    fn long_form_and_annotations() {
+        let g = parse(
+            r#"{"a": 1, "b": {"cmd": ["echo", "a"], "env": {"X": "a"}, "stdin": "a", "priority": 3, "retries": 2,
+                 "resources": {"gpus": 1}, "workers": "w1", "timeout": "1m"},
+                "c": {"task": ["noop"], "deps": ["b"]}, "d": {"value": {"k": "a"}}}"#,
+        )
+        .unwrap();
+        let b = g.get("b").unwrap();
+        assert_eq!(b.annotations.priority, 3);
+        assert_eq!(b.annotations.retries, 2);
+        assert_eq!(b.annotations.resources, vec![("gpus".to_string(), 1.0)]);
+        assert_eq!(b.annotations.workers, vec!["w1"]);
+        assert_eq!(b.annotations.timeout, Some(60.0));
+        match spec(&g, "b") {
+            Expr::Cmd(c) => {
+                assert_eq!(c.argv, vec![Expr::Lit("\"echo\"".into()), Expr::Ref(0)]);
+                assert_eq!(c.stdin, Some(Expr::Ref(0)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(g.get("c").unwrap().deps, vec!["b"]);
+        assert_eq!(spec(&g, "d"), Expr::Lit(r#"{"k":"a"}"#.into()));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"a": ["incc", 1]}"#, "task 'a': unknown function 'incc'"),
+            (r#"{"a": {"task": 1, "colour": 2}}"#, "task 'a': unknown field 'colour'"),
+            (r#"{"a": {"task": 1, "cmd": ["x"]}}"#, "exactly one of"),
+            (r#"{"a": {"task": 1, "deps": ["zz"]}}"#, "dependency 'zz'"),
+            (r#"{"a": {"cmd": "echo hi"}}"#, "not a string"),
+            (r#"{"a": {"task": 1, "retries": -1}}"#, "\"retries\" must be"),
+            (r#"{"a": {"task": 1, "timeout": "soon"}}"#, "\"timeout\" must be"),
+            (r#"[1, 2]"#, "must be a JSON object"),
+        ];
+        for (text, want) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: got {e}");
+        }
+    }
+
+    #[test]
+    fn malformed_json_has_line_and_column() {
+        let e = parse("{\"a\": 1,\n \"b\": [}").unwrap_err();
+        match &e {
+            GraphError::Json { line, column, .. } => assert_eq!((*line, *column), (2, 8)),
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().starts_with("malformed JSON at line 2, column 8"));
+    }
+
+    #[test]
+    fn cycles_are_named() {
+        let e = parse(r#"{"a": ["inc", "c"], "b": ["inc", "a"], "c": ["inc", "b"], "d": 1}"#).unwrap_err();
+        match e {
+            GraphError::Cycle(keys) => {
+                assert_eq!(keys.len(), 4);
+                assert_eq!(keys.first(), keys.last());
+                for k in ["a", "b", "c"] {
+                    assert!(keys.contains(&k.to_string()));
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(r#"{"a": ["inc", "a"]}"#), Err(GraphError::Cycle(k)) if k == ["a", "a"]));
+    }
+
+    #[test]
+    fn requested_keys_must_exist() {
+        let g = parse(r#"{"a": 1}"#).unwrap();
+        assert!(g.check_keys(&["a".into()]).is_ok());
+        assert_eq!(g.check_keys(&["b".into()]).unwrap_err().to_string(), "requested key 'b' is not a key of the graph");
+    }
+
+    #[test]
+    fn order_is_a_permutation_and_respects_dependencies() {
+        let mut text = String::from("{");
+        for i in 0..50 {
+            text.push_str(&format!("\"l{i}\": {i}, "));
+        }
+        for i in 0..25 {
+            text.push_str(&format!("\"s{i}\": [\"add\", \"l{}\", \"l{}\"], ", 2 * i, 2 * i + 1));
+        }
+        text.push_str("\"t\": [\"sum\", [");
+        text.push_str(&(0..25).map(|i| format!("\"s{i}\"")).collect::<Vec<_>>().join(", "));
+        text.push_str("]]}");
+        let g = parse(&text).unwrap();
+        let mut orders: Vec<u32> = g.tasks.iter().map(|t| t.order).collect();
+        orders.sort();
+        assert_eq!(orders, (0..g.len() as u32).collect::<Vec<_>>());
+        for t in &g.tasks {
+            for d in &t.deps {
+                assert!(g.get(d).unwrap().order < t.order);
+            }
+        }
+        // depth first: s0's leaves are right before s0
+        assert_eq!(g.get("s0").unwrap().order, 2);
+    }
+}

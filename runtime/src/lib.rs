@@ -1,0 +1,28 @@
+//! taskfarm: a task-graph runtime for HPC machines.
+//!
+//! * [`graph`]: the JSON graph format, validation and ordering;
+//! * [`scheduler`]: the scheduler as a pure state machine plus its IO shell;
+//! * [`worker`]: execution pool, value store, peer-to-peer data server;
+//! * [`protocol`]: messages, framing, handshake and authentication;
+//! * [`client`]: connect, submit, gather, status, shutdown;
+//! * [`functions`]: built-in and user-registered task functions, commands;
+//! * [`schedfile`]: the scheduler file;
+//! * [`local`]: the embedded one-machine cluster (`taskfarm run`).
+//!
+//! See docs/ARCHITECTURE.md for the code map and the scheduler's invariants.
+
+pub mod client;
+pub mod functions;
+pub mod graph;
+pub mod local;
+pub mod protocol;
+pub mod schedfile;
+pub mod scheduler;
+pub mod util;
+pub mod value;
+pub mod worker;
+
+pub use client::{Client, ClientError, Results};
+pub use functions::{Registry, TaskContext};
+pub use graph::{Graph, GraphError};
+pub use value::Data;

@@ -1,0 +1,82 @@
+//! The embedded default: a scheduler and workers in this process, on
+//! loopback, with a fresh secret. What `taskfarm run` uses.
+
+use crate::client::{Client, ClientError};
+use crate::functions::Registry;
+use crate::scheduler::{self, Scheduler, SchedulerConfig, ServerConfig};
+use crate::schedfile;
+use crate::protocol::Role;
+use crate::worker::{self, WorkerConfig};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub struct LocalCluster {
+    scheduler: Option<Scheduler>,
+    workers: Vec<JoinHandle<()>>,
+    pub address: String,
+    secret: Vec<u8>,
+}
+
+impl LocalCluster {
+    /// Start a scheduler and `n_workers` workers of `nthreads` threads each.
+    pub fn start(n_workers: u32, nthreads: u32, local_directory: PathBuf, registry: Registry) -> std::io::Result<LocalCluster> {
+        let secret = crate::util::random_bytes(32);
+        let sched = scheduler::start(ServerConfig {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            contact: None,
+            secret: secret.clone(),
+            scheduler_file: None,
+            idle_timeout: None,
+            state: SchedulerConfig::default(),
+        })?;
+        let mut workers = Vec::new();
+        for i in 0..n_workers {
+            let stream = schedfile::connect(&sched.address, &secret, Role::Worker).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+            let cfg = WorkerConfig {
+                name: format!("local-{i}"),
+                nthreads,
+                local_directory: local_directory.clone(),
+                listen_ip: None,
+                contact_ip: None,
+                resources: Vec::new(),
+                secret: secret.clone(),
+                heartbeat: Duration::from_secs(1),
+                registry: registry.clone(),
+            };
+            workers.push(std::thread::Builder::new().name(format!("tf-worker-{i}")).spawn(move || {
+                if let Err(e) = worker::run(cfg, stream) {
+                    crate::log_at!(0, "local", "worker failed: {e}");
+                }
+            })?);
+        }
+        let address = sched.address.clone();
+        Ok(LocalCluster { scheduler: Some(sched), workers, address, secret })
+    }
+
+    pub fn client(&self) -> Result<Client, ClientError> {
+        Client::connect(&self.address, &self.secret)
+    }
+
+    /// Stop the scheduler and wait for every worker to exit.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.scheduler.take() {
+            s.stop("local cluster finished");
+            s.join();
+        }
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,525 @@
+//! Wire protocol: message types, framing, handshake and authentication.
+//!
+//! Every connection starts with a handshake (see [`client_handshake`]) that
+//! checks magic, protocol version and role, and proves on both sides that the
+//! peer knows the secret from the scheduler file (HMAC-SHA256 over fresh
+//! nonces: the secret itself never crosses the network).
+//!
+//! After it, a connection carries frames `[u64 LE length][u8 kind][body]`.
+//! A control frame (kind 0) holds `[u32 LE payload count][bincode Vec<Msg>]`,
+//! a batch of messages, and is followed by that many payload frames (kind 1)
+//! whose bodies are raw value bytes, never re-encoded.
+
+use crate::graph::TaskDef;
+use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::fmt;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+pub type TaskId = u32;
+pub type WorkerId = u32;
+
+pub const MAGIC: &[u8; 8] = b"TASKFARM";
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest control frame accepted (a graph of millions of tasks fits).
+pub const MAX_CONTROL_FRAME: u64 = 512 << 20;
+/// Largest value payload accepted.
+pub const MAX_PAYLOAD_FRAME: u64 = 64 << 30;
+const KIND_CONTROL: u8 = 0;
+const KIND_PAYLOAD: u8 = 1;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    Worker = 1,
+    Client = 2,
+    /// A worker or client fetching values from a worker's data server.
+    Peer = 3,
+}
+
+impl Role {
+    fn from_u8(b: u8) -> Option<Role> {
+        match b {
+            1 => Some(Role::Worker),
+            2 => Some(Role::Client),
+            3 => Some(Role::Peer),
+            _ => None,
+        }
+    }
+}
+
+// ---- messages ---------------------------------------------------------------
+
+/// Counters a worker reports with heartbeats and results.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerMetrics {
+    pub rss: u64,
+    pub stored_bytes: u64,
+    pub stored_count: u64,
+    pub executing: u32,
+    /// Values this worker fetched from other workers' data servers.
+    pub fetched_from_peers: u64,
+    pub fetched_bytes: u64,
+    /// Values this worker's data server sent to other workers.
+    pub served_to_peers: u64,
+    pub served_bytes: u64,
+}
+
+/// Worker and client messages to the scheduler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToScheduler {
+    RegisterWorker {
+        name: String,
+        data_address: String,
+        nthreads: u32,
+        resources: Vec<(String, f64)>,
+        host: String,
+        pid: u32,
+        local_directory: String,
+    },
+    RegisterClient {
+        name: String,
+    },
+    TaskFinished {
+        id: TaskId,
+        nbytes: u64,
+        duration_us: u64,
+    },
+    TaskErred {
+        id: TaskId,
+        error: String,
+        duration_us: u64,
+    },
+    /// The worker could not get dependency `dep` of task `id` from any holder.
+    MissingData {
+        id: TaskId,
+        dep: TaskId,
+        tried: Vec<String>,
+    },
+    Heartbeat(WorkerMetrics),
+    UpdateGraph {
+        tasks: Vec<TaskDef>,
+        wanted: Vec<String>,
+    },
+    ReleaseKeys {
+        keys: Vec<String>,
+    },
+    StatusRequest,
+    Shutdown,
+}
+
+/// One task for a worker to run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComputeTask {
+    pub id: TaskId,
+    pub key: String,
+    pub spec: Vec<u8>,
+    /// Dependencies in the order the spec's references index them, each with
+    /// the data addresses of the workers holding it.
+    pub deps: Vec<(TaskId, Vec<String>)>,
+    /// Lower runs first.
+    pub priority: (i64, u32, u32),
+    pub timeout: Option<f64>,
+}
+
+/// Scheduler messages to a worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    Welcome { worker_id: WorkerId },
+    Compute(ComputeTask),
+    /// Forget these values.
+    Free { ids: Vec<TaskId> },
+    /// Stop: finish nothing more, exit cleanly.
+    Shutdown { reason: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: WorkerId,
+    pub name: String,
+    pub address: String,
+    pub host: String,
+    pub pid: u32,
+    pub nthreads: u32,
+    pub processing: u32,
+    pub in_memory: u64,
+    pub metrics: WorkerMetrics,
+    pub last_seen_secs: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub address: String,
+    pub started: f64,
+    pub workers: Vec<WorkerStatus>,
+    /// Task counts by state name.
+    pub tasks: Vec<(String, u64)>,
+    pub clients: u32,
+}
+
+/// Scheduler messages to a client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToClient {
+    Welcome { client_id: u32 },
+    /// The graph was accepted; `total` tasks are now known for this client.
+    GraphAccepted { total: u64 },
+    GraphRejected { error: String },
+    KeyInMemory { key: String, id: TaskId, holders: Vec<String> },
+    KeyErred { key: String, error: String },
+    Status(StatusReport),
+    ShuttingDown { reason: String },
+}
+
+/// Requests to a worker's data server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    GetData { ids: Vec<TaskId> },
+}
+
+/// Replies from a worker's data server: one payload frame follows for each
+/// id that is `true` (found), in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerReply {
+    Data { found: Vec<(TaskId, bool)> },
+}
+
+// ---- framing ------------------------------------------------------------------
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Reads batches of messages (and their payloads) from a stream.
+pub struct FrameReader<R: Read> {
+    inner: BufReader<R>,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(r: R) -> Self {
+        FrameReader { inner: BufReader::with_capacity(256 << 10, r) }
+    }
+
+    fn header(&mut self) -> io::Result<Option<(u64, u8)>> {
+        let mut h = [0u8; 9];
+        let mut got = 0;
+        while got < h.len() {
+            match self.inner.read(&mut h[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a frame header")),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Some((u64::from_le_bytes(h[..8].try_into().unwrap()), h[8])))
+    }
+
+    /// The next batch, or `None` when the peer closed cleanly between frames.
+    pub fn read_batch<T: DeserializeOwned>(&mut self) -> io::Result<Option<(Vec<T>, Vec<Vec<u8>>)>> {
+        let Some((len, kind)) = self.header()? else { return Ok(None) };
+        if kind != KIND_CONTROL {
+            return Err(invalid(format!("expected a control frame, got frame kind {kind}")));
+        }
+        if !(4..=MAX_CONTROL_FRAME).contains(&len) {
+            return Err(invalid(format!("control frame of {len} bytes is outside the allowed 4..={MAX_CONTROL_FRAME}")));
+        }
+        let mut body = vec![0u8; len as usize];
+        self.inner.read_exact(&mut body)?;
+        let npayloads = u32::from_le_bytes(body[..4].try_into().unwrap());
+        let msgs: Vec<T> = bincode::deserialize(&body[4..]).map_err(|e| invalid(format!("undecodable message batch: {e}")))?;
+        let mut payloads = Vec::with_capacity(npayloads.min(1 << 16) as usize);
+        for _ in 0..npayloads {
+            let (plen, pkind) = self.header()?.ok_or_else(|| invalid("connection closed before a promised payload frame"))?;
+            if pkind != KIND_PAYLOAD {
+                return Err(invalid(format!("expected a payload frame, got frame kind {pkind}")));
+            }
+            if plen > MAX_PAYLOAD_FRAME {
+                return Err(invalid(format!("payload frame of {plen} bytes exceeds the limit of {MAX_PAYLOAD_FRAME}")));
+            }
+            let mut p = Vec::new();
+            p.try_reserve_exact(plen as usize).map_err(|_| invalid(format!("cannot allocate {plen} bytes for a payload")))?;
+            (&mut self.inner).take(plen).read_to_end(&mut p)?;
+            if p.len() as u64 != plen {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a payload frame"));
+            }
+            payloads.push(p);
+        }
+        Ok(Some((msgs, payloads)))
+    }
+}
+
+/// Writes batches of messages; large payloads go straight to the socket.
+pub struct FrameWriter<W: Write> {
+    inner: BufWriter<W>,
+    scratch: Vec<u8>,
+}
+
+impl<W: Write> FrameWriter<W> {
+    pub fn new(w: W) -> Self {
+        FrameWriter { inner: BufWriter::with_capacity(256 << 10, w), scratch: Vec::new() }
+    }
+
+    /// Queue one batch (not flushed).
+    pub fn write_batch<T: Serialize>(&mut self, msgs: &[T], payloads: &[&[u8]]) -> io::Result<()> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&(payloads.len() as u32).to_le_bytes());
+        bincode::serialize_into(&mut self.scratch, msgs).map_err(|e| invalid(format!("cannot encode messages: {e}")))?;
+        self.inner.write_all(&(self.scratch.len() as u64).to_le_bytes())?;
+        self.inner.write_all(&[KIND_CONTROL])?;
+        self.inner.write_all(&self.scratch)?;
+        for p in payloads {
+            self.inner.write_all(&(p.len() as u64).to_le_bytes())?;
+            self.inner.write_all(&[KIND_PAYLOAD])?;
+            self.inner.write_all(p)?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    pub fn send<T: Serialize>(&mut self, msgs: &[T], payloads: &[&[u8]]) -> io::Result<()> {
+        self.write_batch(msgs, payloads)?;
+        self.flush()
+    }
+}
+
+// ---- handshake -------------------------------------------------------------------
+
+#[derive(Debug)]
+pub enum HandshakeError {
+    Io(io::Error),
+    BadMagic,
+    Version { ours: u16, theirs: u16 },
+    BadRole(u8),
+    AuthFailed,
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Io(e) => write!(f, "connection failed during the handshake: {e}"),
+            HandshakeError::BadMagic => write!(f, "the peer is not a taskfarm process (bad magic bytes)"),
+            HandshakeError::Version { ours, theirs } => {
+                write!(f, "protocol version mismatch: this program speaks version {ours}, the peer version {theirs}; use the same taskfarm release everywhere")
+            }
+            HandshakeError::BadRole(r) => write!(f, "unknown role {r} in the handshake"),
+            HandshakeError::AuthFailed => write!(
+                f,
+                "authentication failed: the peer does not share this secret (is the scheduler file stale or from another scheduler?)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+impl From<io::Error> for HandshakeError {
+    fn from(e: io::Error) -> Self {
+        HandshakeError::Io(e)
+    }
+}
+
+impl From<HandshakeError> for io::Error {
+    fn from(e: HandshakeError) -> Self {
+        match e {
+            HandshakeError::Io(e) => e,
+            other => io::Error::new(io::ErrorKind::PermissionDenied, other.to_string()),
+        }
+    }
+}
+
+fn proof(secret: &[u8], label: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(label);
+    for p in parts {
+        mac.update(p);
+    }
+    mac
+}
+
+const STATUS_OK: u8 = 0;
+const STATUS_VERSION: u8 = 1;
+const STATUS_AUTH: u8 = 2;
+
+/// Connecting side. On success the stream is authenticated both ways.
+pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Result<(), HandshakeError> {
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let cn = crate::util::random_bytes(32);
+    let mut hello = Vec::with_capacity(43);
+    hello.extend_from_slice(MAGIC);
+    hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    hello.push(role as u8);
+    hello.extend_from_slice(&cn);
+    stream.write_all(&hello)?;
+    let mut reply = [0u8; 8 + 2 + 1 + 32 + 32];
+    stream.read_exact(&mut reply)?;
+    if &reply[..8] != MAGIC {
+        return Err(HandshakeError::BadMagic);
+    }
+    let theirs = u16::from_le_bytes([reply[8], reply[9]]);
+    if reply[10] == STATUS_VERSION || theirs != PROTOCOL_VERSION {
+        return Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs });
+    }
+    let sn = &reply[11..43];
+    proof(secret, b"taskfarm-server", &[&cn, sn]).verify_slice(&reply[43..75]).map_err(|_| HandshakeError::AuthFailed)?;
+    let mine = proof(secret, b"taskfarm-client", &[&[role as u8], &cn, sn]).finalize().into_bytes();
+    stream.write_all(&mine)?;
+    let mut status = [0u8; 1];
+    stream.read_exact(&mut status)?;
+    if status[0] != STATUS_OK {
+        return Err(HandshakeError::AuthFailed);
+    }
+    stream.set_read_timeout(None)?;
+    stream.set_nodelay(true)?;
+    Ok(())
+}
+
+/// Accepting side. Returns the authenticated peer's role.
+pub fn server_handshake(stream: &mut TcpStream, secret: &[u8]) -> Result<Role, HandshakeError> {
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut hello = [0u8; 43];
+    stream.read_exact(&mut hello)?;
+    if &hello[..8] != MAGIC {
+        return Err(HandshakeError::BadMagic);
+    }
+    let theirs = u16::from_le_bytes([hello[8], hello[9]]);
+    let sn = crate::util::random_bytes(32);
+    let cn = &hello[11..43];
+    let mut reply = Vec::with_capacity(75);
+    reply.extend_from_slice(MAGIC);
+    reply.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    if theirs != PROTOCOL_VERSION {
+        reply.push(STATUS_VERSION);
+        reply.resize(75, 0);
+        let _ = stream.write_all(&reply);
+        return Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs });
+    }
+    let role = Role::from_u8(hello[10]).ok_or(HandshakeError::BadRole(hello[10]))?;
+    reply.push(STATUS_OK);
+    reply.extend_from_slice(&sn);
+    reply.extend_from_slice(&proof(secret, b"taskfarm-server", &[cn, &sn]).finalize().into_bytes());
+    stream.write_all(&reply)?;
+    let mut theirs_proof = [0u8; 32];
+    stream.read_exact(&mut theirs_proof)?;
+    if proof(secret, b"taskfarm-client", &[&[role as u8], cn, &sn]).verify_slice(&theirs_proof).is_err() {
+        let _ = stream.write_all(&[STATUS_AUTH]);
+        return Err(HandshakeError::AuthFailed);
+    }
+    stream.write_all(&[STATUS_OK])?;
+    stream.set_read_timeout(None)?;
+    stream.set_nodelay(true)?;
+    Ok(role)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        (c, s)
+    }
+
+    #[test]
+    fn frames_roundtrip_with_payloads() {
+        let mut buf = Vec::new();
+        {
+            let mut w = FrameWriter::new(&mut buf);
+            w.write_batch(&[ToWorker::Free { ids: vec![1, 2] }, ToWorker::Welcome { worker_id: 7 }], &[b"abc", b""]).unwrap();
+            w.write_batch::<ToWorker>(&[], &[]).unwrap();
+            w.flush().unwrap();
+        }
+        let mut r = FrameReader::new(&buf[..]);
+        let (m, p) = r.read_batch::<ToWorker>().unwrap().unwrap();
+        assert_eq!(m, vec![ToWorker::Free { ids: vec![1, 2] }, ToWorker::Welcome { worker_id: 7 }]);
+        assert_eq!(p, vec![b"abc".to_vec(), vec![]]);
+        let (m, p) = r.read_batch::<ToWorker>().unwrap().unwrap();
+        assert!(m.is_empty() && p.is_empty());
+        assert!(r.read_batch::<ToWorker>().unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_garbage_and_truncated_frames_are_errors() {
+        let mut big = (MAX_CONTROL_FRAME + 1).to_le_bytes().to_vec();
+        big.push(0);
+        let e = FrameReader::new(&big[..]).read_batch::<ToWorker>().unwrap_err();
+        assert!(e.to_string().contains("outside the allowed"), "{e}");
+
+        let mut garbage = 12u64.to_le_bytes().to_vec();
+        garbage.push(0);
+        garbage.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        let e = FrameReader::new(&garbage[..]).read_batch::<ToWorker>().unwrap_err();
+        assert!(e.to_string().contains("undecodable"), "{e}");
+
+        let e = FrameReader::new(&[5u8, 0, 0][..]).read_batch::<ToWorker>().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+
+        let mut kind = 4u64.to_le_bytes().to_vec();
+        kind.push(9);
+        assert!(FrameReader::new(&kind[..]).read_batch::<ToWorker>().is_err());
+    }
+
+    #[test]
+    fn handshake_accepts_shared_secret() {
+        let (mut c, mut s) = pair();
+        let t = std::thread::spawn(move || server_handshake(&mut s, b"sekrit").map_err(|e| e.to_string()));
+        client_handshake(&mut c, b"sekrit", Role::Client).unwrap();
+        assert_eq!(t.join().unwrap().unwrap(), Role::Client);
+    }
+
+    #[test]
+    fn handshake_rejects_wrong_secret_on_both_sides() {
+        let (mut c, mut s) = pair();
+        let t = std::thread::spawn(move || server_handshake(&mut s, b"right"));
+        let e = client_handshake(&mut c, b"wrong", Role::Worker).unwrap_err();
+        assert!(e.to_string().contains("authentication failed"), "{e}");
+        drop(c);
+        // The client gave up before proving anything: the server sees a closed connection.
+        assert!(t.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn server_rejects_wrong_client_proof() {
+        let (mut c, mut s) = pair();
+        let t = std::thread::spawn(move || server_handshake(&mut s, b"right"));
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        hello.push(Role::Client as u8);
+        hello.extend_from_slice(&[7u8; 32]);
+        c.write_all(&hello).unwrap();
+        let mut reply = [0u8; 75];
+        c.read_exact(&mut reply).unwrap();
+        c.write_all(&[0u8; 32]).unwrap();
+        let mut status = [9u8; 1];
+        c.read_exact(&mut status).unwrap();
+        assert_eq!(status[0], STATUS_AUTH);
+        assert!(matches!(t.join().unwrap(), Err(HandshakeError::AuthFailed)));
+    }
+
+    #[test]
+    fn handshake_rejects_garbage_and_versions() {
+        let (mut c, mut s) = pair();
+        let t = std::thread::spawn(move || server_handshake(&mut s, b"x"));
+        c.write_all(&[0x42; 43]).unwrap();
+        assert!(matches!(t.join().unwrap(), Err(HandshakeError::BadMagic)));
+
+        let (mut c, mut s) = pair();
+        let t = std::thread::spawn(move || server_handshake(&mut s, b"x"));
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&99u16.to_le_bytes());
+        hello.push(2);
+        hello.extend_from_slice(&[0; 32]);
+        c.write_all(&hello).unwrap();
+        assert!(matches!(t.join().unwrap(), Err(HandshakeError::Version { theirs: 99, .. })));
+    }
+}

@@ -1,0 +1,8 @@
+//! The scheduler: a pure state machine ([`state`]) and the thin IO shell
+//! around it ([`server`]).
+
+pub mod server;
+pub mod state;
+
+pub use server::{start, Scheduler, ServerConfig};
+pub use state::{SchedulerConfig, SchedulerState, TaskState};

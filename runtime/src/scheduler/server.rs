@@ -1,0 +1,451 @@
+//! IO around the scheduler state machine: accept connections, authenticate,
+//! decode batches into calls on [`SchedulerState`], and flush the messages it
+//! produces, batched per connection. One thread owns the state; each
+//! connection has a reader thread and a writer thread.
+
+use super::state::{ClientId, SchedulerConfig, SchedulerState, WorkerInfo};
+use crate::log_at;
+use crate::protocol::{server_handshake, FrameReader, FrameWriter, Role, StatusReport, ToClient, ToScheduler, ToWorker, WorkerId};
+use crate::schedfile::SchedulerFile;
+use crate::util;
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How to run a scheduler.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Address to advertise, if different from the listening one.
+    pub contact: Option<String>,
+    pub secret: Vec<u8>,
+    pub scheduler_file: Option<PathBuf>,
+    /// Exit after this long with no clients and no work.
+    pub idle_timeout: Option<Duration>,
+    pub state: SchedulerConfig,
+}
+
+type ConnId = u64;
+
+enum Event {
+    Worker { conn: ConnId, info: WorkerInfo, tx: Sender<Vec<ToWorker>>, stream: TcpStream },
+    Client { conn: ConnId, name: String, tx: Sender<Vec<ToClient>>, stream: TcpStream },
+    Messages { conn: ConnId, msgs: Vec<ToScheduler> },
+    Closed { conn: ConnId, reason: String },
+    Stop { reason: String },
+}
+
+/// A running scheduler.
+pub struct Scheduler {
+    pub address: String,
+    events: Sender<Event>,
+    core: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Ask the scheduler to shut down (workers are told to exit).
+    pub fn stop(&self, reason: &str) {
+        let _ = self.events.send(Event::Stop { reason: reason.to_string() });
+    }
+
+    /// Wait until the scheduler has shut down.
+    pub fn join(mut self) {
+        if let Some(h) = self.core.take() {
+            let _ = h.join();
+        }
+    }
+
+    /// A handle that can stop the scheduler from another thread (e.g. a
+    /// signal handler thread).
+    pub fn stopper(&self) -> impl Fn(&str) + Send + 'static {
+        let tx = self.events.clone();
+        move |reason: &str| {
+            let _ = tx.send(Event::Stop { reason: reason.to_string() });
+        }
+    }
+}
+
+/// Bind, write the scheduler file, and start serving in background threads.
+pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
+    let listener = TcpListener::bind(cfg.listen).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let local = listener.local_addr()?;
+    let address = match &cfg.contact {
+        Some(c) => {
+            let c = c.strip_prefix("tcp://").unwrap_or(c);
+            if c.contains(':') { util::format_address(&util::parse_address(c).map_err(std::io::Error::other)?) } else { format!("tcp://{c}:{}", local.port()) }
+        }
+        None => util::format_address(&local),
+    };
+    let file = SchedulerFile::new(&address, &cfg.secret);
+    if let Some(path) = &cfg.scheduler_file {
+        file.write(path).map_err(|e| std::io::Error::new(e.kind(), format!("cannot write scheduler file {}: {e}", path.display())))?;
+        log_at!(2, "scheduler", "scheduler file written to {}", path.display());
+    }
+    log_at!(2, "scheduler", "listening on {address}");
+    let (tx, rx) = unbounded();
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let tx = tx.clone();
+        let secret = cfg.secret.clone();
+        let stopping = stopping.clone();
+        std::thread::Builder::new().name("tf-accept".into()).spawn(move || accept_loop(listener, secret, tx, stopping))?;
+    }
+    let core_tx = tx.clone();
+    let addr = address.clone();
+    let core = std::thread::Builder::new().name("tf-scheduler".into()).spawn(move || {
+        let mut core = Core::new(cfg, addr, core_tx);
+        core.run(rx);
+        stopping.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees `stopping`.
+        let _ = TcpStream::connect_timeout(&local, Duration::from_millis(200));
+        if let Some(path) = &core.cfg.scheduler_file {
+            file.remove_if_ours(path);
+        }
+    })?;
+    Ok(Scheduler { address, events: tx, core: Some(core) })
+}
+
+fn accept_loop(listener: TcpListener, secret: Vec<u8>, tx: Sender<Event>, stopping: Arc<AtomicBool>) {
+    let mut next_conn: ConnId = 1;
+    for stream in listener.incoming() {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log_at!(1, "scheduler", "accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let conn = next_conn;
+        next_conn += 1;
+        let tx = tx.clone();
+        let secret = secret.clone();
+        let _ = std::thread::Builder::new().name(format!("tf-conn-{conn}")).spawn(move || serve_connection(conn, stream, &secret, tx));
+    }
+}
+
+/// Handshake, registration, then read batches until the peer goes away.
+fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Sender<Event>) {
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let role = match server_handshake(&mut stream, secret) {
+        Ok(r) => r,
+        Err(e) => {
+            log_at!(1, "scheduler", "rejected connection from {peer}: {e}");
+            return;
+        }
+    };
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+    let Ok(read_half) = stream.try_clone() else { return };
+    let mut reader = FrameReader::new(read_half);
+    let first = match reader.read_batch::<ToScheduler>() {
+        Ok(Some((msgs, _))) => msgs,
+        Ok(None) => return,
+        Err(e) => {
+            log_at!(1, "scheduler", "closing connection from {peer}: {e}");
+            return;
+        }
+    };
+    let mut rest = first.into_iter();
+    match (role, rest.next()) {
+        (Role::Worker, Some(ToScheduler::RegisterWorker { name, data_address, nthreads, resources, host, pid, .. })) => {
+            let (wtx, wrx) = unbounded();
+            spawn_writer(stream.try_clone().ok(), wrx, format!("worker '{name}'"));
+            let info = WorkerInfo { name, address: data_address, nthreads: nthreads.max(1), resources, host, pid };
+            let _ = tx.send(Event::Worker { conn, info, tx: wtx, stream });
+        }
+        (Role::Client, Some(ToScheduler::RegisterClient { name })) => {
+            let (ctx, crx) = unbounded();
+            spawn_writer(stream.try_clone().ok(), crx, format!("client '{name}'"));
+            let _ = tx.send(Event::Client { conn, name, tx: ctx, stream });
+        }
+        (role, first) => {
+            log_at!(1, "scheduler", "closing connection from {peer}: a {role:?} must register first, got {first:?}");
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+    let leftover: Vec<ToScheduler> = rest.collect();
+    if !leftover.is_empty() {
+        let _ = tx.send(Event::Messages { conn, msgs: leftover });
+    }
+    let reason = loop {
+        match reader.read_batch::<ToScheduler>() {
+            Ok(Some((msgs, _))) => {
+                if tx.send(Event::Messages { conn, msgs }).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => break "connection closed".to_string(),
+            Err(e) => break format!("connection error: {e}"),
+        }
+    };
+    let _ = tx.send(Event::Closed { conn, reason });
+}
+
+/// Write batches as they come, coalescing whatever is already queued.
+fn spawn_writer<T: Serialize + Send + 'static>(stream: Option<TcpStream>, rx: Receiver<Vec<T>>, who: String) {
+    let Some(stream) = stream else { return };
+    let _ = std::thread::Builder::new().name("tf-writer".into()).spawn(move || {
+        let mut w = FrameWriter::new(stream);
+        while let Ok(mut batch) = rx.recv() {
+            while let Ok(more) = rx.try_recv() {
+                batch.extend(more);
+                if batch.len() > 100_000 {
+                    break;
+                }
+            }
+            if let Err(e) = w.send(&batch, &[]) {
+                log_at!(3, "scheduler", "cannot write to {who}: {e}");
+                break;
+            }
+        }
+    });
+}
+
+enum Peer {
+    Worker { id: WorkerId, tx: Sender<Vec<ToWorker>>, stream: TcpStream },
+    Client { id: ClientId, tx: Sender<Vec<ToClient>>, stream: TcpStream },
+}
+
+struct Core {
+    cfg: ServerConfig,
+    address: String,
+    started: f64,
+    t0: Instant,
+    state: SchedulerState,
+    conns: HashMap<ConnId, Peer>,
+    worker_conn: HashMap<WorkerId, ConnId>,
+    client_conn: HashMap<ClientId, ConnId>,
+    idle_since: Instant,
+    stop: Option<String>,
+    _self_tx: Sender<Event>,
+}
+
+impl Core {
+    fn new(cfg: ServerConfig, address: String, self_tx: Sender<Event>) -> Core {
+        let state = SchedulerState::new(cfg.state.clone());
+        Core {
+            cfg,
+            address,
+            started: util::unix_time(),
+            t0: Instant::now(),
+            state,
+            conns: HashMap::new(),
+            worker_conn: HashMap::new(),
+            client_conn: HashMap::new(),
+            idle_since: Instant::now(),
+            stop: None,
+            _self_tx: self_tx,
+        }
+    }
+
+    fn now(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64()
+    }
+
+    fn run(&mut self, rx: Receiver<Event>) {
+        let tick = Duration::from_millis(500);
+        let mut last_tick = Instant::now();
+        while self.stop.is_none() {
+            match rx.recv_timeout(tick) {
+                Ok(ev) => {
+                    self.handle(ev);
+                    // Drain what else is queued before flushing, so replies batch.
+                    let mut n = 0;
+                    while let Ok(ev) = rx.try_recv() {
+                        self.handle(ev);
+                        n += 1;
+                        if n >= 10_000 || self.stop.is_some() {
+                            break;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if last_tick.elapsed() >= tick {
+                last_tick = Instant::now();
+                let now = self.now();
+                for w in self.state.check_timeouts(now) {
+                    self.drop_worker_conn(w);
+                }
+                self.check_idle();
+            }
+            self.flush();
+        }
+        let reason = self.stop.clone().unwrap_or_else(|| "stopped".into());
+        log_at!(2, "scheduler", "shutting down: {reason}");
+        for peer in self.conns.values() {
+            match peer {
+                Peer::Worker { tx, .. } => {
+                    let _ = tx.send(vec![ToWorker::Shutdown { reason: reason.clone() }]);
+                }
+                Peer::Client { tx, .. } => {
+                    let _ = tx.send(vec![ToClient::ShuttingDown { reason: reason.clone() }]);
+                }
+            }
+        }
+        // Give writers a moment to flush the goodbyes, then close.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for peer in self.conns.values() {
+            let (empty, stream): (Box<dyn Fn() -> bool>, &TcpStream) = match peer {
+                Peer::Worker { tx, stream, .. } => {
+                    let tx = tx.clone();
+                    (Box::new(move || tx.is_empty()), stream)
+                }
+                Peer::Client { tx, stream, .. } => {
+                    let tx = tx.clone();
+                    (Box::new(move || tx.is_empty()), stream)
+                }
+            };
+            while !empty() && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            let _ = stream.shutdown(Shutdown::Read);
+        }
+    }
+
+    fn check_idle(&mut self) {
+        let busy = self.state.client_count() > 0 || !self.state.is_idle();
+        if busy {
+            self.idle_since = Instant::now();
+        } else if let Some(limit) = self.cfg.idle_timeout {
+            if self.idle_since.elapsed() >= limit {
+                self.stop = Some(format!("idle for {:.0} s (--idle-timeout)", limit.as_secs_f64()));
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        let now = self.now();
+        match ev {
+            Event::Worker { conn, info, tx, stream } => {
+                let id = self.state.add_worker(info, now);
+                self.worker_conn.insert(id, conn);
+                self.conns.insert(conn, Peer::Worker { id, tx, stream });
+            }
+            Event::Client { conn, name, tx, stream } => {
+                let id = self.state.add_client(name);
+                self.client_conn.insert(id, conn);
+                self.conns.insert(conn, Peer::Client { id, tx, stream });
+            }
+            Event::Closed { conn, reason } => match self.conns.remove(&conn) {
+                Some(Peer::Worker { id, .. }) => {
+                    self.worker_conn.remove(&id);
+                    self.state.remove_worker(id, &reason);
+                }
+                Some(Peer::Client { id, .. }) => {
+                    self.client_conn.remove(&id);
+                    self.state.remove_client(id);
+                }
+                None => {}
+            },
+            Event::Messages { conn, msgs } => match self.conns.get(&conn) {
+                Some(Peer::Worker { id, .. }) => {
+                    let id = *id;
+                    for m in msgs {
+                        self.worker_message(id, m, now);
+                    }
+                }
+                Some(Peer::Client { id, .. }) => {
+                    let id = *id;
+                    for m in msgs {
+                        self.client_message(id, m, now);
+                    }
+                }
+                None => {}
+            },
+            Event::Stop { reason } => self.stop = Some(reason),
+        }
+    }
+
+    fn worker_message(&mut self, w: WorkerId, m: ToScheduler, now: f64) {
+        match m {
+            ToScheduler::TaskFinished { id, nbytes, duration_us } => self.state.task_finished(w, id, nbytes, duration_us as f64 * 1e-6, now),
+            ToScheduler::TaskErred { id, error, .. } => self.state.task_erred(w, id, error, now),
+            ToScheduler::MissingData { id, dep, tried } => self.state.missing_data(w, id, dep, &tried, now),
+            ToScheduler::Heartbeat(metrics) => self.state.heartbeat(w, metrics, now),
+            other => log_at!(1, "scheduler", "worker {w} sent a message only clients may send; ignored: {}", short(&other)),
+        }
+    }
+
+    fn client_message(&mut self, c: ClientId, m: ToScheduler, now: f64) {
+        match m {
+            ToScheduler::UpdateGraph { tasks, wanted } => {
+                let n = tasks.len();
+                if let Err(error) = self.state.update_graph(c, tasks, &wanted) {
+                    log_at!(1, "scheduler", "rejected a graph of {n} tasks from client {c}: {error}");
+                    self.send_client(c, ToClient::GraphRejected { error });
+                } else {
+                    log_at!(3, "scheduler", "client {c} submitted {n} tasks, wants {} keys", wanted.len());
+                }
+            }
+            ToScheduler::ReleaseKeys { keys } => self.state.release_keys(c, &keys),
+            ToScheduler::StatusRequest => {
+                let report: StatusReport = self.state.status(now, &self.address, self.started);
+                self.send_client(c, ToClient::Status(report));
+            }
+            ToScheduler::Shutdown => self.stop = Some(format!("shutdown requested by client {c}")),
+            other => log_at!(1, "scheduler", "client {c} sent a message only workers may send; ignored: {}", short(&other)),
+        }
+    }
+
+    fn send_client(&mut self, c: ClientId, m: ToClient) {
+        if let Some(Peer::Client { tx, .. }) = self.client_conn.get(&c).and_then(|conn| self.conns.get(conn)) {
+            let _ = tx.send(vec![m]);
+        }
+    }
+
+    fn drop_worker_conn(&mut self, w: WorkerId) {
+        if let Some(conn) = self.worker_conn.remove(&w) {
+            if let Some(Peer::Worker { stream, .. }) = self.conns.remove(&conn) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Route what the state produced, one batch per connection.
+    fn flush(&mut self) {
+        for line in self.state.take_logs() {
+            log_at!(2, "scheduler", "{line}");
+        }
+        let (to_workers, to_clients) = self.state.take_outgoing();
+        let mut per_worker: HashMap<WorkerId, Vec<ToWorker>> = HashMap::new();
+        for (w, m) in to_workers {
+            per_worker.entry(w).or_default().push(m);
+        }
+        for (w, batch) in per_worker {
+            if let Some(Peer::Worker { tx, .. }) = self.worker_conn.get(&w).and_then(|c| self.conns.get(c)) {
+                let _ = tx.send(batch);
+            }
+        }
+        let mut per_client: HashMap<ClientId, Vec<ToClient>> = HashMap::new();
+        for (c, m) in to_clients {
+            per_client.entry(c).or_default().push(m);
+        }
+        for (c, batch) in per_client {
+            if let Some(Peer::Client { tx, .. }) = self.client_conn.get(&c).and_then(|conn| self.conns.get(conn)) {
+                let _ = tx.send(batch);
+            }
+        }
+    }
+}
+
+fn short(m: &ToScheduler) -> String {
+    let s = format!("{m:?}");
+    if s.len() > 80 {
+        format!("{}...", &s[..s.char_indices().nth(80).map(|(i, _)| i).unwrap_or(s.len())])
+    } else {
+        s
+    }
+}

@@ -1,0 +1,1157 @@
+//! The scheduler as a pure state machine.
+//!
+//! Calls in (a worker joined, a task finished, a client submitted a graph,
+//! ...), messages out (queued in [`SchedulerState::take_outgoing`]). Nothing in
+//! here touches a socket, a thread or the clock: time is passed in as `now`
+//! (seconds). Every public method leaves the state satisfying
+//! [`SchedulerState::check_invariants`], which the tests call after every event.
+//!
+//! Task states follow Dask's: `Released` (known, not needed or not started),
+//! `Waiting` (needed, some dependency not in memory), `Queued` (ready root
+//! task waiting for a free worker slot), `NoWorker` (ready, but no connected
+//! worker satisfies its restrictions), `Processing` (sent to a worker),
+//! `Memory` (result held by one or more workers), `Erred`, and `Forgotten`
+//! (nobody wants it any more; its id is never reused).
+
+use crate::graph::TaskDef;
+use crate::protocol::{ComputeTask, StatusReport, TaskId, ToClient, ToWorker, WorkerId, WorkerMetrics, WorkerStatus};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+
+pub type ClientId = u32;
+/// Lower runs first: (-user priority, submission generation, graph order).
+pub type Priority = (i64, u32, u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TaskState {
+    Released,
+    Waiting,
+    Queued,
+    NoWorker,
+    Processing,
+    Memory,
+    Erred,
+    Forgotten,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Released,
+        TaskState::Waiting,
+        TaskState::Queued,
+        TaskState::NoWorker,
+        TaskState::Processing,
+        TaskState::Memory,
+        TaskState::Erred,
+        TaskState::Forgotten,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::Released => "released",
+            TaskState::Waiting => "waiting",
+            TaskState::Queued => "queued",
+            TaskState::NoWorker => "no-worker",
+            TaskState::Processing => "processing",
+            TaskState::Memory => "memory",
+            TaskState::Erred => "erred",
+            TaskState::Forgotten => "forgotten",
+        }
+    }
+
+    /// States in which a task still needs its dependencies' values.
+    fn is_active(self) -> bool {
+        matches!(self, TaskState::Waiting | TaskState::Queued | TaskState::NoWorker | TaskState::Processing)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// A task that was running on this many workers when they died is erred.
+    pub allowed_failures: u32,
+    /// Seconds without a message after which a worker is considered lost.
+    pub worker_timeout: f64,
+    /// Seconds of work to keep queued on each worker beyond its threads, so
+    /// short tasks do not wait for a scheduler round trip.
+    pub pipeline_seconds: f64,
+    /// Upper bound on extra queued tasks per worker thread.
+    pub max_pipeline_per_thread: u32,
+    /// Assumed worker-to-worker bandwidth (bytes/s) for placement.
+    pub bandwidth: f64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            allowed_failures: 3,
+            worker_timeout: 60.0,
+            pipeline_seconds: 0.02,
+            max_pipeline_per_thread: 512,
+            bandwidth: 100e6,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerInfo {
+    pub name: String,
+    pub address: String,
+    pub nthreads: u32,
+    pub resources: Vec<(String, f64)>,
+    pub host: String,
+    pub pid: u32,
+}
+
+#[derive(Debug)]
+struct Worker {
+    info: WorkerInfo,
+    processing: HashSet<TaskId>,
+    has_what: HashSet<TaskId>,
+    last_seen: f64,
+    metrics: WorkerMetrics,
+}
+
+#[derive(Debug, Default)]
+struct Restrictions {
+    workers: Vec<String>,
+    resources: Vec<(String, f64)>,
+}
+
+#[derive(Debug)]
+struct Task {
+    key: Box<str>,
+    state: TaskState,
+    spec: Box<[u8]>,
+    deps: Vec<TaskId>,
+    dependents: Vec<TaskId>,
+    /// Dependencies not in memory (meaningful while `Waiting`).
+    waiting_on: u32,
+    /// Dependents in an active state, i.e. still needing this value.
+    waiters: u32,
+    /// Dependents not yet forgotten.
+    live_dependents: u32,
+    who_has: Vec<WorkerId>,
+    processing_on: Option<WorkerId>,
+    wanted_by: Vec<ClientId>,
+    priority: Priority,
+    retries_left: u32,
+    suspicious: u32,
+    nbytes: u64,
+    timeout: Option<f64>,
+    restrictions: Option<Box<Restrictions>>,
+    error: Option<Box<str>>,
+}
+
+/// Counters reported in status and asserted by tests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchedulerStats {
+    pub tasks_finished: u64,
+    pub tasks_erred: u64,
+    /// Tasks run again because their result was lost with a worker.
+    pub tasks_recomputed: u64,
+    /// Tasks put back because the worker running them was lost.
+    pub tasks_rescheduled: u64,
+    pub workers_lost: u64,
+    pub retries: u64,
+}
+
+/// The scheduler's whole state.
+pub struct SchedulerState {
+    config: SchedulerConfig,
+    tasks: Vec<Task>,
+    keys: HashMap<Box<str>, TaskId>,
+    workers: BTreeMap<WorkerId, Worker>,
+    clients: BTreeMap<ClientId, String>,
+    queued: BinaryHeap<Reverse<(Priority, TaskId)>>,
+    no_worker: Vec<TaskId>,
+    counts: [u64; 8],
+    next_worker: WorkerId,
+    next_client: ClientId,
+    generation: u32,
+    avg_duration: f64,
+    to_worker: Vec<(WorkerId, ToWorker)>,
+    frees: BTreeMap<WorkerId, Vec<TaskId>>,
+    to_client: Vec<(ClientId, ToClient)>,
+    logs: Vec<String>,
+    /// Tasks whose need may have dropped; examined by `settle`.
+    check: Vec<TaskId>,
+    pub stats: SchedulerStats,
+}
+
+impl SchedulerState {
+    pub fn new(config: SchedulerConfig) -> Self {
+        SchedulerState {
+            config,
+            tasks: Vec::new(),
+            keys: HashMap::new(),
+            workers: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            queued: BinaryHeap::new(),
+            no_worker: Vec::new(),
+            counts: [0; 8],
+            next_worker: 1,
+            next_client: 1,
+            generation: 0,
+            avg_duration: 0.0,
+            to_worker: Vec::new(),
+            frees: BTreeMap::new(),
+            to_client: Vec::new(),
+            logs: Vec::new(),
+            check: Vec::new(),
+            stats: SchedulerStats::default(),
+        }
+    }
+
+    // ---- queries ---------------------------------------------------------
+
+    pub fn count(&self, s: TaskState) -> u64 {
+        self.counts[s as usize]
+    }
+
+    pub fn task_id(&self, key: &str) -> Option<TaskId> {
+        self.keys.get(key).copied()
+    }
+
+    pub fn state_of(&self, key: &str) -> Option<TaskState> {
+        self.task_id(key).map(|t| self.tasks[t as usize].state)
+    }
+
+    pub fn who_has(&self, key: &str) -> Vec<WorkerId> {
+        self.task_id(key).map(|t| self.tasks[t as usize].who_has.clone()).unwrap_or_default()
+    }
+
+    pub fn processing_on(&self, key: &str) -> Option<WorkerId> {
+        self.task_id(key).and_then(|t| self.tasks[t as usize].processing_on)
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn worker_ids(&self) -> Vec<WorkerId> {
+        self.workers.keys().copied().collect()
+    }
+
+    /// True when no task is waiting, queued, processing or held.
+    pub fn is_idle(&self) -> bool {
+        TaskState::ALL.iter().all(|&s| matches!(s, TaskState::Released | TaskState::Forgotten | TaskState::Erred) || self.count(s) == 0)
+    }
+
+    pub fn status(&self, now: f64, address: &str, started: f64) -> StatusReport {
+        StatusReport {
+            address: address.to_string(),
+            started,
+            workers: self
+                .workers
+                .iter()
+                .map(|(&id, w)| WorkerStatus {
+                    id,
+                    name: w.info.name.clone(),
+                    address: w.info.address.clone(),
+                    host: w.info.host.clone(),
+                    pid: w.info.pid,
+                    nthreads: w.info.nthreads,
+                    processing: w.processing.len() as u32,
+                    in_memory: w.has_what.len() as u64,
+                    metrics: w.metrics.clone(),
+                    last_seen_secs: (now - w.last_seen).max(0.0),
+                })
+                .collect(),
+            tasks: TaskState::ALL.iter().filter(|&&s| s != TaskState::Forgotten).map(|&s| (s.name().to_string(), self.count(s))).collect(),
+            clients: self.clients.len() as u32,
+        }
+    }
+
+    /// Messages produced since the last call: to workers, then to clients.
+    pub fn take_outgoing(&mut self) -> (Vec<(WorkerId, ToWorker)>, Vec<(ClientId, ToClient)>) {
+        let mut w = std::mem::take(&mut self.to_worker);
+        for (wid, ids) in std::mem::take(&mut self.frees) {
+            if self.workers.contains_key(&wid) {
+                w.push((wid, ToWorker::Free { ids }));
+            }
+        }
+        (w, std::mem::take(&mut self.to_client))
+    }
+
+    /// Log lines produced since the last call.
+    pub fn take_logs(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.logs)
+    }
+
+    // ---- workers ---------------------------------------------------------
+
+    pub fn add_worker(&mut self, info: WorkerInfo, now: f64) -> WorkerId {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        self.logs.push(format!("worker '{}' joined from {} with {} threads", info.name, info.address, info.nthreads));
+        self.workers.insert(
+            id,
+            Worker { info, processing: HashSet::new(), has_what: HashSet::new(), last_seen: now, metrics: WorkerMetrics::default() },
+        );
+        self.to_worker.push((id, ToWorker::Welcome { worker_id: id }));
+        // Tasks no worker could run may fit the newcomer.
+        let stuck = std::mem::take(&mut self.no_worker);
+        for t in stuck {
+            if self.tasks[t as usize].state == TaskState::NoWorker {
+                self.make_ready(t);
+            }
+        }
+        self.settle();
+        self.fill_worker(id);
+        id
+    }
+
+    pub fn heartbeat(&mut self, w: WorkerId, metrics: WorkerMetrics, now: f64) {
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.last_seen = now;
+            worker.metrics = metrics;
+        }
+    }
+
+    /// Any message from a worker proves it alive.
+    pub fn touch(&mut self, w: WorkerId, now: f64) {
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.last_seen = now;
+        }
+    }
+
+    /// Remove workers that have been silent for longer than the timeout.
+    /// Returns the ids removed.
+    pub fn check_timeouts(&mut self, now: f64) -> Vec<WorkerId> {
+        let timeout = self.config.worker_timeout;
+        let silent: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| now - w.last_seen > timeout).map(|(&id, _)| id).collect();
+        for &w in &silent {
+            self.remove_worker(w, &format!("no message for {timeout:.0} s"));
+        }
+        silent
+    }
+
+    /// A worker left or was lost: reschedule what it was running, recompute
+    /// what only it held and is still needed.
+    pub fn remove_worker(&mut self, w: WorkerId, reason: &str) {
+        let Some(worker) = self.workers.remove(&w) else { return };
+        let name = worker.info.name.clone();
+        self.stats.workers_lost += 1;
+        self.logs.push(format!("worker '{name}' ({}) removed: {reason}", worker.info.address));
+        self.frees.remove(&w);
+        self.to_worker.retain(|(id, _)| *id != w);
+
+        let mut held: Vec<TaskId> = worker.has_what.into_iter().collect();
+        held.sort_unstable();
+        let mut lost = Vec::new();
+        for t in held {
+            let task = &mut self.tasks[t as usize];
+            task.who_has.retain(|&h| h != w);
+            if task.who_has.is_empty() && task.state == TaskState::Memory {
+                self.lose_value(t);
+                lost.push(t);
+            }
+        }
+        let mut processing: Vec<TaskId> = worker.processing.into_iter().collect();
+        processing.sort_unstable();
+        for t in processing {
+            let task = &mut self.tasks[t as usize];
+            task.processing_on = None;
+            task.suspicious += 1;
+            if task.suspicious > self.config.allowed_failures {
+                let msg = format!(
+                    "task was running on {} workers that died (last: '{name}'); it may be crashing its worker (allowed failures: {})",
+                    task.suspicious, self.config.allowed_failures
+                );
+                self.logs.push(format!("task '{}' marked erred: {msg}", task.key));
+                self.to_erred(t, msg);
+            } else {
+                self.stats.tasks_rescheduled += 1;
+                self.to_waiting(t);
+            }
+        }
+
+        let mut recomputed = Vec::new();
+        for t in lost {
+            if self.is_needed(t) {
+                recomputed.push(self.tasks[t as usize].key.to_string());
+                self.stats.tasks_recomputed += 1;
+                self.ensure_computing(t);
+            } else {
+                self.check.push(t);
+            }
+        }
+        if !recomputed.is_empty() {
+            let shown: Vec<&str> = recomputed.iter().take(20).map(String::as_str).collect();
+            let more = if recomputed.len() > 20 { format!(" and {} more", recomputed.len() - 20) } else { String::new() };
+            self.logs.push(format!("recomputing {} lost keys held only by '{name}': {}{more}", recomputed.len(), shown.join(", ")));
+        }
+        self.settle();
+        self.fill_all();
+    }
+
+    // ---- clients ---------------------------------------------------------
+
+    pub fn add_client(&mut self, name: String) -> ClientId {
+        let id = self.next_client;
+        self.next_client += 1;
+        self.clients.insert(id, name);
+        self.to_client.push((id, ToClient::Welcome { client_id: id }));
+        id
+    }
+
+    /// A client left: everything only it wanted is released.
+    pub fn remove_client(&mut self, c: ClientId) {
+        if self.clients.remove(&c).is_none() {
+            return;
+        }
+        let wanted: Vec<TaskId> =
+            self.tasks.iter().enumerate().filter(|(_, t)| t.wanted_by.contains(&c)).map(|(i, _)| i as TaskId).collect();
+        for t in wanted {
+            self.tasks[t as usize].wanted_by.retain(|&x| x != c);
+            self.check.push(t);
+        }
+        self.settle();
+    }
+
+    pub fn release_keys(&mut self, c: ClientId, keys: &[String]) {
+        for k in keys {
+            if let Some(&t) = self.keys.get(k.as_str()) {
+                self.tasks[t as usize].wanted_by.retain(|&x| x != c);
+                self.check.push(t);
+            }
+        }
+        self.settle();
+    }
+
+    /// Add tasks and mark `wanted` keys as wanted by client `c`. The whole
+    /// update is rejected (nothing changes) if it refers to unknown keys or
+    /// contains a cycle. Keys that already exist keep their existing task.
+    pub fn update_graph(&mut self, c: ClientId, defs: Vec<TaskDef>, wanted: &[String]) -> Result<(), String> {
+        if !self.clients.contains_key(&c) {
+            return Err("unknown client".into());
+        }
+        // Validate first, change nothing until the update is known good.
+        let mut new_index: HashMap<&str, usize> = HashMap::with_capacity(defs.len());
+        for (i, d) in defs.iter().enumerate() {
+            if !self.keys.contains_key(d.key.as_str()) && new_index.insert(d.key.as_str(), i).is_some() {
+                return Err(format!("task '{}' is defined twice", d.key));
+            }
+        }
+        for d in &defs {
+            if !new_index.contains_key(d.key.as_str()) {
+                continue;
+            }
+            for dep in &d.deps {
+                if !new_index.contains_key(dep.as_str()) && !self.keys.contains_key(dep.as_str()) {
+                    return Err(format!("task '{}' depends on '{dep}', which is neither in the graph nor known to the scheduler", d.key));
+                }
+            }
+        }
+        for k in wanted {
+            if !new_index.contains_key(k.as_str()) && !self.keys.contains_key(k.as_str()) {
+                return Err(format!("requested key '{k}' is not in the graph"));
+            }
+        }
+        if let Some(cycle) = find_cycle(&defs, &new_index) {
+            return Err(format!("the graph has a cycle: {}", cycle.join(" -> ")));
+        }
+
+        let is_new: Vec<bool> = defs.iter().enumerate().map(|(i, d)| new_index.get(d.key.as_str()) == Some(&i)).collect();
+        let n_new = new_index.len();
+        drop(new_index);
+        self.generation += 1;
+        let generation = self.generation;
+        let mut added = Vec::with_capacity(n_new);
+        for (d, new) in defs.into_iter().zip(is_new) {
+            if !new {
+                continue;
+            }
+            let id = self.tasks.len() as TaskId;
+            let restrictions = if d.annotations.workers.is_empty() && d.annotations.resources.is_empty() {
+                None
+            } else {
+                Some(Box::new(Restrictions { workers: d.annotations.workers, resources: d.annotations.resources }))
+            };
+            let key: Box<str> = d.key.into_boxed_str();
+            self.keys.insert(key.clone(), id);
+            self.tasks.push(Task {
+                key,
+                state: TaskState::Released,
+                spec: d.spec.into_boxed_slice(),
+                deps: Vec::new(),
+                dependents: Vec::new(),
+                waiting_on: 0,
+                waiters: 0,
+                live_dependents: 0,
+                who_has: Vec::new(),
+                processing_on: None,
+                wanted_by: Vec::new(),
+                priority: (-(d.annotations.priority as i64), generation, d.order),
+                retries_left: d.annotations.retries,
+                suspicious: 0,
+                nbytes: 0,
+                timeout: d.annotations.timeout,
+                restrictions,
+                error: None,
+            });
+            self.counts[TaskState::Released as usize] += 1;
+            added.push((id, d.deps));
+        }
+        for (id, deps) in &added {
+            let dep_ids: Vec<TaskId> = deps.iter().map(|k| self.keys[k.as_str()]).collect();
+            for &d in &dep_ids {
+                let dt = &mut self.tasks[d as usize];
+                dt.dependents.push(*id);
+                dt.live_dependents += 1;
+            }
+            self.tasks[*id as usize].deps = dep_ids;
+        }
+        for k in wanted {
+            let t = self.keys[k.as_str()];
+            let task = &mut self.tasks[t as usize];
+            if !task.wanted_by.contains(&c) {
+                task.wanted_by.push(c);
+            }
+            match task.state {
+                TaskState::Memory => {
+                    let msg = self.key_in_memory_msg(t);
+                    self.to_client.push((c, msg));
+                }
+                TaskState::Erred => {
+                    let error = task.error.as_deref().unwrap_or("failed").to_string();
+                    self.to_client.push((c, ToClient::KeyErred { key: k.clone(), error }));
+                }
+                _ => self.ensure_computing(t),
+            }
+        }
+        // New tasks nobody needs are culled right away.
+        for (id, _) in added {
+            self.check.push(id);
+        }
+        self.to_client.push((c, ToClient::GraphAccepted { total: wanted.len() as u64 }));
+        self.settle();
+        self.fill_all();
+        Ok(())
+    }
+
+    // ---- results from workers ----------------------------------------------
+
+    pub fn task_finished(&mut self, w: WorkerId, t: TaskId, nbytes: u64, duration: f64, now: f64) {
+        self.touch(w, now);
+        if !self.workers.contains_key(&w) {
+            return;
+        }
+        let Some(task) = self.tasks.get(t as usize) else {
+            self.logs.push(format!("worker {w} reported unknown task id {t}; ignored"));
+            return;
+        };
+        match task.state {
+            TaskState::Processing => {}
+            TaskState::Memory => {
+                // A second copy (e.g. the task was also run elsewhere): keep it.
+                if !task.who_has.contains(&w) {
+                    self.tasks[t as usize].who_has.push(w);
+                    self.workers.get_mut(&w).expect("checked").has_what.insert(t);
+                }
+                return;
+            }
+            _ => {
+                self.frees.entry(w).or_default().push(t);
+                return;
+            }
+        }
+        self.avg_duration = if self.stats.tasks_finished == 0 { duration } else { 0.9 * self.avg_duration + 0.1 * duration };
+        self.stats.tasks_finished += 1;
+        if let Some(p) = self.tasks[t as usize].processing_on.take() {
+            if let Some(pw) = self.workers.get_mut(&p) {
+                pw.processing.remove(&t);
+            }
+        }
+        let task = &mut self.tasks[t as usize];
+        task.nbytes = nbytes;
+        task.who_has.push(w);
+        self.workers.get_mut(&w).expect("checked").has_what.insert(t);
+        self.set_state(t, TaskState::Memory);
+        self.value_arrived(t);
+        self.check.push(t);
+        self.settle();
+        self.fill_worker(w);
+    }
+
+    pub fn task_erred(&mut self, w: WorkerId, t: TaskId, error: String, now: f64) {
+        self.touch(w, now);
+        let Some(task) = self.tasks.get_mut(t as usize) else { return };
+        if task.state != TaskState::Processing || task.processing_on != Some(w) {
+            return;
+        }
+        task.processing_on = None;
+        if let Some(pw) = self.workers.get_mut(&w) {
+            pw.processing.remove(&t);
+        }
+        let task = &mut self.tasks[t as usize];
+        if task.retries_left > 0 {
+            task.retries_left -= 1;
+            self.stats.retries += 1;
+            self.logs.push(format!("task '{}' failed, retrying ({} retries left): {error}", task.key, task.retries_left));
+            self.to_waiting(t);
+        } else {
+            self.stats.tasks_erred += 1;
+            self.to_erred(t, error);
+        }
+        self.settle();
+        self.fill_worker(w);
+    }
+
+    /// Worker `w` could not fetch dependency `dep` of task `t` from the
+    /// holders it tried.
+    pub fn missing_data(&mut self, w: WorkerId, t: TaskId, dep: TaskId, tried: &[String], now: f64) {
+        self.touch(w, now);
+        let (Some(task), Some(_)) = (self.tasks.get(t as usize), self.tasks.get(dep as usize)) else { return };
+        if task.state != TaskState::Processing || task.processing_on != Some(w) {
+            return;
+        }
+        let stale: Vec<WorkerId> = self.tasks[dep as usize]
+            .who_has
+            .iter()
+            .copied()
+            .filter(|h| self.workers.get(h).is_some_and(|hw| tried.contains(&hw.info.address)))
+            .collect();
+        for h in stale {
+            self.tasks[dep as usize].who_has.retain(|&x| x != h);
+            if let Some(hw) = self.workers.get_mut(&h) {
+                hw.has_what.remove(&dep);
+            }
+        }
+        self.tasks[t as usize].processing_on = None;
+        self.workers.get_mut(&w).expect("checked").processing.remove(&t);
+        if self.tasks[dep as usize].state == TaskState::Memory && self.tasks[dep as usize].who_has.is_empty() {
+            self.logs.push(format!("value of '{}' is gone from every holder; recomputing it", self.tasks[dep as usize].key));
+            self.lose_value(dep);
+            self.stats.tasks_recomputed += 1;
+        }
+        self.to_waiting(t);
+        self.settle();
+        self.fill_worker(w);
+    }
+
+    // ---- transitions -----------------------------------------------------------
+
+    fn set_state(&mut self, t: TaskId, new: TaskState) {
+        let old = self.tasks[t as usize].state;
+        if old == new {
+            return;
+        }
+        self.counts[old as usize] -= 1;
+        self.counts[new as usize] += 1;
+        self.tasks[t as usize].state = new;
+        match (old.is_active(), new.is_active()) {
+            (false, true) => {
+                for i in 0..self.tasks[t as usize].deps.len() {
+                    let d = self.tasks[t as usize].deps[i];
+                    self.tasks[d as usize].waiters += 1;
+                }
+            }
+            (true, false) => {
+                for i in 0..self.tasks[t as usize].deps.len() {
+                    let d = self.tasks[t as usize].deps[i];
+                    self.tasks[d as usize].waiters -= 1;
+                    if self.tasks[d as usize].waiters == 0 {
+                        self.check.push(d);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn is_needed(&self, t: TaskId) -> bool {
+        let task = &self.tasks[t as usize];
+        !task.wanted_by.is_empty() || task.waiters > 0
+    }
+
+    /// Make sure a needed task will (again) have a value: start it and,
+    /// recursively, whatever it waits for.
+    fn ensure_computing(&mut self, root: TaskId) {
+        let mut stack = vec![root];
+        while let Some(t) = stack.pop() {
+            if self.tasks[t as usize].state != TaskState::Released {
+                continue;
+            }
+            self.set_state(t, TaskState::Waiting);
+            let mut missing = 0;
+            for i in 0..self.tasks[t as usize].deps.len() {
+                let d = self.tasks[t as usize].deps[i];
+                match self.tasks[d as usize].state {
+                    TaskState::Memory => {}
+                    TaskState::Released => {
+                        missing += 1;
+                        stack.push(d);
+                    }
+                    TaskState::Erred => {
+                        let err = self.tasks[d as usize].error.clone().unwrap_or_default();
+                        let key = self.tasks[d as usize].key.clone();
+                        self.tasks[t as usize].waiting_on = 0;
+                        self.to_erred(t, dependency_error(&key, &err));
+                        missing = u32::MAX;
+                        break;
+                    }
+                    _ => missing += 1,
+                }
+            }
+            if missing == u32::MAX {
+                continue;
+            }
+            self.tasks[t as usize].waiting_on = missing;
+            if missing == 0 {
+                self.make_ready(t);
+            }
+        }
+    }
+
+    /// Put an active task back to waiting for whatever of its dependencies
+    /// is not in memory (after a lost worker, a retry or missing data).
+    fn to_waiting(&mut self, t: TaskId) {
+        if self.tasks[t as usize].state == TaskState::Erred {
+            return;
+        }
+        self.set_state(t, TaskState::Waiting);
+        let mut missing = 0;
+        for i in 0..self.tasks[t as usize].deps.len() {
+            let d = self.tasks[t as usize].deps[i];
+            match self.tasks[d as usize].state {
+                TaskState::Memory => {}
+                TaskState::Released => {
+                    missing += 1;
+                    self.ensure_computing(d);
+                }
+                _ => missing += 1,
+            }
+        }
+        self.tasks[t as usize].waiting_on = missing;
+        if missing == 0 {
+            self.make_ready(t);
+        }
+    }
+
+    /// A value held nowhere any more: back to released, and dependents that
+    /// were counting on it wait again.
+    fn lose_value(&mut self, t: TaskId) {
+        self.set_state(t, TaskState::Released);
+        for i in 0..self.tasks[t as usize].dependents.len() {
+            let d = self.tasks[t as usize].dependents[i];
+            match self.tasks[d as usize].state {
+                TaskState::Waiting => self.tasks[d as usize].waiting_on += 1,
+                TaskState::NoWorker => {
+                    self.set_state(d, TaskState::Waiting);
+                    self.tasks[d as usize].waiting_on = 1;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A task's value is now in memory: wake dependents, tell clients.
+    fn value_arrived(&mut self, t: TaskId) {
+        for i in 0..self.tasks[t as usize].dependents.len() {
+            let d = self.tasks[t as usize].dependents[i];
+            let dt = &mut self.tasks[d as usize];
+            if dt.state == TaskState::Waiting {
+                dt.waiting_on -= 1;
+                if dt.waiting_on == 0 {
+                    self.make_ready(d);
+                }
+            }
+        }
+        if !self.tasks[t as usize].wanted_by.is_empty() {
+            let msg = self.key_in_memory_msg(t);
+            for i in 0..self.tasks[t as usize].wanted_by.len() {
+                let c = self.tasks[t as usize].wanted_by[i];
+                self.to_client.push((c, msg.clone()));
+            }
+        }
+    }
+
+    fn key_in_memory_msg(&self, t: TaskId) -> ToClient {
+        let task = &self.tasks[t as usize];
+        ToClient::KeyInMemory {
+            key: task.key.to_string(),
+            id: t,
+            holders: task.who_has.iter().filter_map(|w| self.workers.get(w)).map(|w| w.info.address.clone()).collect(),
+        }
+    }
+
+    fn to_erred(&mut self, root: TaskId, error: String) {
+        let mut stack = vec![(root, error)];
+        while let Some((t, err)) = stack.pop() {
+            let task = &self.tasks[t as usize];
+            if matches!(task.state, TaskState::Erred | TaskState::Memory | TaskState::Forgotten) {
+                continue;
+            }
+            if let Some(p) = task.processing_on {
+                if let Some(pw) = self.workers.get_mut(&p) {
+                    pw.processing.remove(&t);
+                }
+                self.frees.entry(p).or_default().push(t);
+            }
+            let key = task.key.clone();
+            let task = &mut self.tasks[t as usize];
+            task.processing_on = None;
+            task.error = Some(err.clone().into_boxed_str());
+            let wanted = task.wanted_by.clone();
+            self.set_state(t, TaskState::Erred);
+            for c in wanted {
+                self.to_client.push((c, ToClient::KeyErred { key: key.to_string(), error: err.clone() }));
+            }
+            let dep_err = dependency_error(&key, &err);
+            for i in 0..self.tasks[t as usize].dependents.len() {
+                let d = self.tasks[t as usize].dependents[i];
+                if self.tasks[d as usize].state.is_active() {
+                    stack.push((d, dep_err.clone()));
+                }
+            }
+            self.check.push(t);
+        }
+    }
+
+    /// All dependencies are in memory: queue it or send it to a worker.
+    fn make_ready(&mut self, t: TaskId) {
+        let task = &self.tasks[t as usize];
+        if task.deps.is_empty() && task.restrictions.is_none() {
+            self.set_state(t, TaskState::Queued);
+            let p = self.tasks[t as usize].priority;
+            self.queued.push(Reverse((p, t)));
+            return;
+        }
+        match self.decide_worker(t) {
+            Some(w) => self.send_to_worker(t, w),
+            None => {
+                self.set_state(t, TaskState::NoWorker);
+                self.no_worker.push(t);
+            }
+        }
+    }
+
+    fn eligible(&self, t: TaskId, w: &Worker) -> bool {
+        match &self.tasks[t as usize].restrictions {
+            None => true,
+            Some(r) => {
+                (r.workers.is_empty() || r.workers.iter().any(|n| *n == w.info.name || *n == w.info.address))
+                    && r.resources.iter().all(|(name, amount)| {
+                        let have = if name == "cpus" {
+                            w.info.nthreads as f64
+                        } else {
+                            w.info.resources.iter().find(|(n, _)| n == name).map(|(_, a)| *a).unwrap_or(0.0)
+                        };
+                        have >= *amount
+                    })
+            }
+        }
+    }
+
+    /// Pick the worker where the task would start soonest: bytes it must
+    /// fetch over the assumed bandwidth plus the queued work per thread.
+    fn decide_worker(&self, t: TaskId) -> Option<WorkerId> {
+        let task = &self.tasks[t as usize];
+        let per_task = self.avg_duration.max(1e-6);
+        let mut best: Option<(f64, WorkerId)> = None;
+        for (&id, w) in &self.workers {
+            if !self.eligible(t, w) {
+                continue;
+            }
+            let missing: u64 = task
+                .deps
+                .iter()
+                .map(|&d| &self.tasks[d as usize])
+                .filter(|dt| !dt.who_has.contains(&id))
+                .map(|dt| dt.nbytes.max(1))
+                .sum();
+            let occupancy = w.processing.len() as f64 / w.info.nthreads.max(1) as f64 * per_task;
+            let cost = missing as f64 / self.config.bandwidth + occupancy;
+            if best.is_none_or(|(c, _)| cost < c) {
+                best = Some((cost, id));
+            }
+        }
+        best.map(|(_, w)| w)
+    }
+
+    fn send_to_worker(&mut self, t: TaskId, w: WorkerId) {
+        self.set_state(t, TaskState::Processing);
+        self.tasks[t as usize].processing_on = Some(w);
+        self.workers.get_mut(&w).expect("chosen worker exists").processing.insert(t);
+        let task = &self.tasks[t as usize];
+        let deps = task
+            .deps
+            .iter()
+            .map(|&d| {
+                let holders = self.tasks[d as usize].who_has.iter().filter_map(|h| self.workers.get(h)).map(|h| h.info.address.clone()).collect();
+                (d, holders)
+            })
+            .collect();
+        let msg = ComputeTask { id: t, key: task.key.to_string(), spec: task.spec.to_vec(), deps, priority: task.priority, timeout: task.timeout };
+        self.to_worker.push((w, ToWorker::Compute(msg)));
+    }
+
+    /// How many tasks a worker may hold (running plus queued on it).
+    fn slots(&self, w: &Worker) -> usize {
+        let n = w.info.nthreads.max(1) as f64;
+        let extra_per_thread = if self.avg_duration <= 0.0 {
+            1.0
+        } else {
+            (self.config.pipeline_seconds / self.avg_duration).clamp(1.0, self.config.max_pipeline_per_thread as f64)
+        };
+        (n + n * extra_per_thread) as usize
+    }
+
+    fn fill_worker(&mut self, w: WorkerId) {
+        let Some(worker) = self.workers.get(&w) else { return };
+        let slots = self.slots(worker);
+        let mut free = slots.saturating_sub(worker.processing.len());
+        while free > 0 {
+            let Some(Reverse((_, t))) = self.queued.pop() else { break };
+            if self.tasks[t as usize].state != TaskState::Queued {
+                continue; // stale heap entry
+            }
+            self.send_to_worker(t, w);
+            free -= 1;
+        }
+    }
+
+    fn fill_all(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        // Least loaded first, so a burst spreads over the workers.
+        let mut order: Vec<(usize, WorkerId)> = self.workers.iter().map(|(&id, w)| (w.processing.len(), id)).collect();
+        order.sort_unstable();
+        // Hand out in rounds of one thread's worth so workers share the queue.
+        loop {
+            let before = self.queued.len();
+            for &(_, w) in &order {
+                let worker = &self.workers[&w];
+                let free = self.slots(worker).saturating_sub(worker.processing.len());
+                let step = free.min(worker.info.nthreads.max(1) as usize);
+                for _ in 0..step {
+                    let Some(Reverse((_, t))) = self.queued.pop() else { break };
+                    if self.tasks[t as usize].state == TaskState::Queued {
+                        self.send_to_worker(t, w);
+                    }
+                }
+            }
+            if self.queued.is_empty() || self.queued.len() == before {
+                break;
+            }
+        }
+    }
+
+    /// Release values nobody needs and forget tasks nobody will ever need.
+    fn settle(&mut self) {
+        while let Some(t) = self.check.pop() {
+            let task = &self.tasks[t as usize];
+            if task.state == TaskState::Forgotten || !task.wanted_by.is_empty() || task.waiters > 0 {
+                continue;
+            }
+            match task.state {
+                TaskState::Memory => {
+                    let holders = std::mem::take(&mut self.tasks[t as usize].who_has);
+                    for h in holders {
+                        if let Some(hw) = self.workers.get_mut(&h) {
+                            hw.has_what.remove(&t);
+                        }
+                        self.frees.entry(h).or_default().push(t);
+                    }
+                    self.set_state(t, TaskState::Released);
+                }
+                TaskState::Waiting | TaskState::Queued | TaskState::NoWorker => self.set_state(t, TaskState::Released),
+                TaskState::Processing => {
+                    if let Some(p) = self.tasks[t as usize].processing_on.take() {
+                        if let Some(pw) = self.workers.get_mut(&p) {
+                            pw.processing.remove(&t);
+                        }
+                        self.frees.entry(p).or_default().push(t);
+                    }
+                    self.set_state(t, TaskState::Released);
+                }
+                _ => {}
+            }
+            let task = &self.tasks[t as usize];
+            if task.live_dependents == 0 && matches!(task.state, TaskState::Released | TaskState::Erred) {
+                self.forget(t);
+            }
+        }
+    }
+
+    fn forget(&mut self, t: TaskId) {
+        self.set_state(t, TaskState::Forgotten);
+        let task = &mut self.tasks[t as usize];
+        self.keys.remove(&task.key);
+        task.spec = Box::new([]);
+        task.error = None;
+        task.restrictions = None;
+        let deps = std::mem::take(&mut task.deps);
+        task.dependents = Vec::new();
+        for d in deps {
+            let dt = &mut self.tasks[d as usize];
+            dt.live_dependents -= 1;
+            if dt.live_dependents == 0 {
+                self.check.push(d);
+            }
+        }
+    }
+
+    // ---- invariants -------------------------------------------------------------
+
+    /// Check every structural invariant; returns a description of the first
+    /// violation. O(size of the state): for tests and debug builds.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut counts = [0u64; 8];
+        for (i, task) in self.tasks.iter().enumerate() {
+            let t = i as TaskId;
+            counts[task.state as usize] += 1;
+            let k = &task.key;
+            if task.state == TaskState::Forgotten {
+                if self.keys.get(k).is_some_and(|&x| x == t) {
+                    return Err(format!("forgotten task '{k}' still in the key map"));
+                }
+                continue;
+            }
+            if self.keys.get(k) != Some(&t) {
+                return Err(format!("task '{k}' missing from the key map"));
+            }
+            let waiters = task.dependents.iter().filter(|&&d| self.tasks[d as usize].state.is_active()).count() as u32;
+            if waiters != task.waiters {
+                return Err(format!("task '{k}': waiters {} but {waiters} active dependents", task.waiters));
+            }
+            let live = task.dependents.iter().filter(|&&d| self.tasks[d as usize].state != TaskState::Forgotten).count() as u32;
+            if live != task.live_dependents {
+                return Err(format!("task '{k}': live_dependents {} but {live}", task.live_dependents));
+            }
+            for &d in &task.deps {
+                if self.tasks[d as usize].state == TaskState::Forgotten {
+                    return Err(format!("task '{k}' depends on forgotten '{}'", self.tasks[d as usize].key));
+                }
+                if !self.tasks[d as usize].dependents.contains(&t) {
+                    return Err(format!("task '{k}' not among its dependency's dependents"));
+                }
+            }
+            if (task.state == TaskState::Memory) != !task.who_has.is_empty() {
+                return Err(format!("task '{k}' in state {} with {} holders", task.state.name(), task.who_has.len()));
+            }
+            for h in &task.who_has {
+                match self.workers.get(h) {
+                    Some(w) if w.has_what.contains(&t) => {}
+                    _ => return Err(format!("task '{k}' held by worker {h}, which does not know it")),
+                }
+            }
+            if (task.state == TaskState::Processing) != task.processing_on.is_some() {
+                return Err(format!("task '{k}' in state {} with processing_on {:?}", task.state.name(), task.processing_on));
+            }
+            if let Some(p) = task.processing_on {
+                match self.workers.get(&p) {
+                    Some(w) if w.processing.contains(&t) => {}
+                    _ => return Err(format!("task '{k}' processing on worker {p}, which does not know it")),
+                }
+            }
+            let not_in_memory = task.deps.iter().filter(|&&d| self.tasks[d as usize].state != TaskState::Memory).count() as u32;
+            match task.state {
+                TaskState::Waiting => {
+                    if task.waiting_on != not_in_memory || not_in_memory == 0 {
+                        return Err(format!("waiting task '{k}': waiting_on {} but {not_in_memory} deps not in memory", task.waiting_on));
+                    }
+                    for &d in &task.deps {
+                        let ds = self.tasks[d as usize].state;
+                        if !(ds == TaskState::Memory || ds.is_active()) {
+                            return Err(format!("waiting task '{k}' waits on '{}' which is {}", self.tasks[d as usize].key, ds.name()));
+                        }
+                    }
+                }
+                TaskState::Queued | TaskState::NoWorker if not_in_memory != 0 => {
+                    return Err(format!("ready task '{k}' has {not_in_memory} deps not in memory"));
+                }
+                TaskState::Released | TaskState::Memory | TaskState::Erred if task.wanted_by.is_empty() && task.waiters == 0 && task.live_dependents == 0 => {
+                    return Err(format!("task '{k}' ({}) is needed by nothing but not forgotten", task.state.name()));
+                }
+                TaskState::Memory if task.wanted_by.is_empty() && task.waiters == 0 => {
+                    return Err(format!("task '{k}' held in memory though nothing needs it"));
+                }
+                TaskState::Released if !task.wanted_by.is_empty() => return Err(format!("wanted task '{k}' is released")),
+                TaskState::Erred if task.error.is_none() => return Err(format!("erred task '{k}' has no error")),
+                _ => {}
+            }
+            for c in &task.wanted_by {
+                if !self.clients.contains_key(c) {
+                    return Err(format!("task '{k}' wanted by gone client {c}"));
+                }
+            }
+        }
+        if counts != self.counts {
+            return Err(format!("state counts {:?} but recount {:?}", self.counts, counts));
+        }
+        let queued_live = self.queued.iter().filter(|Reverse((_, t))| self.tasks[*t as usize].state == TaskState::Queued).count() as u64;
+        if queued_live != self.count(TaskState::Queued) {
+            return Err(format!("{queued_live} live heap entries but {} queued tasks", self.count(TaskState::Queued)));
+        }
+        for (id, w) in &self.workers {
+            for &t in &w.processing {
+                if self.tasks[t as usize].processing_on != Some(*id) {
+                    return Err(format!("worker {id} thinks it processes '{}'", self.tasks[t as usize].key));
+                }
+            }
+            for &t in &w.has_what {
+                if !self.tasks[t as usize].who_has.contains(id) {
+                    return Err(format!("worker {id} thinks it holds '{}'", self.tasks[t as usize].key));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dependency_error(key: &str, err: &str) -> String {
+    if err.starts_with("dependency '") {
+        err.to_string()
+    } else {
+        format!("dependency '{key}' failed: {err}")
+    }
+}
+
+/// A cycle among the new tasks of an update (existing tasks cannot depend
+/// on new ones, so cycles can only be among the new ones).
+fn find_cycle(defs: &[TaskDef], index: &HashMap<&str, usize>) -> Option<Vec<String>> {
+    let mut colour = vec![0u8; defs.len()];
+    for root in index.values().copied() {
+        if colour[root] != 0 {
+            continue;
+        }
+        colour[root] = 1;
+        let mut stack = vec![(root, 0usize)];
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let deps = &defs[node].deps;
+            if *next < deps.len() {
+                let dep = &deps[*next];
+                *next += 1;
+                let Some(&d) = index.get(dep.as_str()) else { continue };
+                match colour[d] {
+                    0 => {
+                        colour[d] = 1;
+                        stack.push((d, 0));
+                    }
+                    1 => {
+                        let start = stack.iter().position(|&(x, _)| x == d).unwrap_or(0);
+                        let mut cycle: Vec<String> = stack[start..].iter().map(|&(x, _)| defs[x].key.clone()).collect();
+                        cycle.push(defs[d].key.clone());
+                        return Some(cycle);
+                    }
+                    _ => {}
+                }
+            } else {
+                colour[node] = 2;
+                stack.pop();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,399 @@
+//! State-machine tests: build state, feed events, check invariants after
+//! every event. No sockets, threads or clocks.
+
+use super::*;
+use crate::graph::{Annotations, Graph};
+
+fn graph(text: &str) -> Vec<TaskDef> {
+    Graph::from_json(text, &|f: &str| ["inc", "add", "noop", "sum", "fail"].contains(&f)).unwrap().tasks
+}
+
+fn info(name: &str, nthreads: u32) -> WorkerInfo {
+    WorkerInfo { name: name.into(), address: format!("tcp://{name}:1"), nthreads, resources: vec![], host: "h".into(), pid: 1 }
+}
+
+struct Sim {
+    s: SchedulerState,
+}
+
+impl Sim {
+    fn new() -> Sim {
+        Sim { s: SchedulerState::new(SchedulerConfig::default()) }
+    }
+    fn ok(&self) {
+        if let Err(e) = self.s.check_invariants() {
+            panic!("invariant violated: {e}");
+        }
+    }
+    /// Compute messages sent so far, per worker, in order.
+    fn computes(&mut self) -> Vec<(WorkerId, TaskId, String)> {
+        let (w, _) = self.s.take_outgoing();
+        w.into_iter().filter_map(|(wid, m)| if let ToWorker::Compute(c) = m { Some((wid, c.id, c.key)) } else { None }).collect()
+    }
+    fn outgoing(&mut self) -> (Vec<(WorkerId, ToWorker)>, Vec<(ClientId, ToClient)>) {
+        self.s.take_outgoing()
+    }
+    fn id(&self, k: &str) -> TaskId {
+        self.s.task_id(k).unwrap()
+    }
+    fn finish(&mut self, w: WorkerId, k: &str) {
+        let t = self.id(k);
+        self.s.task_finished(w, t, 8, 0.001, 0.0);
+        self.ok();
+    }
+    fn state(&self, k: &str) -> Option<TaskState> {
+        self.s.state_of(k)
+    }
+}
+
+fn wanted(keys: &[&str]) -> Vec<String> {
+    keys.iter().map(|k| k.to_string()).collect()
+}
+
+#[test]
+fn seed_graph_runs_in_order_and_client_is_told() {
+    let mut sim = Sim::new();
+    let w = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"x": 1, "y": ["inc", "x"], "z": ["add", "y", 10]}"#), &wanted(&["z"])).unwrap();
+    sim.ok();
+    assert_eq!(sim.computes().iter().map(|(_, _, k)| k.as_str()).collect::<Vec<_>>(), vec!["x"]);
+    assert_eq!(sim.state("y"), Some(TaskState::Waiting));
+    sim.finish(w, "x");
+    assert_eq!(sim.computes().iter().map(|(_, _, k)| k.as_str()).collect::<Vec<_>>(), vec!["y"]);
+    sim.finish(w, "y");
+    // x is no longer needed by anyone: released and, having no live dependents left to recompute... kept for lineage until z is done.
+    let (frees, _) = sim.outgoing();
+    assert!(frees.iter().any(|(_, m)| matches!(m, ToWorker::Free { ids } if ids.contains(&0))), "x freed: {frees:?}");
+    sim.finish(w, "z");
+    let (_, to_client) = sim.outgoing();
+    assert!(to_client.iter().any(|(cc, m)| *cc == c && matches!(m, ToClient::KeyInMemory { key, .. } if key == "z")));
+    assert_eq!(sim.state("z"), Some(TaskState::Memory));
+    // Releasing z forgets everything.
+    sim.s.release_keys(c, &wanted(&["z"]));
+    sim.ok();
+    assert!(sim.state("z").is_none() && sim.state("x").is_none() && sim.state("y").is_none());
+    assert!(sim.s.is_idle());
+}
+
+#[test]
+fn unwanted_tasks_are_culled() {
+    let mut sim = Sim::new();
+    sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"a": 1, "b": ["inc", "a"], "c": 5}"#), &wanted(&["c"])).unwrap();
+    sim.ok();
+    assert!(sim.state("a").is_none() && sim.state("b").is_none());
+    assert_eq!(sim.computes().len(), 1);
+}
+
+#[test]
+fn update_rejected_whole_on_bad_reference_or_cycle() {
+    let mut sim = Sim::new();
+    let c = sim.s.add_client("c".into());
+    let mut defs = graph(r#"{"a": 1, "b": ["inc", "a"]}"#);
+    defs[1].deps = vec!["nope".into()];
+    let e = sim.s.update_graph(c, defs, &wanted(&["b"])).unwrap_err();
+    assert!(e.contains("'b' depends on 'nope'"), "{e}");
+    let mut defs = graph(r#"{"a": 1, "b": ["inc", "a"]}"#);
+    defs[0].deps = vec!["b".into()];
+    let e = sim.s.update_graph(c, defs, &wanted(&["b"])).unwrap_err();
+    assert!(e.contains("cycle"), "{e}");
+    assert!(sim.state("a").is_none(), "nothing was added");
+    let e = sim.s.update_graph(c, graph(r#"{"a": 1}"#), &wanted(&["zz"])).unwrap_err();
+    assert!(e.contains("'zz'"));
+    sim.ok();
+}
+
+#[test]
+fn errors_propagate_to_dependents_only() {
+    let mut sim = Sim::new();
+    let w = sim.s.add_worker(info("a", 4), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"bad": ["fail", "x"], "after": ["inc", "bad"], "good": 1}"#), &wanted(&["after", "good"])).unwrap();
+    sim.ok();
+    let bad = sim.id("bad");
+    sim.s.task_erred(w, bad, "x".into(), 0.0);
+    sim.ok();
+    sim.finish(w, "good");
+    let (_, msgs) = sim.outgoing();
+    let erred: Vec<_> = msgs.iter().filter_map(|(_, m)| if let ToClient::KeyErred { key, error } = m { Some((key.clone(), error.clone())) } else { None }).collect();
+    assert_eq!(erred, vec![("after".to_string(), "dependency 'bad' failed: x".to_string())]);
+    assert!(msgs.iter().any(|(_, m)| matches!(m, ToClient::KeyInMemory { key, .. } if key == "good")));
+}
+
+#[test]
+fn retries_rerun_then_succeed() {
+    let mut sim = Sim::new();
+    let w = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    let mut defs = graph(r#"{"t": ["noop"]}"#);
+    defs[0].annotations = Annotations { retries: 2, ..Default::default() };
+    sim.s.update_graph(c, defs, &wanted(&["t"])).unwrap();
+    let t = sim.id("t");
+    for _ in 0..2 {
+        assert_eq!(sim.computes().len(), 1);
+        sim.s.task_erred(w, t, "flaky".into(), 0.0);
+        sim.ok();
+    }
+    assert_eq!(sim.computes().len(), 1);
+    sim.finish(w, "t");
+    assert_eq!(sim.state("t"), Some(TaskState::Memory));
+    assert_eq!(sim.s.stats.retries, 2);
+}
+
+#[test]
+fn placement_prefers_the_worker_holding_the_data() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    let mut defs = graph(r#"{"big": 1, "use": ["inc", "big"]}"#);
+    defs[0].annotations.workers = vec!["b".into()];
+    sim.s.update_graph(c, defs, &wanted(&["use"])).unwrap();
+    let sent = sim.computes();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, w2, "restriction honoured");
+    sim.s.task_finished(w2, sim.id("big"), 1 << 30, 0.001, 0.0);
+    sim.ok();
+    let sent = sim.computes();
+    assert_eq!(sent, vec![(w2, sim.id("use"), "use".into())], "dependent goes where the 1 GiB is, not to idle {w1}");
+}
+
+#[test]
+fn no_worker_until_a_matching_one_joins() {
+    let mut sim = Sim::new();
+    sim.s.add_worker(info("cpu", 2), 0.0);
+    let c = sim.s.add_client("c".into());
+    let mut defs = graph(r#"{"g": ["noop"]}"#);
+    defs[0].annotations.resources = vec![("gpus".into(), 1.0)];
+    sim.s.update_graph(c, defs, &wanted(&["g"])).unwrap();
+    sim.ok();
+    assert_eq!(sim.state("g"), Some(TaskState::NoWorker));
+    let mut gi = info("gpu", 1);
+    gi.resources = vec![("gpus".into(), 2.0)];
+    let gw = sim.s.add_worker(gi, 0.0);
+    sim.ok();
+    assert_eq!(sim.computes().iter().map(|(w, _, _)| *w).collect::<Vec<_>>(), vec![gw]);
+}
+
+#[test]
+fn root_tasks_are_queued_not_flooded_and_priorities_respected() {
+    let mut sim = Sim::new();
+    let c = sim.s.add_client("c".into());
+    let mut text = String::from("{");
+    for i in 0..100 {
+        text.push_str(&format!("\"t{i}\": [\"noop\"], "));
+    }
+    text.push_str("\"urgent\": {\"task\": [\"noop\"], \"priority\": 10}}");
+    let keys: Vec<String> = (0..100).map(|i| format!("t{i}")).chain(["urgent".to_string()]).collect();
+    sim.s.update_graph(c, graph(&text), &keys).unwrap();
+    assert_eq!(sim.s.count(TaskState::Queued), 101);
+    let w = sim.s.add_worker(info("a", 2), 0.0);
+    sim.ok();
+    let sent = sim.computes();
+    assert!(sent.len() < 10, "a worker gets a few slots' worth, not everything: {}", sent.len());
+    assert_eq!(sent[0].2, "urgent");
+    assert_eq!(sent[1].2, "t0");
+    // Finishing tasks pulls more; short tasks deepen the pipeline.
+    for (_, t, _) in sent {
+        sim.s.task_finished(w, t, 8, 1e-5, 0.0);
+        sim.ok();
+    }
+    assert!(sim.computes().len() > 4);
+}
+
+#[test]
+fn lost_worker_reschedules_running_and_recomputes_lost_results() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"x": 1, "y": ["inc", "x"], "z": ["add", "y", 10]}"#), &wanted(&["z"])).unwrap();
+    sim.computes();
+    sim.finish(w1, "x");
+    sim.finish(w1, "y");
+    assert_eq!(sim.processing_key(w1), Some("z".to_string()));
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    sim.computes();
+    sim.s.remove_worker(w1, "killed");
+    sim.ok();
+    // y (held only by w1) is recomputed, which needs x again, which is recomputed too.
+    assert_eq!(sim.state("y"), Some(TaskState::Waiting));
+    assert_eq!(sim.state("z"), Some(TaskState::Waiting));
+    let sent = sim.computes();
+    assert_eq!(sent.iter().map(|(w, _, k)| (*w, k.as_str())).collect::<Vec<_>>(), vec![(w2, "x")]);
+    assert_eq!(sim.s.stats.tasks_rescheduled, 1);
+    let logs = sim.s.take_logs();
+    assert!(logs.iter().any(|l| l.contains("recomputing 1 lost keys held only by 'a': y")), "{logs:?}");
+    sim.finish(w2, "x");
+    sim.finish(w2, "y");
+    sim.finish(w2, "z");
+    assert_eq!(sim.state("z"), Some(TaskState::Memory));
+}
+
+impl Sim {
+    fn processing_key(&self, w: WorkerId) -> Option<String> {
+        ["x", "y", "z"].iter().find(|k| self.s.processing_on(k) == Some(w)).map(|k| k.to_string())
+    }
+}
+
+#[test]
+fn task_that_kills_workers_is_erred_after_allowed_failures() {
+    let mut sim = Sim::new();
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"boom": ["noop"], "ok": 1}"#), &wanted(&["boom", "ok"])).unwrap();
+    for i in 0..4 {
+        let w = sim.s.add_worker(info(&format!("w{i}"), 1), 0.0);
+        sim.ok();
+        // Finish whatever is not "boom"; keep "boom" running, then the worker dies.
+        for (_, t, k) in sim.computes() {
+            if k != "boom" {
+                sim.s.task_finished(w, t, 8, 0.001, 0.0);
+            }
+        }
+        sim.computes();
+        sim.s.remove_worker(w, "crashed");
+        sim.ok();
+    }
+    assert_eq!(sim.state("boom"), Some(TaskState::Erred));
+    let (_, msgs) = sim.outgoing();
+    assert!(msgs.iter().any(|(_, m)| matches!(m, ToClient::KeyErred { key, error } if key == "boom" && error.contains("4 workers that died"))));
+}
+
+#[test]
+fn stale_and_duplicate_reports_are_harmless() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"x": 1}"#), &wanted(&["x"])).unwrap();
+    sim.finish(w1, "x");
+    sim.finish(w1, "x"); // duplicate
+    sim.s.task_finished(w1, 9999, 1, 0.0, 0.0); // unknown id
+    sim.s.task_erred(w1, 0, "late".into(), 0.0); // not processing
+    sim.s.task_finished(777, 0, 1, 0.0, 0.0); // unknown worker
+    sim.ok();
+    assert_eq!(sim.state("x"), Some(TaskState::Memory));
+}
+
+#[test]
+fn missing_data_recomputes_the_dependency() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    let mut defs = graph(r#"{"x": 1, "y": ["inc", "x"]}"#);
+    defs[0].annotations.workers = vec!["a".into()];
+    defs[1].annotations.workers = vec!["b".into()];
+    sim.s.update_graph(c, defs, &wanted(&["y"])).unwrap();
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    sim.finish(w1, "x");
+    sim.computes();
+    assert_eq!(sim.s.processing_on("y"), Some(w2));
+    // w2 could not get x from w1 (e.g. freed there): x is recomputed on w1.
+    sim.s.missing_data(w2, sim.id("y"), sim.id("x"), &["tcp://a:1".to_string()], 0.0);
+    sim.ok();
+    assert_eq!(sim.state("x"), Some(TaskState::Processing));
+    assert_eq!(sim.state("y"), Some(TaskState::Waiting));
+}
+
+#[test]
+fn client_leaving_releases_its_work_and_idle_timeout_sees_idle() {
+    let mut sim = Sim::new();
+    let w = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"a": 1, "b": ["inc", "a"]}"#), &wanted(&["b"])).unwrap();
+    sim.computes();
+    sim.s.remove_client(c);
+    sim.ok();
+    // a was processing; it is cancelled on the worker.
+    let (to_w, _) = sim.outgoing();
+    assert!(to_w.iter().any(|(ww, m)| *ww == w && matches!(m, ToWorker::Free { ids } if ids.contains(&0))));
+    assert!(sim.s.is_idle());
+    // The late result is answered with a free.
+    sim.s.task_finished(w, 0, 8, 0.0, 0.0);
+    sim.ok();
+}
+
+#[test]
+fn heartbeat_timeout_removes_silent_workers() {
+    let mut sim = Sim::new();
+    let w = sim.s.add_worker(info("a", 1), 0.0);
+    sim.s.heartbeat(w, WorkerMetrics::default(), 50.0);
+    assert!(sim.s.check_timeouts(100.0).is_empty());
+    assert_eq!(sim.s.check_timeouts(111.0), vec![w]);
+    assert_eq!(sim.s.worker_count(), 0);
+    sim.ok();
+}
+
+/// A deterministic random walk through events on a random DAG: after every
+/// event the invariants hold, and at the end every wanted key is in memory.
+#[test]
+fn random_event_sequences_keep_invariants_and_finish() {
+    for seed in 1..=40u64 {
+        let mut rng = seed.wrapping_mul(0x9E3779B97F4A7C15);
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n.max(1)
+        };
+        let n = 20 + next(40) as usize;
+        let mut text = String::from("{");
+        for i in 0..n {
+            let deps: Vec<String> = (0..next(4)).filter(|_| i > 0).map(|_| format!("\"t{}\"", next(i as u64))).collect();
+            let args = if deps.is_empty() { "1".to_string() } else { deps.join(", ") };
+            text.push_str(&format!("\"t{i}\": [\"add\", {args}]{}", if i + 1 < n { ", " } else { "}" }));
+        }
+        let defs = graph(&text);
+        let outputs: Vec<String> = Graph::from_json(&text, &|_: &str| true).unwrap().output_keys();
+        let mut sim = Sim { s: SchedulerState::new(SchedulerConfig { allowed_failures: 10_000, ..Default::default() }) };
+        let c = sim.s.add_client("c".into());
+        let mut workers: Vec<WorkerId> = vec![sim.s.add_worker(info("w0", 2), 0.0)];
+        sim.s.update_graph(c, defs, &outputs).unwrap();
+        sim.ok();
+        let mut running: Vec<(WorkerId, TaskId)> = Vec::new();
+        let mut steps = 0;
+        loop {
+            for (w, m) in sim.outgoing().0 {
+                if let ToWorker::Compute(ct) = m {
+                    running.push((w, ct.id));
+                }
+            }
+            running.retain(|(w, _)| workers.contains(w));
+            let done = outputs.iter().all(|k| sim.state(k) == Some(TaskState::Memory));
+            if done {
+                break;
+            }
+            steps += 1;
+            if steps >= 5000 {
+                let stuck: Vec<String> = sim.s.tasks.iter().filter(|t| !matches!(t.state, TaskState::Memory | TaskState::Forgotten | TaskState::Released)).map(|t| format!("{}:{:?}:{:?}", t.key, t.state, t.processing_on)).collect();
+                panic!("seed {seed}: no progress; running {running:?}; workers {workers:?}; {stuck:?}");
+            }
+            match next(20) {
+                0 if workers.len() < 4 => workers.push(sim.s.add_worker(info(&format!("w{steps}"), 1 + next(3) as u32), 0.0)),
+                1 if workers.len() > 1 => {
+                    let w = workers.remove(next(workers.len() as u64) as usize);
+                    sim.s.remove_worker(w, "random loss");
+                }
+                2 if !running.is_empty() => {
+                    let (w, t) = running.remove(next(running.len() as u64) as usize);
+                    let dep = sim.s.tasks[t as usize].deps.first().copied();
+                    if let Some(d) = dep {
+                        sim.s.missing_data(w, t, d, &[], 0.0);
+                    }
+                }
+                _ if !running.is_empty() => {
+                    let (w, t) = running.remove(next(running.len() as u64) as usize);
+                    sim.s.task_finished(w, t, 8, 0.001, 0.0);
+                }
+                _ => {}
+            }
+            if let Err(e) = sim.s.check_invariants() {
+                panic!("seed {seed} step {steps}: {e}");
+            }
+        }
+        sim.s.remove_client(c);
+        sim.ok();
+        assert!(sim.s.is_idle(), "seed {seed}: idle after the client leaves");
+        assert_eq!(sim.s.count(TaskState::Memory), 0);
+    }
+}

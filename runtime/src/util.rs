@@ -1,0 +1,202 @@
+//! Small helpers shared by every part: durations, addresses, randomness,
+//! host facts and logging.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Parse a duration: `90`, `90s`, `1.5m`, `2h`, `500ms`, `1d`. A bare number
+/// is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration; use e.g. 30, 30s, 5m, 2h or 500ms"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" | "seconds" => 1.0,
+        "ms" => 0.001,
+        "m" | "min" | "mins" | "minutes" => 60.0,
+        "h" | "hr" | "hours" => 3600.0,
+        "d" | "days" => 86400.0,
+        other => return Err(format!("'{s}': unknown unit '{other}'; use ms, s, m, h or d")),
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("'{s}' is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse `tcp://host:port`, `host:port` or `[v6]:port` into a socket address.
+pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    let bare = s.strip_prefix("tcp://").unwrap_or(s);
+    if let Some(rest) = s.split_once("://").filter(|(p, _)| *p != "tcp") {
+        return Err(format!("address '{s}': protocol '{}' is not supported (use tcp://HOST:PORT)", rest.0));
+    }
+    bare.to_socket_addrs()
+        .map_err(|e| format!("address '{s}' cannot be resolved ({e}); expected tcp://HOST:PORT"))?
+        .next()
+        .ok_or_else(|| format!("address '{s}' resolved to nothing"))
+}
+
+pub fn format_address(a: &SocketAddr) -> String {
+    format!("tcp://{a}")
+}
+
+/// `n` random bytes from the kernel.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("/dev/urandom must be readable");
+    buf
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The address other hosts most likely reach this one on: the source address
+/// of the default route (no packet is sent), else the host name's address,
+/// else loopback.
+pub fn default_ip() -> IpAddr {
+    if let Ok(sock) = UdpSocket::bind("0.0.0.0:0") {
+        if sock.connect("192.0.2.1:9").is_ok() {
+            if let Ok(a) = sock.local_addr() {
+                if !a.ip().is_unspecified() {
+                    return a.ip();
+                }
+            }
+        }
+    }
+    if let Ok(mut addrs) = (hostname().as_str(), 0).to_socket_addrs() {
+        if let Some(a) = addrs.find(|a| a.is_ipv4() && !a.ip().is_loopback()) {
+            return a.ip();
+        }
+    }
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+pub fn unix_time() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Resident set size of this process in bytes (0 if unknown).
+pub fn rss_bytes() -> u64 {
+    let page = 4096u64;
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|p| p * page)
+        .unwrap_or(0)
+}
+
+/// Human-readable bytes: `1.5 MiB`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = n as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u < UNITS.len() - 1 {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+// ---- logging ---------------------------------------------------------------
+
+static LEVEL: AtomicU8 = AtomicU8::new(2);
+
+/// 0 error, 1 warn, 2 info, 3 debug. Set from `TASKFARM_LOG` (error, warn,
+/// info, debug) or by the CLI's `--quiet`/`--verbose`.
+pub fn set_log_level(level: u8) {
+    LEVEL.store(level, Ordering::Relaxed);
+}
+
+pub fn init_log_from_env() {
+    if let Ok(v) = std::env::var("TASKFARM_LOG") {
+        let l = match v.to_ascii_lowercase().as_str() {
+            "error" => 0,
+            "warn" | "warning" => 1,
+            "debug" | "trace" => 3,
+            _ => 2,
+        };
+        set_log_level(l);
+    }
+}
+
+pub fn log_enabled(level: u8) -> bool {
+    level <= LEVEL.load(Ordering::Relaxed)
+}
+
+pub fn log_line(level: u8, component: &str, msg: std::fmt::Arguments<'_>) {
+    let name = ["ERROR", "WARN", "INFO", "DEBUG"][level.min(3) as usize];
+    let t = unix_time();
+    let secs = t as u64;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let ms = ((t - secs as f64) * 1000.0) as u32;
+    eprintln!("{h:02}:{m:02}:{s:02}.{ms:03} {name:5} taskfarm.{component}: {msg}");
+}
+
+#[macro_export]
+macro_rules! log_at {
+    ($level:expr, $comp:expr, $($arg:tt)*) => {
+        if $crate::util::log_enabled($level) {
+            $crate::util::log_line($level, $comp, format_args!($($arg)*));
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("5 weeks").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn addresses() {
+        assert_eq!(parse_address("tcp://127.0.0.1:5").unwrap(), "127.0.0.1:5".parse().unwrap());
+        assert_eq!(parse_address("127.0.0.1:5").unwrap(), "127.0.0.1:5".parse().unwrap());
+        assert!(parse_address("ucx://1.2.3.4:5").unwrap_err().contains("not supported"));
+        assert!(parse_address("nohost").is_err());
+    }
+
+    #[test]
+    fn hex_roundtrip() {
+        let b = random_bytes(16);
+        assert_eq!(unhex(&hex(&b)).unwrap(), b);
+        assert!(unhex("abc").is_none());
+        assert!(unhex("zz").is_none());
+    }
+}

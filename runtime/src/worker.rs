@@ -1,0 +1,572 @@
+//! The worker: runs tasks on a pool of threads, keeps their results, serves
+//! them to other workers and clients from its own data server, and fetches
+//! the dependencies it lacks directly from the workers that hold them.
+//!
+//! One thread (the caller of [`run`]) owns the worker's task table; the
+//! scheduler connection's reader, the executor threads and the peer fetchers
+//! talk to it over one channel.
+
+use crate::functions::{evaluate, Registry, TaskContext};
+use crate::graph::Expr;
+use crate::log_at;
+use crate::protocol::{
+    server_handshake, ComputeTask, FrameReader, FrameWriter, PeerReply, PeerRequest, Role, TaskId, ToScheduler, ToWorker, WorkerMetrics,
+};
+use crate::util;
+use crate::value::Data;
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use std::collections::{BinaryHeap, HashMap};
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+pub struct WorkerConfig {
+    pub name: String,
+    pub nthreads: u32,
+    /// Parent of this worker's own scratch directory.
+    pub local_directory: PathBuf,
+    /// Address the data server listens on; default: the local address of
+    /// the connection to the scheduler (the interface that reaches it).
+    pub listen_ip: Option<IpAddr>,
+    /// Address to advertise for the data server, if it differs.
+    pub contact_ip: Option<IpAddr>,
+    pub resources: Vec<(String, f64)>,
+    pub secret: Vec<u8>,
+    pub heartbeat: Duration,
+    pub registry: Registry,
+}
+
+/// Why the worker stopped.
+#[derive(Debug, PartialEq)]
+pub enum WorkerExit {
+    /// The scheduler told it to.
+    Shutdown(String),
+    /// The connection to the scheduler broke.
+    SchedulerLost(String),
+}
+
+/// A stored value, with its wire encoding made once on first request.
+pub struct Stored {
+    pub data: Data,
+    encoded: OnceLock<Vec<u8>>,
+}
+
+impl Stored {
+    fn new(data: Data) -> Stored {
+        Stored { data, encoded: OnceLock::new() }
+    }
+    fn from_wire(bytes: Vec<u8>) -> io::Result<Stored> {
+        let data = Data::decode(&bytes)?;
+        let s = Stored { data, encoded: OnceLock::new() };
+        let _ = s.encoded.set(bytes);
+        Ok(s)
+    }
+    fn encoded(&self) -> &[u8] {
+        self.encoded.get_or_init(|| self.data.encode())
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    fetched: AtomicU64,
+    fetched_bytes: AtomicU64,
+    served: AtomicU64,
+    served_bytes: AtomicU64,
+}
+
+type Store = Arc<RwLock<HashMap<TaskId, Arc<Stored>>>>;
+
+enum Event {
+    Scheduler(Vec<ToWorker>),
+    SchedulerClosed(String),
+    Done { id: TaskId, result: Result<Data, String>, duration: Duration },
+    Fetched { dep: TaskId, from: String, value: Arc<Stored> },
+    FetchFailed { deps: Vec<TaskId>, from: String, error: String },
+}
+
+struct Job {
+    id: TaskId,
+    key: String,
+    expr: Expr,
+    args: Vec<Arc<Stored>>,
+    timeout: Option<f64>,
+}
+
+struct LocalTask {
+    compute: ComputeTask,
+    missing: u32,
+    running: bool,
+}
+
+struct Fetching {
+    /// Holders not tried yet.
+    candidates: Vec<String>,
+    tried: Vec<String>,
+    waiting: Vec<TaskId>,
+}
+
+/// Connect-and-run, on the calling thread, until the scheduler says stop or
+/// goes away. `scheduler` must be an authenticated connection (role Worker).
+pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
+    let local_ip = scheduler.local_addr()?.ip();
+    let listen_ip = cfg.listen_ip.unwrap_or(local_ip);
+    let listener = TcpListener::bind(SocketAddr::new(listen_ip, 0))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for peers on {listen_ip}: {e}")))?;
+    let port = listener.local_addr()?.port();
+    let data_address = util::format_address(&SocketAddr::new(cfg.contact_ip.unwrap_or(listen_ip), port));
+    let scratch = make_scratch_dir(&cfg.local_directory, &cfg.name)?;
+    let _cleanup = RemoveOnDrop(scratch.clone());
+
+    let store: Store = Arc::new(RwLock::new(HashMap::new()));
+    let counters = Arc::new(Counters::default());
+    {
+        let store = store.clone();
+        let counters = counters.clone();
+        let secret = cfg.secret.clone();
+        std::thread::Builder::new().name("tf-data-server".into()).spawn(move || data_server(listener, secret, store, counters))?;
+    }
+
+    let (tx, rx) = unbounded::<Event>();
+    let read_half = scheduler.try_clone()?;
+    let mut to_sched = FrameWriter::new(scheduler.try_clone()?);
+    to_sched.send(
+        &[ToScheduler::RegisterWorker {
+            name: cfg.name.clone(),
+            data_address: data_address.clone(),
+            nthreads: cfg.nthreads,
+            resources: cfg.resources.clone(),
+            host: util::hostname(),
+            pid: std::process::id(),
+            local_directory: scratch.display().to_string(),
+        }],
+        &[],
+    )?;
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new().name("tf-sched-reader".into()).spawn(move || {
+            let mut r = FrameReader::new(read_half);
+            loop {
+                match r.read_batch::<ToWorker>() {
+                    Ok(Some((msgs, _))) => {
+                        if tx.send(Event::Scheduler(msgs)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Event::SchedulerClosed("the scheduler closed the connection".into()));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Event::SchedulerClosed(format!("connection to the scheduler failed: {e}")));
+                        return;
+                    }
+                }
+            }
+        })?;
+    }
+    let (job_tx, job_rx) = unbounded::<Job>();
+    for i in 0..cfg.nthreads.max(1) {
+        let rx = job_rx.clone();
+        let tx = tx.clone();
+        let reg = cfg.registry.clone();
+        let dir = scratch.clone();
+        std::thread::Builder::new().name(format!("tf-exec-{i}")).spawn(move || executor(rx, tx, reg, dir))?;
+    }
+    log_at!(2, "worker", "worker '{}' serving data on {data_address} with {} threads, scratch {}", cfg.name, cfg.nthreads, scratch.display());
+
+    let mut w = WorkerLoop {
+        cfg,
+        store,
+        counters,
+        tx,
+        job_tx,
+        tasks: HashMap::new(),
+        ready: BinaryHeap::new(),
+        executing: 0,
+        fetching: HashMap::new(),
+        peers: HashMap::new(),
+        out: Vec::new(),
+    };
+    let exit = w.run(rx, &mut to_sched);
+    let _ = scheduler.shutdown(std::net::Shutdown::Both);
+    exit
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn make_scratch_dir(parent: &std::path::Path, name: &str) -> io::Result<PathBuf> {
+    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect();
+    let dir = parent.join(format!("taskfarm-worker-{safe}-{}-{}", std::process::id(), util::hex(&util::random_bytes(3))));
+    std::fs::create_dir_all(&dir).map_err(|e| io::Error::new(e.kind(), format!("cannot create worker directory {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+struct WorkerLoop {
+    cfg: WorkerConfig,
+    store: Store,
+    counters: Arc<Counters>,
+    tx: Sender<Event>,
+    job_tx: Sender<Job>,
+    tasks: HashMap<TaskId, LocalTask>,
+    ready: BinaryHeap<std::cmp::Reverse<((i64, u32, u32), TaskId)>>,
+    executing: u32,
+    fetching: HashMap<TaskId, Fetching>,
+    peers: HashMap<String, Sender<Vec<TaskId>>>,
+    out: Vec<ToScheduler>,
+}
+
+impl WorkerLoop {
+    fn run(&mut self, rx: Receiver<Event>, to_sched: &mut FrameWriter<TcpStream>) -> io::Result<WorkerExit> {
+        let mut last_beat = Instant::now();
+        loop {
+            let first = match rx.recv_timeout(self.cfg.heartbeat) {
+                Ok(ev) => Some(ev),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return Ok(WorkerExit::SchedulerLost("internal channel closed".into())),
+            };
+            let mut batch: Vec<Event> = first.into_iter().collect();
+            while batch.len() < 10_000 {
+                match rx.try_recv() {
+                    Ok(ev) => batch.push(ev),
+                    Err(_) => break,
+                }
+            }
+            for ev in batch {
+                if let Some(exit) = self.handle(ev) {
+                    let _ = to_sched.send(&self.out, &[]);
+                    log_at!(2, "worker", "worker '{}' stopping: {}", self.cfg.name, match &exit {
+                        WorkerExit::Shutdown(r) | WorkerExit::SchedulerLost(r) => r,
+                    });
+                    return Ok(exit);
+                }
+            }
+            self.dispatch();
+            if last_beat.elapsed() >= self.cfg.heartbeat {
+                last_beat = Instant::now();
+                self.out.push(ToScheduler::Heartbeat(self.metrics()));
+            }
+            if !self.out.is_empty() {
+                if let Err(e) = to_sched.send(&self.out, &[]) {
+                    return Ok(WorkerExit::SchedulerLost(format!("cannot write to the scheduler: {e}")));
+                }
+                self.out.clear();
+            }
+        }
+    }
+
+    fn metrics(&self) -> WorkerMetrics {
+        let store = self.store.read().expect("store lock");
+        WorkerMetrics {
+            rss: util::rss_bytes(),
+            stored_bytes: store.values().map(|s| s.data.nbytes()).sum(),
+            stored_count: store.len() as u64,
+            executing: self.executing,
+            fetched_from_peers: self.counters.fetched.load(Ordering::Relaxed),
+            fetched_bytes: self.counters.fetched_bytes.load(Ordering::Relaxed),
+            served_to_peers: self.counters.served.load(Ordering::Relaxed),
+            served_bytes: self.counters.served_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn handle(&mut self, ev: Event) -> Option<WorkerExit> {
+        match ev {
+            Event::Scheduler(msgs) => {
+                for m in msgs {
+                    match m {
+                        ToWorker::Welcome { worker_id } => log_at!(3, "worker", "registered as worker {worker_id}"),
+                        ToWorker::Compute(ct) => self.compute(ct),
+                        ToWorker::Free { ids } => self.free(&ids),
+                        ToWorker::Shutdown { reason } => return Some(WorkerExit::Shutdown(reason)),
+                    }
+                }
+            }
+            Event::SchedulerClosed(reason) => return Some(WorkerExit::SchedulerLost(reason)),
+            Event::Done { id, result, duration } => {
+                self.executing -= 1;
+                let Some(task) = self.tasks.remove(&id) else { return None };
+                let duration_us = duration.as_micros() as u64;
+                match result {
+                    Ok(data) => {
+                        let nbytes = data.nbytes();
+                        self.store.write().expect("store lock").insert(id, Arc::new(Stored::new(data)));
+                        self.out.push(ToScheduler::TaskFinished { id, nbytes, duration_us });
+                    }
+                    Err(error) => {
+                        log_at!(3, "worker", "task '{}' failed: {error}", task.compute.key);
+                        self.out.push(ToScheduler::TaskErred { id, error, duration_us });
+                    }
+                }
+            }
+            Event::Fetched { dep, from, value } => {
+                log_at!(3, "worker", "fetched value of task {dep} from peer {from}");
+                self.store.write().expect("store lock").insert(dep, value);
+                if let Some(f) = self.fetching.remove(&dep) {
+                    for t in f.waiting {
+                        if let Some(task) = self.tasks.get_mut(&t) {
+                            task.missing -= 1;
+                            if task.missing == 0 {
+                                self.ready.push(std::cmp::Reverse((task.compute.priority, t)));
+                            }
+                        }
+                    }
+                }
+            }
+            Event::FetchFailed { deps, from, error } => {
+                log_at!(1, "worker", "fetch from {from} failed: {error}");
+                self.peers.remove(&from);
+                for dep in deps {
+                    self.retry_fetch(dep);
+                }
+            }
+        }
+        None
+    }
+
+    fn compute(&mut self, ct: ComputeTask) {
+        let id = ct.id;
+        if self.tasks.contains_key(&id) {
+            return;
+        }
+        let mut missing = 0;
+        {
+            let store = self.store.read().expect("store lock");
+            for (dep, holders) in &ct.deps {
+                if store.contains_key(dep) {
+                    continue;
+                }
+                missing += 1;
+                match self.fetching.get_mut(dep) {
+                    Some(f) => {
+                        f.waiting.push(id);
+                        for h in holders {
+                            if !f.candidates.contains(h) && !f.tried.contains(h) {
+                                f.candidates.push(h.clone());
+                            }
+                        }
+                    }
+                    None => {
+                        self.fetching.insert(*dep, Fetching { candidates: holders.clone(), tried: Vec::new(), waiting: vec![id] });
+                    }
+                }
+            }
+        }
+        let priority = ct.priority;
+        let deps: Vec<TaskId> = ct.deps.iter().map(|(d, _)| *d).collect();
+        self.tasks.insert(id, LocalTask { compute: ct, missing, running: false });
+        if missing == 0 {
+            self.ready.push(std::cmp::Reverse((priority, id)));
+        } else {
+            for d in deps {
+                if self.fetching.get(&d).is_some_and(|f| f.tried.is_empty()) {
+                    self.retry_fetch(d);
+                }
+            }
+        }
+    }
+
+    /// Ask the next untried holder for `dep`; if none is left, tell the
+    /// scheduler and drop the tasks that needed it (it will reschedule them).
+    fn retry_fetch(&mut self, dep: TaskId) {
+        let Some(f) = self.fetching.get_mut(&dep) else { return };
+        if let Some(next) = f.candidates.first().cloned() {
+            f.candidates.remove(0);
+            f.tried.push(next.clone());
+            let sender = self.peers.entry(next.clone()).or_insert_with(|| {
+                spawn_fetcher(next.clone(), self.cfg.secret.clone(), self.tx.clone(), self.counters.clone())
+            });
+            if sender.send(vec![dep]).is_err() {
+                self.peers.remove(&next);
+                self.retry_fetch(dep);
+            }
+            return;
+        }
+        let f = self.fetching.remove(&dep).expect("present");
+        for t in f.waiting {
+            if let Some(task) = self.tasks.remove(&t) {
+                self.out.push(ToScheduler::MissingData { id: task.compute.id, dep, tried: f.tried.clone() });
+            }
+        }
+    }
+
+    fn free(&mut self, ids: &[TaskId]) {
+        let mut store = self.store.write().expect("store lock");
+        for id in ids {
+            store.remove(id);
+            if let Some(t) = self.tasks.get(id) {
+                if !t.running {
+                    self.tasks.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Hand ready tasks to idle executor threads, highest priority first.
+    fn dispatch(&mut self) {
+        while self.executing < self.cfg.nthreads.max(1) {
+            let Some(std::cmp::Reverse((_, id))) = self.ready.pop() else { break };
+            let Some(task) = self.tasks.get_mut(&id) else { continue };
+            if task.running {
+                continue;
+            }
+            let store = self.store.read().expect("store lock");
+            let args: Option<Vec<Arc<Stored>>> = task.compute.deps.iter().map(|(d, _)| store.get(d).cloned()).collect();
+            drop(store);
+            let Some(args) = args else {
+                // A dependency vanished (freed meanwhile): let the scheduler decide.
+                let t = self.tasks.remove(&id).expect("present");
+                let dep = t.compute.deps.iter().map(|(d, _)| *d).find(|d| !self.store.read().expect("store lock").contains_key(d)).unwrap_or(0);
+                self.out.push(ToScheduler::MissingData { id, dep, tried: Vec::new() });
+                continue;
+            };
+            let expr: Expr = match bincode::deserialize(&task.compute.spec) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.tasks.remove(&id);
+                    self.out.push(ToScheduler::TaskErred { id, error: format!("undecodable task spec: {e}"), duration_us: 0 });
+                    continue;
+                }
+            };
+            task.running = true;
+            self.executing += 1;
+            let job = Job { id, key: task.compute.key.clone(), expr, args, timeout: task.compute.timeout };
+            if self.job_tx.send(job).is_err() {
+                self.executing -= 1;
+            }
+        }
+    }
+}
+
+fn executor(rx: Receiver<Job>, tx: Sender<Event>, reg: Registry, dir: PathBuf) {
+    while let Ok(job) = rx.recv() {
+        let start = Instant::now();
+        let deadline = job.timeout.map(|t| start + Duration::from_secs_f64(t));
+        let ctx = TaskContext { key: &job.key, local_directory: &dir, deadline };
+        let refs: Vec<&Data> = job.args.iter().map(|s| &s.data).collect();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| evaluate(&job.expr, &refs, &reg, &ctx).map(|v| v.into_owned())))
+            .unwrap_or_else(|p| {
+                let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+                Err(format!("the task's function panicked: {msg}"))
+            });
+        let result = match (result, deadline) {
+            (Ok(_), Some(d)) if Instant::now() > d => Err(format!("timed out: ran {:.1} s, longer than its timeout", start.elapsed().as_secs_f64())),
+            (r, _) => r,
+        };
+        if tx.send(Event::Done { id: job.id, result, duration: start.elapsed() }).is_err() {
+            return;
+        }
+    }
+}
+
+/// One thread per peer: keeps a connection, batches requests, reports back.
+fn spawn_fetcher(addr: String, secret: Vec<u8>, tx: Sender<Event>, counters: Arc<Counters>) -> Sender<Vec<TaskId>> {
+    let (req_tx, req_rx) = unbounded::<Vec<TaskId>>();
+    let _ = std::thread::Builder::new().name("tf-fetch".into()).spawn(move || {
+        let mut conn: Option<(FrameReader<TcpStream>, FrameWriter<TcpStream>)> = None;
+        while let Ok(mut ids) = req_rx.recv() {
+            while let Ok(more) = req_rx.try_recv() {
+                ids.extend(more);
+            }
+            let result = (|| -> io::Result<Vec<(TaskId, Arc<Stored>)>> {
+                if conn.is_none() {
+                    let s = crate::schedfile::connect(&addr, &secret, Role::Peer).map_err(|e| match e {
+                        crate::schedfile::ConnectError::Unreachable(e) => e,
+                        crate::schedfile::ConnectError::Fatal(m) => io::Error::other(m),
+                    })?;
+                    conn = Some((FrameReader::new(s.try_clone()?), FrameWriter::new(s)));
+                }
+                let (r, w) = conn.as_mut().expect("just set");
+                fetch_values(r, w, &ids)
+            })();
+            match result {
+                Ok(values) => {
+                    let mut got = std::collections::HashSet::new();
+                    for (id, v) in values {
+                        counters.fetched.fetch_add(1, Ordering::Relaxed);
+                        counters.fetched_bytes.fetch_add(v.encoded().len() as u64, Ordering::Relaxed);
+                        got.insert(id);
+                        if tx.send(Event::Fetched { dep: id, from: addr.clone(), value: v }).is_err() {
+                            return;
+                        }
+                    }
+                    let missing: Vec<TaskId> = ids.into_iter().filter(|i| !got.contains(i)).collect();
+                    if !missing.is_empty() {
+                        let _ = tx.send(Event::FetchFailed { deps: missing, from: addr.clone(), error: "the peer does not hold these values".into() });
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::FetchFailed { deps: ids, from: addr.clone(), error: e.to_string() });
+                    return;
+                }
+            }
+        }
+    });
+    req_tx
+}
+
+/// Ask a data server for values; returns those it had.
+pub fn fetch_values(r: &mut FrameReader<TcpStream>, w: &mut FrameWriter<TcpStream>, ids: &[TaskId]) -> io::Result<Vec<(TaskId, Arc<Stored>)>> {
+    w.send(&[PeerRequest::GetData { ids: ids.to_vec() }], &[])?;
+    let (msgs, payloads) = r.read_batch::<PeerReply>()?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection"))?;
+    let Some(PeerReply::Data { found }) = msgs.into_iter().next() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "peer sent no data reply"));
+    };
+    let mut payloads = payloads.into_iter();
+    let mut out = Vec::new();
+    for (id, ok) in found {
+        if ok {
+            let bytes = payloads.next().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer sent fewer payloads than promised"))?;
+            out.push((id, Arc::new(Stored::from_wire(bytes)?)));
+        }
+    }
+    Ok(out)
+}
+
+fn data_server(listener: TcpListener, secret: Vec<u8>, store: Store, counters: Arc<Counters>) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let store = store.clone();
+        let counters = counters.clone();
+        let secret = secret.clone();
+        let _ = std::thread::Builder::new().name("tf-data-conn".into()).spawn(move || {
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            match server_handshake(&mut stream, &secret) {
+                Ok(Role::Peer) => {}
+                Ok(role) => {
+                    log_at!(1, "worker", "data server: {peer} connected as {role:?}, not as a peer; closed");
+                    return;
+                }
+                Err(e) => {
+                    log_at!(1, "worker", "data server: rejected connection from {peer}: {e}");
+                    return;
+                }
+            }
+            let Ok(read_half) = stream.try_clone() else { return };
+            let mut r = FrameReader::new(read_half);
+            let mut w = FrameWriter::new(stream);
+            while let Ok(Some((reqs, _))) = r.read_batch::<PeerRequest>() {
+                for PeerRequest::GetData { ids } in reqs {
+                    let values: Vec<(TaskId, Option<Arc<Stored>>)> = {
+                        let s = store.read().expect("store lock");
+                        ids.iter().map(|id| (*id, s.get(id).cloned())).collect()
+                    };
+                    let found: Vec<(TaskId, bool)> = values.iter().map(|(id, v)| (*id, v.is_some())).collect();
+                    let payloads: Vec<&[u8]> = values.iter().filter_map(|(_, v)| v.as_ref().map(|v| v.encoded())).collect();
+                    counters.served.fetch_add(payloads.len() as u64, Ordering::Relaxed);
+                    counters.served_bytes.fetch_add(payloads.iter().map(|p| p.len() as u64).sum(), Ordering::Relaxed);
+                    if w.send(&[PeerReply::Data { found }], &payloads).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
