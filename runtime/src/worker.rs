@@ -227,6 +227,7 @@ struct WorkerLoop {
 impl WorkerLoop {
     fn run(&mut self, rx: Receiver<Event>, to_sched: &mut FrameWriter<TcpStream>) -> io::Result<WorkerExit> {
         let mut last_beat = Instant::now();
+        let mut last_transfers = 0u64;
         loop {
             let first = match rx.recv_timeout(self.cfg.heartbeat) {
                 Ok(ev) => Some(ev),
@@ -250,8 +251,12 @@ impl WorkerLoop {
                 }
             }
             self.dispatch();
-            if last_beat.elapsed() >= self.cfg.heartbeat {
+            // Report at the heartbeat interval, and at once when transfer
+            // counters moved, so status reflects peer traffic promptly.
+            let transfers = self.counters.fetched.load(Ordering::Relaxed) + self.counters.served.load(Ordering::Relaxed);
+            if last_beat.elapsed() >= self.cfg.heartbeat || transfers != last_transfers {
                 last_beat = Instant::now();
+                last_transfers = transfers;
                 self.out.push(ToScheduler::Heartbeat(self.metrics()));
             }
             if !self.out.is_empty() {

@@ -1,0 +1,200 @@
+//! Scheduler, workers and clients as separate real processes over TCP.
+
+mod common;
+use common::*;
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+const SEED: &str = r#"{"x": 1, "y": ["inc", "x"], "z": ["add", "y", 10]}"#;
+
+#[test]
+fn seed_graph_through_scheduler_and_two_workers_then_clean_shutdown() {
+    let mut c = Cluster::start("seed", &[("w1", 1), ("w2", 1)]);
+    let mode = std::fs::metadata(&c.file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "scheduler file holds the secret: private");
+    let o = c.submit(SEED, &[]);
+    assert_eq!(stdout(&o), "{\"z\": 12}\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0));
+
+    let s = status(&c.file).unwrap();
+    assert_eq!(s["workers"].as_array().unwrap().len(), 2);
+    assert_eq!(s["tasks"]["processing"], 0);
+    // Results were released once fetched: nothing is left held.
+    wait_for("tasks to be forgotten", Duration::from_secs(10), || status(&c.file).unwrap()["tasks"]["memory"] == 0);
+
+    let o = taskfarm(&["shutdown", "--scheduler-file", c.file_arg()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(c.scheduler.wait_exit(Duration::from_secs(20)), Some(0), "{}", c.scheduler.log_text());
+    for w in &mut c.workers {
+        assert_eq!(w.wait_exit(Duration::from_secs(20)), Some(0), "worker exits 0: {}", w.log_text());
+    }
+    assert!(!c.file.exists(), "scheduler file removed on clean shutdown");
+    let scratch: Vec<_> = std::fs::read_dir(c.dir.join("scratch")).unwrap().collect();
+    assert!(scratch.is_empty(), "worker scratch directories removed: {scratch:?}");
+}
+
+#[test]
+fn command_graph_moves_dependencies_peer_to_peer() {
+    let c = Cluster::start("p2p", &[("w1", 2), ("w2", 2)]);
+    // Restrictions force the data of "words" (made on w1) to be needed on w2.
+    let g = r#"{
+        "words": {"cmd": ["sh", "-c", "printf 'alpha beta gamma'"], "workers": "w1"},
+        "count": {"cmd": ["wc", "-w"], "stdin": "words", "workers": "w2"},
+        "shout": {"cmd": ["tr", "a-z", "A-Z"], "stdin": "words", "workers": "w2"},
+        "n": {"cmd": ["sh", "-c", "echo $(( $1 * 2 ))", "sh", "count"], "workers": "w1"},
+        "out": ["list", "shout", "n"]
+    }"#;
+    let o = c.submit(g, &[]);
+    assert_eq!(stdout(&o), "{\"out\": [\"ALPHA BETA GAMMA\", \"6\\n\"]}\n", "{}", stderr(&o));
+    // w2 fetched "words" from w1's data server, and w1 fetched "count" from w2:
+    // the scheduler never carries values, so these counters prove peer-to-peer transfer.
+    wait_for("transfer counters to reach the scheduler", Duration::from_secs(10), || {
+        let w1 = c.worker_status("w1");
+        let w2 = c.worker_status("w2");
+        w2["fetched_from_peers"].as_u64() >= Some(1)
+            && w1["served_to_peers"].as_u64() >= Some(1)
+            && w1["fetched_from_peers"].as_u64() >= Some(1)
+    });
+}
+
+#[test]
+fn wrong_secret_is_refused_with_authentication_error() {
+    let c = Cluster::start("auth", &[("w1", 1)]);
+    let mut j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&c.file).unwrap()).unwrap();
+    j["secret"] = serde_json::Value::String("00".repeat(32));
+    let forged = c.dir.write("forged.json", &j.to_string());
+    let g = c.dir.write("g.json", SEED);
+    let o = taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", forged.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("authentication failed"), "{}", stderr(&o));
+    let o = taskfarm(&["status", "--scheduler-file", forged.to_str().unwrap()]);
+    assert!(stderr(&o).contains("authentication failed"));
+    // The real secret still works.
+    assert_eq!(stdout(&c.submit(SEED, &[])), "{\"z\": 12}\n");
+}
+
+#[test]
+fn garbage_and_broken_connections_do_not_disturb_a_running_graph() {
+    let c = Cluster::start("garbage", &[("w1", 2), ("w2", 2)]);
+    let addr = taskfarm::util::parse_address(status(&c.file).unwrap()["address"].as_str().unwrap()).unwrap();
+    // A graph that runs for a while: 20 sleeps, then a sum that waits for them.
+    let sleeps: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    let mut graph = serde_json::Map::new();
+    for k in &sleeps {
+        graph.insert(k.clone(), serde_json::json!(["sleep", 0.1]));
+    }
+    let incs: Vec<serde_json::Value> = (0..20).map(|i| serde_json::json!(["inc", i])).collect();
+    let mut list = vec![serde_json::json!("list")];
+    list.extend(incs);
+    graph.insert("total".into(), serde_json::json!({"task": ["sum", list], "deps": sleeps}));
+    let g = c.dir.write("long.json", &serde_json::Value::Object(graph).to_string());
+    let submit = std::thread::spawn({
+        let g = g.clone();
+        let file = c.file.clone();
+        move || taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"])
+    });
+    let attack = std::thread::spawn(move || {
+        // 1. random bytes
+        let mut s = TcpStream::connect(addr).unwrap();
+        write_all(&mut s, &taskfarm::util::random_bytes(4096));
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf); // the scheduler closes it
+        // 2. right magic, wrong proof
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut hello = b"TASKFARM".to_vec();
+        hello.extend_from_slice(&1u16.to_le_bytes());
+        hello.push(2);
+        hello.extend_from_slice(&[1u8; 32]);
+        write_all(&mut s, &hello);
+        let mut reply = [0u8; 75];
+        let _ = s.read_exact(&mut reply);
+        write_all(&mut s, &[0u8; 32]);
+        let _ = s.read_to_end(&mut buf);
+        // 3. connect and drop at once
+        drop(TcpStream::connect(addr).unwrap());
+    });
+    attack.join().unwrap();
+    // 4. authenticated, then an oversized frame, then undecodable garbage.
+    let file = taskfarm::schedfile::SchedulerFile::read(&c.file).unwrap();
+    let secret = file.secret_bytes().unwrap();
+    for payload in [
+        {
+            let mut v = (1u64 << 40).to_le_bytes().to_vec();
+            v.push(0);
+            v
+        },
+        {
+            let mut v = 12u64.to_le_bytes().to_vec();
+            v.push(0);
+            v.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+            v
+        },
+    ] {
+        let mut s = taskfarm::schedfile::connect(&file.address, &secret, taskfarm::protocol::Role::Client).unwrap();
+        write_all(&mut s, &payload);
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    }
+    let o = submit.join().unwrap();
+    assert_eq!(stdout(&o), "{\"total\": 210}\n", "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(0));
+    let log = c.scheduler.log_text();
+    assert!(log.contains("not a taskfarm process"), "{log}");
+    assert!(log.contains("authentication failed"), "{log}");
+    assert!(log.contains("outside the allowed"), "{log}");
+    assert!(log.contains("undecodable"), "{log}");
+    assert_eq!(status(&c.file).unwrap()["workers"].as_array().unwrap().len(), 2, "workers unaffected");
+}
+
+#[test]
+fn stale_scheduler_file_is_reported_as_stale() {
+    let d = TempDir::new("stale");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let f = taskfarm::schedfile::SchedulerFile::new(&format!("tcp://127.0.0.1:{port}"), b"secret");
+    let p = d.join("s.json");
+    f.write(&p).unwrap();
+    let g = d.write("g.json", SEED);
+    let o = taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", p.to_str().unwrap(), "--timeout", "1s"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is stale") && stderr(&o).contains("does not answer"), "{}", stderr(&o));
+    let o = taskfarm(&["worker", "--scheduler-file", d.join("never.json").to_str().unwrap(), "--death-timeout", "300ms"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist yet") && stderr(&o).contains("gave up"), "{}", stderr(&o));
+}
+
+#[test]
+fn killed_worker_does_not_lose_the_graph() {
+    let mut c = Cluster::start("kill", &[("w1", 1), ("w2", 1)]);
+    // Chains of sleeps so both workers hold results and run tasks when one dies.
+    let mut text = String::from("{");
+    for i in 0..6 {
+        text.push_str(&format!("\"a{i}\": [\"sleep\", 0.05], \"b{i}\": [\"add\", {i}, [\"sum\", [\"list\"]]], \"c{i}\": [\"list\", \"a{i}\", \"b{i}\"], "));
+    }
+    text.push_str("\"out\": [\"list\", ");
+    text.push_str(&(0..6).map(|i| format!("\"c{i}\"")).collect::<Vec<_>>().join(", "));
+    text.push_str("]}");
+    let g = c.dir.write("g.json", &text);
+    let expected = {
+        let o = taskfarm(&["run", g.to_str().unwrap()]);
+        stdout(&o)
+    };
+    let submit = std::process::Command::new(bin())
+        .args(["submit", g.to_str().unwrap(), "--scheduler-file", c.file_arg()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("w1 to be running tasks", Duration::from_secs(10), || c.worker_status("w1")["processing"].as_u64() >= Some(1));
+    c.workers[0].child.kill().unwrap();
+    let o = submit.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), expected);
+    assert!(expected.starts_with("{\"out\": [[null, 0], [null, 1]"), "{expected}");
+    let again = c.submit(&text, &[]);
+    assert_eq!(stdout(&again), expected);
+    let log = c.scheduler.log_text();
+    assert!(log.contains("worker 'w1'") && log.contains("removed"), "{log}");
+    assert_eq!(status(&c.file).unwrap()["workers"].as_array().unwrap().len(), 1);
+}
