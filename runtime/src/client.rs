@@ -118,24 +118,36 @@ impl Client {
         }
         let mut slots: HashMap<&str, Slot> = keys.iter().map(|k| (k.as_str(), Slot::Pending)).collect();
         let mut unresolved = slots.len();
+        let mut pending = slots.len();
         let mut fetch_failures = 0u32;
         while unresolved > 0 {
             // Wait until every key is located or failed.
-            while slots.values().any(|s| matches!(s, Slot::Pending)) {
+            while pending > 0 {
                 match self.next()? {
                     ToClient::GraphRejected { error } => return Err(ClientError::Rejected(error)),
                     ToClient::KeyInMemory { key, id, holders } => {
                         if let Some(s) = slots.get_mut(key.as_str()) {
-                            if !matches!(s, Slot::Value(_)) {
-                                *s = Slot::At(id, holders);
+                            match s {
+                                Slot::Pending => {
+                                    pending -= 1;
+                                    *s = Slot::At(id, holders);
+                                }
+                                Slot::At(..) => *s = Slot::At(id, holders),
+                                _ => {}
                             }
                         }
                     }
                     ToClient::KeyErred { key, error } => {
                         if let Some(s) = slots.get_mut(key.as_str()) {
-                            if !matches!(s, Slot::Value(_) | Slot::Failed(_)) {
-                                *s = Slot::Failed(error);
-                                unresolved -= 1;
+                            match s {
+                                Slot::Pending | Slot::At(..) => {
+                                    if matches!(s, Slot::Pending) {
+                                        pending -= 1;
+                                    }
+                                    *s = Slot::Failed(error);
+                                    unresolved -= 1;
+                                }
+                                _ => {}
                             }
                         }
                     }
@@ -147,9 +159,8 @@ impl Client {
             let mut by_holder: HashMap<String, Vec<(String, TaskId)>> = HashMap::new();
             for (k, s) in &slots {
                 if let Slot::At(id, holders) = s {
-                    match holders.first() {
-                        Some(h) => by_holder.entry(h.clone()).or_default().push((k.to_string(), *id)),
-                        None => {}
+                    if let Some(h) = holders.first() {
+                        by_holder.entry(h.clone()).or_default().push((k.to_string(), *id));
                     }
                 }
             }
@@ -176,6 +187,7 @@ impl Client {
                                 hs.retain(|h| *h != holder);
                                 if hs.is_empty() {
                                     *slot = Slot::Pending;
+                                    pending += 1;
                                     fetch_failures += 1;
                                 }
                             }

@@ -190,6 +190,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         fetching: HashMap::new(),
         peers: HashMap::new(),
         out: Vec::new(),
+        mean_task_us: 0.0,
     };
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
@@ -222,6 +223,8 @@ struct WorkerLoop {
     fetching: HashMap<TaskId, Fetching>,
     peers: HashMap<String, Sender<Vec<TaskId>>>,
     out: Vec<ToScheduler>,
+    /// Moving average of task run time, microseconds.
+    mean_task_us: f64,
 }
 
 impl WorkerLoop {
@@ -299,6 +302,7 @@ impl WorkerLoop {
                 self.executing -= 1;
                 let Some(task) = self.tasks.remove(&id) else { return None };
                 let duration_us = duration.as_micros() as u64;
+                self.mean_task_us = if self.mean_task_us == 0.0 { duration_us as f64 + 0.5 } else { 0.95 * self.mean_task_us + 0.05 * duration_us as f64 };
                 match result {
                     Ok(data) => {
                         let nbytes = data.nbytes();
@@ -414,9 +418,23 @@ impl WorkerLoop {
         }
     }
 
-    /// Hand ready tasks to idle executor threads, highest priority first.
+    /// How many tasks may sit in the executors' queue at once: one per
+    /// thread for long tasks (so priorities and the scheduler's placement
+    /// keep control), a deeper window when tasks are short so threads never
+    /// wait for this loop between tasks.
+    fn window(&self) -> u32 {
+        let n = self.cfg.nthreads.max(1);
+        if self.mean_task_us > 0.0 && self.mean_task_us < 1000.0 {
+            n * 64
+        } else {
+            n
+        }
+    }
+
+    /// Hand ready tasks to the executor threads, highest priority first.
     fn dispatch(&mut self) {
-        while self.executing < self.cfg.nthreads.max(1) {
+        let window = self.window();
+        while self.executing < window {
             let Some(std::cmp::Reverse((_, id))) = self.ready.pop() else { break };
             let Some(task) = self.tasks.get_mut(&id) else { continue };
             if task.running {
