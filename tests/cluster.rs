@@ -198,3 +198,61 @@ fn killed_worker_does_not_lose_the_graph() {
     assert!(log.contains("worker 'w1'") && log.contains("removed"), "{log}");
     assert_eq!(status(&c.file).unwrap()["workers"].as_array().unwrap().len(), 1);
 }
+
+fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn idle_timeout_and_pid_file() {
+    let d = TempDir::new("idle");
+    let file = d.join("s.json");
+    let pid = d.join("s.pid");
+    let mut s = Proc::spawn(
+        &["scheduler", "--scheduler-file", file.to_str().unwrap(), "--host", "127.0.0.1", "--idle-timeout", "1s", "--pid-file", pid.to_str().unwrap()],
+        d.join("s.log"),
+    );
+    wait_for("pid file", Duration::from_secs(10), || pid.exists());
+    assert_eq!(std::fs::read_to_string(&pid).unwrap().trim(), s.child.id().to_string());
+    assert_eq!(s.wait_exit(Duration::from_secs(20)), Some(0), "{}", s.log_text());
+    assert!(s.log_text().contains("idle for 1 s"), "{}", s.log_text());
+    assert!(!file.exists() && !pid.exists(), "scheduler file and pid file removed");
+}
+
+#[test]
+fn sigterm_shuts_the_scheduler_down_cleanly_and_workers_follow() {
+    let mut c = Cluster::start("sigterm", &[("w1", 1)]);
+    signal(c.scheduler.child.id(), "-TERM");
+    assert_eq!(c.scheduler.wait_exit(Duration::from_secs(20)), Some(0), "{}", c.scheduler.log_text());
+    assert!(c.scheduler.log_text().contains("received signal"), "{}", c.scheduler.log_text());
+    assert!(!c.file.exists());
+    assert_eq!(c.workers[0].wait_exit(Duration::from_secs(20)), Some(0), "told to shut down: {}", c.workers[0].log_text());
+}
+
+#[test]
+fn workers_exit_nonzero_when_the_scheduler_dies() {
+    let mut c = Cluster::start("schedkill", &[("w1", 1)]);
+    c.scheduler.child.kill().unwrap();
+    assert_eq!(c.workers[0].wait_exit(Duration::from_secs(20)), Some(1), "{}", c.workers[0].log_text());
+    assert!(c.workers[0].log_text().contains("scheduler"), "{}", c.workers[0].log_text());
+}
+
+#[test]
+fn worker_by_address_needs_the_secret_from_the_environment() {
+    let mut c = Cluster::start("byaddr", &[]);
+    let f = taskfarm::schedfile::SchedulerFile::read(&c.file).unwrap();
+    let o = taskfarm(&["worker", &f.address, "--death-timeout", "1s"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("TASKFARM_SECRET"), "{}", stderr(&o));
+    let log = c.dir.join("byaddr.log");
+    let child = std::process::Command::new(bin())
+        .args(["worker", &f.address, "--name", "envw", "--nthreads", "1"])
+        .env("TASKFARM_SECRET", &f.secret)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    c.workers.push(Proc { child, log });
+    wait_for("worker to join by address", Duration::from_secs(20), || status(&c.file).is_some_and(|s| s["workers"][0]["name"] == "envw"));
+    assert_eq!(stdout(&c.submit(SEED, &[])), "{\"z\": 12}\n");
+}
