@@ -153,3 +153,14 @@ fn functions_lists_the_builtins() {
         assert!(out.lines().any(|l| l.starts_with(&format!("{f} "))), "{f} missing from:\n{out}");
     }
 }
+
+#[test]
+fn readme_examples_print_what_the_readme_says() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    for (example, expected) in [("seed.json", "{\"z\": 12}"), ("commands.json", "{\"both\": [\"TO BE OR NOT TO BE\", \"6\\n\"]}")] {
+        assert!(readme.contains(expected), "README shows {expected}");
+        let o = taskfarm(&["run", root.join("examples").join(example).to_str().unwrap()]);
+        assert_eq!(stdout(&o).trim_end(), expected, "{example}: {}", stderr(&o));
+    }
+}

@@ -119,7 +119,7 @@ struct WorkerArgs {
     /// Worker name, shown in status and usable in a task's "workers" restriction [default: HOST-PID].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    /// Where the worker's scratch directory (command cwd, later spill files) goes [default: $TMPDIR or /tmp].
+    /// Where the worker's scratch directory (cwd of command tasks; removed at exit) goes [default: $TMPDIR or /tmp].
     #[arg(long, value_name = "DIR")]
     local_directory: Option<PathBuf>,
     /// How long to wait for the scheduler (file to appear and answer) before giving up.
