@@ -674,36 +674,8 @@ impl SchedulerState {
     fn ensure_computing(&mut self, root: TaskId) {
         let mut stack = vec![root];
         while let Some(t) = stack.pop() {
-            if self.tasks[t as usize].state != TaskState::Released {
-                continue;
-            }
-            self.set_state(t, TaskState::Waiting);
-            let mut missing = 0;
-            for i in 0..self.tasks[t as usize].deps.len() {
-                let d = self.tasks[t as usize].deps[i];
-                match self.tasks[d as usize].state {
-                    TaskState::Memory => {}
-                    TaskState::Released => {
-                        missing += 1;
-                        stack.push(d);
-                    }
-                    TaskState::Erred => {
-                        let err = self.tasks[d as usize].error.clone().unwrap_or_default();
-                        let key = self.tasks[d as usize].key.clone();
-                        self.tasks[t as usize].waiting_on = 0;
-                        self.to_erred(t, dependency_error(&key, &err));
-                        missing = u32::MAX;
-                        break;
-                    }
-                    _ => missing += 1,
-                }
-            }
-            if missing == u32::MAX {
-                continue;
-            }
-            self.tasks[t as usize].waiting_on = missing;
-            if missing == 0 {
-                self.make_ready(t);
+            if self.tasks[t as usize].state == TaskState::Released {
+                self.wait_for_dependencies(t, &mut stack);
             }
         }
     }
@@ -714,6 +686,17 @@ impl SchedulerState {
         if self.tasks[t as usize].state == TaskState::Erred {
             return;
         }
+        let mut released = Vec::new();
+        self.wait_for_dependencies(t, &mut released);
+        for d in released {
+            self.ensure_computing(d);
+        }
+    }
+
+    /// Make `t` wait for its dependencies not in memory: released ones are
+    /// pushed on `released` for the caller to start; an erred one errs `t`;
+    /// none missing makes `t` ready.
+    fn wait_for_dependencies(&mut self, t: TaskId, released: &mut Vec<TaskId>) {
         self.set_state(t, TaskState::Waiting);
         let mut missing = 0;
         for i in 0..self.tasks[t as usize].deps.len() {
@@ -722,7 +705,14 @@ impl SchedulerState {
                 TaskState::Memory => {}
                 TaskState::Released => {
                     missing += 1;
-                    self.ensure_computing(d);
+                    released.push(d);
+                }
+                TaskState::Erred => {
+                    let dep = &self.tasks[d as usize];
+                    let err = dependency_error(&dep.key, dep.error.as_deref().unwrap_or("failed"));
+                    self.tasks[t as usize].waiting_on = 0;
+                    self.to_erred(t, err);
+                    return;
                 }
                 _ => missing += 1,
             }

@@ -397,3 +397,25 @@ fn random_event_sequences_keep_invariants_and_finish() {
         assert_eq!(sim.s.count(TaskState::Memory), 0);
     }
 }
+
+#[test]
+fn recomputation_that_fails_errs_the_waiting_dependents() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"x": 1, "y": ["inc", "x"], "z": ["inc", "y"]}"#), &wanted(&["z"])).unwrap();
+    sim.finish(w1, "x");
+    sim.finish(w1, "y");
+    assert_eq!(sim.state("x"), Some(TaskState::Released), "x freed once y had it");
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    sim.computes();
+    sim.s.remove_worker(w1, "lost");
+    sim.ok();
+    // y and then x must be recomputed; x now fails (e.g. a flaky input).
+    assert_eq!(sim.s.processing_on("x"), Some(w2));
+    sim.s.task_erred(w2, sim.id("x"), "input vanished".into(), 0.0);
+    sim.ok();
+    assert_eq!(sim.state("z"), Some(TaskState::Erred));
+    let (_, msgs) = sim.outgoing();
+    assert!(msgs.iter().any(|(_, m)| matches!(m, ToClient::KeyErred { key, error } if key == "z" && error == "dependency 'x' failed: input vanished")), "{msgs:?}");
+}
