@@ -196,6 +196,7 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
 fn spawn_writer<T: Serialize + Send + 'static>(stream: Option<TcpStream>, rx: Receiver<Vec<T>>, who: String) {
     let Some(stream) = stream else { return };
     let _ = std::thread::Builder::new().name("tf-writer".into()).spawn(move || {
+        let closer = stream.try_clone().ok();
         let mut w = FrameWriter::new(stream);
         while let Ok(mut batch) = rx.recv() {
             while let Ok(more) = rx.try_recv() {
@@ -205,7 +206,13 @@ fn spawn_writer<T: Serialize + Send + 'static>(stream: Option<TcpStream>, rx: Re
                 }
             }
             if let Err(e) = w.send(&batch, &[]) {
-                log_at!(3, "scheduler", "cannot write to {who}: {e}");
+                // A peer that stopped reading (or is gone): close the
+                // connection so its reader reports it and it is removed,
+                // instead of queueing messages for it forever.
+                log_at!(1, "scheduler", "cannot write to {who}: {e}; closing its connection");
+                if let Some(c) = &closer {
+                    let _ = c.shutdown(Shutdown::Both);
+                }
                 break;
             }
         }
