@@ -45,7 +45,7 @@ impl Registry {
     pub fn with_builtins() -> Registry {
         let mut r = Registry { funcs: Arc::new(BTreeMap::new()) };
         r.add_builtin("noop", "noop(...) -> null; ignores its arguments", |_, _| Ok(Data::null()));
-        r.add_builtin("identity", "identity(x) -> x", |a, _| one(a, "identity").map(|x| x.clone()));
+        r.add_builtin("identity", "identity(x) -> x", |a, _| one(a, "identity").cloned());
         r.add_builtin("inc", "inc(x) -> x + 1", |a, _| num_op(one(a, "inc")?, &Data::Json(json!(1)), "inc", |x, y| x + y, i64::checked_add));
         r.add_builtin("add", "add(x, y, ...) -> sum of its numeric arguments", |a, _| fold(a, "add", |x, y| x + y, i64::checked_add));
         r.add_builtin("sub", "sub(x, y) -> x - y", |a, _| {
@@ -233,7 +233,7 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
     let argv: Vec<Vec<u8>> = spec.argv.iter().map(text).collect::<Result<_, _>>()?;
     use std::os::unix::ffi::OsStrExt;
     let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
-    if argv[0].iter().any(|&c| c == 0) || argv.iter().any(|a| a.contains(&0)) {
+    if argv[0].contains(&0) || argv.iter().any(|a| a.contains(&0)) {
         return Err("command arguments cannot contain NUL bytes".into());
     }
     let program = String::from_utf8_lossy(&argv[0]).into_owned();

@@ -363,10 +363,10 @@ impl SchedulerState {
                     task.suspicious, self.config.allowed_failures
                 );
                 self.logs.push(format!("task '{}' marked erred: {msg}", task.key));
-                self.to_erred(t, msg);
+                self.mark_erred(t, msg);
             } else {
                 self.stats.tasks_rescheduled += 1;
-                self.to_waiting(t);
+                self.back_to_waiting(t);
             }
         }
 
@@ -593,10 +593,10 @@ impl SchedulerState {
             task.retries_left -= 1;
             self.stats.retries += 1;
             self.logs.push(format!("task '{}' failed, retrying ({} retries left): {error}", task.key, task.retries_left));
-            self.to_waiting(t);
+            self.back_to_waiting(t);
         } else {
             self.stats.tasks_erred += 1;
-            self.to_erred(t, error);
+            self.mark_erred(t, error);
         }
         self.settle();
         self.fill_worker(w);
@@ -629,7 +629,7 @@ impl SchedulerState {
             self.lose_value(dep);
             self.stats.tasks_recomputed += 1;
         }
-        self.to_waiting(t);
+        self.back_to_waiting(t);
         self.settle();
         self.fill_worker(w);
     }
@@ -682,7 +682,7 @@ impl SchedulerState {
 
     /// Put an active task back to waiting for whatever of its dependencies
     /// is not in memory (after a lost worker, a retry or missing data).
-    fn to_waiting(&mut self, t: TaskId) {
+    fn back_to_waiting(&mut self, t: TaskId) {
         if self.tasks[t as usize].state == TaskState::Erred {
             return;
         }
@@ -711,7 +711,7 @@ impl SchedulerState {
                     let dep = &self.tasks[d as usize];
                     let err = dependency_error(&dep.key, dep.error.as_deref().unwrap_or("failed"));
                     self.tasks[t as usize].waiting_on = 0;
-                    self.to_erred(t, err);
+                    self.mark_erred(t, err);
                     return;
                 }
                 _ => missing += 1,
@@ -770,7 +770,7 @@ impl SchedulerState {
         }
     }
 
-    fn to_erred(&mut self, root: TaskId, error: String) {
+    fn mark_erred(&mut self, root: TaskId, error: String) {
         let mut stack = vec![(root, error)];
         while let Some((t, err)) = stack.pop() {
             let task = &self.tasks[t as usize];
@@ -1023,7 +1023,7 @@ impl SchedulerState {
                     return Err(format!("task '{k}' not among its dependency's dependents"));
                 }
             }
-            if (task.state == TaskState::Memory) != !task.who_has.is_empty() {
+            if (task.state == TaskState::Memory) == task.who_has.is_empty() {
                 return Err(format!("task '{k}' in state {} with {} holders", task.state.name(), task.who_has.len()));
             }
             for h in &task.who_has {
