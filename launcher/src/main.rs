@@ -48,6 +48,11 @@ enum Command {
     Status(StatusArgs),
     /// Make a running scheduler and all its workers exit cleanly.
     Shutdown(ShutdownArgs),
+    /// Under mpirun/mpiexec/srun: rank 0 runs the scheduler, the other ranks run workers
+    /// (with `-- CMD ...`, rank 1 runs CMD and the job ends when it does).
+    Mpi(MpiArgs),
+    /// Show the node's topology (cores, NUMA nodes, allowed CPUs) and the binding plan.
+    Topology(TopologyArgs),
     /// List the built-in task functions.
     Functions,
 }
@@ -84,12 +89,35 @@ struct SchedulerFileArg {
 }
 
 #[derive(Args)]
+struct NetArgs {
+    /// Listen on and advertise the address of this network interface, e.g. ib0 (the names can differ between login and compute nodes).
+    #[arg(long, value_name = "NAME")]
+    interface: Option<String>,
+    /// Address to listen on, when it differs from the address others should use (e.g. behind NAT).
+    #[arg(long, value_name = "IP")]
+    listen_address: Option<IpAddr>,
+    /// Address to advertise to others (in the scheduler file, or to peers), when it differs from the listening one.
+    #[arg(long, value_name = "IP")]
+    contact_address: Option<IpAddr>,
+}
+
+impl NetArgs {
+    /// (listen, contact) addresses from --interface/--listen-address/--contact-address.
+    fn resolve(&self) -> Result<(Option<IpAddr>, Option<IpAddr>), Fail> {
+        let iface = self.interface.as_deref().map(taskfarm::node::interface_address).transpose().map_err(|e| Fail(EXIT_USAGE, e))?;
+        Ok((self.listen_address.or(iface), self.contact_address.or(iface)))
+    }
+}
+
+#[derive(Args)]
 struct SchedulerArgs {
     #[command(flatten)]
     file: SchedulerFileArg,
-    /// Address to listen on [default: this host's address on the default route, else loopback]. Only this address is listened on.
-    #[arg(long, value_name = "HOST")]
+    /// Address to listen on [default: the --interface address, else this host's address on the default route, else loopback]. Only this address is listened on.
+    #[arg(long, value_name = "HOST", conflicts_with_all = ["interface", "listen_address"])]
     host: Option<IpAddr>,
+    #[command(flatten)]
+    net: NetArgs,
     /// Port to listen on; 0 picks a free one (the scheduler file tells clients which).
     #[arg(long, default_value_t = 0, value_name = "P")]
     port: u16,
@@ -131,6 +159,56 @@ struct WorkerArgs {
     /// Abstract resources this worker offers, e.g. "GPU=2 MEM=10e9" (cpus = threads).
     #[arg(long, value_name = "\"NAME=AMOUNT ...\"")]
     resources: Option<String>,
+    /// Memory limit of the worker process: 5GB, 5GiB, 5000M, 0.5 (of the node), auto (the node's memory or cgroup limit), 0 (none). Past 80 % it starts no new tasks, past 95 % it exits.
+    #[arg(long, default_value = "0", value_name = "SIZE")]
+    memory_limit: String,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args)]
+struct MpiArgs {
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    #[command(flatten)]
+    net: NetArgs,
+    /// Transport; only tcp is supported.
+    #[arg(long, default_value = "tcp", value_parser = ["tcp"])]
+    protocol: String,
+    /// Threads per worker [default: the CPUs of the worker's core share].
+    #[arg(long, value_name = "T")]
+    nthreads: Option<u32>,
+    /// Memory limit per worker: 5GB, 5GiB, 5000M, a fraction of the node, auto (the node's memory divided among its ranks), 0 (none).
+    #[arg(long, default_value = "auto", value_name = "SIZE")]
+    memory_limit: String,
+    /// Parent of the workers' scratch directories: use node-local disk [default: $TMPDIR, else the job's scratch, else /tmp].
+    #[arg(long, value_name = "DIR")]
+    local_directory: Option<PathBuf>,
+    /// Prefix of worker names; worker names are PREFIX-RANK.
+    #[arg(long, default_value = "worker", value_name = "PREFIX")]
+    name: String,
+    /// Port of the scheduler on rank 0; 0 picks a free one.
+    #[arg(long, default_value_t = 0, value_name = "P")]
+    scheduler_port: u16,
+    /// How long each rank waits for the others (the scheduler file; all workers registering in batch mode) before the job fails.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    death_timeout: Duration,
+    /// Pin each rank's threads to a disjoint share of its node: cores, numa, or none (leave as the launcher set it) [default: cores when several ranks share a node].
+    #[arg(long, value_name = "POLICY")]
+    bind: Option<taskfarm::node::BindPolicy>,
+    /// Batch mode: rank 1 runs this command (with TASKFARM_SCHEDULER_FILE set) instead of a worker; when it exits, the cluster shuts down and the job exits with its status.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+struct TopologyArgs {
+    /// Show the plan for this many processes on the node.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    local_size: u32,
+    /// Binding policy to plan for: cores, numa or none.
+    #[arg(long, default_value = "cores", value_name = "POLICY")]
+    bind: taskfarm::node::BindPolicy,
 }
 
 #[derive(Args)]
@@ -190,6 +268,8 @@ fn main() -> ExitCode {
         Command::Submit(a) => cmd_submit(a),
         Command::Status(a) => cmd_status(a),
         Command::Shutdown(a) => cmd_shutdown(a),
+        Command::Mpi(a) => cmd_mpi(a),
+        Command::Topology(a) => cmd_topology(a),
         Command::Functions => {
             for (name, help) in Registry::with_builtins().describe() {
                 println!("{name:10} {help}");
@@ -298,10 +378,11 @@ impl Drop for PidFile {
 fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
     let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
     let _pid = PidFile::create(a.pid_file)?;
-    let host = a.host.unwrap_or_else(util::default_ip);
+    let (listen, contact) = a.net.resolve()?;
+    let host = a.host.or(listen).unwrap_or_else(util::default_ip);
     let sched = scheduler::start(ServerConfig {
         listen: SocketAddr::new(host, a.port),
-        contact: None,
+        contact: contact.map(|c| c.to_string()),
         secret: util::random_bytes(32),
         scheduler_file: Some(path),
         idle_timeout: a.idle_timeout,
@@ -337,6 +418,8 @@ fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, Fail> {
 fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
     let _pid = PidFile::create(a.pid_file)?;
     let resources = a.resources.as_deref().map(parse_resources).transpose()?.unwrap_or_default();
+    let memory_limit = util::parse_memory(&a.memory_limit, util::node_memory()).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
+    let (listen_ip, contact_ip) = a.net.resolve()?;
     let (secret, stream) = match &a.address {
         Some(addr) => {
             let secret = std::env::var("TASKFARM_SECRET")
@@ -360,13 +443,14 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
     let cfg = WorkerConfig {
         name: a.name.unwrap_or_else(|| format!("{}-{}", util::hostname(), std::process::id())),
         nthreads,
-        local_directory: a.local_directory.unwrap_or_else(default_local_directory),
-        listen_ip: None,
-        contact_ip: None,
+        local_directory: taskfarm::node::choose_local_directory(a.local_directory.as_deref()),
+        listen_ip,
+        contact_ip,
         resources,
         secret,
         heartbeat: Duration::from_secs(1),
         registry: Registry::with_builtins(),
+        memory_limit,
     };
     // SIGTERM/SIGINT: close the scheduler connection so the worker leaves at once.
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
@@ -386,6 +470,7 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
             log_at!(1, "worker", "exiting: {reason}");
             Ok(1)
         }
+        Ok(WorkerExit::MemoryLimit(_)) => Ok(3),
         Err(e) => Err(Fail(EXIT_USAGE, e.to_string())),
     }
 }
@@ -434,6 +519,7 @@ fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
                     "executing": w.metrics.executing,
                     "fetched_from_peers": w.metrics.fetched_from_peers, "fetched_bytes": w.metrics.fetched_bytes,
                     "served_to_peers": w.metrics.served_to_peers, "served_bytes": w.metrics.served_bytes,
+                    "data_connections_from": w.metrics.data_connections_from,
                     "last_seen_seconds": w.last_seen_secs,
                 })
             })
@@ -463,5 +549,53 @@ fn cmd_shutdown(a: ShutdownArgs) -> Result<u8, Fail> {
     let mut client = client_from(a.file, a.timeout)?;
     client.shutdown()?;
     eprintln!("taskfarm: scheduler at {} is shutting down", client.address);
+    Ok(0)
+}
+
+fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
+    let (info, handle) = taskfarm::mpi::discover().map_err(|e| Fail(EXIT_USAGE, e))?;
+    let batch = if a.command.is_empty() { None } else { Some(a.command.as_slice()) };
+    let per_rank_total = util::node_memory() / info.local_size.unwrap_or(1).max(1) as u64;
+    let memory_limit = util::parse_memory(&a.memory_limit, per_rank_total).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
+    let mut opts = taskfarm::mpi::MpiOptions::new(schedfile::resolve_path(a.file.scheduler_file.as_deref()));
+    opts.interface = a.net.interface;
+    opts.listen_address = a.net.listen_address;
+    opts.contact_address = a.net.contact_address;
+    opts.scheduler_port = a.scheduler_port;
+    opts.nthreads = a.nthreads;
+    opts.memory_limit = memory_limit;
+    opts.local_directory = a.local_directory;
+    opts.name = a.name;
+    opts.death_timeout = a.death_timeout;
+    opts.bind = a.bind;
+    let code = taskfarm::mpi::run(&opts, &info, handle.as_ref(), batch, Registry::with_builtins())
+        .map_err(|e| Fail(EXIT_USAGE, format!("rank {}: {e}", info.rank)))?;
+    drop(handle);
+    Ok(code.clamp(0, 255) as u8)
+}
+
+fn cmd_topology(a: TopologyArgs) -> Result<u8, Fail> {
+    use taskfarm::node::{format_cpu_list, Topology};
+    let t = Topology::detect().map_err(|e| Fail(EXIT_USAGE, e))?;
+    println!("source: {}", t.source);
+    println!("cores: {}", t.cores.len());
+    for (i, c) in t.cores.iter().enumerate() {
+        println!("  core {i}: CPUs {}", format_cpu_list(c));
+    }
+    println!("NUMA nodes: {}", t.numa.len());
+    for (i, n) in t.numa.iter().enumerate() {
+        println!("  node {i}: CPUs {}", format_cpu_list(n));
+    }
+    println!("allowed for this job: CPUs {}", format_cpu_list(&t.allowed));
+    if let Ok(now) = taskfarm::node::current_affinity() {
+        println!("this process is bound to: CPUs {}", format_cpu_list(&now));
+    }
+    println!("plan for {} processes on this node with --bind {}:", a.local_size, a.bind);
+    for r in 0..a.local_size.max(1) {
+        match t.plan(a.bind, r, a.local_size.max(1)) {
+            Some(p) => println!("  local rank {r}: CPUs {} ({} threads)", format_cpu_list(&p), p.len()),
+            None => println!("  local rank {r}: not bound"),
+        }
+    }
     Ok(0)
 }

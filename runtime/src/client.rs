@@ -74,6 +74,11 @@ impl Client {
         Client::from_stream(stream, &file.address, &secret)
     }
 
+    /// Use a connection already authenticated as a client.
+    pub fn from_connected(stream: TcpStream, address: &str, secret: &[u8]) -> Result<Client, ClientError> {
+        Client::from_stream(stream, address, secret)
+    }
+
     fn from_stream(stream: TcpStream, address: &str, secret: &[u8]) -> Result<Client, ClientError> {
         let lost = |e: std::io::Error| ClientError::Lost(e.to_string());
         let mut writer = FrameWriter::new(stream.try_clone().map_err(lost)?);

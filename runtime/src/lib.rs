@@ -7,7 +7,9 @@
 //! * [`client`]: connect, submit, gather, status, shutdown;
 //! * [`functions`]: built-in and user-registered task functions, commands;
 //! * [`schedfile`]: the scheduler file;
-//! * [`local`]: the embedded one-machine cluster (`taskfarm run`).
+//! * [`local`]: the embedded one-machine cluster (`taskfarm run`);
+//! * [`mpi`]: running under mpirun/srun (rank roles, batch mode, SPMD API);
+//! * [`node`]: interfaces, node-local scratch, topology and core binding.
 //!
 //! See docs/ARCHITECTURE.md for the code map and the scheduler's invariants.
 
@@ -15,6 +17,8 @@ pub mod client;
 pub mod functions;
 pub mod graph;
 pub mod local;
+pub mod mpi;
+pub mod node;
 pub mod protocol;
 pub mod schedfile;
 pub mod scheduler;

@@ -68,6 +68,9 @@ pub struct WorkerMetrics {
     /// Values this worker's data server sent to other workers.
     pub served_to_peers: u64,
     pub served_bytes: u64,
+    /// Distinct remote addresses that connected to this worker's data
+    /// server (as the socket saw them), at most 64.
+    pub data_connections_from: Vec<String>,
 }
 
 /// Worker and client messages to the scheduler.

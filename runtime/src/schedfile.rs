@@ -138,6 +138,20 @@ pub enum ConnectError {
 /// scheduler does not answer is treated as stale: keep waiting (it is often
 /// yesterday's file about to be replaced), then fail saying so.
 pub fn wait_and_connect(path: &Path, timeout: Duration, role: Role) -> Result<(SchedulerFile, TcpStream), String> {
+    wait_and_connect_with(path, timeout, role, &WaitPolicy::default())
+}
+
+/// How strict [`wait_and_connect_with`] is about old files.
+#[derive(Clone, Debug, Default)]
+pub struct WaitPolicy {
+    /// Files whose scheduler started before this Unix time are stale.
+    pub not_before: Option<f64>,
+    /// Treat a scheduler that rejects the file's secret as stale (a leftover
+    /// file whose port another scheduler now uses) instead of failing.
+    pub auth_failure_is_stale: bool,
+}
+
+pub fn wait_and_connect_with(path: &Path, timeout: Duration, role: Role, policy: &WaitPolicy) -> Result<(SchedulerFile, TcpStream), String> {
     let start = Instant::now();
     let mut last_note = Instant::now();
     let mut pause = Duration::from_millis(5);
@@ -147,10 +161,20 @@ pub fn wait_and_connect(path: &Path, timeout: Duration, role: Role) -> Result<(S
         let problem = match SchedulerFile::read(path) {
             Err(_) if !path.exists() => format!("scheduler file {} does not exist yet", path.display()),
             Err(e) => e,
+            Ok(file) if policy.not_before.is_some_and(|t| file.started < t) => format!(
+                "scheduler file {} is from an earlier run (its scheduler, pid {} on {}, started {}); waiting for this job's scheduler to replace it",
+                path.display(),
+                file.pid,
+                file.host,
+                format_age(file.started)
+            ),
             Ok(file) => match file.secret_bytes() {
                 Err(e) => return Err(format!("scheduler file {}: {e}", path.display())),
                 Ok(secret) => match connect(&file.address, &secret, role) {
                     Ok(s) => return Ok((file, s)),
+                    Err(ConnectError::Fatal(msg)) if policy.auth_failure_is_stale && msg.contains("authentication failed") => {
+                        format!("scheduler file {} is stale: {msg}", path.display())
+                    }
                     Err(ConnectError::Fatal(msg)) => return Err(msg),
                     Err(ConnectError::Unreachable(e)) => format!(
                         "scheduler file {} is stale: its scheduler at {} (pid {} on {}, started {}) does not answer ({e})",

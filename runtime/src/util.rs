@@ -28,6 +28,59 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parse a memory size: `5GB` (10^9), `5GiB` (2^30), `5000M`, `123456`
+/// (bytes), a fraction of `total` (`0.5`), `auto` (`total`), or `0`/`none`
+/// for no limit. Returns bytes, `None` for no limit.
+pub fn parse_memory(s: &str, total: u64) -> Result<Option<u64>, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    if lower == "0" || lower == "none" {
+        return Ok(None);
+    }
+    if lower == "auto" {
+        return Ok(Some(total));
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a memory size; use e.g. 5GB, 5GiB, 5000M, 0.5 (of the node) or auto"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" if n > 0.0 && n <= 1.0 && num.contains('.') => return Ok(Some((n * total as f64) as u64)),
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        other => return Err(format!("'{s}': unknown unit '{other}'; use B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)")),
+    };
+    let bytes = n * scale;
+    if !bytes.is_finite() || bytes < 0.0 {
+        return Err(format!("'{s}' is not a valid memory size"));
+    }
+    Ok(if bytes == 0.0 { None } else { Some(bytes as u64) })
+}
+
+/// Memory this process may use on the node: the cgroup's limit if set,
+/// else the node's total memory.
+pub fn node_memory() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("MemTotal:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())))
+        .map(|kb| kb * 1024)
+        .unwrap_or(0);
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)));
+    let limit = cgroup
+        .and_then(|c| std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", c.trim_end_matches('/'))).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match limit {
+        Some(l) if l < total || total == 0 => l,
+        _ => total,
+    }
+}
+
 /// Parse `tcp://host:port`, `host:port` or `[v6]:port` into a socket address.
 pub fn parse_address(s: &str) -> Result<SocketAddr, String> {
     let bare = s.strip_prefix("tcp://").unwrap_or(s);
@@ -182,6 +235,21 @@ mod tests {
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
         assert!(parse_duration("5 weeks").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn memory_sizes() {
+        let g = 1u64 << 30;
+        assert_eq!(parse_memory("5GB", g).unwrap(), Some(5_000_000_000));
+        assert_eq!(parse_memory("5GiB", g).unwrap(), Some(5 * g));
+        assert_eq!(parse_memory("5000M", g).unwrap(), Some(5_000_000_000));
+        assert_eq!(parse_memory("0.5", 8 * g).unwrap(), Some(4 * g));
+        assert_eq!(parse_memory("auto", 8 * g).unwrap(), Some(8 * g));
+        assert_eq!(parse_memory("0", g).unwrap(), None);
+        assert_eq!(parse_memory("123456", g).unwrap(), Some(123456));
+        assert!(parse_memory("5 parsecs", g).unwrap_err().contains("unknown unit"));
+        assert!(parse_memory("lots", g).is_err());
+        assert!(node_memory() > 0);
     }
 
     #[test]

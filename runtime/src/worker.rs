@@ -38,7 +38,16 @@ pub struct WorkerConfig {
     pub secret: Vec<u8>,
     pub heartbeat: Duration,
     pub registry: Registry,
+    /// Bytes of process memory (RSS) allowed; `None`: no limit. Past 80 %
+    /// the worker starts no new tasks; past 95 % it exits (the scheduler
+    /// reschedules its work elsewhere).
+    pub memory_limit: Option<u64>,
 }
+
+/// Fraction of the memory limit at which a worker stops starting tasks.
+pub const PAUSE_FRACTION: f64 = 0.80;
+/// Fraction of the memory limit at which a worker exits.
+pub const TERMINATE_FRACTION: f64 = 0.95;
 
 /// Why the worker stopped.
 #[derive(Debug, PartialEq)]
@@ -47,6 +56,8 @@ pub enum WorkerExit {
     Shutdown(String),
     /// The connection to the scheduler broke.
     SchedulerLost(String),
+    /// It went over its memory limit (bytes in use).
+    MemoryLimit(u64),
 }
 
 /// A stored value, with its wire encoding made once on first request.
@@ -76,6 +87,7 @@ struct Counters {
     fetched_bytes: AtomicU64,
     served: AtomicU64,
     served_bytes: AtomicU64,
+    connections_from: std::sync::Mutex<std::collections::BTreeSet<IpAddr>>,
 }
 
 type Store = Arc<RwLock<HashMap<TaskId, Arc<Stored>>>>;
@@ -118,8 +130,8 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for peers on {listen_ip}: {e}")))?;
     let port = listener.local_addr()?.port();
     let data_address = util::format_address(&SocketAddr::new(cfg.contact_ip.unwrap_or(listen_ip), port));
-    let scratch = make_scratch_dir(&cfg.local_directory, &cfg.name)?;
-    let _cleanup = RemoveOnDrop(scratch.clone());
+    let scratch_dir = crate::node::create_scratch(&cfg.local_directory, &cfg.name)?;
+    let scratch = scratch_dir.path().to_path_buf();
 
     let store: Store = Arc::new(RwLock::new(HashMap::new()));
     let counters = Arc::new(Counters::default());
@@ -191,24 +203,12 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         peers: HashMap::new(),
         out: Vec::new(),
         mean_task_us: 0.0,
+        paused: false,
     };
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
+    drop(scratch_dir);
     exit
-}
-
-struct RemoveOnDrop(PathBuf);
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn make_scratch_dir(parent: &std::path::Path, name: &str) -> io::Result<PathBuf> {
-    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect();
-    let dir = parent.join(format!("taskfarm-worker-{safe}-{}-{}", std::process::id(), util::hex(&util::random_bytes(3))));
-    std::fs::create_dir_all(&dir).map_err(|e| io::Error::new(e.kind(), format!("cannot create worker directory {}: {e}", dir.display())))?;
-    Ok(dir)
 }
 
 struct WorkerLoop {
@@ -225,6 +225,8 @@ struct WorkerLoop {
     out: Vec<ToScheduler>,
     /// Moving average of task run time, microseconds.
     mean_task_us: f64,
+    /// Over the pause threshold of the memory limit: start nothing new.
+    paused: bool,
 }
 
 impl WorkerLoop {
@@ -247,13 +249,17 @@ impl WorkerLoop {
             for ev in batch {
                 if let Some(exit) = self.handle(ev) {
                     let _ = to_sched.send(&self.out, &[]);
-                    log_at!(2, "worker", "worker '{}' stopping: {}", self.cfg.name, match &exit {
-                        WorkerExit::Shutdown(r) | WorkerExit::SchedulerLost(r) => r,
-                    });
+                    if let WorkerExit::Shutdown(r) | WorkerExit::SchedulerLost(r) = &exit {
+                        log_at!(2, "worker", "worker '{}' stopping: {r}", self.cfg.name);
+                    }
                     return Ok(exit);
                 }
             }
             self.dispatch();
+            if let Some(exit) = self.check_memory() {
+                let _ = to_sched.send(&self.out, &[]);
+                return Ok(exit);
+            }
             // Report at the heartbeat interval, and at once when transfer
             // counters moved, so status reflects peer traffic promptly.
             let transfers = self.counters.fetched.load(Ordering::Relaxed) + self.counters.served.load(Ordering::Relaxed);
@@ -271,6 +277,24 @@ impl WorkerLoop {
         }
     }
 
+    /// Enforce the memory limit: pause above 80 %, leave above 95 %.
+    fn check_memory(&mut self) -> Option<WorkerExit> {
+        let limit = self.cfg.memory_limit?;
+        let rss = util::rss_bytes();
+        if rss as f64 > TERMINATE_FRACTION * limit as f64 {
+            log_at!(0, "worker", "worker '{}' uses {} of its {} memory limit (over {:.0} %): exiting so the node does not run out of memory",
+                self.cfg.name, util::format_bytes(rss), util::format_bytes(limit), TERMINATE_FRACTION * 100.0);
+            return Some(WorkerExit::MemoryLimit(rss));
+        }
+        let paused = rss as f64 > PAUSE_FRACTION * limit as f64;
+        if paused != self.paused {
+            log_at!(1, "worker", "worker '{}' {} at {} of its {} memory limit", self.cfg.name,
+                if paused { "paused (starting no new tasks)" } else { "resumed" }, util::format_bytes(rss), util::format_bytes(limit));
+            self.paused = paused;
+        }
+        None
+    }
+
     fn metrics(&self) -> WorkerMetrics {
         let store = self.store.read().expect("store lock");
         WorkerMetrics {
@@ -282,6 +306,7 @@ impl WorkerLoop {
             fetched_bytes: self.counters.fetched_bytes.load(Ordering::Relaxed),
             served_to_peers: self.counters.served.load(Ordering::Relaxed),
             served_bytes: self.counters.served_bytes.load(Ordering::Relaxed),
+            data_connections_from: self.counters.connections_from.lock().expect("lock").iter().map(|a| a.to_string()).collect(),
         }
     }
 
@@ -433,7 +458,7 @@ impl WorkerLoop {
 
     /// Hand ready tasks to the executor threads, highest priority first.
     fn dispatch(&mut self) {
-        let window = self.window();
+        let window = if self.paused { 0 } else { self.window() };
         while self.executing < window {
             let Some(std::cmp::Reverse((_, id))) = self.ready.pop() else { break };
             let Some(task) = self.tasks.get_mut(&id) else { continue };
@@ -559,6 +584,12 @@ fn data_server(listener: TcpListener, secret: Vec<u8>, store: Store, counters: A
         let store = store.clone();
         let counters = counters.clone();
         let secret = secret.clone();
+        if let Ok(a) = stream.peer_addr() {
+            let mut seen = counters.connections_from.lock().expect("lock");
+            if seen.len() < 64 {
+                seen.insert(a.ip());
+            }
+        }
         let _ = std::thread::Builder::new().name("tf-data-conn".into()).spawn(move || {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             match server_handshake(&mut stream, &secret) {

@@ -1,0 +1,451 @@
+//! Running under an MPI launcher (`mpirun`, `mpiexec`, `srun`): rank 0 is
+//! the scheduler, the other ranks are workers, and in batch mode rank 1 runs
+//! the client work instead and the whole job ends when it finishes.
+//!
+//! Ranks are found from the launcher's environment ([`env`]); with the cargo
+//! feature `mpi`, also from the MPI library, which must agree, and MPI is
+//! used to broadcast the scheduler's address and to synchronise.
+
+pub mod env;
+
+use crate::client::Client;
+use crate::functions::Registry;
+use crate::node::{self, BindPolicy};
+use crate::protocol::Role;
+use crate::scheduler::{self, SchedulerConfig, ServerConfig};
+use crate::worker::{self, WorkerConfig, WorkerExit};
+use crate::{log_at, schedfile, util};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use env::RankInfo;
+
+/// Options of `taskfarm mpi` (mirroring dask-mpi's) and of [`initialize`].
+#[derive(Clone, Debug)]
+pub struct MpiOptions {
+    pub scheduler_file: PathBuf,
+    /// Listen on and advertise this interface's address (scheduler and workers).
+    pub interface: Option<String>,
+    /// Address to listen on, when it differs from the one to advertise.
+    pub listen_address: Option<IpAddr>,
+    /// Address to advertise.
+    pub contact_address: Option<IpAddr>,
+    pub scheduler_port: u16,
+    /// Threads per worker; default: the size of the worker's core share.
+    pub nthreads: Option<u32>,
+    pub memory_limit: Option<u64>,
+    pub local_directory: Option<PathBuf>,
+    /// Worker names are `{name}-{rank}`.
+    pub name: String,
+    /// How long every rank waits for the others (scheduler file, registration).
+    pub death_timeout: Duration,
+    /// `None`: cores when several ranks share a node, else none.
+    pub bind: Option<BindPolicy>,
+}
+
+impl MpiOptions {
+    pub fn new(scheduler_file: PathBuf) -> MpiOptions {
+        MpiOptions {
+            scheduler_file,
+            interface: None,
+            listen_address: None,
+            contact_address: None,
+            scheduler_port: 0,
+            nthreads: None,
+            memory_limit: None,
+            local_directory: None,
+            name: "worker".into(),
+            death_timeout: Duration::from_secs(60),
+            bind: None,
+        }
+    }
+}
+
+/// What this rank does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RankRole {
+    Scheduler,
+    Client,
+    Worker,
+}
+
+/// Rank 0 schedules; in batch mode rank 1 is the client; the rest work.
+pub fn role_of(rank: u32, batch: bool) -> RankRole {
+    match rank {
+        0 => RankRole::Scheduler,
+        1 if batch => RankRole::Client,
+        _ => RankRole::Worker,
+    }
+}
+
+/// The smallest job that makes sense: scheduler + a worker (+ the client).
+pub fn check_size(size: u32, batch: bool) -> Result<(), String> {
+    let need = if batch { 3 } else { 2 };
+    if size < need {
+        return Err(format!(
+            "taskfarm mpi needs at least {need} processes ({}), got {size}: run it under mpirun -np N, mpiexec -n N or srun with N >= {need}",
+            if batch { "a scheduler, the client command and a worker" } else { "a scheduler and a worker" }
+        ));
+    }
+    Ok(())
+}
+
+/// Find this process's rank: from the launcher's environment, checked
+/// against the MPI library when built with the `mpi` feature.
+pub fn discover() -> Result<(RankInfo, Option<MpiHandle>), String> {
+    let from_env = env::detect(&|k| std::env::var(k).ok())?;
+    #[cfg(feature = "mpi")]
+    {
+        let handle = MpiHandle::init()?;
+        let (rank, size) = (handle.rank(), handle.size());
+        let info = match from_env {
+            Some(e) if e.size != size || e.rank != rank => {
+                return Err(format!(
+                    "the launcher ({}) says rank {} of {}, but the MPI library says rank {rank} of {size}: \
+                     taskfarm was built against a different MPI than the one launching it (rebuild with the \
+                     matching MPI, or start it with that MPI's mpirun)",
+                    e.launcher, e.rank, e.size
+                ))
+            }
+            Some(e) => e,
+            None if size > 1 => RankInfo { rank, size, local_rank: None, local_size: None, launcher: "MPI" },
+            None => return Err(not_launched()),
+        };
+        Ok((info, Some(handle)))
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        match from_env {
+            Some(e) => Ok((e, None)),
+            None => Err(not_launched()),
+        }
+    }
+}
+
+fn not_launched() -> String {
+    "not started by an MPI launcher (no rank in the environment): run `mpirun -np N taskfarm mpi ...`, `mpiexec -n N ...` or `srun -n N ...`".into()
+}
+
+/// The MPI library, when built with the `mpi` feature.
+#[cfg(feature = "mpi")]
+pub struct MpiHandle {
+    universe: mpi::environment::Universe,
+}
+
+#[cfg(not(feature = "mpi"))]
+pub struct MpiHandle {
+    _private: (),
+}
+
+#[cfg(feature = "mpi")]
+impl MpiHandle {
+    fn init() -> Result<MpiHandle, String> {
+        let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Funneled).ok_or("MPI was already initialised")?;
+        Ok(MpiHandle { universe })
+    }
+    fn rank(&self) -> u32 {
+        use mpi::topology::Communicator;
+        self.universe.world().rank() as u32
+    }
+    fn size(&self) -> u32 {
+        use mpi::topology::Communicator;
+        self.universe.world().size() as u32
+    }
+    /// Rank 0's bytes, on every rank.
+    fn broadcast(&self, data: Option<Vec<u8>>) -> Vec<u8> {
+        use mpi::collective::Root;
+        use mpi::topology::Communicator;
+        let world = self.universe.world();
+        let root = world.process_at_rank(0);
+        let mut len = data.as_ref().map(|d| d.len() as u64).unwrap_or(0);
+        root.broadcast_into(&mut len);
+        let mut buf = data.unwrap_or_else(|| vec![0u8; len as usize]);
+        root.broadcast_into(&mut buf[..]);
+        buf
+    }
+    pub fn library_version(&self) -> String {
+        mpi::environment::library_version().unwrap_or_default().trim_end_matches('\0').lines().next().unwrap_or("").to_string()
+    }
+}
+
+/// Pin this process to its share of the node (before any thread starts, so
+/// every thread inherits it); returns the share.
+pub fn bind(policy: Option<BindPolicy>, info: &RankInfo) -> Result<Option<Vec<u32>>, String> {
+    let (Some(lr), Some(ls)) = (info.local_rank, info.local_size) else {
+        if matches!(policy, Some(BindPolicy::Cores | BindPolicy::Numa)) {
+            log_at!(1, "mpi", "the launcher does not say which rank this is on its node: cannot bind (--bind ignored)");
+        }
+        return Ok(None);
+    };
+    let policy = policy.unwrap_or(if ls > 1 { BindPolicy::Cores } else { BindPolicy::None });
+    if policy == BindPolicy::None {
+        return Ok(None);
+    }
+    let topo = node::Topology::detect()?;
+    let Some(share) = topo.plan(policy, lr, ls) else { return Ok(None) };
+    let before = node::current_affinity().map(|a| node::format_cpu_list(&a)).unwrap_or_default();
+    node::bind_process(&share).map_err(|e| format!("cannot bind to CPUs {}: {e}", node::format_cpu_list(&share)))?;
+    log_at!(
+        2,
+        "mpi",
+        "rank {} (local {lr} of {ls}) bound to CPUs {} (was {before}; topology from {})",
+        info.rank,
+        node::format_cpu_list(&share),
+        topo.source
+    );
+    Ok(Some(share))
+}
+
+/// Addresses to listen on and to advertise.
+fn addresses(opts: &MpiOptions) -> Result<(Option<IpAddr>, Option<IpAddr>), String> {
+    let iface = opts.interface.as_deref().map(node::interface_address).transpose()?;
+    let listen = opts.listen_address.or(iface);
+    let contact = opts.contact_address.or(iface);
+    Ok((listen, contact))
+}
+
+/// Run this rank's part. `batch` is the client command (argv) for batch
+/// mode. Returns the process exit status.
+pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch: Option<&[String]>, registry: Registry) -> Result<i32, String> {
+    check_size(info.size, batch.is_some())?;
+    let share = bind(opts.bind, info)?;
+    let (listen, contact) = addresses(opts)?;
+    let role = role_of(info.rank, batch.is_some());
+    log_at!(2, "mpi", "rank {} of {} ({}): {:?}", info.rank, info.size, info.launcher, role);
+    match role {
+        RankRole::Scheduler => run_scheduler(opts, listen, contact, handle),
+        RankRole::Client => {
+            let (mut client, _) = connect_client(opts, handle)?;
+            wait_for_workers(&mut client, info.size - 2, opts.death_timeout)?;
+            let code = run_command(batch.expect("client role only in batch mode"), &opts.scheduler_file)?;
+            log_at!(2, "mpi", "batch command exited with status {code}; shutting the cluster down");
+            let _ = client.shutdown();
+            Ok(code)
+        }
+        RankRole::Worker => {
+            let (file_secret, stream) = connect_worker(opts, handle)?;
+            let nthreads = opts.nthreads.unwrap_or_else(|| share.as_ref().map(|s| s.len() as u32).unwrap_or_else(cpus)).max(1);
+            let cfg = WorkerConfig {
+                name: format!("{}-{}", opts.name, info.rank),
+                nthreads,
+                local_directory: node::choose_local_directory(opts.local_directory.as_deref()),
+                listen_ip: listen,
+                contact_ip: contact,
+                resources: Vec::new(),
+                secret: file_secret,
+                heartbeat: Duration::from_secs(1),
+                registry,
+                memory_limit: opts.memory_limit,
+            };
+            match worker::run(cfg, stream).map_err(|e| e.to_string())? {
+                WorkerExit::Shutdown(_) => Ok(0),
+                WorkerExit::SchedulerLost(reason) => {
+                    log_at!(1, "mpi", "rank {}: {reason}; exiting", info.rank);
+                    Ok(1)
+                }
+                WorkerExit::MemoryLimit(_) => Ok(3),
+            }
+        }
+    }
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+fn run_scheduler(opts: &MpiOptions, listen: Option<IpAddr>, contact: Option<IpAddr>, handle: Option<&MpiHandle>) -> Result<i32, String> {
+    let host = listen.unwrap_or_else(util::default_ip);
+    let secret = util::random_bytes(32);
+    let signals = termination_signals();
+    let sched = scheduler::start(ServerConfig {
+        listen: SocketAddr::new(host, opts.scheduler_port),
+        contact: contact.map(|c| c.to_string()),
+        secret: secret.clone(),
+        scheduler_file: Some(opts.scheduler_file.clone()),
+        idle_timeout: None,
+        state: SchedulerConfig::default(),
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(h) = handle {
+        share_address(h, Some((&sched.address, &secret)));
+    }
+    let stop = sched.stopper();
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.recv() {
+            stop(&format!("received signal {sig}"));
+        }
+    });
+    sched.join();
+    Ok(0)
+}
+
+/// With MPI: rank 0 sends the scheduler's address and secret to every rank.
+#[cfg(feature = "mpi")]
+fn share_address(h: &MpiHandle, mine: Option<(&str, &[u8])>) -> Option<(String, Vec<u8>)> {
+    let payload = mine.map(|(a, s)| format!("{a} {}", util::hex(s)).into_bytes());
+    let got = String::from_utf8(h.broadcast(payload)).ok()?;
+    let (addr, secret) = got.split_once(' ')?;
+    Some((addr.to_string(), util::unhex(secret)?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn share_address(_h: &MpiHandle, _mine: Option<(&str, &[u8])>) -> Option<(String, Vec<u8>)> {
+    None
+}
+
+/// Within one job the scheduler file must be this job's: a file written
+/// well before this process started, or one whose scheduler rejects our
+/// secret, is a leftover from an earlier job; keep waiting for ours.
+fn job_file_policy() -> schedfile::WaitPolicy {
+    schedfile::WaitPolicy { not_before: Some(process_start_time() - 30.0), auth_failure_is_stale: true }
+}
+
+/// When this process started (Unix time), from /proc.
+fn process_start_time() -> f64 {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(19).and_then(|v| v.parse::<f64>().ok())));
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok())));
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    match (ticks, boot) {
+        (Some(t), Some(b)) if hz > 0.0 => b + t / hz,
+        _ => util::unix_time(),
+    }
+}
+
+fn connect_worker(opts: &MpiOptions, handle: Option<&MpiHandle>) -> Result<(Vec<u8>, std::net::TcpStream), String> {
+    if let Some((addr, secret)) = handle.and_then(|h| share_address(h, None)) {
+        let s = schedfile::connect(&addr, &secret, Role::Worker).map_err(|e| format!("cannot reach the scheduler at {addr}: {e:?}"))?;
+        return Ok((secret, s));
+    }
+    let (file, stream) = schedfile::wait_and_connect_with(&opts.scheduler_file, opts.death_timeout, Role::Worker, &job_file_policy())?;
+    Ok((file.secret_bytes()?, stream))
+}
+
+fn connect_client(opts: &MpiOptions, handle: Option<&MpiHandle>) -> Result<(Client, Vec<u8>), String> {
+    if let Some((addr, secret)) = handle.and_then(|h| share_address(h, None)) {
+        return Ok((Client::connect(&addr, &secret).map_err(|e| e.to_string())?, secret));
+    }
+    let (file, stream) = schedfile::wait_and_connect_with(&opts.scheduler_file, opts.death_timeout, Role::Client, &job_file_policy())?;
+    let secret = file.secret_bytes()?;
+    let client = Client::from_connected(stream, &file.address, &secret).map_err(|e| e.to_string())?;
+    Ok((client, secret))
+}
+
+/// Wait (bounded) until `n` workers have registered.
+fn wait_for_workers(client: &mut Client, n: u32, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let have = client.status().map_err(|e| e.to_string())?.workers.len() as u32;
+        if have >= n {
+            log_at!(2, "mpi", "all {n} workers registered after {:.2} s", start.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            let _ = client.shutdown();
+            return Err(format!(
+                "only {have} of {n} workers registered within {:.0} s (--death-timeout): a rank failed to start or cannot reach the scheduler; see its log",
+                timeout.as_secs_f64()
+            ));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Run the batch command with the scheduler file in its environment;
+/// returns its exit status (128 + signal if killed).
+fn run_command(argv: &[String], scheduler_file: &std::path::Path) -> Result<i32, String> {
+    let (program, args) = argv.split_first().ok_or("no command given after --")?;
+    let status = std::process::Command::new(program)
+        .args(args)
+        .env("TASKFARM_SCHEDULER_FILE", scheduler_file)
+        .status()
+        .map_err(|e| format!("cannot start the batch command '{program}': {e}"))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Block SIGINT/SIGTERM in this thread and every thread started after it,
+/// and report them on the returned channel. Call before starting threads.
+pub fn termination_signals() -> crossbeam_channel::Receiver<i32> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    // SAFETY: plain sigset manipulation on a local.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: sigwait on signals blocked in every thread of the process.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            let _ = tx.send(sig);
+        }
+    });
+    rx
+}
+
+/// The client half of the SPMD pattern, returned by [`initialize`] on rank 1.
+/// Dropping it shuts the whole cluster down.
+pub struct MpiClient {
+    client: Option<Client>,
+    pub info: RankInfo,
+    _mpi: Option<MpiHandle>,
+}
+
+impl std::ops::Deref for MpiClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for MpiClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for MpiClient {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.client.take() {
+            let _ = c.shutdown();
+        }
+    }
+}
+
+/// For Rust programs started under mpirun (like `dask_mpi.initialize`):
+/// rank 0 serves as the scheduler and ranks >= 2 as workers with
+/// `registry`'s functions; those ranks never return (the process exits when
+/// the cluster shuts down). On rank 1 it returns a client for the rest of
+/// `main`, once every worker has registered; dropping it shuts the cluster
+/// down.
+pub fn initialize(opts: MpiOptions, registry: Registry) -> Result<MpiClient, String> {
+    let (info, handle) = discover()?;
+    check_size(info.size, true)?;
+    match role_of(info.rank, true) {
+        RankRole::Client => {
+            bind(opts.bind, &info)?;
+            let (mut client, _) = connect_client(&opts, handle.as_ref())?;
+            wait_for_workers(&mut client, info.size - 2, opts.death_timeout)?;
+            Ok(MpiClient { client: Some(client), info, _mpi: handle })
+        }
+        _ => {
+            let code = match run(&opts, &info, handle.as_ref(), Some(&[]), registry) {
+                Ok(c) => c,
+                Err(e) => {
+                    log_at!(0, "mpi", "rank {}: {e}", info.rank);
+                    2
+                }
+            };
+            drop(handle);
+            std::process::exit(code)
+        }
+    }
+}

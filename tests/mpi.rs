@@ -1,0 +1,376 @@
+//! `taskfarm mpi` under real launchers: Open MPI's mpirun and MPICH's Hydra
+//! (tests/run-all.sh installs both), and across network-namespace hosts.
+//!
+//! Built without the `mpi` feature, the binary finds its rank from the
+//! launcher's environment and works under both. Built with it (linked to
+//! Open MPI), it works under Open MPI and must refuse to run under MPICH.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SEED: &str = r#"{"x": 1, "y": ["inc", "x"], "z": ["add", "y", 10]}"#;
+const LINKED_TO_MPI: bool = cfg!(feature = "mpi");
+
+#[derive(Clone, Copy, Debug)]
+enum Launcher {
+    OpenMpi,
+    Mpich,
+}
+
+fn launcher(l: Launcher, np: u32) -> Command {
+    let (prog, extra): (&str, &[&str]) = match l {
+        // root needs --allow-run-as-root; 2 cores need --oversubscribe for np > 2;
+        // taskfarm does its own binding, so Open MPI's is switched off.
+        Launcher::OpenMpi => ("mpirun", &["--allow-run-as-root", "--oversubscribe", "--bind-to", "none"]),
+        Launcher::Mpich => ("mpirun.mpich", &[]),
+    };
+    assert!(
+        Command::new("sh").args(["-c", &format!("command -v {prog}")]).stdout(Stdio::null()).status().unwrap().success(),
+        "{prog} is not installed: tests/run-all.sh installs openmpi-bin and mpich"
+    );
+    let mut c = Command::new(prog);
+    c.args(extra).args(["-np", &np.to_string()]).env_remove("TASKFARM_SCHEDULER_FILE");
+    c
+}
+
+fn spawn_logged(mut c: Command, log: std::path::PathBuf) -> Proc {
+    let f = std::fs::File::create(&log).unwrap();
+    let child = c.stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+    Proc { child, log }
+}
+
+fn serve_mode(l: Launcher) {
+    let d = TempDir::new("mpiserve");
+    let file = d.join("s.json");
+    let mut c = launcher(l, 4);
+    c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap(), "--local-directory", d.path().to_str().unwrap()]);
+    let mut job = spawn_logged(c, d.join("mpirun.log"));
+    wait_for("3 workers to register", Duration::from_secs(60), || {
+        status(&file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(3))
+    });
+    let s = status(&file).unwrap();
+    let mut names: Vec<String> = s["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["worker-1", "worker-2", "worker-3"]);
+    let g = d.write("g.json", SEED);
+    let o = taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap()]);
+    assert_eq!(stdout(&o), "{\"z\": 12}\n", "{}", stderr(&o));
+    let o = taskfarm(&["shutdown", "--scheduler-file", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
+    assert!(!file.exists(), "scheduler file removed");
+}
+
+fn batch_mode(l: Launcher) {
+    let d = TempDir::new("mpibatch");
+    let file = d.join("s.json");
+    let g = d.write("g.json", SEED);
+    let mut c = launcher(l, 4);
+    // The command finds the scheduler through TASKFARM_SCHEDULER_FILE.
+    c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap(), "--", bin(), "submit", g.to_str().unwrap()]);
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("{\"z\": 12}"), "{}", stdout(&o));
+    assert!(!file.exists());
+
+    // A failing command fails the job, quickly.
+    let start = Instant::now();
+    let mut c = launcher(l, 3);
+    c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap(), "--", "sh", "-c", "exit 7"]);
+    let o = c.output().unwrap();
+    assert!(!o.status.success(), "a failing command must fail the job");
+    assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
+}
+
+fn killed_worker_rank_ends_the_job(l: Launcher) {
+    let d = TempDir::new("mpikill");
+    let file = d.join("s.json");
+    let mut text = String::from("{");
+    for i in 0..40 {
+        text.push_str(&format!("\"s{i}\": [\"sleep\", 0.5], "));
+    }
+    text.push_str("\"done\": {\"task\": 1, \"deps\": [");
+    text.push_str(&(0..40).map(|i| format!("\"s{i}\"")).collect::<Vec<_>>().join(", "));
+    text.push_str("]}}");
+    let g = d.write("g.json", &text);
+    let mut c = launcher(l, 4);
+    c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap(), "--", bin(), "submit", g.to_str().unwrap()]);
+    let mut job = spawn_logged(c, d.join("mpirun.log"));
+    let mut victim = 0u64;
+    wait_for("a worker to be running tasks", Duration::from_secs(60), || {
+        status(&file).is_some_and(|s| {
+            s["workers"].as_array().unwrap().iter().find(|w| w["processing"].as_u64() > Some(0)).map(|w| victim = w["pid"].as_u64().unwrap()).is_some()
+        })
+    });
+    let start = Instant::now();
+    assert!(Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap().success());
+    let code = job.wait_exit(Duration::from_secs(90));
+    assert!(code.is_some(), "the job must end, not hang, after a worker rank is killed: {}", job.log_text());
+    assert!(start.elapsed() < Duration::from_secs(90));
+}
+
+fn worker_that_never_starts_fails_the_job_in_bounded_time(l: Launcher) {
+    let d = TempDir::new("mpimissing");
+    let file = d.join("s.json");
+    // Rank 2's worker looks for the wrong scheduler file, so it never
+    // registers (and gives up after its own --death-timeout); rank 1 waits
+    // --death-timeout for it, then fails the job.
+    let rank_var = match l {
+        Launcher::OpenMpi => "OMPI_COMM_WORLD_RANK",
+        Launcher::Mpich => "PMI_RANK",
+    };
+    let script = if LINKED_TO_MPI {
+        // Linked to MPI, workers get the address by broadcast, not from the
+        // file: the missing worker is a rank that never starts taskfarm.
+        format!("if [ \"${rank_var}\" = 2 ]; then sleep 1; exit 0; fi; exec {} mpi --scheduler-file {} --death-timeout 2s -- true", bin(), file.display())
+    } else {
+        format!(
+            "f={file}; if [ \"${rank_var}\" = 2 ]; then f={file}.elsewhere; fi; exec {bin} mpi --scheduler-file $f --death-timeout 2s -- true",
+            bin = bin(),
+            file = file.display()
+        )
+    };
+    let start = Instant::now();
+    let mut c = launcher(l, 3);
+    c.args(["sh", "-c", &script]);
+    let o = c.output().unwrap();
+    assert!(!o.status.success());
+    let text = format!("{}{}", stdout(&o), stderr(&o));
+    if !LINKED_TO_MPI {
+        assert!(text.contains("only 0 of 1 workers registered within 2 s"), "{text}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(45), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn open_mpi_serve_mode() {
+    serve_mode(Launcher::OpenMpi);
+}
+
+#[test]
+fn open_mpi_batch_mode() {
+    batch_mode(Launcher::OpenMpi);
+}
+
+#[test]
+fn open_mpi_killed_worker_rank_ends_the_job() {
+    killed_worker_rank_ends_the_job(Launcher::OpenMpi);
+}
+
+#[test]
+fn open_mpi_missing_worker_fails_in_bounded_time() {
+    worker_that_never_starts_fails_the_job_in_bounded_time(Launcher::OpenMpi);
+}
+
+#[test]
+fn mpich_serve_mode() {
+    if LINKED_TO_MPI {
+        return mpich_refuses_a_binary_linked_to_open_mpi();
+    }
+    serve_mode(Launcher::Mpich);
+}
+
+#[test]
+fn mpich_batch_mode() {
+    if LINKED_TO_MPI {
+        return mpich_refuses_a_binary_linked_to_open_mpi();
+    }
+    batch_mode(Launcher::Mpich);
+}
+
+#[test]
+fn mpich_killed_worker_rank_ends_the_job() {
+    if LINKED_TO_MPI {
+        return mpich_refuses_a_binary_linked_to_open_mpi();
+    }
+    killed_worker_rank_ends_the_job(Launcher::Mpich);
+}
+
+#[test]
+fn mpich_missing_worker_fails_in_bounded_time() {
+    if LINKED_TO_MPI {
+        return mpich_refuses_a_binary_linked_to_open_mpi();
+    }
+    worker_that_never_starts_fails_the_job_in_bounded_time(Launcher::Mpich);
+}
+
+/// Built with `--features mpi` against Open MPI and started by MPICH's
+/// launcher, every process would be a singleton "rank 0 of 1": each must
+/// notice the mismatch with the environment and stop.
+fn mpich_refuses_a_binary_linked_to_open_mpi() {
+    let d = TempDir::new("mismatch");
+    let mut c = launcher(Launcher::Mpich, 3);
+    c.args([bin(), "mpi", "--scheduler-file", d.join("s.json").to_str().unwrap()]);
+    let o = c.output().unwrap();
+    assert!(!o.status.success());
+    let text = stderr(&o);
+    assert!(text.contains("the MPI library says rank 0 of 1") && text.contains("different MPI"), "{text}");
+    assert!(!d.join("s.json").exists(), "no rank may have become a scheduler");
+}
+
+#[test]
+fn plain_process_is_refused_and_sizes_are_checked() {
+    let o = Command::new(bin()).args(["mpi", "--scheduler-file", "/nonexistent/s.json"]).env_remove("OMPI_COMM_WORLD_RANK").output().unwrap();
+    if !LINKED_TO_MPI {
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("not started by an MPI launcher"), "{}", stderr(&o));
+    } else {
+        // A singleton MPI process: world size 1 is too small.
+        assert!(stderr(&o).contains("not started by an MPI launcher") || stderr(&o).contains("at least 2 processes"), "{}", stderr(&o));
+    }
+    let mut c = launcher(Launcher::OpenMpi, 2);
+    c.args([bin(), "mpi", "--scheduler-file", "/nonexistent/s.json", "--", "true"]);
+    let o = c.output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("needs at least 3 processes"), "{}", stderr(&o));
+}
+
+/// Per-thread allowed CPUs of a process, from /proc.
+fn thread_cpus(pid: u64) -> Vec<Vec<u32>> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        if let Some(l) = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")) {
+            out.push(taskfarm::node::parse_cpu_list(l.trim()).unwrap());
+        }
+    }
+    out
+}
+
+fn worker_pids(file: &std::path::Path) -> Vec<u64> {
+    status(file).unwrap()["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn binding_gives_workers_disjoint_cpus_and_none_leaves_them() {
+    let online = taskfarm::node::parse_cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap()).unwrap();
+    assert!(online.len() >= 2, "needs 2 CPUs");
+    for (policy, expect_disjoint) in [("cores", true), ("none", false)] {
+        let d = TempDir::new("bind");
+        let file = d.join("s.json");
+        let mut c = launcher(Launcher::OpenMpi, 3);
+        c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap(), "--bind", policy]);
+        let mut job = spawn_logged(c, d.join("mpirun.log"));
+        wait_for("2 workers", Duration::from_secs(60), || status(&file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(2)));
+        let pids = worker_pids(&file);
+        let sets: Vec<Vec<Vec<u32>>> = pids.iter().map(|&p| thread_cpus(p)).collect();
+        for threads in &sets {
+            assert!(threads.len() > 2, "worker threads seen: {threads:?}");
+        }
+        if expect_disjoint {
+            let a: std::collections::BTreeSet<u32> = sets[0].iter().flatten().copied().collect();
+            let b: std::collections::BTreeSet<u32> = sets[1].iter().flatten().copied().collect();
+            assert!(a.is_disjoint(&b), "--bind cores: worker CPUs overlap: {a:?} vs {b:?}");
+        } else {
+            for threads in &sets {
+                for t in threads {
+                    assert_eq!(t, &online, "--bind none leaves the launcher's binding (none here)");
+                }
+            }
+        }
+        taskfarm(&["shutdown", "--scheduler-file", file.to_str().unwrap()]);
+        assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
+    }
+}
+
+#[test]
+fn unknown_interface_lists_the_real_ones() {
+    let d = TempDir::new("iface");
+    let mut c = launcher(Launcher::OpenMpi, 2);
+    c.args([bin(), "mpi", "--scheduler-file", d.join("s.json").to_str().unwrap(), "--interface", "ib9"]);
+    let o = c.output().unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no network interface named 'ib9'") && stderr(&o).contains("lo (127.0.0.1"), "{}", stderr(&o));
+    let o = taskfarm(&["worker", "--interface", "ib9", "--scheduler-file", d.join("s.json").to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no network interface named 'ib9'"));
+}
+
+/// Three namespace "hosts", each with eth0 (10.10.0.i) and ib0 (10.20.0.i);
+/// Open MPI starts ranks across them through a fake ssh.
+#[test]
+fn multi_host_over_ib0() {
+    let infra = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/infra");
+    let prefix = format!("tf{}", std::process::id() % 100000);
+    let hosts = infra.join("netns-hosts.sh");
+    let up = Command::new(&hosts).args(["up", "3"]).env("NETNS_PREFIX", &prefix).output().unwrap();
+    assert!(up.status.success(), "netns setup (needs root and iproute2): {}", stderr(&up));
+    struct Down(std::path::PathBuf, String);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            let _ = Command::new(&self.0).args(["down", "3"]).env("NETNS_PREFIX", &self.1).status();
+        }
+    }
+    let _down = Down(hosts.clone(), prefix.clone());
+    let h = |i: u32| format!("{prefix}{i}");
+    let d = TempDir::new("multihost");
+    let file = d.join("s.json");
+    let in_h1 = |args: &[&str]| -> std::process::Output {
+        Command::new("ip").args(["netns", "exec", &h(1)]).arg(bin()).args(args).output().unwrap()
+    };
+    let mpirun = format!(
+        "hostname {h1}; exec mpirun --allow-run-as-root --oversubscribe --bind-to none --mca plm_rsh_agent {rsh} \
+         --host {h1}:2,{h2}:1,{h3}:1 -np 4 {bin} mpi --scheduler-file {file} --interface ib0",
+        h1 = h(1),
+        h2 = h(2),
+        h3 = h(3),
+        rsh = infra.join("netns-rsh.sh").display(),
+        bin = bin(),
+        file = file.display()
+    );
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &h(1), "unshare", "--uts", "sh", "-c", &mpirun]);
+    let mut job = spawn_logged(c, d.join("mpirun.log"));
+    let status_h1 = || -> Option<serde_json::Value> {
+        let o = in_h1(&["status", "--scheduler-file", file.to_str().unwrap(), "--json", "--timeout", "5s"]);
+        serde_json::from_slice(&o.stdout).ok()
+    };
+    wait_for("3 workers across 3 hosts", Duration::from_secs(60), || status_h1().is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(3)));
+    let s = status_h1().unwrap();
+    let on_ib = |a: &str| a.starts_with("tcp://10.20.0.");
+    assert!(on_ib(s["address"].as_str().unwrap()), "scheduler address {}", s["address"]);
+    let mut worker_hosts = std::collections::BTreeSet::new();
+    for w in s["workers"].as_array().unwrap() {
+        let a = w["address"].as_str().unwrap();
+        assert!(on_ib(a), "worker {} advertises {a}", w["name"]);
+        worker_hosts.insert(a.split(':').nth(1).unwrap().to_string());
+    }
+    assert_eq!(worker_hosts.len(), 3, "workers on 3 different hosts: {worker_hosts:?}");
+    // Data moves worker-2 -> worker-3 -> worker-1 (three hosts).
+    let g = d.write(
+        "g.json",
+        r#"{"a": {"cmd": ["sh", "-c", "printf data"], "workers": "worker-2"},
+            "b": {"cmd": ["cat"], "stdin": "a", "workers": "worker-3"},
+            "c": {"cmd": ["cat"], "stdin": "b", "workers": "worker-1"}}"#,
+    );
+    let o = in_h1(&["submit", g.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap()]);
+    assert_eq!(stdout(&o), "{\"c\": \"data\"}\n", "{}", stderr(&o));
+    // What the data servers saw: every peer connection came from an ib0 address.
+    wait_for("peer connections on worker-2 and worker-3", Duration::from_secs(20), || {
+        let s = status_h1().unwrap();
+        let from = |n: &str| -> Vec<String> {
+            s["workers"].as_array().unwrap().iter().find(|w| w["name"] == n).unwrap()["data_connections_from"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect()
+        };
+        !from("worker-2").is_empty() && !from("worker-3").is_empty()
+    });
+    let s = status_h1().unwrap();
+    for w in s["workers"].as_array().unwrap() {
+        for a in w["data_connections_from"].as_array().unwrap() {
+            assert!(a.as_str().unwrap().starts_with("10.20.0."), "{} got a data connection from {a}, not over ib0", w["name"]);
+        }
+    }
+    let w2 = s["workers"].as_array().unwrap().iter().find(|w| w["name"] == "worker-2").unwrap();
+    let w3 = s["workers"].as_array().unwrap().iter().find(|w| w["name"] == "worker-3").unwrap();
+    let w3_ip = w3["address"].as_str().unwrap().trim_start_matches("tcp://").split(':').next().unwrap().to_string();
+    assert!(w2["data_connections_from"].as_array().unwrap().iter().any(|a| a.as_str() == Some(w3_ip.as_str())), "worker-3 fetched from worker-2 over ib0: {w2}");
+    let o = in_h1(&["shutdown", "--scheduler-file", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
+}
