@@ -374,3 +374,29 @@ fn multi_host_over_ib0() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
 }
+
+/// The SPMD example (runtime/examples/spmd.rs) under mpirun: rank 1 gets a
+/// client, the workers run the program's own registered function.
+#[test]
+fn spmd_example_under_mpirun() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.args(["build", "-q", "-p", "taskfarm", "--example", "spmd", "--manifest-path"]).arg(root.join("Cargo.toml"));
+    if LINKED_TO_MPI {
+        build.args(["--features", "taskfarm/mpi"]);
+    }
+    assert!(build.status().unwrap().success(), "building the spmd example");
+    // The example lands next to the test binaries' profile directory.
+    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples/spmd");
+    assert!(exe.exists(), "{} missing", exe.display());
+    let d = TempDir::new("spmd");
+    let file = d.join("s.json");
+    let mut c = launcher(Launcher::OpenMpi, 4);
+    c.arg(&exe).arg(&file);
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    // Sum of Collatz stopping times of 1..=30 is 441; 27 takes 111 steps.
+    assert!(out.contains("total = 441") && out.contains("steps-27 = 111") && out.contains("workers: 2"), "{out}");
+    assert!(!file.exists(), "dropping the client shut the job down cleanly");
+}

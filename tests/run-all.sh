@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs the system
-# packages it needs (as root, with apt-get), builds, runs every test with real
-# processes, then a smoke run of the benchmarks.
+# packages it needs (as root, with apt-get), builds, runs the benchmarks once
+# with tiny sizes, then runs every test twice: built without optional
+# features (rank from the launcher's environment, topology from sysfs), and
+# built with `--features mpi,hwloc` (linked to Open MPI, topology from hwloc).
 #
-#   tests/run-all.sh              # everything
-#   TASKFARM_SKIP_APT=1 tests/run-all.sh   # skip apt-get (packages already there)
+#   tests/run-all.sh                        # everything
+#   TASKFARM_SKIP_APT=1 tests/run-all.sh    # skip apt-get (packages already there)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# System packages. Later suites (MPI, SLURM, namespaces) add theirs here.
-packages=(build-essential pkg-config python3 procps iproute2 ca-certificates)
+packages=(
+  build-essential pkg-config python3 python3-venv procps ca-certificates
+  openmpi-bin libopenmpi-dev mpich libmpich-dev libclang-dev   # MPI launchers, rsmpi's bindgen
+  libhwloc-dev hwloc libudev-dev                               # hwloc topology
+  iproute2 iputils-ping util-linux                             # network namespaces as hosts
+)
 if [ "${TASKFARM_SKIP_APT:-0}" != 1 ] && command -v apt-get > /dev/null; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  echo "== installing system packages: ${packages[*]}"
+  echo "== installing system packages"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" > /dev/null
 fi
@@ -23,16 +29,22 @@ if ! command -v cargo > /dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs, or Debian's 'cargo' package) and run again" >&2
   exit 2
 fi
+features=(--features taskfarm-launcher/mpi,taskfarm-launcher/hwloc)
 
-echo "== build"
-cargo build --workspace --all-targets --locked 2>&1 | tail -n 3
+echo "== build (default, and with mpi,hwloc)"
+cargo build --workspace --all-targets --locked 2>&1 | tail -n 1
+cargo build --workspace --all-targets --locked "${features[@]}" 2>&1 | tail -n 1
 
-echo "== benchmark smoke run (tiny sizes; real numbers: docs/benchmarks.md)"
+echo "== benchmark smoke runs (tiny sizes; real numbers: docs/benchmarks.md)"
 N=2000 REPS=1 bench/noop.sh
+REPS=1 bench/mpi_ready.sh
 
-echo "== tests"
 if cargo nextest --version > /dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  run_tests() { cargo nextest run --workspace --locked --no-fail-fast "$@"; }
 else
-  cargo test --workspace --locked --no-fail-fast
+  run_tests() { cargo test --workspace --locked --no-fail-fast "$@"; }
 fi
+echo "== tests, built without optional features"
+run_tests
+echo "== tests, built with --features mpi,hwloc (linked to Open MPI)"
+run_tests "${features[@]}"
