@@ -164,3 +164,16 @@ fn readme_examples_print_what_the_readme_says() {
         assert_eq!(stdout(&o).trim_end(), expected, "{example}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn topology_shows_cores_and_a_plan() {
+    let o = taskfarm(&["topology", "--local-size", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in ["source: ", "cores: ", "allowed for this job: CPUs ", "plan for 2 processes on this node with --bind cores:", "local rank 0: CPUs ", "local rank 1: CPUs "] {
+        assert!(out.contains(want), "{want} in:\n{out}");
+    }
+    let o = taskfarm(&["topology", "--bind", "sideways"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a binding policy"));
+}

@@ -256,3 +256,22 @@ fn worker_by_address_needs_the_secret_from_the_environment() {
     wait_for("worker to join by address", Duration::from_secs(20), || status(&c.file).is_some_and(|s| s["workers"][0]["name"] == "envw"));
     assert_eq!(stdout(&c.submit(SEED, &[])), "{\"z\": 12}\n");
 }
+
+#[test]
+fn worker_over_its_memory_limit_leaves_and_its_work_is_rescheduled() {
+    let mut c = Cluster::start("memlimit", &[("healthy", 1)]);
+    let scratch = c.dir.join("scratch");
+    let log = c.dir.join("greedy.log");
+    // 1 MB is far below any process's RSS: the worker leaves at its first check.
+    c.workers.push(Proc::spawn(
+        &["worker", "--scheduler-file", c.file_arg(), "--name", "greedy", "--memory-limit", "1MB", "--local-directory", scratch.to_str().unwrap()],
+        log,
+    ));
+    let greedy = c.workers.last_mut().unwrap();
+    assert_eq!(greedy.wait_exit(Duration::from_secs(30)), Some(3), "{}", greedy.log_text());
+    assert!(greedy.log_text().contains("memory limit"), "{}", greedy.log_text());
+    assert_eq!(stdout(&c.submit(SEED, &[])), "{\"z\": 12}\n");
+    let o = taskfarm(&["worker", "--scheduler-file", c.file_arg(), "--memory-limit", "lots"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--memory-limit"), "{}", stderr(&o));
+}

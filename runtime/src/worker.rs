@@ -204,6 +204,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         out: Vec::new(),
         mean_task_us: 0.0,
         paused: false,
+        last_memory_check: None,
     };
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
@@ -227,6 +228,7 @@ struct WorkerLoop {
     mean_task_us: f64,
     /// Over the pause threshold of the memory limit: start nothing new.
     paused: bool,
+    last_memory_check: Option<Instant>,
 }
 
 impl WorkerLoop {
@@ -278,8 +280,13 @@ impl WorkerLoop {
     }
 
     /// Enforce the memory limit: pause above 80 %, leave above 95 %.
+    /// Reads the process's memory at most every 10 ms.
     fn check_memory(&mut self) -> Option<WorkerExit> {
         let limit = self.cfg.memory_limit?;
+        if self.last_memory_check.is_some_and(|t| t.elapsed() < Duration::from_millis(10)) {
+            return None;
+        }
+        self.last_memory_check = Some(Instant::now());
         let rss = util::rss_bytes();
         if rss as f64 > TERMINATE_FRACTION * limit as f64 {
             log_at!(0, "worker", "worker '{}' uses {} of its {} memory limit (over {:.0} %): exiting so the node does not run out of memory",
