@@ -159,11 +159,56 @@ struct WorkerArgs {
     /// Abstract resources this worker offers, e.g. "GPU=2 MEM=10e9" (cpus = threads).
     #[arg(long, value_name = "\"NAME=AMOUNT ...\"")]
     resources: Option<String>,
-    /// Memory limit of the worker process: 5GB, 5GiB, 5000M, 0.5 (of the node), auto (the node's memory or cgroup limit), 0 (none). Past 80 % it starts no new tasks, past 95 % it exits.
+    /// Memory limit of the worker process: 5GB, 5GiB, 5000M, 0.5 (of the node), auto (the node's memory or cgroup limit), 0 (none).
     #[arg(long, default_value = "0", value_name = "SIZE")]
     memory_limit: String,
     #[command(flatten)]
+    memory: MemoryArgs,
+    #[command(flatten)]
     net: NetArgs,
+}
+
+/// Thresholds as fractions of --memory-limit (Dask's defaults); `off` disables one.
+#[derive(Args)]
+struct MemoryArgs {
+    /// Spill least recently used values to the local directory when values held in memory exceed this fraction of the limit.
+    #[arg(long, default_value = "0.6", value_name = "FRACTION", value_parser = parse_fraction)]
+    memory_target: Fraction,
+    /// Spill when the process's memory exceeds this fraction.
+    #[arg(long, default_value = "0.7", value_name = "FRACTION", value_parser = parse_fraction)]
+    memory_spill: Fraction,
+    /// Start no new tasks (the scheduler sends none) above this fraction.
+    #[arg(long, default_value = "0.8", value_name = "FRACTION", value_parser = parse_fraction)]
+    memory_pause: Fraction,
+    /// Exit above this fraction; the scheduler reschedules the work.
+    #[arg(long, default_value = "0.95", value_name = "FRACTION", value_parser = parse_fraction)]
+    memory_terminate: Fraction,
+}
+
+impl MemoryArgs {
+    fn policy(&self, limit: Option<u64>) -> taskfarm::worker::MemoryPolicy {
+        taskfarm::worker::MemoryPolicy {
+            limit,
+            target: self.memory_target.0,
+            spill: self.memory_spill.0,
+            pause: self.memory_pause.0,
+            terminate: self.memory_terminate.0,
+        }
+    }
+}
+
+/// A fraction in (0, 1], or none (`off`).
+#[derive(Clone, Copy, Debug)]
+struct Fraction(Option<f64>);
+
+fn parse_fraction(s: &str) -> Result<Fraction, String> {
+    if matches!(s, "off" | "false" | "none") {
+        return Ok(Fraction(None));
+    }
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(Fraction(Some(x))),
+        _ => Err(format!("'{s}' is not a fraction in (0, 1] or 'off'")),
+    }
 }
 
 #[derive(Args)]
@@ -181,6 +226,8 @@ struct MpiArgs {
     /// Memory limit per worker: 5GB, 5GiB, 5000M, a fraction of the node, auto (the node's memory divided among its ranks), 0 (none).
     #[arg(long, default_value = "auto", value_name = "SIZE")]
     memory_limit: String,
+    #[command(flatten)]
+    memory: MemoryArgs,
     /// Parent of the workers' scratch directories: use node-local disk [default: $TMPDIR, else the job's scratch, else /tmp].
     #[arg(long, value_name = "DIR")]
     local_directory: Option<PathBuf>,
@@ -450,7 +497,7 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         secret,
         heartbeat: Duration::from_secs(1),
         registry: Registry::with_builtins(),
-        memory_limit,
+        memory: a.memory.policy(memory_limit),
     };
     // SIGTERM/SIGINT: close the scheduler connection so the worker leaves at once.
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
@@ -520,6 +567,8 @@ fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
                     "fetched_from_peers": w.metrics.fetched_from_peers, "fetched_bytes": w.metrics.fetched_bytes,
                     "served_to_peers": w.metrics.served_to_peers, "served_bytes": w.metrics.served_bytes,
                     "data_connections_from": w.metrics.data_connections_from,
+                    "spilled_bytes": w.metrics.spilled_bytes, "spilled_count": w.metrics.spilled_count,
+                    "paused": w.metrics.paused, "memory_limit": w.metrics.memory_limit,
                     "last_seen_seconds": w.last_seen_secs,
                 })
             })
@@ -532,11 +581,20 @@ fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
     println!("scheduler {}  up {:.0} s  clients {}", r.address, util::unix_time() - r.started, r.clients);
     println!("workers: {}", r.workers.len());
     if !r.workers.is_empty() {
-        println!("  {:<24} {:<24} {:>7} {:>6} {:>9} {:>10}", "NAME", "ADDRESS", "THREADS", "TASKS", "HELD", "MEMORY");
+        println!("  {:<20} {:<24} {:>7} {:>6} {:>7} {:>10} {:>10} {:>10}  STATE", "NAME", "ADDRESS", "THREADS", "TASKS", "HELD", "MEMORY", "LIMIT", "SPILLED");
         for w in &r.workers {
+            let limit = if w.metrics.memory_limit == 0 { "-".to_string() } else { util::format_bytes(w.metrics.memory_limit) };
             println!(
-                "  {:<24} {:<24} {:>7} {:>6} {:>9} {:>10}",
-                w.name, w.address, w.nthreads, w.processing, w.in_memory, util::format_bytes(w.metrics.rss)
+                "  {:<20} {:<24} {:>7} {:>6} {:>7} {:>10} {:>10} {:>10}  {}",
+                w.name,
+                w.address,
+                w.nthreads,
+                w.processing,
+                w.in_memory,
+                util::format_bytes(w.metrics.rss),
+                limit,
+                util::format_bytes(w.metrics.spilled_bytes),
+                if w.metrics.paused { "paused" } else { "running" }
             );
         }
     }
@@ -563,7 +621,7 @@ fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
     opts.contact_address = a.net.contact_address;
     opts.scheduler_port = a.scheduler_port;
     opts.nthreads = a.nthreads;
-    opts.memory_limit = memory_limit;
+    opts.memory = a.memory.policy(memory_limit);
     opts.local_directory = a.local_directory;
     opts.name = a.name;
     opts.death_timeout = a.death_timeout;

@@ -21,6 +21,7 @@ pub mod mpi;
 pub mod node;
 pub mod protocol;
 pub mod schedfile;
+pub mod store;
 pub mod scheduler;
 pub mod util;
 pub mod value;

@@ -44,7 +44,7 @@ impl LocalCluster {
                 secret: secret.clone(),
                 heartbeat: Duration::from_secs(1),
                 registry: registry.clone(),
-                memory_limit: None,
+                memory: crate::worker::MemoryPolicy::default(),
             };
             workers.push(std::thread::Builder::new().name(format!("tf-worker-{i}")).spawn(move || {
                 if let Err(e) = worker::run(cfg, stream) {

@@ -21,6 +21,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 pub type TaskId = u32;
+/// A value payload as it travels: tag byte and body.
+pub type Payload = (u8, Vec<u8>);
 pub type WorkerId = u32;
 
 pub const MAGIC: &[u8; 8] = b"TASKFARM";
@@ -59,8 +61,16 @@ impl Role {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerMetrics {
     pub rss: u64,
+    /// Values held in memory.
     pub stored_bytes: u64,
     pub stored_count: u64,
+    /// Values spilled to the local directory.
+    pub spilled_bytes: u64,
+    pub spilled_count: u64,
+    /// Over the pause threshold: the scheduler sends it nothing new.
+    pub paused: bool,
+    /// 0: none.
+    pub memory_limit: u64,
     pub executing: u32,
     /// Values this worker fetched from other workers' data servers.
     pub fetched_from_peers: u64,
@@ -222,8 +232,9 @@ impl<R: Read> FrameReader<R> {
         Ok(Some((u64::from_le_bytes(h[..8].try_into().unwrap()), h[8])))
     }
 
-    /// The next batch, or `None` when the peer closed cleanly between frames.
-    pub fn read_batch<T: DeserializeOwned>(&mut self) -> io::Result<Option<(Vec<T>, Vec<Vec<u8>>)>> {
+    /// The next batch with its payloads (tag byte, body), or `None` when the
+    /// peer closed cleanly between frames.
+    pub fn read_batch<T: DeserializeOwned>(&mut self) -> io::Result<Option<(Vec<T>, Vec<Payload>)>> {
         let Some((len, kind)) = self.header()? else { return Ok(None) };
         if kind != KIND_CONTROL {
             return Err(invalid(format!("expected a control frame, got frame kind {kind}")));
@@ -241,16 +252,19 @@ impl<R: Read> FrameReader<R> {
             if pkind != KIND_PAYLOAD {
                 return Err(invalid(format!("expected a payload frame, got frame kind {pkind}")));
             }
-            if plen > MAX_PAYLOAD_FRAME {
-                return Err(invalid(format!("payload frame of {plen} bytes exceeds the limit of {MAX_PAYLOAD_FRAME}")));
+            if plen > MAX_PAYLOAD_FRAME || plen == 0 {
+                return Err(invalid(format!("payload frame of {plen} bytes is outside the allowed 1..={MAX_PAYLOAD_FRAME}")));
             }
-            let mut p = Vec::new();
-            p.try_reserve_exact(plen as usize).map_err(|_| invalid(format!("cannot allocate {plen} bytes for a payload")))?;
-            (&mut self.inner).take(plen).read_to_end(&mut p)?;
-            if p.len() as u64 != plen {
+            let mut tag = [0u8; 1];
+            self.inner.read_exact(&mut tag)?;
+            let blen = plen - 1;
+            let mut body = Vec::new();
+            body.try_reserve_exact(blen as usize).map_err(|_| invalid(format!("cannot allocate {blen} bytes for a payload")))?;
+            (&mut self.inner).take(blen).read_to_end(&mut body)?;
+            if body.len() as u64 != blen {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a payload frame"));
             }
-            payloads.push(p);
+            payloads.push((tag[0], body));
         }
         Ok(Some((msgs, payloads)))
     }
@@ -267,18 +281,18 @@ impl<W: Write> FrameWriter<W> {
         FrameWriter { inner: BufWriter::with_capacity(256 << 10, w), scratch: Vec::new() }
     }
 
-    /// Queue one batch (not flushed).
-    pub fn write_batch<T: Serialize>(&mut self, msgs: &[T], payloads: &[&[u8]]) -> io::Result<()> {
+    /// Queue one batch (not flushed) with its payloads (tag byte, body).
+    pub fn write_batch<T: Serialize>(&mut self, msgs: &[T], payloads: &[(u8, &[u8])]) -> io::Result<()> {
         self.scratch.clear();
         self.scratch.extend_from_slice(&(payloads.len() as u32).to_le_bytes());
         bincode::serialize_into(&mut self.scratch, msgs).map_err(|e| invalid(format!("cannot encode messages: {e}")))?;
         self.inner.write_all(&(self.scratch.len() as u64).to_le_bytes())?;
         self.inner.write_all(&[KIND_CONTROL])?;
         self.inner.write_all(&self.scratch)?;
-        for p in payloads {
-            self.inner.write_all(&(p.len() as u64).to_le_bytes())?;
-            self.inner.write_all(&[KIND_PAYLOAD])?;
-            self.inner.write_all(p)?;
+        for (tag, body) in payloads {
+            self.inner.write_all(&(body.len() as u64 + 1).to_le_bytes())?;
+            self.inner.write_all(&[KIND_PAYLOAD, *tag])?;
+            self.inner.write_all(body)?;
         }
         Ok(())
     }
@@ -287,7 +301,7 @@ impl<W: Write> FrameWriter<W> {
         self.inner.flush()
     }
 
-    pub fn send<T: Serialize>(&mut self, msgs: &[T], payloads: &[&[u8]]) -> io::Result<()> {
+    pub fn send<T: Serialize>(&mut self, msgs: &[T], payloads: &[(u8, &[u8])]) -> io::Result<()> {
         self.write_batch(msgs, payloads)?;
         self.flush()
     }
@@ -438,14 +452,14 @@ mod tests {
         let mut buf = Vec::new();
         {
             let mut w = FrameWriter::new(&mut buf);
-            w.write_batch(&[ToWorker::Free { ids: vec![1, 2] }, ToWorker::Welcome { worker_id: 7 }], &[b"abc", b""]).unwrap();
+            w.write_batch(&[ToWorker::Free { ids: vec![1, 2] }, ToWorker::Welcome { worker_id: 7 }], &[(b'B', b"abc"), (b'J', b"")]).unwrap();
             w.write_batch::<ToWorker>(&[], &[]).unwrap();
             w.flush().unwrap();
         }
         let mut r = FrameReader::new(&buf[..]);
         let (m, p) = r.read_batch::<ToWorker>().unwrap().unwrap();
         assert_eq!(m, vec![ToWorker::Free { ids: vec![1, 2] }, ToWorker::Welcome { worker_id: 7 }]);
-        assert_eq!(p, vec![b"abc".to_vec(), vec![]]);
+        assert_eq!(p, vec![(b'B', b"abc".to_vec()), (b'J', vec![])]);
         let (m, p) = r.read_batch::<ToWorker>().unwrap().unwrap();
         assert!(m.is_empty() && p.is_empty());
         assert!(r.read_batch::<ToWorker>().unwrap().is_none());

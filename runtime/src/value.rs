@@ -16,39 +16,25 @@ pub enum Data {
     Bytes(Vec<u8>),
 }
 
-const TAG_JSON: u8 = b'J';
-const TAG_BYTES: u8 = b'B';
-
 impl Data {
+    /// Payload tag of a JSON value (body: JSON text).
+    pub const TAG_JSON: u8 = b'J';
+    /// Payload tag of a bytes value (body: the bytes).
+    pub const TAG_BYTES: u8 = b'B';
+
     pub fn null() -> Data {
         Data::Json(Json::Null)
     }
 
-    /// Serialise to the wire/spill form: tag byte then body.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            Data::Json(j) => {
-                let mut out = Vec::with_capacity(16);
-                out.push(TAG_JSON);
-                serde_json::to_writer(&mut out, j).expect("JSON values always serialise");
-                out
-            }
-            Data::Bytes(b) => {
-                let mut out = Vec::with_capacity(b.len() + 1);
-                out.push(TAG_BYTES);
-                out.extend_from_slice(b);
-                out
-            }
-        }
-    }
-
-    pub fn decode(buf: &[u8]) -> io::Result<Data> {
-        match buf.split_first() {
-            Some((&TAG_JSON, body)) => serde_json::from_slice(body)
-                .map(Data::Json)
+    /// Decode a JSON payload; `Ok(None)` when the tag says the body is raw
+    /// bytes (the caller keeps the body as the value, without copying).
+    pub fn from_parts(tag: u8, body: &[u8]) -> io::Result<Option<Data>> {
+        match tag {
+            Data::TAG_JSON => serde_json::from_slice(body)
+                .map(|j| Some(Data::Json(j)))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad JSON value: {e}"))),
-            Some((&TAG_BYTES, body)) => Ok(Data::Bytes(body.to_vec())),
-            _ => Err(io::Error::new(io::ErrorKind::InvalidData, "value payload has no valid tag byte")),
+            Data::TAG_BYTES => Ok(None),
+            other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("value payload has unknown tag byte {other}"))),
         }
     }
 
@@ -158,13 +144,11 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn roundtrip_json_and_bytes() {
-        for d in [Data::Json(json!({"a": [1, 2.5, "x"]})), Data::Bytes(vec![0, 255, 1]), Data::null()] {
-            assert_eq!(Data::decode(&d.encode()).unwrap(), d);
-        }
-        assert!(Data::decode(b"").is_err());
-        assert!(Data::decode(b"Xabc").is_err());
-        assert!(Data::decode(b"J{bad").is_err());
+    fn payload_parts() {
+        assert_eq!(Data::from_parts(Data::TAG_JSON, br#"{"a":[1,2.5]}"#).unwrap(), Some(Data::Json(json!({"a": [1, 2.5]}))));
+        assert_eq!(Data::from_parts(Data::TAG_BYTES, b"\x00\xff").unwrap(), None);
+        assert!(Data::from_parts(b'X', b"").is_err());
+        assert!(Data::from_parts(Data::TAG_JSON, b"{bad").is_err());
     }
 
     #[test]

@@ -20,7 +20,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
+use crate::store::{Store, Value};
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
@@ -38,16 +39,37 @@ pub struct WorkerConfig {
     pub secret: Vec<u8>,
     pub heartbeat: Duration,
     pub registry: Registry,
-    /// Bytes of process memory (RSS) allowed; `None`: no limit. Past 80 %
-    /// the worker starts no new tasks; past 95 % it exits (the scheduler
-    /// reschedules its work elsewhere).
-    pub memory_limit: Option<u64>,
+    pub memory: MemoryPolicy,
 }
 
-/// Fraction of the memory limit at which a worker stops starting tasks.
-pub const PAUSE_FRACTION: f64 = 0.80;
-/// Fraction of the memory limit at which a worker exits.
-pub const TERMINATE_FRACTION: f64 = 0.95;
+/// What a worker does as its memory fills up; fractions of `limit`, as in
+/// Dask (`distributed.worker.memory.*`). `None` disables a step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemoryPolicy {
+    /// Bytes the worker process may use; `None`: no limit, no management.
+    pub limit: Option<u64>,
+    /// Spill least recently used values to disk when the values held in
+    /// memory exceed this fraction.
+    pub target: Option<f64>,
+    /// Spill when the process's memory (RSS) exceeds this fraction.
+    pub spill: Option<f64>,
+    /// Start no new tasks (and take none from the scheduler) above this.
+    pub pause: Option<f64>,
+    /// Exit above this; the scheduler reschedules the work elsewhere.
+    pub terminate: Option<f64>,
+}
+
+impl Default for MemoryPolicy {
+    fn default() -> Self {
+        MemoryPolicy { limit: None, target: Some(0.60), spill: Some(0.70), pause: Some(0.80), terminate: Some(0.95) }
+    }
+}
+
+impl MemoryPolicy {
+    pub fn with_limit(limit: Option<u64>) -> MemoryPolicy {
+        MemoryPolicy { limit, ..Default::default() }
+    }
+}
 
 /// Why the worker stopped.
 #[derive(Debug, PartialEq)]
@@ -60,27 +82,6 @@ pub enum WorkerExit {
     MemoryLimit(u64),
 }
 
-/// A stored value, with its wire encoding made once on first request.
-pub struct Stored {
-    pub data: Data,
-    encoded: OnceLock<Vec<u8>>,
-}
-
-impl Stored {
-    fn new(data: Data) -> Stored {
-        Stored { data, encoded: OnceLock::new() }
-    }
-    fn from_wire(bytes: Vec<u8>) -> io::Result<Stored> {
-        let data = Data::decode(&bytes)?;
-        let s = Stored { data, encoded: OnceLock::new() };
-        let _ = s.encoded.set(bytes);
-        Ok(s)
-    }
-    fn encoded(&self) -> &[u8] {
-        self.encoded.get_or_init(|| self.data.encode())
-    }
-}
-
 #[derive(Default)]
 struct Counters {
     fetched: AtomicU64,
@@ -90,13 +91,12 @@ struct Counters {
     connections_from: std::sync::Mutex<std::collections::BTreeSet<IpAddr>>,
 }
 
-type Store = Arc<RwLock<HashMap<TaskId, Arc<Stored>>>>;
 
 enum Event {
     Scheduler(Vec<ToWorker>),
     SchedulerClosed(String),
     Done { id: TaskId, result: Result<Data, String>, duration: Duration },
-    Fetched { dep: TaskId, from: String, value: Arc<Stored> },
+    Fetched { dep: TaskId, from: String, value: Arc<Value> },
     FetchFailed { deps: Vec<TaskId>, from: String, error: String },
 }
 
@@ -104,7 +104,7 @@ struct Job {
     id: TaskId,
     key: String,
     expr: Expr,
-    args: Vec<Arc<Stored>>,
+    args: Vec<Arc<Value>>,
     timeout: Option<f64>,
 }
 
@@ -133,7 +133,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
     let scratch_dir = crate::node::create_scratch(&cfg.local_directory, &cfg.name)?;
     let scratch = scratch_dir.path().to_path_buf();
 
-    let store: Store = Arc::new(RwLock::new(HashMap::new()));
+    let store = Arc::new(Store::new(scratch.join("spill")));
     let counters = Arc::new(Counters::default());
     {
         let store = store.clone();
@@ -205,6 +205,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         mean_task_us: 0.0,
         paused: false,
         last_memory_check: None,
+        report_now: false,
     };
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
@@ -214,7 +215,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
 
 struct WorkerLoop {
     cfg: WorkerConfig,
-    store: Store,
+    store: Arc<Store>,
     counters: Arc<Counters>,
     tx: Sender<Event>,
     job_tx: Sender<Job>,
@@ -229,6 +230,8 @@ struct WorkerLoop {
     /// Over the pause threshold of the memory limit: start nothing new.
     paused: bool,
     last_memory_check: Option<Instant>,
+    /// Send metrics with the next batch (e.g. paused state changed).
+    report_now: bool,
 }
 
 impl WorkerLoop {
@@ -258,14 +261,15 @@ impl WorkerLoop {
                 }
             }
             self.dispatch();
-            if let Some(exit) = self.check_memory() {
+            if let Some(exit) = self.manage_memory(false) {
                 let _ = to_sched.send(&self.out, &[]);
                 return Ok(exit);
             }
             // Report at the heartbeat interval, and at once when transfer
             // counters moved, so status reflects peer traffic promptly.
             let transfers = self.counters.fetched.load(Ordering::Relaxed) + self.counters.served.load(Ordering::Relaxed);
-            if last_beat.elapsed() >= self.cfg.heartbeat || transfers != last_transfers {
+            if last_beat.elapsed() >= self.cfg.heartbeat || transfers != last_transfers || self.report_now {
+                self.report_now = false;
                 last_beat = Instant::now();
                 last_transfers = transfers;
                 self.out.push(ToScheduler::Heartbeat(self.metrics()));
@@ -279,35 +283,67 @@ impl WorkerLoop {
         }
     }
 
-    /// Enforce the memory limit: pause above 80 %, leave above 95 %.
-    /// Reads the process's memory at most every 10 ms.
-    fn check_memory(&mut self) -> Option<WorkerExit> {
-        let limit = self.cfg.memory_limit?;
-        if self.last_memory_check.is_some_and(|t| t.elapsed() < Duration::from_millis(10)) {
+    /// Apply the memory policy: spill to get below the target (values held)
+    /// and spill threshold (process memory), pause above the pause
+    /// threshold, leave above the terminate threshold. Reads the process's
+    /// memory at most every 10 ms unless `force`.
+    fn manage_memory(&mut self, force: bool) -> Option<WorkerExit> {
+        let m = self.cfg.memory.clone();
+        let limit = m.limit? as f64;
+        if let Some(target) = m.target {
+            let held = self.store.stats().memory_bytes;
+            if held as f64 > target * limit {
+                self.spill((target * limit) as u64);
+            }
+        }
+        if !force && self.last_memory_check.is_some_and(|t| t.elapsed() < Duration::from_millis(10)) {
             return None;
         }
         self.last_memory_check = Some(Instant::now());
-        let rss = util::rss_bytes();
-        if rss as f64 > TERMINATE_FRACTION * limit as f64 {
-            log_at!(0, "worker", "worker '{}' uses {} of its {} memory limit (over {:.0} %): exiting so the node does not run out of memory",
-                self.cfg.name, util::format_bytes(rss), util::format_bytes(limit), TERMINATE_FRACTION * 100.0);
-            return Some(WorkerExit::MemoryLimit(rss));
+        let mut rss = util::rss_bytes() as f64;
+        if let Some(spill) = m.spill {
+            if rss > spill * limit {
+                let held = self.store.stats().memory_bytes as f64;
+                let excess = rss - m.target.unwrap_or(spill) * limit;
+                self.spill((held - excess).max(0.0) as u64);
+                rss = util::rss_bytes() as f64;
+            }
         }
-        let paused = rss as f64 > PAUSE_FRACTION * limit as f64;
+        if let Some(terminate) = m.terminate {
+            if rss > terminate * limit {
+                log_at!(0, "worker", "worker '{}' uses {} of its {} memory limit (over {:.0} %): exiting so the node does not run out of memory",
+                    self.cfg.name, util::format_bytes(rss as u64), util::format_bytes(limit as u64), terminate * 100.0);
+                return Some(WorkerExit::MemoryLimit(rss as u64));
+            }
+        }
+        let paused = m.pause.is_some_and(|p| rss > p * limit);
         if paused != self.paused {
             log_at!(1, "worker", "worker '{}' {} at {} of its {} memory limit", self.cfg.name,
-                if paused { "paused (starting no new tasks)" } else { "resumed" }, util::format_bytes(rss), util::format_bytes(limit));
+                if paused { "paused (starting no new tasks)" } else { "resumed" }, util::format_bytes(rss as u64), util::format_bytes(limit as u64));
             self.paused = paused;
+            self.report_now = true;
         }
         None
     }
 
+    fn spill(&mut self, target: u64) {
+        match self.store.spill_until(target) {
+            Ok(0) => {}
+            Ok(n) => log_at!(3, "worker", "spilled {} to disk", util::format_bytes(n)),
+            Err(e) => log_at!(0, "worker", "cannot spill to disk: {e}"),
+        }
+    }
+
     fn metrics(&self) -> WorkerMetrics {
-        let store = self.store.read().expect("store lock");
+        let st = self.store.stats();
         WorkerMetrics {
             rss: util::rss_bytes(),
-            stored_bytes: store.values().map(|s| s.data.nbytes()).sum(),
-            stored_count: store.len() as u64,
+            stored_bytes: st.memory_bytes,
+            stored_count: st.memory_count,
+            spilled_bytes: st.disk_bytes,
+            spilled_count: st.disk_count,
+            paused: self.paused,
+            memory_limit: self.cfg.memory.limit.unwrap_or(0),
             executing: self.executing,
             fetched_from_peers: self.counters.fetched.load(Ordering::Relaxed),
             fetched_bytes: self.counters.fetched_bytes.load(Ordering::Relaxed),
@@ -338,7 +374,8 @@ impl WorkerLoop {
                 match result {
                     Ok(data) => {
                         let nbytes = data.nbytes();
-                        self.store.write().expect("store lock").insert(id, Arc::new(Stored::new(data)));
+                        self.store.insert(id, Arc::new(Value::new(data)));
+                        self.manage_memory(false);
                         self.out.push(ToScheduler::TaskFinished { id, nbytes, duration_us });
                     }
                     Err(error) => {
@@ -349,7 +386,8 @@ impl WorkerLoop {
             }
             Event::Fetched { dep, from, value } => {
                 log_at!(3, "worker", "fetched value of task {dep} from peer {from}");
-                self.store.write().expect("store lock").insert(dep, value);
+                self.store.insert(dep, value);
+                self.manage_memory(false);
                 if let Some(f) = self.fetching.remove(&dep) {
                     for t in f.waiting {
                         if let Some(task) = self.tasks.get_mut(&t) {
@@ -379,9 +417,8 @@ impl WorkerLoop {
         }
         let mut missing = 0;
         {
-            let store = self.store.read().expect("store lock");
             for (dep, holders) in &ct.deps {
-                if store.contains_key(dep) {
+                if self.store.contains(*dep) {
                     continue;
                 }
                 missing += 1;
@@ -439,9 +476,8 @@ impl WorkerLoop {
     }
 
     fn free(&mut self, ids: &[TaskId]) {
-        let mut store = self.store.write().expect("store lock");
         for id in ids {
-            store.remove(id);
+            self.store.remove(*id);
             if let Some(t) = self.tasks.get(id) {
                 if !t.running {
                     self.tasks.remove(id);
@@ -472,16 +508,28 @@ impl WorkerLoop {
             if task.running {
                 continue;
             }
-            let store = self.store.read().expect("store lock");
-            let args: Option<Vec<Arc<Stored>>> = task.compute.deps.iter().map(|(d, _)| store.get(d).cloned()).collect();
-            drop(store);
-            let Some(args) = args else {
-                // A dependency vanished (freed meanwhile): let the scheduler decide.
-                let t = self.tasks.remove(&id).expect("present");
-                let dep = t.compute.deps.iter().map(|(d, _)| *d).find(|d| !self.store.read().expect("store lock").contains_key(d)).unwrap_or(0);
+            let mut args = Vec::with_capacity(task.compute.deps.len());
+            let mut missing = None;
+            for (d, _) in &task.compute.deps {
+                match self.store.get(*d) {
+                    Ok(Some(v)) => args.push(v),
+                    Ok(None) => missing = Some(*d),
+                    Err(e) => {
+                        log_at!(0, "worker", "cannot read back spilled value of task {d}: {e}");
+                        missing = Some(*d);
+                    }
+                }
+                if missing.is_some() {
+                    break;
+                }
+            }
+            if let Some(dep) = missing {
+                // A dependency vanished (freed meanwhile, or its spill file is
+                // unreadable): let the scheduler decide.
+                self.tasks.remove(&id);
                 self.out.push(ToScheduler::MissingData { id, dep, tried: Vec::new() });
                 continue;
-            };
+            }
             let expr: Expr = match bincode::deserialize(&task.compute.spec) {
                 Ok(e) => e,
                 Err(e) => {
@@ -530,7 +578,7 @@ fn spawn_fetcher(addr: String, secret: Vec<u8>, tx: Sender<Event>, counters: Arc
             while let Ok(more) = req_rx.try_recv() {
                 ids.extend(more);
             }
-            let result = (|| -> io::Result<Vec<(TaskId, Arc<Stored>)>> {
+            let result = (|| -> io::Result<Vec<(TaskId, Arc<Value>)>> {
                 if conn.is_none() {
                     let s = crate::schedfile::connect(&addr, &secret, Role::Peer).map_err(|e| match e {
                         crate::schedfile::ConnectError::Unreachable(e) => e,
@@ -546,7 +594,7 @@ fn spawn_fetcher(addr: String, secret: Vec<u8>, tx: Sender<Event>, counters: Arc
                     let mut got = std::collections::HashSet::new();
                     for (id, v) in values {
                         counters.fetched.fetch_add(1, Ordering::Relaxed);
-                        counters.fetched_bytes.fetch_add(v.encoded().len() as u64, Ordering::Relaxed);
+                        counters.fetched_bytes.fetch_add(v.wire().1.len() as u64 + 1, Ordering::Relaxed);
                         got.insert(id);
                         if tx.send(Event::Fetched { dep: id, from: addr.clone(), value: v }).is_err() {
                             return;
@@ -568,7 +616,7 @@ fn spawn_fetcher(addr: String, secret: Vec<u8>, tx: Sender<Event>, counters: Arc
 }
 
 /// Ask a data server for values; returns those it had.
-pub fn fetch_values(r: &mut FrameReader<TcpStream>, w: &mut FrameWriter<TcpStream>, ids: &[TaskId]) -> io::Result<Vec<(TaskId, Arc<Stored>)>> {
+pub fn fetch_values(r: &mut FrameReader<TcpStream>, w: &mut FrameWriter<TcpStream>, ids: &[TaskId]) -> io::Result<Vec<(TaskId, Arc<Value>)>> {
     w.send(&[PeerRequest::GetData { ids: ids.to_vec() }], &[])?;
     let (msgs, payloads) = r.read_batch::<PeerReply>()?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection"))?;
     let Some(PeerReply::Data { found }) = msgs.into_iter().next() else {
@@ -578,14 +626,14 @@ pub fn fetch_values(r: &mut FrameReader<TcpStream>, w: &mut FrameWriter<TcpStrea
     let mut out = Vec::new();
     for (id, ok) in found {
         if ok {
-            let bytes = payloads.next().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer sent fewer payloads than promised"))?;
-            out.push((id, Arc::new(Stored::from_wire(bytes)?)));
+            let (tag, body) = payloads.next().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "peer sent fewer payloads than promised"))?;
+            out.push((id, Arc::new(Value::from_wire(tag, body)?)));
         }
     }
     Ok(out)
 }
 
-fn data_server(listener: TcpListener, secret: Vec<u8>, store: Store, counters: Arc<Counters>) {
+fn data_server(listener: TcpListener, secret: Vec<u8>, store: Arc<Store>, counters: Arc<Counters>) {
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         let store = store.clone();
@@ -615,14 +663,11 @@ fn data_server(listener: TcpListener, secret: Vec<u8>, store: Store, counters: A
             let mut w = FrameWriter::new(stream);
             while let Ok(Some((reqs, _))) = r.read_batch::<PeerRequest>() {
                 for PeerRequest::GetData { ids } in reqs {
-                    let values: Vec<(TaskId, Option<Arc<Stored>>)> = {
-                        let s = store.read().expect("store lock");
-                        ids.iter().map(|id| (*id, s.get(id).cloned())).collect()
-                    };
+                    let values: Vec<(TaskId, Option<Arc<Value>>)> = ids.iter().map(|id| (*id, store.get(*id).ok().flatten())).collect();
                     let found: Vec<(TaskId, bool)> = values.iter().map(|(id, v)| (*id, v.is_some())).collect();
-                    let payloads: Vec<&[u8]> = values.iter().filter_map(|(_, v)| v.as_ref().map(|v| v.encoded())).collect();
+                    let payloads: Vec<(u8, &[u8])> = values.iter().filter_map(|(_, v)| v.as_ref().map(|v| v.wire())).collect();
                     counters.served.fetch_add(payloads.len() as u64, Ordering::Relaxed);
-                    counters.served_bytes.fetch_add(payloads.iter().map(|p| p.len() as u64).sum(), Ordering::Relaxed);
+                    counters.served_bytes.fetch_add(payloads.iter().map(|(_, p)| p.len() as u64 + 1).sum(), Ordering::Relaxed);
                     if w.send(&[PeerReply::Data { found }], &payloads).is_err() {
                         return;
                     }

@@ -34,7 +34,8 @@ pub struct MpiOptions {
     pub scheduler_port: u16,
     /// Threads per worker; default: the size of the worker's core share.
     pub nthreads: Option<u32>,
-    pub memory_limit: Option<u64>,
+    /// Memory limit and thresholds per worker.
+    pub memory: crate::worker::MemoryPolicy,
     pub local_directory: Option<PathBuf>,
     /// Worker names are `{name}-{rank}`.
     pub name: String,
@@ -53,7 +54,7 @@ impl MpiOptions {
             contact_address: None,
             scheduler_port: 0,
             nthreads: None,
-            memory_limit: None,
+            memory: crate::worker::MemoryPolicy::default(),
             local_directory: None,
             name: "worker".into(),
             death_timeout: Duration::from_secs(60),
@@ -236,7 +237,7 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
                 secret: file_secret,
                 heartbeat: Duration::from_secs(1),
                 registry,
-                memory_limit: opts.memory_limit,
+                memory: opts.memory.clone(),
             };
             match worker::run(cfg, stream).map_err(|e| e.to_string())? {
                 WorkerExit::Shutdown(_) => Ok(0),

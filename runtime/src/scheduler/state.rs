@@ -306,9 +306,16 @@ impl SchedulerState {
     }
 
     pub fn heartbeat(&mut self, w: WorkerId, metrics: WorkerMetrics, now: f64) {
-        if let Some(worker) = self.workers.get_mut(&w) {
-            worker.last_seen = now;
-            worker.metrics = metrics;
+        let Some(worker) = self.workers.get_mut(&w) else { return };
+        worker.last_seen = now;
+        let resumed = worker.metrics.paused && !metrics.paused;
+        if metrics.paused && !worker.metrics.paused {
+            self.logs.push(format!("worker '{}' paused: over its memory pause threshold; sending it no new tasks", worker.info.name));
+        }
+        worker.metrics = metrics;
+        if resumed {
+            self.logs.push(format!("worker '{}' resumed", self.workers[&w].info.name));
+            self.fill_worker(w);
         }
     }
 
@@ -843,11 +850,13 @@ impl SchedulerState {
     fn decide_worker(&self, t: TaskId) -> Option<WorkerId> {
         let task = &self.tasks[t as usize];
         let per_task = self.avg_duration.max(1e-6);
-        let mut best: Option<(f64, WorkerId)> = None;
+        let mut best: Option<(bool, f64, WorkerId)> = None;
         for (&id, w) in &self.workers {
             if !self.eligible(t, w) {
                 continue;
             }
+            // A paused worker is chosen only if every eligible one is paused.
+            let paused = w.metrics.paused;
             let missing: u64 = task
                 .deps
                 .iter()
@@ -857,11 +866,11 @@ impl SchedulerState {
                 .sum();
             let occupancy = w.processing.len() as f64 / w.info.nthreads.max(1) as f64 * per_task;
             let cost = missing as f64 / self.config.bandwidth + occupancy;
-            if best.is_none_or(|(c, _)| cost < c) {
-                best = Some((cost, id));
+            if best.is_none_or(|(p, c, _)| (paused, cost) < (p, c)) {
+                best = Some((paused, cost, id));
             }
         }
-        best.map(|(_, w)| w)
+        best.map(|(_, _, w)| w)
     }
 
     fn send_to_worker(&mut self, t: TaskId, w: WorkerId) {
@@ -894,6 +903,9 @@ impl SchedulerState {
 
     fn fill_worker(&mut self, w: WorkerId) {
         let Some(worker) = self.workers.get(&w) else { return };
+        if worker.metrics.paused {
+            return;
+        }
         let slots = self.slots(worker);
         let mut free = slots.saturating_sub(worker.processing.len());
         while free > 0 {
@@ -911,7 +923,8 @@ impl SchedulerState {
             return;
         }
         // Least loaded first, so a burst spreads over the workers.
-        let mut order: Vec<(usize, WorkerId)> = self.workers.iter().map(|(&id, w)| (w.processing.len(), id)).collect();
+        let mut order: Vec<(usize, WorkerId)> =
+            self.workers.iter().filter(|(_, w)| !w.metrics.paused).map(|(&id, w)| (w.processing.len(), id)).collect();
         order.sort_unstable();
         // Hand out in rounds of one thread's worth so workers share the queue.
         loop {

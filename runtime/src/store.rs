@@ -1,0 +1,269 @@
+//! A worker's values: in memory, or spilled to its local directory when
+//! memory runs short (least recently used first), and brought back
+//! transparently when a task or a peer needs them.
+//!
+//! Values keep their wire form: a tag byte and a body. A bytes value's body
+//! is the value itself, so it goes from socket to store to socket (or disk)
+//! without being copied or re-encoded; a JSON value's body is serialised once,
+//! on first need, and cached.
+
+use crate::protocol::TaskId;
+use crate::value::Data;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// One stored value.
+pub struct Value {
+    pub data: Data,
+    json: OnceLock<Vec<u8>>,
+}
+
+impl Value {
+    pub fn new(data: Data) -> Value {
+        Value { data, json: OnceLock::new() }
+    }
+
+    /// From a payload received off the wire (or read from disk).
+    pub fn from_wire(tag: u8, body: Vec<u8>) -> io::Result<Value> {
+        let data = Data::from_parts(tag, &body)?;
+        Ok(match data {
+            Some(d) => {
+                let v = Value::new(d);
+                let _ = v.json.set(body);
+                v
+            }
+            None => Value::new(Data::Bytes(body)),
+        })
+    }
+
+    /// Tag byte and body, as sent on the wire and written to disk.
+    pub fn wire(&self) -> (u8, &[u8]) {
+        match &self.data {
+            Data::Bytes(b) => (Data::TAG_BYTES, b),
+            Data::Json(j) => (Data::TAG_JSON, self.json.get_or_init(|| serde_json::to_vec(j).expect("JSON values serialise"))),
+        }
+    }
+
+    pub fn nbytes(&self) -> u64 {
+        self.data.nbytes()
+    }
+}
+
+struct Entry {
+    value: Arc<Value>,
+    nbytes: u64,
+    tick: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    memory: HashMap<TaskId, Entry>,
+    /// Least recently used first.
+    lru: BTreeMap<u64, TaskId>,
+    tick: u64,
+    memory_bytes: u64,
+    disk: HashMap<TaskId, u64>,
+    disk_bytes: u64,
+    spilled: u64,
+    unspilled: u64,
+}
+
+/// Counters for status and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StoreStats {
+    pub memory_bytes: u64,
+    pub memory_count: u64,
+    pub disk_bytes: u64,
+    pub disk_count: u64,
+    /// Values written to disk so far.
+    pub spilled: u64,
+    /// Values read back from disk so far.
+    pub unspilled: u64,
+}
+
+/// The values a worker holds. Shared by its loop, executors and data server.
+pub struct Store {
+    inner: Mutex<Inner>,
+    spill_dir: PathBuf,
+}
+
+impl Store {
+    /// A store spilling into `spill_dir` (created on first spill).
+    pub fn new(spill_dir: PathBuf) -> Store {
+        Store { inner: Mutex::new(Inner::default()), spill_dir }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("store lock")
+    }
+
+    fn path(&self, id: TaskId) -> PathBuf {
+        self.spill_dir.join(id.to_string())
+    }
+
+    pub fn insert(&self, id: TaskId, value: Arc<Value>) {
+        let mut s = self.lock();
+        if s.disk.contains_key(&id) {
+            let n = s.disk.remove(&id).unwrap_or(0);
+            s.disk_bytes -= n;
+            let _ = std::fs::remove_file(self.path(id));
+        }
+        let nbytes = value.nbytes();
+        s.tick += 1;
+        let tick = s.tick;
+        if let Some(old) = s.memory.insert(id, Entry { value, nbytes, tick }) {
+            s.lru.remove(&old.tick);
+            s.memory_bytes -= old.nbytes;
+        }
+        s.lru.insert(tick, id);
+        s.memory_bytes += nbytes;
+    }
+
+    pub fn contains(&self, id: TaskId) -> bool {
+        let s = self.lock();
+        s.memory.contains_key(&id) || s.disk.contains_key(&id)
+    }
+
+    /// The value, read back from disk if it was spilled.
+    pub fn get(&self, id: TaskId) -> io::Result<Option<Arc<Value>>> {
+        let mut s = self.lock();
+        s.tick += 1;
+        let tick = s.tick;
+        if let Some(e) = s.memory.get_mut(&id) {
+            let old = std::mem::replace(&mut e.tick, tick);
+            let value = e.value.clone();
+            s.lru.remove(&old);
+            s.lru.insert(tick, id);
+            return Ok(Some(value));
+        }
+        let Some(&nbytes) = s.disk.get(&id) else { return Ok(None) };
+        let path = self.path(id);
+        let value = Arc::new(read_spilled(&path)?);
+        s.disk.remove(&id);
+        s.disk_bytes -= nbytes;
+        s.unspilled += 1;
+        let _ = std::fs::remove_file(&path);
+        let nbytes = value.nbytes();
+        s.memory.insert(id, Entry { value: value.clone(), nbytes, tick });
+        s.lru.insert(tick, id);
+        s.memory_bytes += nbytes;
+        Ok(Some(value))
+    }
+
+    pub fn remove(&self, id: TaskId) {
+        let mut s = self.lock();
+        if let Some(e) = s.memory.remove(&id) {
+            s.lru.remove(&e.tick);
+            s.memory_bytes -= e.nbytes;
+        }
+        if let Some(n) = s.disk.remove(&id) {
+            s.disk_bytes -= n;
+            let _ = std::fs::remove_file(self.path(id));
+        }
+    }
+
+    /// Spill least recently used values until at most `target` bytes are
+    /// held in memory. Returns the bytes written.
+    pub fn spill_until(&self, target: u64) -> io::Result<u64> {
+        let mut s = self.lock();
+        let mut written = 0;
+        while s.memory_bytes > target {
+            let Some((&tick, &id)) = s.lru.iter().next() else { break };
+            if written == 0 {
+                std::fs::create_dir_all(&self.spill_dir)?;
+            }
+            let entry = s.memory.get(&id).expect("lru and memory agree");
+            let (tag, body) = entry.value.wire();
+            write_spilled(&self.path(id), tag, body)?;
+            let nbytes = entry.nbytes;
+            s.memory.remove(&id);
+            s.lru.remove(&tick);
+            s.memory_bytes -= nbytes;
+            s.disk.insert(id, nbytes);
+            s.disk_bytes += nbytes;
+            s.spilled += 1;
+            written += nbytes;
+        }
+        Ok(written)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let s = self.lock();
+        StoreStats {
+            memory_bytes: s.memory_bytes,
+            memory_count: s.memory.len() as u64,
+            disk_bytes: s.disk_bytes,
+            disk_count: s.disk.len() as u64,
+            spilled: s.spilled,
+            unspilled: s.unspilled,
+        }
+    }
+}
+
+fn write_spilled(path: &Path, tag: u8, body: &[u8]) -> io::Result<()> {
+    let mut f = File::create(path).map_err(|e| io::Error::new(e.kind(), format!("cannot spill to {}: {e}", path.display())))?;
+    f.write_all(&[tag])?;
+    f.write_all(body)
+}
+
+fn read_spilled(path: &Path) -> io::Result<Value> {
+    let mut f = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("cannot read spilled value {}: {e}", path.display())))?;
+    let len = f.metadata()?.len();
+    let mut tag = [0u8; 1];
+    f.read_exact(&mut tag)?;
+    let mut body = Vec::new();
+    body.try_reserve_exact(len.saturating_sub(1) as usize).map_err(|_| io::Error::other("cannot allocate memory to unspill a value"))?;
+    f.read_to_end(&mut body)?;
+    Value::from_wire(tag[0], body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn dir() -> PathBuf {
+        std::env::temp_dir().join(format!("tf-store-{}", crate::util::hex(&crate::util::random_bytes(4))))
+    }
+
+    #[test]
+    fn spills_least_recently_used_and_reads_back() {
+        let d = dir();
+        let s = Store::new(d.clone());
+        for i in 0..10u32 {
+            s.insert(i, Arc::new(Value::new(Data::Bytes(vec![i as u8; 1000]))));
+        }
+        s.insert(10, Arc::new(Value::new(Data::Json(json!({"k": [1, 2, 3]})))));
+        // touch 0 so it is recent
+        s.get(0).unwrap();
+        let written = s.spill_until(3000).unwrap();
+        assert!(written >= 7000, "{written}");
+        let st = s.stats();
+        assert!(st.memory_bytes <= 3000 && st.disk_count >= 7, "{st:?}");
+        assert!(d.join("1").exists() && !d.join("0").exists(), "oldest spilled, recently used kept");
+        // Values come back intact, transparently.
+        assert_eq!(s.get(1).unwrap().unwrap().data, Data::Bytes(vec![1; 1000]));
+        assert!(!d.join("1").exists());
+        assert_eq!(s.stats().unspilled, 1);
+        s.spill_until(0).unwrap();
+        assert_eq!(s.get(10).unwrap().unwrap().data, Data::Json(json!({"k": [1, 2, 3]})));
+        for i in 0..=10 {
+            s.remove(i);
+        }
+        assert_eq!(s.stats().disk_count, 0);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "no spill files left");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn wire_form_of_bytes_is_the_value_itself() {
+        let v = Value::from_wire(Data::TAG_BYTES, vec![1, 2, 3]).unwrap();
+        let (tag, body) = v.wire();
+        assert_eq!((tag, body), (Data::TAG_BYTES, &[1u8, 2, 3][..]));
+        assert!(std::ptr::eq(body.as_ptr(), match &v.data { Data::Bytes(b) => b.as_ptr(), _ => unreachable!() }));
+        assert!(Value::from_wire(b'?', vec![]).is_err());
+    }
+}
