@@ -149,7 +149,7 @@ fn help_explains_every_command_and_flag() {
 #[test]
 fn functions_lists_the_builtins() {
     let out = stdout(&taskfarm(&["functions"]));
-    for f in ["noop", "identity", "inc", "add", "sub", "mul", "sum", "list", "concat", "sleep", "fail", "cmd"] {
+    for f in ["noop", "identity", "inc", "add", "sub", "mul", "sum", "list", "concat", "sleep", "fail", "cmd", "zeros", "len"] {
         assert!(out.lines().any(|l| l.starts_with(&format!("{f} "))), "{f} missing from:\n{out}");
     }
 }

@@ -48,6 +48,8 @@ enum Command {
     Status(StatusArgs),
     /// Make a running scheduler and all its workers exit cleanly.
     Shutdown(ShutdownArgs),
+    /// Retire workers gracefully: no new tasks, their unique results copied to other workers, then they exit.
+    Retire(RetireArgs),
     /// Under mpirun/mpiexec/srun: rank 0 runs the scheduler, the other ranks run workers
     /// (with `-- CMD ...`, rank 1 runs CMD and the job ends when it does).
     Mpi(MpiArgs),
@@ -284,6 +286,21 @@ struct StatusArgs {
 }
 
 #[derive(Args)]
+struct RetireArgs {
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    /// Worker to retire, by name or address (repeatable).
+    #[arg(long = "worker", value_name = "NAME", required_unless_present = "all_idle")]
+    workers: Vec<String>,
+    /// Retire every worker that is running nothing (keeping one if all are idle and results are held).
+    #[arg(long, conflicts_with = "workers")]
+    all_idle: bool,
+    /// How long to wait for the scheduler, and for the workers to leave.
+    #[arg(long, default_value = "120s", value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
 struct ShutdownArgs {
     #[command(flatten)]
     file: SchedulerFileArg,
@@ -315,6 +332,7 @@ fn main() -> ExitCode {
         Command::Submit(a) => cmd_submit(a),
         Command::Status(a) => cmd_status(a),
         Command::Shutdown(a) => cmd_shutdown(a),
+        Command::Retire(a) => cmd_retire(a),
         Command::Mpi(a) => cmd_mpi(a),
         Command::Topology(a) => cmd_topology(a),
         Command::Functions => {
@@ -487,6 +505,9 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
     if nthreads == 0 {
         return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
     }
+    // Until connected, a signal ends the worker at once; from now on the first
+    // SIGTERM/SIGINT retires it gracefully and a second one ends it.
+    let retire = taskfarm::mpi::retire_on_signals();
     let cfg = WorkerConfig {
         name: a.name.unwrap_or_else(|| format!("{}-{}", util::hostname(), std::process::id())),
         nthreads,
@@ -498,19 +519,8 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         heartbeat: Duration::from_secs(1),
         registry: Registry::with_builtins(),
         memory: a.memory.policy(memory_limit),
+        retire_requests: Some(retire),
     };
-    // SIGTERM/SIGINT: close the scheduler connection so the worker leaves at once.
-    if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
-        let s = stream.try_clone().ok();
-        std::thread::spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                log_at!(2, "worker", "received signal {sig}; leaving");
-                if let Some(s) = s {
-                    let _ = s.shutdown(std::net::Shutdown::Both);
-                }
-            }
-        });
-    }
     match worker::run(cfg, stream) {
         Ok(WorkerExit::Shutdown(_)) => Ok(0),
         Ok(WorkerExit::SchedulerLost(reason)) => {
@@ -569,12 +579,14 @@ fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
                     "data_connections_from": w.metrics.data_connections_from,
                     "spilled_bytes": w.metrics.spilled_bytes, "spilled_count": w.metrics.spilled_count,
                     "paused": w.metrics.paused, "memory_limit": w.metrics.memory_limit,
+                    "spilled_total": w.metrics.spilled_total, "unspilled_total": w.metrics.unspilled_total,
                     "last_seen_seconds": w.last_seen_secs,
                 })
             })
             .collect();
         let tasks: serde_json::Map<String, serde_json::Value> = r.tasks.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
-        let j = serde_json::json!({"address": r.address, "started": r.started, "clients": r.clients, "workers": workers, "tasks": tasks});
+        let stats: serde_json::Map<String, serde_json::Value> = r.stats.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
+        let j = serde_json::json!({"address": r.address, "started": r.started, "clients": r.clients, "workers": workers, "tasks": tasks, "stats": stats});
         println!("{}", serde_json::to_string_pretty(&j).expect("serialisable"));
         return Ok(0);
     }
@@ -656,4 +668,31 @@ fn cmd_topology(a: TopologyArgs) -> Result<u8, Fail> {
         }
     }
     Ok(0)
+}
+
+fn cmd_retire(a: RetireArgs) -> Result<u8, Fail> {
+    let mut client = client_from(a.file, a.timeout)?;
+    let known: Vec<String> = client.status()?.workers.iter().map(|w| w.name.clone()).collect();
+    let names = client.retire(&a.workers, a.all_idle)?;
+    if names.is_empty() {
+        return Err(Fail(
+            EXIT_USAGE,
+            if a.all_idle { "no idle worker to retire".to_string() } else { format!("no such worker: {} (workers: {})", a.workers.join(", "), known.join(", ")) },
+        ));
+    }
+    eprintln!("taskfarm: retiring {}", names.join(", "));
+    let start = std::time::Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let present: Vec<String> = client.status()?.workers.iter().map(|w| w.name.clone()).filter(|n| names.contains(n)).collect();
+        if present.is_empty() {
+            eprintln!("taskfarm: retired {}", names.join(", "));
+            return Ok(0);
+        }
+        if start.elapsed() >= a.timeout {
+            return Err(Fail(EXIT_TASK_FAILED, format!("still retiring after {:.0} s: {}", a.timeout.as_secs_f64(), present.join(", "))));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
 }

@@ -242,6 +242,18 @@ impl Client {
         }
     }
 
+    /// Retire workers gracefully (by name or address, or every idle one):
+    /// they take no new tasks, their unique values are copied to other
+    /// workers, then they exit. Returns the names of the workers retiring.
+    pub fn retire(&mut self, names: &[String], all_idle: bool) -> Result<Vec<String>, ClientError> {
+        self.send(ToScheduler::RetireWorkers { names: names.to_vec(), all_idle })?;
+        loop {
+            if let ToClient::Retiring { names } = self.next()? {
+                return Ok(names);
+            }
+        }
+    }
+
     /// Ask the scheduler and all its workers to exit cleanly.
     pub fn shutdown(&mut self) -> Result<(), ClientError> {
         self.send(ToScheduler::Shutdown)?;

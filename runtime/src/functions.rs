@@ -97,6 +97,27 @@ impl Registry {
                 None => "fail() was called".into(),
             })
         });
+        r.add_builtin("zeros", "zeros(n) -> n zero bytes (raw bytes; for tests and benchmarks)", |a, _| {
+            let n = one(a, "zeros")?;
+            match n {
+                Data::Json(Json::Number(x)) => x
+                    .as_u64()
+                    .filter(|&n| n <= 1 << 40)
+                    .map(|n| Data::Bytes(vec![0u8; n as usize]))
+                    .ok_or_else(|| format!("zeros: expected a byte count up to 2^40, got {x}")),
+                other => Err(format!("zeros: expected a byte count, got {}", show(other))),
+            }
+        });
+        r.add_builtin("len", "len(x) -> length of a string (bytes of UTF-8), bytes value, list or object", |a, _| {
+            let n = match one(a, "len")? {
+                Data::Bytes(b) => b.len(),
+                Data::Json(Json::String(s)) => s.len(),
+                Data::Json(Json::Array(v)) => v.len(),
+                Data::Json(Json::Object(o)) => o.len(),
+                other => return Err(format!("len: expected a string, bytes, list or object, got {}", show(other))),
+            };
+            Ok(Data::Json(json!(n)))
+        });
         r.add_builtin("cmd", "cmd(program, args...) -> stdout of the program (see command tasks)", |_, _| {
             Err("cmd is evaluated by the worker directly".into())
         });
@@ -357,6 +378,12 @@ mod tests {
         assert_eq!(call("concat", &[Data::Bytes(vec![1]), j(json!("a"))]).unwrap(), Data::Bytes(vec![1, b'a']));
         assert!(call("concat", &[j(json!(1)), j(json!([2]))]).is_err());
         assert_eq!(call("noop", &[j(json!(1))]).unwrap(), Data::null());
+        assert_eq!(call("zeros", &[j(json!(3))]).unwrap(), Data::Bytes(vec![0, 0, 0]));
+        assert!(call("zeros", &[j(json!(-1))]).is_err());
+        assert_eq!(call("len", &[Data::Bytes(vec![1, 2])]).unwrap(), j(json!(2)));
+        assert_eq!(call("len", &[j(json!("héllo"))]).unwrap(), j(json!(6)));
+        assert_eq!(call("len", &[j(json!([1, 2, 3]))]).unwrap(), j(json!(3)));
+        assert!(call("len", &[j(json!(5))]).is_err());
         assert_eq!(call("fail", &[j(json!("boom"))]).unwrap_err(), "boom");
     }
 

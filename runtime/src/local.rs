@@ -45,6 +45,7 @@ impl LocalCluster {
                 heartbeat: Duration::from_secs(1),
                 registry: registry.clone(),
                 memory: crate::worker::MemoryPolicy::default(),
+                retire_requests: None,
             };
             workers.push(std::thread::Builder::new().name(format!("tf-worker-{i}")).spawn(move || {
                 if let Err(e) = worker::run(cfg, stream) {

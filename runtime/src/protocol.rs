@@ -67,6 +67,9 @@ pub struct WorkerMetrics {
     /// Values spilled to the local directory.
     pub spilled_bytes: u64,
     pub spilled_count: u64,
+    /// Values written to disk / read back since the worker started.
+    pub spilled_total: u64,
+    pub unspilled_total: u64,
     /// Over the pause threshold: the scheduler sends it nothing new.
     pub paused: bool,
     /// 0: none.
@@ -124,6 +127,22 @@ pub enum ToScheduler {
     },
     StatusRequest,
     Shutdown,
+    /// Client: retire these workers (names or addresses), or every idle one.
+    RetireWorkers {
+        names: Vec<String>,
+        all_idle: bool,
+    },
+    /// Worker: please retire me (it got SIGTERM or is near its end).
+    RetireMe,
+    /// Worker: it now holds a copy of `id` (asked by `Replicate`).
+    Replicated {
+        id: TaskId,
+        nbytes: u64,
+    },
+    /// Worker: it could not copy `id` from any holder.
+    ReplicateFailed {
+        id: TaskId,
+    },
 }
 
 /// One task for a worker to run.
@@ -147,6 +166,8 @@ pub enum ToWorker {
     Compute(ComputeTask),
     /// Forget these values.
     Free { ids: Vec<TaskId> },
+    /// Fetch a copy of `id` from one of `holders` and keep it.
+    Replicate { id: TaskId, holders: Vec<String> },
     /// Stop: finish nothing more, exit cleanly.
     Shutdown { reason: String },
 }
@@ -173,6 +194,8 @@ pub struct StatusReport {
     /// Task counts by state name.
     pub tasks: Vec<(String, u64)>,
     pub clients: u32,
+    /// Scheduler counters by name (tasks finished, recomputed, ...).
+    pub stats: Vec<(String, u64)>,
 }
 
 /// Scheduler messages to a client.
@@ -186,6 +209,10 @@ pub enum ToClient {
     KeyErred { key: String, error: String },
     Status(StatusReport),
     ShuttingDown { reason: String },
+    /// Answer to `RetireWorkers`: the workers now retiring.
+    Retiring { names: Vec<String> },
+    /// A wanted key cannot run on any connected worker (yet).
+    KeyStuck { key: String, reason: String },
 }
 
 /// Requests to a worker's data server.

@@ -40,7 +40,13 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     pub registry: Registry,
     pub memory: MemoryPolicy,
+    /// Each message asks the worker to retire gracefully (e.g. on SIGTERM):
+    /// the scheduler copies its unique values elsewhere and tells it to go.
+    pub retire_requests: Option<Receiver<()>>,
 }
+
+/// How long a retiring worker waits for the scheduler before leaving anyway.
+pub const RETIRE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a worker does as its memory fills up; fractions of `limit`, as in
 /// Dask (`distributed.worker.memory.*`). `None` disables a step.
@@ -98,6 +104,7 @@ enum Event {
     Done { id: TaskId, result: Result<Data, String>, duration: Duration },
     Fetched { dep: TaskId, from: String, value: Arc<Value> },
     FetchFailed { deps: Vec<TaskId>, from: String, error: String },
+    RetireRequested,
 }
 
 struct Job {
@@ -119,6 +126,8 @@ struct Fetching {
     candidates: Vec<String>,
     tried: Vec<String>,
     waiting: Vec<TaskId>,
+    /// The scheduler asked for a copy (retirement of the holder).
+    replicate: bool,
 }
 
 /// Connect-and-run, on the calling thread, until the scheduler says stop or
@@ -180,6 +189,16 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
             }
         })?;
     }
+    if let Some(requests) = cfg.retire_requests.clone() {
+        let tx = tx.clone();
+        std::thread::Builder::new().name("tf-retire".into()).spawn(move || {
+            while requests.recv().is_ok() {
+                if tx.send(Event::RetireRequested).is_err() {
+                    return;
+                }
+            }
+        })?;
+    }
     let (job_tx, job_rx) = unbounded::<Job>();
     for i in 0..cfg.nthreads.max(1) {
         let rx = job_rx.clone();
@@ -206,6 +225,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         paused: false,
         last_memory_check: None,
         report_now: false,
+        retire_deadline: None,
     };
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
@@ -232,6 +252,8 @@ struct WorkerLoop {
     last_memory_check: Option<Instant>,
     /// Send metrics with the next batch (e.g. paused state changed).
     report_now: bool,
+    /// Asked to retire: leave by then even if the scheduler does not answer.
+    retire_deadline: Option<Instant>,
 }
 
 impl WorkerLoop {
@@ -261,6 +283,9 @@ impl WorkerLoop {
                 }
             }
             self.dispatch();
+            if self.retire_deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(WorkerExit::SchedulerLost(format!("the scheduler did not complete the retirement within {} s", RETIRE_TIMEOUT.as_secs())));
+            }
             if let Some(exit) = self.manage_memory(false) {
                 let _ = to_sched.send(&self.out, &[]);
                 return Ok(exit);
@@ -342,6 +367,8 @@ impl WorkerLoop {
             stored_count: st.memory_count,
             spilled_bytes: st.disk_bytes,
             spilled_count: st.disk_count,
+            spilled_total: st.spilled,
+            unspilled_total: st.unspilled,
             paused: self.paused,
             memory_limit: self.cfg.memory.limit.unwrap_or(0),
             executing: self.executing,
@@ -361,6 +388,7 @@ impl WorkerLoop {
                         ToWorker::Welcome { worker_id } => log_at!(3, "worker", "registered as worker {worker_id}"),
                         ToWorker::Compute(ct) => self.compute(ct),
                         ToWorker::Free { ids } => self.free(&ids),
+                        ToWorker::Replicate { id, holders } => self.replicate(id, holders),
                         ToWorker::Shutdown { reason } => return Some(WorkerExit::Shutdown(reason)),
                     }
                 }
@@ -389,6 +417,10 @@ impl WorkerLoop {
                 self.store.insert(dep, value);
                 self.manage_memory(false);
                 if let Some(f) = self.fetching.remove(&dep) {
+                    if f.replicate {
+                        let nbytes = self.store.get(dep).ok().flatten().map(|v| v.nbytes()).unwrap_or(0);
+                        self.out.push(ToScheduler::Replicated { id: dep, nbytes });
+                    }
                     for t in f.waiting {
                         if let Some(task) = self.tasks.get_mut(&t) {
                             task.missing -= 1;
@@ -397,6 +429,13 @@ impl WorkerLoop {
                             }
                         }
                     }
+                }
+            }
+            Event::RetireRequested => {
+                if self.retire_deadline.is_none() {
+                    log_at!(2, "worker", "worker '{}' retiring: asking the scheduler to move its data and let it go", self.cfg.name);
+                    self.retire_deadline = Some(Instant::now() + RETIRE_TIMEOUT);
+                    self.out.push(ToScheduler::RetireMe);
                 }
             }
             Event::FetchFailed { deps, from, error } => {
@@ -432,7 +471,7 @@ impl WorkerLoop {
                         }
                     }
                     None => {
-                        self.fetching.insert(*dep, Fetching { candidates: holders.clone(), tried: Vec::new(), waiting: vec![id] });
+                        self.fetching.insert(*dep, Fetching { candidates: holders.clone(), tried: Vec::new(), waiting: vec![id], replicate: false });
                     }
                 }
             }
@@ -468,9 +507,28 @@ impl WorkerLoop {
             return;
         }
         let f = self.fetching.remove(&dep).expect("present");
+        if f.replicate {
+            self.out.push(ToScheduler::ReplicateFailed { id: dep });
+        }
         for t in f.waiting {
             if let Some(task) = self.tasks.remove(&t) {
                 self.out.push(ToScheduler::MissingData { id: task.compute.id, dep, tried: f.tried.clone() });
+            }
+        }
+    }
+
+    /// Keep a copy of `id`, fetched from one of `holders`.
+    fn replicate(&mut self, id: TaskId, holders: Vec<String>) {
+        if self.store.contains(id) {
+            let nbytes = self.store.get(id).ok().flatten().map(|v| v.nbytes()).unwrap_or(0);
+            self.out.push(ToScheduler::Replicated { id, nbytes });
+            return;
+        }
+        match self.fetching.get_mut(&id) {
+            Some(f) => f.replicate = true,
+            None => {
+                self.fetching.insert(id, Fetching { candidates: holders, tried: Vec::new(), waiting: Vec::new(), replicate: true });
+                self.retry_fetch(id);
             }
         }
     }

@@ -226,6 +226,7 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
         }
         RankRole::Worker => {
             let (file_secret, stream) = connect_worker(opts, handle)?;
+            let retire = retire_on_signals();
             let nthreads = opts.nthreads.unwrap_or_else(|| share.as_ref().map(|s| s.len() as u32).unwrap_or_else(cpus)).max(1);
             let cfg = WorkerConfig {
                 name: format!("{}-{}", opts.name, info.rank),
@@ -238,6 +239,7 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
                 heartbeat: Duration::from_secs(1),
                 registry,
                 memory: opts.memory.clone(),
+                retire_requests: Some(retire),
             };
             match worker::run(cfg, stream).map_err(|e| e.to_string())? {
                 WorkerExit::Shutdown(_) => Ok(0),
@@ -370,23 +372,37 @@ fn run_command(argv: &[String], scheduler_file: &std::path::Path) -> Result<i32,
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// Block SIGINT/SIGTERM in this thread and every thread started after it,
-/// and report them on the returned channel. Call before starting threads.
+/// SIGINT and SIGTERM, reported on the returned channel (process-wide
+/// handlers, so it works whatever threads a library such as MPI started).
 pub fn termination_signals() -> crossbeam_channel::Receiver<i32> {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    // SAFETY: plain sigset manipulation on a local.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for sig in signals.forever() {
+                    if tx.send(sig).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Err(e) => log_at!(1, "mpi", "cannot install signal handlers: {e}"),
     }
+    rx
+}
+
+/// First SIGINT/SIGTERM: ask to retire gracefully (on the returned channel);
+/// second: leave at once.
+pub fn retire_on_signals() -> crossbeam_channel::Receiver<()> {
+    let signals = termination_signals();
+    let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: sigwait on signals blocked in every thread of the process.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            let _ = tx.send(sig);
+        if signals.recv().is_ok() {
+            let _ = tx.send(());
+        }
+        if let Ok(sig) = signals.recv() {
+            log_at!(1, "worker", "second signal {sig}: leaving at once");
+            std::process::exit(1);
         }
     });
     rx

@@ -382,6 +382,9 @@ impl Core {
             ToScheduler::TaskErred { id, error, .. } => self.state.task_erred(w, id, error, now),
             ToScheduler::MissingData { id, dep, tried } => self.state.missing_data(w, id, dep, &tried, now),
             ToScheduler::Heartbeat(metrics) => self.state.heartbeat(w, metrics, now),
+            ToScheduler::RetireMe => self.state.retire_me(w, now),
+            ToScheduler::Replicated { id, nbytes } => self.state.replicated(w, id, nbytes, now),
+            ToScheduler::ReplicateFailed { id } => self.state.replicate_failed(w, id, now),
             other => log_at!(1, "scheduler", "worker {w} sent a message only clients may send; ignored: {}", short(&other)),
         }
     }
@@ -403,6 +406,10 @@ impl Core {
                 self.send_client(c, ToClient::Status(report));
             }
             ToScheduler::Shutdown => self.stop = Some(format!("shutdown requested by client {c}")),
+            ToScheduler::RetireWorkers { names, all_idle } => {
+                let names = self.state.retire_workers(&names, all_idle);
+                self.send_client(c, ToClient::Retiring { names });
+            }
             other => log_at!(1, "scheduler", "client {c} sent a message only workers may send; ignored: {}", short(&other)),
         }
     }

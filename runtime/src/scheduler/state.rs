@@ -109,6 +109,17 @@ struct Worker {
     has_what: HashSet<TaskId>,
     last_seen: f64,
     metrics: WorkerMetrics,
+    /// Leaving gracefully: no new tasks; unique values are being copied away.
+    retiring: bool,
+    /// Told to shut down after retiring.
+    retired: bool,
+}
+
+impl Worker {
+    /// May get new tasks.
+    fn accepts_work(&self) -> bool {
+        !self.retiring && !self.metrics.paused
+    }
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +164,12 @@ pub struct SchedulerStats {
     pub tasks_rescheduled: u64,
     pub workers_lost: u64,
     pub retries: u64,
+    /// Workers that left gracefully, their unique values moved first.
+    pub workers_retired: u64,
+    /// Values copied to another worker (retirement).
+    pub values_replicated: u64,
+    /// Queued tasks moved from a busy worker to an idle one.
+    pub tasks_stolen: u64,
 }
 
 /// The scheduler's whole state.
@@ -175,6 +192,8 @@ pub struct SchedulerState {
     logs: Vec<String>,
     /// Tasks whose need may have dropped; examined by `settle`.
     check: Vec<TaskId>,
+    /// Copies under way for retiring workers: value -> worker copying it.
+    replicating: HashMap<TaskId, WorkerId>,
     pub stats: SchedulerStats,
 }
 
@@ -198,6 +217,7 @@ impl SchedulerState {
             to_client: Vec::new(),
             logs: Vec::new(),
             check: Vec::new(),
+            replicating: HashMap::new(),
             stats: SchedulerStats::default(),
         }
     }
@@ -263,6 +283,17 @@ impl SchedulerState {
                 .collect(),
             tasks: TaskState::ALL.iter().filter(|&&s| s != TaskState::Forgotten).map(|&s| (s.name().to_string(), self.count(s))).collect(),
             clients: self.clients.len() as u32,
+            stats: vec![
+                ("tasks_finished".into(), self.stats.tasks_finished),
+                ("tasks_erred".into(), self.stats.tasks_erred),
+                ("tasks_recomputed".into(), self.stats.tasks_recomputed),
+                ("tasks_rescheduled".into(), self.stats.tasks_rescheduled),
+                ("retries".into(), self.stats.retries),
+                ("workers_lost".into(), self.stats.workers_lost),
+                ("workers_retired".into(), self.stats.workers_retired),
+                ("values_replicated".into(), self.stats.values_replicated),
+                ("tasks_stolen".into(), self.stats.tasks_stolen),
+            ],
         }
     }
 
@@ -290,7 +321,15 @@ impl SchedulerState {
         self.logs.push(format!("worker '{}' joined from {} with {} threads", info.name, info.address, info.nthreads));
         self.workers.insert(
             id,
-            Worker { info, processing: HashSet::new(), has_what: HashSet::new(), last_seen: now, metrics: WorkerMetrics::default() },
+            Worker {
+                info,
+                processing: HashSet::new(),
+                has_what: HashSet::new(),
+                last_seen: now,
+                metrics: WorkerMetrics::default(),
+                retiring: false,
+                retired: false,
+            },
         );
         self.to_worker.push((id, ToWorker::Welcome { worker_id: id }));
         // Tasks no worker could run may fit the newcomer.
@@ -342,8 +381,15 @@ impl SchedulerState {
     pub fn remove_worker(&mut self, w: WorkerId, reason: &str) {
         let Some(worker) = self.workers.remove(&w) else { return };
         let name = worker.info.name.clone();
-        self.stats.workers_lost += 1;
-        self.logs.push(format!("worker '{name}' ({}) removed: {reason}", worker.info.address));
+        if worker.retired {
+            self.stats.workers_retired += 1;
+            self.logs.push(format!("worker '{name}' ({}) retired", worker.info.address));
+        } else {
+            self.stats.workers_lost += 1;
+            self.logs.push(format!("worker '{name}' ({}) removed: {reason}", worker.info.address));
+        }
+        // Copies this worker was making are retried elsewhere.
+        self.replicating.retain(|_, target| *target != w);
         self.frees.remove(&w);
         self.to_worker.retain(|(id, _)| *id != w);
 
@@ -394,6 +440,112 @@ impl SchedulerState {
         }
         self.settle();
         self.fill_all();
+        self.progress_retirements();
+    }
+
+    // ---- retirement --------------------------------------------------------
+
+    /// Retire workers by name or address, or every idle one (`all_idle`,
+    /// keeping the one holding the most values if all are idle and any
+    /// value is held). Returns the names now retiring.
+    pub fn retire_workers(&mut self, names: &[String], all_idle: bool) -> Vec<String> {
+        let mut chosen: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.retiring)
+            .filter(|(_, w)| names.iter().any(|n| *n == w.info.name || *n == w.info.address) || (all_idle && w.processing.is_empty()))
+            .map(|(&id, _)| id)
+            .collect();
+        let staying = self.workers.values().filter(|w| !w.retiring).count() - chosen.len();
+        if all_idle && staying == 0 && names.is_empty() && self.workers.values().any(|w| !w.has_what.is_empty()) {
+            if let Some(keep) = chosen.iter().copied().max_by_key(|id| (self.workers[id].has_what.len(), std::cmp::Reverse(*id))) {
+                chosen.retain(|&id| id != keep);
+            }
+        }
+        let mut out = Vec::new();
+        for id in chosen {
+            let w = self.workers.get_mut(&id).expect("chosen from workers");
+            w.retiring = true;
+            out.push(w.info.name.clone());
+            let unique = w.has_what.iter().filter(|t| self.tasks[**t as usize].who_has.len() == 1).count();
+            self.logs.push(format!("worker '{}' retiring: no new tasks; {unique} values only it holds will be copied to other workers", w.info.name));
+        }
+        self.progress_retirements();
+        out
+    }
+
+    /// A worker asks to leave (e.g. it got SIGTERM).
+    pub fn retire_me(&mut self, w: WorkerId, now: f64) {
+        self.touch(w, now);
+        if let Some(name) = self.workers.get(&w).map(|x| x.info.name.clone()) {
+            self.retire_workers(&[name], false);
+        }
+    }
+
+    /// Move retiring workers along: once one runs nothing, copy each value
+    /// only it holds to a worker that stays; when none is left, tell it to go.
+    fn progress_retirements(&mut self) {
+        let retiring: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.retiring && !w.retired && w.processing.is_empty()).map(|(&id, _)| id).collect();
+        for w in retiring {
+            let mut unique: Vec<TaskId> = self.workers[&w].has_what.iter().copied().filter(|t| self.tasks[*t as usize].who_has == [w]).collect();
+            unique.sort_unstable();
+            let targets: Vec<WorkerId> = self.workers.iter().filter(|(_, x)| !x.retiring).map(|(&id, _)| id).collect();
+            if !unique.is_empty() && targets.is_empty() {
+                self.logs.push(format!(
+                    "worker '{}' retires with {} values no other worker can take; they will be recomputed if needed",
+                    self.workers[&w].info.name,
+                    unique.len()
+                ));
+                unique.clear();
+            }
+            let pending = unique.iter().filter(|t| self.replicating.contains_key(t)).count();
+            // Spread copies: each goes to the staying worker holding the least.
+            let mut load: Vec<(usize, WorkerId)> = targets.iter().map(|id| (self.workers[id].has_what.len(), *id)).collect();
+            let to_copy: Vec<TaskId> = unique.iter().copied().filter(|t| !self.replicating.contains_key(t)).collect();
+            for t in to_copy {
+                let slot = load.iter_mut().min().expect("targets not empty");
+                slot.0 += 1;
+                let target = slot.1;
+                self.replicating.insert(t, target);
+                let holders = vec![self.workers[&w].info.address.clone()];
+                self.to_worker.push((target, ToWorker::Replicate { id: t, holders }));
+            }
+            if unique.is_empty() && pending == 0 {
+                let worker = self.workers.get_mut(&w).expect("retiring worker");
+                worker.retired = true;
+                self.to_worker.push((w, ToWorker::Shutdown { reason: "retired".into() }));
+            }
+        }
+    }
+
+    /// Worker `w` now holds a copy of `t`.
+    pub fn replicated(&mut self, w: WorkerId, t: TaskId, nbytes: u64, now: f64) {
+        self.touch(w, now);
+        if self.replicating.get(&t) == Some(&w) {
+            self.replicating.remove(&t);
+        }
+        let alive = self.workers.contains_key(&w);
+        match self.tasks.get(t as usize) {
+            Some(task) if task.state == TaskState::Memory && alive => {
+                if !task.who_has.contains(&w) {
+                    self.tasks[t as usize].who_has.push(w);
+                    self.tasks[t as usize].nbytes = self.tasks[t as usize].nbytes.max(nbytes);
+                    self.workers.get_mut(&w).expect("alive").has_what.insert(t);
+                    self.stats.values_replicated += 1;
+                }
+            }
+            _ if alive => self.frees.entry(w).or_default().push(t),
+            _ => {}
+        }
+        self.progress_retirements();
+    }
+
+    pub fn replicate_failed(&mut self, w: WorkerId, t: TaskId, now: f64) {
+        self.touch(w, now);
+        if self.replicating.get(&t) == Some(&w) {
+            self.replicating.remove(&t);
+        }
+        self.progress_retirements();
     }
 
     // ---- clients ---------------------------------------------------------
@@ -583,6 +735,9 @@ impl SchedulerState {
         self.check.push(t);
         self.settle();
         self.fill_worker(w);
+        if self.workers.get(&w).is_some_and(|x| x.retiring) {
+            self.progress_retirements();
+        }
     }
 
     pub fn task_erred(&mut self, w: WorkerId, t: TaskId, error: String, now: f64) {
@@ -855,8 +1010,8 @@ impl SchedulerState {
             if !self.eligible(t, w) {
                 continue;
             }
-            // A paused worker is chosen only if every eligible one is paused.
-            let paused = w.metrics.paused;
+            // A paused or retiring worker is chosen only if every eligible one is.
+            let paused = !w.accepts_work();
             let missing: u64 = task
                 .deps
                 .iter()
@@ -903,7 +1058,7 @@ impl SchedulerState {
 
     fn fill_worker(&mut self, w: WorkerId) {
         let Some(worker) = self.workers.get(&w) else { return };
-        if worker.metrics.paused {
+        if !worker.accepts_work() {
             return;
         }
         let slots = self.slots(worker);
@@ -924,7 +1079,7 @@ impl SchedulerState {
         }
         // Least loaded first, so a burst spreads over the workers.
         let mut order: Vec<(usize, WorkerId)> =
-            self.workers.iter().filter(|(_, w)| !w.metrics.paused).map(|(&id, w)| (w.processing.len(), id)).collect();
+            self.workers.iter().filter(|(_, w)| w.accepts_work()).map(|(&id, w)| (w.processing.len(), id)).collect();
         order.sort_unstable();
         // Hand out in rounds of one thread's worth so workers share the queue.
         loop {
@@ -980,6 +1135,9 @@ impl SchedulerState {
             if task.live_dependents == 0 && matches!(task.state, TaskState::Released | TaskState::Erred) {
                 self.forget(t);
             }
+        }
+        if self.workers.values().any(|w| w.retiring && !w.retired) {
+            self.progress_retirements();
         }
     }
 
