@@ -1,0 +1,238 @@
+//! Data plane and resilience with real processes: spilling, lost workers,
+//! retries, timeouts, graceful retirement.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn stat(file: &std::path::Path, name: &str) -> u64 {
+    status(file).unwrap()["stats"][name].as_u64().unwrap()
+}
+
+fn json_graph(m: serde_json::Map<String, serde_json::Value>) -> String {
+    serde_json::Value::Object(m).to_string()
+}
+
+/// A task that waits until the test creates `path` (an event, not a sleep).
+fn gate(path: &std::path::Path) -> serde_json::Value {
+    serde_json::json!({"cmd": ["sh", "-c", format!("while [ ! -e '{}' ]; do sleep 0.02; done", path.display())]})
+}
+
+fn spill_files(scratch: &std::path::Path) -> usize {
+    let mut n = 0;
+    for w in std::fs::read_dir(scratch).unwrap().flatten() {
+        if let Ok(files) = std::fs::read_dir(w.path().join("spill")) {
+            n += files.count();
+        }
+    }
+    n
+}
+
+#[test]
+fn three_times_memory_spills_to_local_directory_and_cleans_up() {
+    let mut c = Cluster::start("spill", &[]);
+    let scratch = c.dir.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    c.workers.push(Proc::spawn(
+        &["worker", "--scheduler-file", c.file_arg(), "--name", "small", "--nthreads", "2", "--memory-limit", "400MB", "--local-directory", scratch.to_str().unwrap()],
+        c.dir.join("worker-small.log"),
+    ));
+    wait_for("worker", Duration::from_secs(20), || status(&c.file).is_some_and(|s| s["workers"].as_array().unwrap().len() == 1));
+    // 60 values of 20 MB = 1.2 GB, 3x the limit; all are made before any is used.
+    let open = c.dir.join("open");
+    let mut g = serde_json::Map::new();
+    let producers: Vec<String> = (0..60).map(|i| format!("p{i}")).collect();
+    for p in &producers {
+        g.insert(p.clone(), serde_json::json!(["zeros", 20_000_000]));
+    }
+    g.insert("gate".into(), serde_json::json!({"task": ["noop"], "deps": producers}));
+    g.insert("open".into(), gate(&open));
+    let mut sizes = vec![serde_json::json!("list")];
+    for (i, p) in producers.iter().enumerate() {
+        g.insert(format!("n{i}"), serde_json::json!({"task": ["len", p], "deps": ["gate", "open"]}));
+        sizes.push(serde_json::json!(format!("n{i}")));
+    }
+    g.insert("total".into(), serde_json::json!(["sum", sizes]));
+    let graph = c.dir.write("g.json", &json_graph(g));
+    let file = c.file.clone();
+    let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"]));
+    wait_for("all 60 values made, most of them spilled", Duration::from_secs(120), || {
+        let s = status(&c.file).unwrap();
+        let w = &s["workers"][0];
+        w["in_memory"].as_u64() == Some(60) && w["spilled_count"].as_u64() >= Some(30)
+    });
+    assert!(spill_files(&scratch) >= 30, "spill files in the worker's local directory during the run");
+    std::fs::write(&open, "").unwrap();
+    let o = submit.join().unwrap();
+    assert_eq!(stdout(&o), "{\"total\": 1200000000}\n", "{}", stderr(&o));
+    let w = c.worker_status("small");
+    assert!(w["unspilled_total"].as_u64() >= Some(30), "{w}");
+    assert!(w["memory"].as_u64().unwrap() < 400_000_000, "stayed under its limit: {w}");
+    wait_for("results released", Duration::from_secs(20), || spill_files(&scratch) == 0 && c.worker_status("small")["spilled_count"] == 0);
+    assert_eq!(stat(&c.file, "tasks_recomputed"), 0);
+}
+
+#[test]
+fn kill_9_mid_graph_recomputes_lost_results_and_matches_a_clean_run() {
+    let mut c = Cluster::start("kill9", &[("w1", 2), ("w2", 2)]);
+    // 2000 leaves in 40 groups; each group sums to a partial; partials wait
+    // for a gate, then are summed.
+    let open = c.dir.join("open");
+    let mut g = serde_json::Map::new();
+    let mut partials = vec![serde_json::json!("list")];
+    for grp in 0..40 {
+        let mut leaves = vec![serde_json::json!("list")];
+        for i in 0..50 {
+            let k = format!("leaf-{grp}-{i}");
+            g.insert(k.clone(), serde_json::json!(["mul", grp * 50 + i, 3]));
+            leaves.push(serde_json::json!(k));
+        }
+        g.insert(format!("part-{grp}"), serde_json::json!(["sum", leaves]));
+        g.insert(format!("held-{grp}"), serde_json::json!({"task": ["identity", format!("part-{grp}")], "deps": ["open"]}));
+        partials.push(serde_json::json!(format!("held-{grp}")));
+    }
+    g.insert("open".into(), gate(&open));
+    g.insert("total".into(), serde_json::json!(["sum", partials]));
+    let text = json_graph(g);
+    let graph = c.dir.write("g.json", &text);
+    let file = c.file.clone();
+    let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"]));
+    // Wait until every partial is computed, some of them only on w1.
+    wait_for("partials held on both workers", Duration::from_secs(60), || {
+        let s = status(&c.file).unwrap();
+        s["tasks"]["memory"].as_u64() >= Some(40) && c.worker_status("w1")["in_memory"].as_u64() >= Some(1)
+    });
+    c.workers[0].child.kill().unwrap(); // SIGKILL
+    wait_for("w1 to be removed", Duration::from_secs(20), || status(&c.file).unwrap()["workers"].as_array().unwrap().len() == 1);
+    std::fs::write(&open, "").unwrap();
+    let o = submit.join().unwrap();
+    let expected: u64 = (0..2000u64).map(|i| i * 3).sum();
+    assert_eq!(stdout(&o), format!("{{\"total\": {expected}}}\n"), "{}", stderr(&o));
+    let clean = taskfarm(&["run", c.dir.join("g.json").to_str().unwrap(), "--keys", "total"]);
+    assert!(!open.exists() || stdout(&clean) == stdout(&o), "same result as a run without failure");
+    let log = c.scheduler.log_text();
+    assert!(log.contains("worker 'w1'") && log.contains("removed"), "{log}");
+    assert!(log.contains("recomputing") && log.contains("held only by 'w1'") && log.contains("part-"), "{log}");
+    assert!(stat(&c.file, "tasks_recomputed") >= 1);
+}
+
+#[test]
+fn task_that_kills_its_worker_is_erred_after_allowed_failures() {
+    let d = TempDir::new("killer");
+    let file = d.join("s.json");
+    let mut sched = Proc::spawn(&["scheduler", "--scheduler-file", file.to_str().unwrap(), "--host", "127.0.0.1", "--allowed-failures", "1"], d.join("s.log"));
+    let mut workers: Vec<Proc> =
+        (0..3).map(|i| Proc::spawn(&["worker", "--scheduler-file", file.to_str().unwrap(), "--name", &format!("w{i}"), "--nthreads", "1"], d.join(&format!("w{i}.log")))).collect();
+    wait_for("3 workers", Duration::from_secs(20), || status(&file).is_some_and(|s| s["workers"].as_array().unwrap().len() == 3));
+    let mut g = serde_json::Map::new();
+    g.insert("killer".into(), serde_json::json!({"cmd": ["sh", "-c", "kill -9 $PPID; sleep 5"]}));
+    for i in 0..20 {
+        g.insert(format!("ok{i}"), serde_json::json!(["inc", i]));
+    }
+    let graph = d.write("g.json", &json_graph(g));
+    let o = taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("task 'killer' failed: task was running on 2 workers that died"), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for i in 0..20 {
+        assert_eq!(out[format!("ok{i}")], i + 1);
+    }
+    assert_eq!(status(&file).unwrap()["workers"].as_array().unwrap().len(), 1, "two workers died, one is left");
+    drop(workers.drain(..));
+    sched.child.kill().unwrap();
+}
+
+#[test]
+fn retries_rerun_a_flaky_task_and_timeout_kills_a_hanging_one() {
+    let c = Cluster::start("retry", &[("w1", 2)]);
+    let counter = c.dir.join("attempts");
+    let flaky = |retries: u32| {
+        serde_json::json!({
+            "cmd": ["sh", "-c", format!("n=$(cat '{0}' 2>/dev/null || echo 0); echo $((n+1)) > '{0}'; [ $n -ge 2 ] && echo ok", counter.display())],
+            "retries": retries
+        })
+    };
+    let mut g = serde_json::Map::new();
+    g.insert("flaky".into(), flaky(2));
+    let o = c.submit(&json_graph(g), &[]);
+    assert_eq!(stdout(&o), "{\"flaky\": \"ok\\n\"}\n", "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3", "failed twice, then succeeded");
+    assert_eq!(stat(&c.file, "retries"), 2);
+
+    std::fs::remove_file(&counter).unwrap();
+    let mut g = serde_json::Map::new();
+    g.insert("flaky".into(), flaky(1));
+    let o = c.submit(&json_graph(g), &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("task 'flaky' failed: command 'sh' exited with status 1"), "{}", stderr(&o));
+
+    let marker = c.dir.join("hung-pid");
+    let mut g = serde_json::Map::new();
+    g.insert("hang".into(), serde_json::json!({"cmd": ["sh", "-c", format!("echo $$ > '{}'; exec sleep 300", marker.display())], "timeout": 1}));
+    g.insert("fine".into(), serde_json::json!(["add", 1, 1]));
+    let start = std::time::Instant::now();
+    let o = c.submit(&json_graph(g), &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("task 'hang' failed: command 'sh' timed out and was killed"), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"fine\": 2"));
+    assert!(start.elapsed() < Duration::from_secs(60));
+    let pid = std::fs::read_to_string(&marker).unwrap().trim().to_string();
+    let alive = Command::new("kill").args(["-0", &pid]).stderr(Stdio::null()).status().unwrap().success();
+    assert!(!alive, "the hanging process {pid} was killed");
+}
+
+fn retire_scenario(by_signal: bool) {
+    let mut c = Cluster::start(if by_signal { "sigterm-retire" } else { "retire" }, &[("w1", 2), ("w2", 2)]);
+    let open = c.dir.join("open");
+    let mut g = serde_json::Map::new();
+    let mut vals = vec![serde_json::json!("list")];
+    for i in 0..100 {
+        g.insert(format!("v{i}"), serde_json::json!({"task": ["mul", i, 2], "workers": "w1"}));
+        vals.push(serde_json::json!(format!("v{i}")));
+    }
+    g.insert("open".into(), serde_json::json!({"cmd": gate(&open)["cmd"], "workers": "w2"}));
+    g.insert("total".into(), serde_json::json!({"task": ["sum", vals], "deps": ["open"]}));
+    let graph = c.dir.write("g.json", &json_graph(g));
+    let file = c.file.clone();
+    let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"]));
+    wait_for("100 values on w1", Duration::from_secs(60), || c.worker_status("w1")["in_memory"].as_u64() == Some(100));
+    if by_signal {
+        assert!(Command::new("kill").args(["-TERM", &c.workers[0].child.id().to_string()]).status().unwrap().success());
+    } else {
+        let o = taskfarm(&["retire", "--scheduler-file", c.file_arg(), "--worker", "w1"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stderr(&o).contains("retired w1"), "{}", stderr(&o));
+    }
+    assert_eq!(c.workers[0].wait_exit(Duration::from_secs(60)), Some(0), "{}", c.workers[0].log_text());
+    assert_eq!(c.worker_status("w2")["in_memory"].as_u64(), Some(100), "all 100 values moved to w2");
+    std::fs::write(&open, "").unwrap();
+    let o = submit.join().unwrap();
+    assert_eq!(stdout(&o), "{\"total\": 9900}\n", "{}", stderr(&o));
+    assert_eq!(stat(&c.file, "tasks_recomputed"), 0, "nothing recomputed");
+    assert_eq!(stat(&c.file, "values_replicated"), 100);
+    assert_eq!(stat(&c.file, "tasks_finished"), 102, "every task ran exactly once");
+    assert_eq!(stat(&c.file, "workers_retired"), 1);
+    assert_eq!(stat(&c.file, "workers_lost"), 0);
+    assert!(c.scheduler.log_text().contains("worker 'w1' retiring"), "{}", c.scheduler.log_text());
+}
+
+#[test]
+fn retire_moves_unique_results_and_nothing_is_recomputed() {
+    retire_scenario(false);
+}
+
+#[test]
+fn sigterm_retires_a_worker_gracefully() {
+    retire_scenario(true);
+}
+
+#[test]
+fn retire_errors_are_clear() {
+    let c = Cluster::start("retire-err", &[("w1", 1)]);
+    let o = taskfarm(&["retire", "--scheduler-file", c.file_arg(), "--worker", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no such worker: nope (workers: w1)"), "{}", stderr(&o));
+    let o = taskfarm(&["retire", "--scheduler-file", c.file_arg()]);
+    assert_eq!(o.status.code(), Some(2), "needs --worker or --all-idle");
+}
