@@ -113,7 +113,13 @@ fn kill_9_mid_graph_recomputes_lost_results_and_matches_a_clean_run() {
     assert!(!open.exists() || stdout(&clean) == stdout(&o), "same result as a run without failure");
     let log = c.scheduler.log_text();
     assert!(log.contains("worker 'w1'") && log.contains("removed"), "{log}");
-    assert!(log.contains("recomputing") && log.contains("held only by 'w1'") && log.contains("part-"), "{log}");
+    // "recomputing N lost keys held only by 'w1': k1, k2, ... and M more"
+    let line = log.lines().find(|l| l.contains("lost keys held only by 'w1': ")).unwrap_or_else(|| panic!("no recompute line in {log}"));
+    let listed = line.split("held only by 'w1': ").nth(1).unwrap().split(" and ").next().unwrap();
+    let graph: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for key in listed.split(", ") {
+        assert!(graph.get(key).is_some(), "'{key}' in the log is a key of the graph: {line}");
+    }
     assert!(stat(&c.file, "tasks_recomputed") >= 1);
 }
 
@@ -235,4 +241,39 @@ fn retire_errors_are_clear() {
     assert!(stderr(&o).contains("no such worker: nope (workers: w1)"), "{}", stderr(&o));
     let o = taskfarm(&["retire", "--scheduler-file", c.file_arg()]);
     assert_eq!(o.status.code(), Some(2), "needs --worker or --all-idle");
+}
+
+#[test]
+fn resources_are_accounted_while_running_and_unsatisfiable_tasks_are_reported() {
+    let mut c = Cluster::start("resources", &[("cpu-only", 1)]);
+    // Each task holds a lock directory while it runs: two at once would fail.
+    let lock = c.dir.join("gpu-lock");
+    let mut g = serde_json::Map::new();
+    for i in 0..4 {
+        g.insert(
+            format!("g{i}"),
+            serde_json::json!({"cmd": ["sh", "-c", format!("mkdir '{0}' || exit 9; sleep 0.1; rmdir '{0}'; echo {i}", lock.display())], "resources": {"gpu": 1}}),
+        );
+    }
+    let graph = c.dir.write("g.json", &json_graph(g));
+    let file = c.file.clone();
+    let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap()]));
+    wait_for("the scheduler to report the tasks stuck", Duration::from_secs(20), || status(&c.file).unwrap()["tasks"]["no-worker"].as_u64() == Some(4));
+    assert!(c.scheduler.log_text().contains("it needs gpu=1; connected workers: cpu-only (cpus=1)"), "{}", c.scheduler.log_text());
+    // A worker with one GPU and 4 threads joins: the tasks run, one at a time.
+    let scratch = c.dir.join("scratch");
+    c.workers.push(Proc::spawn(
+        &["worker", "--scheduler-file", c.file_arg(), "--name", "gpu-node", "--nthreads", "4", "--resources", "gpu=1", "--local-directory", scratch.to_str().unwrap()],
+        c.dir.join("worker-gpu.log"),
+    ));
+    let o = submit.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "{\"g0\": \"0\\n\", \"g1\": \"1\\n\", \"g2\": \"2\\n\", \"g3\": \"3\\n\"}\n");
+    assert!(stderr(&o).contains("task 'g0' cannot run on any connected worker yet: it needs gpu=1"), "{}", stderr(&o));
+
+    // taskfarm run cannot gain workers: it fails at once, exit 1.
+    let g = c.dir.write("gpu.json", r#"{"t": {"task": ["noop"], "resources": {"gpu": 1}}}"#);
+    let o = taskfarm(&["run", g.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("task 't' cannot run: it needs gpu=1"), "{}", stderr(&o));
 }

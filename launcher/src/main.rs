@@ -410,7 +410,10 @@ fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
     let cluster = taskfarm::local::LocalCluster::start(a.workers, nthreads, dir, Registry::with_builtins())
         .map_err(|e| Fail(EXIT_USAGE, format!("cannot start the local cluster: {e}")))?;
     let mut client = cluster.client()?;
-    let results = client.compute(&graph, &keys)?;
+    let results = client.compute(&graph, &keys).map_err(|e| match e {
+        ClientError::Stuck(m) => Fail(EXIT_TASK_FAILED, format!("{m} (taskfarm run's workers offer only cpus; use scheduler + workers with --resources)")),
+        other => Fail::from(other),
+    })?;
     drop(client);
     cluster.shutdown();
     report(results, &keys)

@@ -35,6 +35,8 @@ pub enum ClientError {
     Rejected(String),
     /// The connection broke or the scheduler went away.
     Lost(String),
+    /// A task cannot run on any worker (with `fail_when_stuck`).
+    Stuck(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -43,6 +45,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Connect(m) => write!(f, "{m}"),
             ClientError::Rejected(m) => write!(f, "the scheduler rejected the graph: {m}"),
             ClientError::Lost(m) => write!(f, "lost the scheduler: {m}"),
+            ClientError::Stuck(m) => write!(f, "{m}"),
         }
     }
 }
@@ -50,6 +53,10 @@ impl std::fmt::Display for ClientError {
 impl std::error::Error for ClientError {}
 
 pub struct Client {
+    /// Fail a computation when a task cannot run on any connected worker
+    /// (for clusters no worker can join, like `taskfarm run`'s), instead of
+    /// warning and waiting for one.
+    pub fail_when_stuck: bool,
     reader: FrameReader<TcpStream>,
     writer: FrameWriter<TcpStream>,
     secret: Vec<u8>,
@@ -83,7 +90,14 @@ impl Client {
         let lost = |e: std::io::Error| ClientError::Lost(e.to_string());
         let mut writer = FrameWriter::new(stream.try_clone().map_err(lost)?);
         writer.send(&[ToScheduler::RegisterClient { name: format!("{}-{}", crate::util::hostname(), std::process::id()) }], &[]).map_err(lost)?;
-        let mut c = Client { reader: FrameReader::new(stream), writer, secret: secret.to_vec(), pending: Vec::new(), address: address.to_string() };
+        let mut c = Client {
+            fail_when_stuck: false,
+            reader: FrameReader::new(stream),
+            writer,
+            secret: secret.to_vec(),
+            pending: Vec::new(),
+            address: address.to_string(),
+        };
         match c.next()? {
             ToClient::Welcome { .. } => Ok(c),
             other => Err(ClientError::Lost(format!("unexpected first message {other:?}"))),
@@ -157,6 +171,12 @@ impl Client {
                         }
                     }
                     ToClient::ShuttingDown { reason } => return Err(ClientError::Lost(format!("the scheduler is shutting down: {reason}"))),
+                    ToClient::KeyStuck { key, reason } => {
+                        if self.fail_when_stuck {
+                            return Err(ClientError::Stuck(format!("task '{key}' cannot run: {reason}")));
+                        }
+                        log_at!(1, "client", "task '{key}' cannot run on any connected worker yet: {reason}; waiting for one to join");
+                    }
                     _ => {}
                 }
             }

@@ -57,8 +57,12 @@ impl LocalCluster {
         Ok(LocalCluster { scheduler: Some(sched), workers, address, secret })
     }
 
+    /// A client; tasks no worker here can run fail instead of waiting,
+    /// since no other worker can ever join.
     pub fn client(&self) -> Result<Client, ClientError> {
-        Client::connect(&self.address, &self.secret)
+        let mut c = Client::connect(&self.address, &self.secret)?;
+        c.fail_when_stuck = true;
+        Ok(c)
     }
 
     /// Stop the scheduler and wait for every worker to exit.

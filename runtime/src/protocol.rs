@@ -154,9 +154,13 @@ pub struct ComputeTask {
     /// Dependencies in the order the spec's references index them, each with
     /// the data addresses of the workers holding it.
     pub deps: Vec<(TaskId, Vec<String>)>,
+    /// Size in bytes of each dependency, same order (to limit transfers).
+    pub dep_nbytes: Vec<u64>,
     /// Lower runs first.
     pub priority: (i64, u32, u32),
     pub timeout: Option<f64>,
+    /// Resources held while it runs (`cpus` counts threads; default 1 cpu).
+    pub resources: Vec<(String, f64)>,
 }
 
 /// Scheduler messages to a worker.

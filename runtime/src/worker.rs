@@ -226,6 +226,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         last_memory_check: None,
         report_now: false,
         retire_deadline: None,
+        resources_in_use: HashMap::new(),
     };
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
@@ -254,6 +255,8 @@ struct WorkerLoop {
     report_now: bool,
     /// Asked to retire: leave by then even if the scheduler does not answer.
     retire_deadline: Option<Instant>,
+    /// Resources held by dispatched tasks.
+    resources_in_use: HashMap<String, f64>,
 }
 
 impl WorkerLoop {
@@ -397,6 +400,11 @@ impl WorkerLoop {
             Event::Done { id, result, duration } => {
                 self.executing -= 1;
                 let Some(task) = self.tasks.remove(&id) else { return None };
+                for (name, amount) in &task.compute.resources {
+                    if let Some(u) = self.resources_in_use.get_mut(name) {
+                        *u = (*u - amount).max(0.0);
+                    }
+                }
                 let duration_us = duration.as_micros() as u64;
                 self.mean_task_us = if self.mean_task_us == 0.0 { duration_us as f64 + 0.5 } else { 0.95 * self.mean_task_us + 0.05 * duration_us as f64 };
                 match result {
@@ -557,15 +565,42 @@ impl WorkerLoop {
         }
     }
 
-    /// Hand ready tasks to the executor threads, highest priority first.
+    /// Whether `needs` fits in what is free now (`cpus` against threads).
+    fn fits(&self, needs: &[(String, f64)]) -> bool {
+        needs.iter().all(|(name, amount)| {
+            let total = if name == "cpus" {
+                self.cfg.nthreads as f64
+            } else {
+                self.cfg.resources.iter().find(|(n, _)| n == name).map(|(_, a)| *a).unwrap_or(0.0)
+            };
+            let used = self.resources_in_use.get(name).copied().unwrap_or(0.0);
+            // A task asking for more than the worker has runs alone.
+            used + amount <= total + 1e-9 || used == 0.0
+        })
+    }
+
+    /// Hand ready tasks to the executor threads, highest priority first;
+    /// tasks that declare resources start only when those are free.
     fn dispatch(&mut self) {
         let window = if self.paused { 0 } else { self.window() };
+        let mut waiting_for_resources = Vec::new();
         while self.executing < window {
-            let Some(std::cmp::Reverse((_, id))) = self.ready.pop() else { break };
+            let Some(std::cmp::Reverse((prio, id))) = self.ready.pop() else { break };
             let Some(task) = self.tasks.get_mut(&id) else { continue };
             if task.running {
                 continue;
             }
+            if !task.compute.resources.is_empty() {
+                let needs = task.compute.resources.clone();
+                if !self.fits(&needs) {
+                    waiting_for_resources.push(std::cmp::Reverse((prio, id)));
+                    continue;
+                }
+                for (name, amount) in &needs {
+                    *self.resources_in_use.entry(name.clone()).or_insert(0.0) += amount;
+                }
+            }
+            let Some(task) = self.tasks.get_mut(&id) else { continue };
             let mut args = Vec::with_capacity(task.compute.deps.len());
             let mut missing = None;
             for (d, _) in &task.compute.deps {
@@ -603,6 +638,7 @@ impl WorkerLoop {
                 self.executing -= 1;
             }
         }
+        self.ready.extend(waiting_for_resources);
     }
 }
 
@@ -664,8 +700,14 @@ fn spawn_fetcher(addr: String, secret: Vec<u8>, tx: Sender<Event>, counters: Arc
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Event::FetchFailed { deps: ids, from: addr.clone(), error: e.to_string() });
-                    return;
+                    // Report and keep serving the queue: every request sent
+                    // here gets an answer (a dead peer fails fast on
+                    // reconnect), so none is lost; the thread ends when the
+                    // worker drops this peer's channel.
+                    conn = None;
+                    if tx.send(Event::FetchFailed { deps: ids, from: addr.clone(), error: e.to_string() }).is_err() {
+                        return;
+                    }
                 }
             }
         }

@@ -433,6 +433,9 @@ impl Core {
         for line in self.state.take_logs() {
             log_at!(2, "scheduler", "{line}");
         }
+        for line in self.state.take_debug_logs() {
+            log_at!(3, "scheduler", "{line}");
+        }
         let (to_workers, to_clients) = self.state.take_outgoing();
         let mut per_worker: HashMap<WorkerId, Vec<ToWorker>> = HashMap::new();
         for (w, m) in to_workers {

@@ -190,6 +190,7 @@ pub struct SchedulerState {
     frees: BTreeMap<WorkerId, Vec<TaskId>>,
     to_client: Vec<(ClientId, ToClient)>,
     logs: Vec<String>,
+    debug_logs: Vec<String>,
     /// Tasks whose need may have dropped; examined by `settle`.
     check: Vec<TaskId>,
     /// Copies under way for retiring workers: value -> worker copying it.
@@ -216,6 +217,7 @@ impl SchedulerState {
             frees: BTreeMap::new(),
             to_client: Vec::new(),
             logs: Vec::new(),
+            debug_logs: Vec::new(),
             check: Vec::new(),
             replicating: HashMap::new(),
             stats: SchedulerStats::default(),
@@ -311,6 +313,11 @@ impl SchedulerState {
     /// Log lines produced since the last call.
     pub fn take_logs(&mut self) -> Vec<String> {
         std::mem::take(&mut self.logs)
+    }
+
+    /// Debug-level log lines produced since the last call.
+    pub fn take_debug_logs(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.debug_logs)
     }
 
     // ---- workers ---------------------------------------------------------
@@ -437,6 +444,9 @@ impl SchedulerState {
             let shown: Vec<&str> = recomputed.iter().take(20).map(String::as_str).collect();
             let more = if recomputed.len() > 20 { format!(" and {} more", recomputed.len() - 20) } else { String::new() };
             self.logs.push(format!("recomputing {} lost keys held only by '{name}': {}{more}", recomputed.len(), shown.join(", ")));
+            if recomputed.len() > 20 {
+                self.debug_logs.push(format!("all lost keys recomputed after '{name}' left: {}", recomputed.join(", ")));
+            }
         }
         self.settle();
         self.fill_all();
@@ -979,6 +989,12 @@ impl SchedulerState {
             None => {
                 self.set_state(t, TaskState::NoWorker);
                 self.no_worker.push(t);
+                let reason = self.why_no_worker(t);
+                let key = self.tasks[t as usize].key.to_string();
+                self.logs.push(format!("task '{key}' cannot run on any connected worker: {reason}; it waits for one that can"));
+                for &c in self.clients.keys() {
+                    self.to_client.push((c, ToClient::KeyStuck { key: key.clone(), reason: reason.clone() }));
+                }
             }
         }
     }
@@ -998,6 +1014,33 @@ impl SchedulerState {
                     })
             }
         }
+    }
+
+    /// Why no connected worker can run `t`: its restrictions against what
+    /// the workers offer.
+    fn why_no_worker(&self, t: TaskId) -> String {
+        let Some(r) = &self.tasks[t as usize].restrictions else { return "no worker is connected".into() };
+        let mut needs = Vec::new();
+        if !r.workers.is_empty() {
+            needs.push(format!("one of the workers {}", r.workers.join(", ")));
+        }
+        if !r.resources.is_empty() {
+            needs.push(r.resources.iter().map(|(n, a)| format!("{n}={a}")).collect::<Vec<_>>().join(" "));
+        }
+        let offers: Vec<String> = self
+            .workers
+            .values()
+            .map(|w| {
+                let mut res = vec![format!("cpus={}", w.info.nthreads)];
+                res.extend(w.info.resources.iter().map(|(n, a)| format!("{n}={a}")));
+                format!("{} ({})", w.info.name, res.join(" "))
+            })
+            .collect();
+        format!(
+            "it needs {}; connected workers: {}",
+            needs.join(" and "),
+            if offers.is_empty() { "none".to_string() } else { offers.join(", ") }
+        )
     }
 
     /// Pick the worker where the task would start soonest: bytes it must
@@ -1041,7 +1084,18 @@ impl SchedulerState {
                 (d, holders)
             })
             .collect();
-        let msg = ComputeTask { id: t, key: task.key.to_string(), spec: task.spec.to_vec(), deps, priority: task.priority, timeout: task.timeout };
+        let dep_nbytes = task.deps.iter().map(|&d| self.tasks[d as usize].nbytes).collect();
+        let resources = task.restrictions.as_ref().map(|r| r.resources.clone()).unwrap_or_default();
+        let msg = ComputeTask {
+            id: t,
+            key: task.key.to_string(),
+            spec: task.spec.to_vec(),
+            deps,
+            dep_nbytes,
+            priority: task.priority,
+            timeout: task.timeout,
+            resources,
+        };
         self.to_worker.push((w, ToWorker::Compute(msg)));
     }
 
