@@ -277,3 +277,25 @@ fn resources_are_accounted_while_running_and_unsatisfiable_tasks_are_reported() 
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("task 't' cannot run: it needs gpu=1"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_straggler_does_not_hold_up_independent_tasks() {
+    let c = Cluster::start("straggler", &[("w1", 1), ("w2", 1)]);
+    let open = c.dir.join("open");
+    let mut g = serde_json::Map::new();
+    // Highest priority: the straggler is handed out first, and more tasks
+    // queue behind it on its worker.
+    g.insert("straggler".into(), serde_json::json!({"cmd": gate(&open)["cmd"], "priority": 10}));
+    for i in 0..30 {
+        g.insert(format!("t{i}"), serde_json::json!(["sleep", 0.02]));
+    }
+    let graph = c.dir.write("g.json", &json_graph(g));
+    let file = c.file.clone();
+    let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap()]));
+    // Every other task finishes while the straggler still runs.
+    wait_for("the 30 independent tasks to finish", Duration::from_secs(60), || status(&c.file).unwrap()["tasks"]["memory"].as_u64() == Some(30));
+    assert!(stat(&c.file, "tasks_stolen") >= 1, "a task queued behind the straggler was moved");
+    std::fs::write(&open, "").unwrap();
+    let o = submit.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}

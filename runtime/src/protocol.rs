@@ -143,6 +143,10 @@ pub enum ToScheduler {
     ReplicateFailed {
         id: TaskId,
     },
+    /// Worker: answer to `Steal`: the tasks it gave up (not started).
+    Stolen {
+        ids: Vec<TaskId>,
+    },
 }
 
 /// One task for a worker to run.
@@ -172,6 +176,8 @@ pub enum ToWorker {
     Free { ids: Vec<TaskId> },
     /// Fetch a copy of `id` from one of `holders` and keep it.
     Replicate { id: TaskId, holders: Vec<String> },
+    /// Give up these tasks if they have not started; answer with `Stolen`.
+    Steal { ids: Vec<TaskId> },
     /// Stop: finish nothing more, exit cleanly.
     Shutdown { reason: String },
 }

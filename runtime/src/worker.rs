@@ -392,6 +392,18 @@ impl WorkerLoop {
                         ToWorker::Compute(ct) => self.compute(ct),
                         ToWorker::Free { ids } => self.free(&ids),
                         ToWorker::Replicate { id, holders } => self.replicate(id, holders),
+                        ToWorker::Steal { ids } => {
+                            // Give up what has not started; the ready heap
+                            // skips ids no longer in the table.
+                            let stolen: Vec<TaskId> = ids.into_iter().filter(|id| self.tasks.get(id).is_some_and(|t| !t.running)).collect();
+                            for id in &stolen {
+                                self.tasks.remove(id);
+                                for f in self.fetching.values_mut() {
+                                    f.waiting.retain(|t| t != id);
+                                }
+                            }
+                            self.out.push(ToScheduler::Stolen { ids: stolen });
+                        }
                         ToWorker::Shutdown { reason } => return Some(WorkerExit::Shutdown(reason)),
                     }
                 }

@@ -195,6 +195,8 @@ pub struct SchedulerState {
     check: Vec<TaskId>,
     /// Copies under way for retiring workers: value -> worker copying it.
     replicating: HashMap<TaskId, WorkerId>,
+    /// Steal requests under way: task -> (worker asked to give it up, thief).
+    stealing: HashMap<TaskId, (WorkerId, WorkerId)>,
     pub stats: SchedulerStats,
 }
 
@@ -220,6 +222,7 @@ impl SchedulerState {
             debug_logs: Vec::new(),
             check: Vec::new(),
             replicating: HashMap::new(),
+            stealing: HashMap::new(),
             stats: SchedulerStats::default(),
         }
     }
@@ -397,6 +400,7 @@ impl SchedulerState {
         }
         // Copies this worker was making are retried elsewhere.
         self.replicating.retain(|_, target| *target != w);
+        self.stealing.retain(|_, (victim, thief)| *victim != w && *thief != w);
         self.frees.remove(&w);
         self.to_worker.retain(|(id, _)| *id != w);
 
@@ -451,6 +455,101 @@ impl SchedulerState {
         self.settle();
         self.fill_all();
         self.progress_retirements();
+    }
+
+    // ---- work stealing -----------------------------------------------------
+
+    /// Move tasks waiting on busy workers to workers with idle threads, when
+    /// nothing is queued at the scheduler. A task moves only if fetching its
+    /// inputs on the idle worker costs less than twice a typical task's run
+    /// time. The busy worker is asked to give up tasks it has not started
+    /// (those it would run last); see `stolen`.
+    pub fn balance(&mut self) {
+        if self.count(TaskState::Queued) > 0 {
+            return;
+        }
+        let mut idle: Vec<(WorkerId, usize)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.accepts_work() && w.processing.len() < w.info.nthreads as usize)
+            .map(|(&id, w)| (id, w.info.nthreads as usize - w.processing.len()))
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let mut busy: Vec<(usize, WorkerId)> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.processing.len() > w.info.nthreads as usize)
+            .map(|(&id, w)| (w.processing.len() - w.info.nthreads as usize, id))
+            .collect();
+        busy.sort_unstable_by(|a, b| b.cmp(a));
+        let budget = 2.0 * self.avg_duration.max(1e-3);
+        for (excess, victim) in busy {
+            let mut candidates: Vec<(Priority, TaskId)> = self.workers[&victim]
+                .processing
+                .iter()
+                .filter(|t| !self.stealing.contains_key(t))
+                .map(|&t| (self.tasks[t as usize].priority, t))
+                .collect();
+            // The tasks it would run last first.
+            candidates.sort_unstable_by(|a, b| b.cmp(a));
+            let mut requests = Vec::new();
+            let mut quota = excess.div_ceil(2);
+            for (_, t) in candidates {
+                if quota == 0 || idle.is_empty() {
+                    break;
+                }
+                let task = &self.tasks[t as usize];
+                let thief = idle.iter().position(|(thief, _)| {
+                    let w = &self.workers[thief];
+                    let missing: u64 = task.deps.iter().map(|&d| &self.tasks[d as usize]).filter(|d| !d.who_has.contains(thief)).map(|d| d.nbytes).sum();
+                    self.eligible(t, w) && (missing as f64 / self.config.bandwidth) < budget
+                });
+                let Some(i) = thief else { continue };
+                requests.push((t, idle[i].0));
+                quota -= 1;
+                idle[i].1 -= 1;
+                if idle[i].1 == 0 {
+                    idle.remove(i);
+                }
+            }
+            if requests.is_empty() {
+                continue;
+            }
+            for &(t, thief) in &requests {
+                self.stealing.insert(t, (victim, thief));
+            }
+            self.to_worker.push((victim, ToWorker::Steal { ids: requests.into_iter().map(|(t, _)| t).collect() }));
+        }
+    }
+
+    /// Worker `victim` gave up `ids` (they had not started): hand each to
+    /// the thief chosen for it (or place it afresh if that one is gone).
+    pub fn stolen(&mut self, victim: WorkerId, ids: &[TaskId], now: f64) {
+        self.touch(victim, now);
+        for &t in ids {
+            let Some(&(v, thief)) = self.stealing.get(&t) else { continue };
+            let Some(task) = self.tasks.get_mut(t as usize) else { continue };
+            if v != victim || task.state != TaskState::Processing || task.processing_on != Some(victim) {
+                continue;
+            }
+            task.processing_on = None;
+            if let Some(w) = self.workers.get_mut(&victim) {
+                w.processing.remove(&t);
+            }
+            self.stats.tasks_stolen += 1;
+            let deps_ready = self.tasks[t as usize].deps.iter().all(|&d| self.tasks[d as usize].state == TaskState::Memory);
+            if deps_ready && self.workers.get(&thief).is_some_and(|w| w.accepts_work()) {
+                self.send_to_worker(t, thief);
+            } else {
+                self.back_to_waiting(t);
+            }
+        }
+        // Whatever it kept had started; forget those requests too.
+        self.stealing.retain(|_, (v, _)| *v != victim);
+        self.settle();
+        self.fill_all();
     }
 
     // ---- retirement --------------------------------------------------------
@@ -745,8 +844,8 @@ impl SchedulerState {
         self.check.push(t);
         self.settle();
         self.fill_worker(w);
-        if self.workers.get(&w).is_some_and(|x| x.retiring) {
-            self.progress_retirements();
+        if self.workers.get(&w).is_some_and(|x| x.processing.len() < x.info.nthreads as usize) {
+            self.balance();
         }
     }
 

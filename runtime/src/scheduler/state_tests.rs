@@ -353,9 +353,26 @@ fn random_event_sequences_keep_invariants_and_finish() {
         let mut running: Vec<(WorkerId, TaskId)> = Vec::new();
         let mut steps = 0;
         loop {
+            let mut steals = Vec::new();
             for (w, m) in sim.outgoing().0 {
-                if let ToWorker::Compute(ct) = m {
-                    running.push((w, ct.id));
+                match m {
+                    ToWorker::Compute(ct) => running.push((w, ct.id)),
+                    ToWorker::Steal { ids } => steals.push((w, ids)),
+                    _ => {}
+                }
+            }
+            for (victim, ids) in steals {
+                // Give up a random part of what was asked (the rest "started").
+                let given: Vec<TaskId> = ids.into_iter().filter(|_| next(2) == 0).collect();
+                running.retain(|(w, t)| !(*w == victim && given.contains(t)));
+                sim.s.stolen(victim, &given, 0.0);
+                if let Err(e) = sim.s.check_invariants() {
+                    panic!("seed {seed} after steal: {e}");
+                }
+                for (w, m) in sim.outgoing().0 {
+                    if let ToWorker::Compute(ct) = m {
+                        running.push((w, ct.id));
+                    }
                 }
             }
             running.retain(|(w, _)| workers.contains(w));
@@ -374,6 +391,7 @@ fn random_event_sequences_keep_invariants_and_finish() {
                     let w = workers.remove(next(workers.len() as u64) as usize);
                     sim.s.remove_worker(w, "random loss");
                 }
+                3 => sim.s.balance(),
                 2 if !running.is_empty() => {
                     let (w, t) = running.remove(next(running.len() as u64) as usize);
                     let dep = sim.s.tasks[t as usize].deps.first().copied();
@@ -418,4 +436,61 @@ fn recomputation_that_fails_errs_the_waiting_dependents() {
     assert_eq!(sim.state("z"), Some(TaskState::Erred));
     let (_, msgs) = sim.outgoing();
     assert!(msgs.iter().any(|(_, m)| matches!(m, ToClient::KeyErred { key, error } if key == "z" && error == "dependency 'x' failed: input vanished")), "{msgs:?}");
+}
+
+#[test]
+fn idle_workers_steal_unstarted_tasks_when_inputs_are_cheap_to_move() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    // A small input on w1; eight slow dependents all land on w1 by locality.
+    let mut text = String::from("{\"x\": 1");
+    for i in 0..8 {
+        text.push_str(&format!(", \"d{i}\": [\"inc\", \"x\"]"));
+    }
+    text.push('}');
+    let keys: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    sim.s.update_graph(c, graph(&text), &keys).unwrap();
+    let x = sim.id("x");
+    sim.s.task_finished(w1, x, 8, 1.0, 0.0);
+    sim.ok();
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    sim.computes();
+    sim.s.balance();
+    sim.ok();
+    let (to_w, _) = sim.outgoing();
+    let asked: Vec<TaskId> = to_w.iter().filter_map(|(w, m)| if let (true, ToWorker::Steal { ids }) = (*w == w1, m) { Some(ids.clone()) } else { None }).flatten().collect();
+    assert_eq!(asked.len(), 1, "w2 has one idle thread: {to_w:?}");
+    // w1 gives it up; it goes to w2.
+    sim.s.stolen(w1, &asked, 0.0);
+    sim.ok();
+    assert_eq!(sim.s.processing_on(&sim.s.tasks[asked[0] as usize].key.to_string()), Some(w2));
+    assert_eq!(sim.s.stats.tasks_stolen, 1);
+    // A task that already started is kept where it is.
+    sim.s.balance();
+    let (to_w, _) = sim.outgoing();
+    let asked: Vec<TaskId> = to_w.iter().filter_map(|(_, m)| if let ToWorker::Steal { ids } = m { Some(ids.clone()) } else { None }).flatten().collect();
+    assert!(asked.is_empty(), "w2 is busy now: {asked:?}");
+    sim.s.stolen(w1, &[], 0.0);
+    sim.ok();
+}
+
+#[test]
+fn big_inputs_are_not_stolen() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    let mut text = String::from("{\"x\": 1");
+    for i in 0..4 {
+        text.push_str(&format!(", \"d{i}\": [\"inc\", \"x\"]"));
+    }
+    text.push('}');
+    let keys: Vec<String> = (0..4).map(|i| format!("d{i}")).collect();
+    sim.s.update_graph(c, graph(&text), &keys).unwrap();
+    sim.s.task_finished(w1, sim.id("x"), 10 << 30, 0.01, 0.0);
+    sim.s.add_worker(info("b", 1), 0.0);
+    sim.computes();
+    sim.s.balance();
+    let (to_w, _) = sim.outgoing();
+    assert!(!to_w.iter().any(|(_, m)| matches!(m, ToWorker::Steal { .. })), "moving 10 GiB costs more than the tasks");
 }
