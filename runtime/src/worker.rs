@@ -128,7 +128,18 @@ struct Fetching {
     waiting: Vec<TaskId>,
     /// The scheduler asked for a copy (retirement of the holder).
     replicate: bool,
+    /// Size as the scheduler knows it (0 if unknown).
+    nbytes: u64,
+    /// A request is out to a peer.
+    in_flight: bool,
+    /// Waiting in the fetch queue.
+    queued: bool,
 }
+
+/// At most this many values are being fetched from peers at once...
+pub const MAX_FETCHES_IN_FLIGHT: usize = 64;
+/// ...and at most this many bytes (one larger value may always go alone).
+pub const MAX_FETCH_BYTES_IN_FLIGHT: u64 = 512 << 20;
 
 /// Connect-and-run, on the calling thread, until the scheduler says stop or
 /// goes away. `scheduler` must be an authenticated connection (role Worker).
@@ -227,6 +238,9 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         report_now: false,
         retire_deadline: None,
         resources_in_use: HashMap::new(),
+        fetch_queue: std::collections::VecDeque::new(),
+        fetches_in_flight: 0,
+        fetch_bytes_in_flight: 0,
     };
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
@@ -257,6 +271,10 @@ struct WorkerLoop {
     retire_deadline: Option<Instant>,
     /// Resources held by dispatched tasks.
     resources_in_use: HashMap<String, f64>,
+    /// Fetches waiting for room under the transfer limits.
+    fetch_queue: std::collections::VecDeque<TaskId>,
+    fetches_in_flight: usize,
+    fetch_bytes_in_flight: u64,
 }
 
 impl WorkerLoop {
@@ -437,6 +455,10 @@ impl WorkerLoop {
                 self.store.insert(dep, value);
                 self.manage_memory(false);
                 if let Some(f) = self.fetching.remove(&dep) {
+                    if f.in_flight {
+                        self.fetches_in_flight -= 1;
+                        self.fetch_bytes_in_flight -= f.nbytes;
+                    }
                     if f.replicate {
                         let nbytes = self.store.get(dep).ok().flatten().map(|v| v.nbytes()).unwrap_or(0);
                         self.out.push(ToScheduler::Replicated { id: dep, nbytes });
@@ -450,6 +472,7 @@ impl WorkerLoop {
                         }
                     }
                 }
+                self.pump_fetches();
             }
             Event::RetireRequested => {
                 if self.retire_deadline.is_none() {
@@ -476,7 +499,7 @@ impl WorkerLoop {
         }
         let mut missing = 0;
         {
-            for (dep, holders) in &ct.deps {
+            for (i, (dep, holders)) in ct.deps.iter().enumerate() {
                 if self.store.contains(*dep) {
                     continue;
                 }
@@ -491,7 +514,8 @@ impl WorkerLoop {
                         }
                     }
                     None => {
-                        self.fetching.insert(*dep, Fetching { candidates: holders.clone(), tried: Vec::new(), waiting: vec![id], replicate: false });
+                        let nbytes = ct.dep_nbytes.get(i).copied().unwrap_or(0);
+                        self.fetching.insert(*dep, Fetching { candidates: holders.clone(), tried: Vec::new(), waiting: vec![id], replicate: false, nbytes, in_flight: false, queued: false });
                     }
                 }
             }
@@ -503,7 +527,7 @@ impl WorkerLoop {
             self.ready.push(std::cmp::Reverse((priority, id)));
         } else {
             for d in deps {
-                if self.fetching.get(&d).is_some_and(|f| f.tried.is_empty()) {
+                if self.fetching.get(&d).is_some_and(|f| f.tried.is_empty() && !f.queued) {
                     self.retry_fetch(d);
                 }
             }
@@ -514,25 +538,55 @@ impl WorkerLoop {
     /// scheduler and drop the tasks that needed it (it will reschedule them).
     fn retry_fetch(&mut self, dep: TaskId) {
         let Some(f) = self.fetching.get_mut(&dep) else { return };
-        if let Some(next) = f.candidates.first().cloned() {
+        if f.in_flight {
+            f.in_flight = false;
+            self.fetches_in_flight -= 1;
+            self.fetch_bytes_in_flight -= f.nbytes;
+        }
+        if f.candidates.is_empty() {
+            let f = self.fetching.remove(&dep).expect("present");
+            if f.replicate {
+                self.out.push(ToScheduler::ReplicateFailed { id: dep });
+            }
+            for t in f.waiting {
+                if let Some(task) = self.tasks.remove(&t) {
+                    self.out.push(ToScheduler::MissingData { id: task.compute.id, dep, tried: f.tried.clone() });
+                }
+            }
+            self.pump_fetches();
+            return;
+        }
+        if !f.queued {
+            f.queued = true;
+            self.fetch_queue.push_back(dep);
+        }
+        self.pump_fetches();
+    }
+
+    /// Start queued fetches while the limits on values and bytes in flight allow.
+    fn pump_fetches(&mut self) {
+        while let Some(&dep) = self.fetch_queue.front() {
+            let Some(f) = self.fetching.get_mut(&dep) else {
+                self.fetch_queue.pop_front();
+                continue;
+            };
+            let busy = self.fetches_in_flight > 0
+                && (self.fetches_in_flight >= MAX_FETCHES_IN_FLIGHT || self.fetch_bytes_in_flight + f.nbytes > MAX_FETCH_BYTES_IN_FLIGHT);
+            if busy {
+                return;
+            }
+            self.fetch_queue.pop_front();
+            f.queued = false;
+            let Some(next) = f.candidates.first().cloned() else { continue };
             f.candidates.remove(0);
             f.tried.push(next.clone());
-            let sender = self.peers.entry(next.clone()).or_insert_with(|| {
-                spawn_fetcher(next.clone(), self.cfg.secret.clone(), self.tx.clone(), self.counters.clone())
-            });
+            f.in_flight = true;
+            self.fetches_in_flight += 1;
+            self.fetch_bytes_in_flight += f.nbytes;
+            let sender = self.peers.entry(next.clone()).or_insert_with(|| spawn_fetcher(next.clone(), self.cfg.secret.clone(), self.tx.clone(), self.counters.clone()));
             if sender.send(vec![dep]).is_err() {
                 self.peers.remove(&next);
                 self.retry_fetch(dep);
-            }
-            return;
-        }
-        let f = self.fetching.remove(&dep).expect("present");
-        if f.replicate {
-            self.out.push(ToScheduler::ReplicateFailed { id: dep });
-        }
-        for t in f.waiting {
-            if let Some(task) = self.tasks.remove(&t) {
-                self.out.push(ToScheduler::MissingData { id: task.compute.id, dep, tried: f.tried.clone() });
             }
         }
     }
@@ -547,7 +601,7 @@ impl WorkerLoop {
         match self.fetching.get_mut(&id) {
             Some(f) => f.replicate = true,
             None => {
-                self.fetching.insert(id, Fetching { candidates: holders, tried: Vec::new(), waiting: Vec::new(), replicate: true });
+                self.fetching.insert(id, Fetching { candidates: holders, tried: Vec::new(), waiting: Vec::new(), replicate: true, nbytes: 0, in_flight: false, queued: false });
                 self.retry_fetch(id);
             }
         }
