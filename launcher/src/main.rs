@@ -583,6 +583,9 @@ fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
                     "spilled_bytes": w.metrics.spilled_bytes, "spilled_count": w.metrics.spilled_count,
                     "paused": w.metrics.paused, "memory_limit": w.metrics.memory_limit,
                     "spilled_total": w.metrics.spilled_total, "unspilled_total": w.metrics.unspilled_total,
+                    "spilled_bytes_total": w.metrics.spilled_bytes_total, "unspilled_bytes_total": w.metrics.unspilled_bytes_total,
+                    "spill_seconds": w.metrics.spill_us as f64 * 1e-6, "unspill_seconds": w.metrics.unspill_us as f64 * 1e-6,
+                    "fetch_seconds": w.metrics.fetch_us as f64 * 1e-6,
                     "last_seen_seconds": w.last_seen_secs,
                 })
             })

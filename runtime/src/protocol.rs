@@ -70,6 +70,13 @@ pub struct WorkerMetrics {
     /// Values written to disk / read back since the worker started.
     pub spilled_total: u64,
     pub unspilled_total: u64,
+    /// Bytes spilled / read back so far, and microseconds spent doing it.
+    pub spilled_bytes_total: u64,
+    pub unspilled_bytes_total: u64,
+    pub spill_us: u64,
+    pub unspill_us: u64,
+    /// Microseconds spent fetching from peers (request to last byte).
+    pub fetch_us: u64,
     /// Over the pause threshold: the scheduler sends it nothing new.
     pub paused: bool,
     /// 0: none.

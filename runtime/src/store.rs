@@ -69,6 +69,10 @@ struct Inner {
     disk_bytes: u64,
     spilled: u64,
     unspilled: u64,
+    spilled_bytes: u64,
+    unspilled_bytes: u64,
+    spill_seconds: f64,
+    unspill_seconds: f64,
 }
 
 /// Counters for status and tests.
@@ -82,6 +86,11 @@ pub struct StoreStats {
     pub spilled: u64,
     /// Values read back from disk so far.
     pub unspilled: u64,
+    /// Bytes written and read back so far, and the time it took.
+    pub spilled_bytes: u64,
+    pub unspilled_bytes: u64,
+    pub spill_seconds: f64,
+    pub unspill_seconds: f64,
 }
 
 /// The values a worker holds. Shared by its loop, executors and data server.
@@ -141,7 +150,10 @@ impl Store {
         }
         let Some(&nbytes) = s.disk.get(&id) else { return Ok(None) };
         let path = self.path(id);
+        let start = std::time::Instant::now();
         let value = Arc::new(read_spilled(&path)?);
+        s.unspill_seconds += start.elapsed().as_secs_f64();
+        s.unspilled_bytes += value.wire().1.len() as u64 + 1;
         s.disk.remove(&id);
         s.disk_bytes -= nbytes;
         s.unspilled += 1;
@@ -177,8 +189,12 @@ impl Store {
             }
             let entry = s.memory.get(&id).expect("lru and memory agree");
             let (tag, body) = entry.value.wire();
+            let start = std::time::Instant::now();
             write_spilled(&self.path(id), tag, body)?;
+            let (elapsed, size) = (start.elapsed().as_secs_f64(), body.len() as u64 + 1);
             let nbytes = entry.nbytes;
+            s.spill_seconds += elapsed;
+            s.spilled_bytes += size;
             s.memory.remove(&id);
             s.lru.remove(&tick);
             s.memory_bytes -= nbytes;
@@ -199,6 +215,10 @@ impl Store {
             disk_count: s.disk.len() as u64,
             spilled: s.spilled,
             unspilled: s.unspilled,
+            spilled_bytes: s.spilled_bytes,
+            unspilled_bytes: s.unspilled_bytes,
+            spill_seconds: s.spill_seconds,
+            unspill_seconds: s.unspill_seconds,
         }
     }
 }

@@ -94,6 +94,7 @@ struct Counters {
     fetched_bytes: AtomicU64,
     served: AtomicU64,
     served_bytes: AtomicU64,
+    fetch_us: AtomicU64,
     connections_from: std::sync::Mutex<std::collections::BTreeSet<IpAddr>>,
 }
 
@@ -390,6 +391,11 @@ impl WorkerLoop {
             spilled_count: st.disk_count,
             spilled_total: st.spilled,
             unspilled_total: st.unspilled,
+            spilled_bytes_total: st.spilled_bytes,
+            unspilled_bytes_total: st.unspilled_bytes,
+            spill_us: (st.spill_seconds * 1e6) as u64,
+            unspill_us: (st.unspill_seconds * 1e6) as u64,
+            fetch_us: self.counters.fetch_us.load(Ordering::Relaxed),
             paused: self.paused,
             memory_limit: self.cfg.memory.limit.unwrap_or(0),
             executing: self.executing,
@@ -738,6 +744,7 @@ fn spawn_fetcher(addr: String, secret: Vec<u8>, tx: Sender<Event>, counters: Arc
             while let Ok(more) = req_rx.try_recv() {
                 ids.extend(more);
             }
+            let started = Instant::now();
             let result = (|| -> io::Result<Vec<(TaskId, Arc<Value>)>> {
                 if conn.is_none() {
                     let s = crate::schedfile::connect(&addr, &secret, Role::Peer).map_err(|e| match e {
@@ -749,6 +756,7 @@ fn spawn_fetcher(addr: String, secret: Vec<u8>, tx: Sender<Event>, counters: Arc
                 let (r, w) = conn.as_mut().expect("just set");
                 fetch_values(r, w, &ids)
             })();
+            counters.fetch_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             match result {
                 Ok(values) => {
                     let mut got = std::collections::HashSet::new();
