@@ -4,7 +4,7 @@
 # amount in the same directory; alternating, medians.
 #
 #   bench/spill.sh                      # 10 x 100 MB values, 3 repetitions
-#   COUNT=4 SIZE=10000000 REPS=1 bench/spill.sh   # smoke run
+#   COUNT=8 SIZE=10000000 REPS=1 bench/spill.sh   # smoke run
 #
 # The worker's memory limit is set so that nearly everything must go to disk:
 # all values are made before any is used (a gate task), then read back.
@@ -22,14 +22,16 @@ tf="$root/target/release/taskfarm"
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"; rm -f "$DIR/dd.bench"' EXIT
 S="$work/s.json"
-limit=$(( SIZE * 5 / 2 + 60000000 ))
+limit=$(( SIZE * 3 + 30000000 ))   # the target (60 %) holds about 2 values
 TASKFARM_LOG=warn "$tf" scheduler --scheduler-file "$S" --host 127.0.0.1 &
 TASKFARM_LOG=warn "$tf" worker --scheduler-file "$S" --name w --nthreads 1 --memory-limit "$limit" --local-directory "$DIR" &
 until [ "$("$tf" status --scheduler-file "$S" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))')" = 1 ]; do sleep 0.05; done
 python3 - "$COUNT" "$SIZE" > "$work/g.json" <<'PY'
 import json, sys
 n, size = int(sys.argv[1]), int(sys.argv[2])
-g = {f"p{i}": ["zeros", size] for i in range(n)}
+# Random bytes from a command: touched memory, like real results (zeros()
+# would hand back untouched calloc pages, cheaper to make but costlier to read).
+g = {f"p{i}": ["cmd", "head", "-c", str(size), "/dev/urandom"] for i in range(n)}
 g["gate"] = {"task": ["noop"], "deps": [f"p{i}" for i in range(n)]}
 for i in range(n):
     g[f"n{i}"] = {"task": ["len", f"p{i}"], "deps": ["gate"]}
@@ -44,8 +46,11 @@ for rep in $(seq 1 "$REPS"); do
   b_sb=$(metric spilled_bytes_total); b_ss=$(metric spill_seconds); b_ub=$(metric unspilled_bytes_total); b_us=$(metric unspill_seconds)
   out=$("$tf" submit "$work/g.json" --scheduler-file "$S" --keys total)
   [ "$out" = "{\"total\": $total_bytes}" ] || { echo "unexpected: $out" >&2; exit 1; }
-  sleep 1.1   # no event to await: the counters reach the scheduler with the next heartbeat (1 s)
-  sb=$(metric spilled_bytes_total); ss=$(metric spill_seconds); ub=$(metric unspilled_bytes_total); us=$(metric unspill_seconds)
+  # the counters reach the scheduler with the worker's next report
+  ub=$(metric unspilled_bytes_total)
+  for _ in $(seq 1 150); do [ "$ub" != "$b_ub" ] && break; sleep 0.02; ub=$(metric unspilled_bytes_total); done
+  sb=$(metric spilled_bytes_total); ss=$(metric spill_seconds); us=$(metric unspill_seconds)
+  [ "$sb" != "$b_sb" ] && [ "$ub" != "$b_ub" ] || { echo "nothing was spilled and read back: raise COUNT" >&2; exit 1; }
   sp+=("$(awk "BEGIN {print ($sb - $b_sb) / ($ss - $b_ss) / 1e9}")")
   un+=("$(awk "BEGIN {print ($ub - $b_ub) / ($us - $b_us) / 1e9}")")
   mb=$(( total_bytes / 1048576 ))

@@ -23,7 +23,8 @@ TASKFARM_LOG=warn "$tf" scheduler --scheduler-file "$S" --host 127.0.0.1 &
 TASKFARM_LOG=warn "$tf" worker --scheduler-file "$S" --name w1 --nthreads 1 --local-directory "$work" &
 TASKFARM_LOG=warn "$tf" worker --scheduler-file "$S" --name w2 --nthreads 1 --local-directory "$work" &
 until [ "$("$tf" status --scheduler-file "$S" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))')" = 2 ]; do sleep 0.05; done
-printf '{"a": {"task": ["zeros", %d], "workers": "w1"}, "b": {"task": ["len", "a"], "workers": "w2"}}\n' "$SIZE" > "$work/g.json"
+# Random bytes from a command: touched memory, like real results.
+printf '{"a": {"cmd": ["head", "-c", "%d", "/dev/urandom"], "workers": "w1"}, "b": {"task": ["len", "a"], "workers": "w2"}}\n' "$SIZE" > "$work/g.json"
 
 fetch_seconds() { "$tf" status --scheduler-file "$S" --json | python3 -c 'import json,sys; print([w for w in json.load(sys.stdin)["workers"] if w["name"]=="w2"][0]["fetch_seconds"])'; }
 tf_t=(); raw_t=(); fresh_t=()

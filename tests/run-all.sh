@@ -39,7 +39,7 @@ echo "== benchmark smoke runs (tiny sizes; real numbers: docs/benchmarks.md)"
 N=2000 REPS=1 bench/noop.sh
 REPS=1 bench/mpi_ready.sh
 SIZE=16777216 REPS=1 bench/transfer.sh
-COUNT=4 SIZE=10000000 REPS=1 bench/spill.sh
+COUNT=8 SIZE=10000000 REPS=1 bench/spill.sh
 
 if cargo nextest --version > /dev/null 2>&1; then
   run_tests() { cargo nextest run --workspace --locked --no-fail-fast "$@"; }
