@@ -16,13 +16,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+. "$here/common.sh"
 REPS=${REPS:-7}
 with_dask=0
 [ "${1:-}" = "--with-dask" ] && with_dask=1
 mpirun=(mpirun --allow-run-as-root --oversubscribe --bind-to none -np 4)
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin taskfarm
-tf="$root/target/release/taskfarm"
+build_taskfarm
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -51,7 +51,6 @@ for rep in $(seq 1 "$REPS"); do
   fi
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 b=$(median "${bare[@]}"); t=$(median "${tfr[@]}")
 printf 'machine: %s, %s cores; commit %s; %s\n' "$(uname -m)" "$(nproc)" "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" "$(mpirun --version | head -1)"
 printf 'bare mpirun -np 4 true:        %.3f s (median of %d)\n' "$b" "$REPS"

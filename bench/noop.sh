@@ -15,14 +15,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+. "$here/common.sh"
 N=${N:-100000}
 REPS=${REPS:-5}
 DASK_N=${DASK_N:-10000}
 with_dask=0
 [ "${1:-}" = "--with-dask" ] && with_dask=1
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin taskfarm
-tf="$root/target/release/taskfarm"
+build_taskfarm
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -34,7 +34,7 @@ PY
 
 "$tf" scheduler --scheduler-file "$work/s.json" --host 127.0.0.1 2> "$work/scheduler.log" &
 "$tf" worker --scheduler-file "$work/s.json" --nthreads 2 --local-directory "$work" 2> "$work/worker.log" &
-"$tf" status --scheduler-file "$work/s.json" --timeout 30s > /dev/null
+wait_workers "$work/s.json" 1
 
 if [ $with_dask = 1 ]; then
   if [ ! -x "$here/.venv/bin/python" ]; then
@@ -57,7 +57,6 @@ done
 "$tf" shutdown --scheduler-file "$work/s.json" 2> /dev/null
 wait
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 tf_med=$(median "${tf_times[@]}")
 tf_rate=$(awk "BEGIN {print $N / $tf_med}")
 printf 'machine: %s, %s cores; commit %s\n' "$(uname -m)" "$(nproc)" "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"

@@ -13,19 +13,19 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+. "$here/common.sh"
 COUNT=${COUNT:-10}
 SIZE=${SIZE:-100000000}
 REPS=${REPS:-3}
 DIR=${DIR:-$(mktemp -d)}
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin taskfarm
-tf="$root/target/release/taskfarm"
+build_taskfarm
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"; rm -f "$DIR/dd.bench"' EXIT
 S="$work/s.json"
 limit=$(( SIZE * 3 + 30000000 ))   # the target (60 %) holds about 2 values
 TASKFARM_LOG=warn "$tf" scheduler --scheduler-file "$S" --host 127.0.0.1 &
 TASKFARM_LOG=warn "$tf" worker --scheduler-file "$S" --name w --nthreads 1 --memory-limit "$limit" --local-directory "$DIR" &
-until [ "$("$tf" status --scheduler-file "$S" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))')" = 1 ]; do sleep 0.05; done
+wait_workers "$S" 1
 python3 - "$COUNT" "$SIZE" > "$work/g.json" <<'PY'
 import json, sys
 n, size = int(sys.argv[1]), int(sys.argv[2])
@@ -62,7 +62,6 @@ for rep in $(seq 1 "$REPS"); do
 done
 "$tf" shutdown --scheduler-file "$S" 2> /dev/null
 wait
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 printf 'machine: %s, %s cores; commit %s; %d values of %d bytes in %s (%s), median of %d\n' "$(uname -m)" "$(nproc)" "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" "$COUNT" "$SIZE" "$DIR" "$(df -T "$DIR" | awk 'NR==2 {print $2}')" "$REPS"
 printf 'taskfarm spill:   %.2f GB/s   dd write: %.2f GB/s   ratio %.2f\n' "$(median "${sp[@]}")" "$(median "${ddw[@]}")" "$(awk "BEGIN {print $(median "${sp[@]}") / $(median "${ddw[@]}")}")"
 printf 'taskfarm unspill: %.2f GB/s   dd read:  %.2f GB/s   ratio %.2f\n' "$(median "${un[@]}")" "$(median "${ddr[@]}")" "$(awk "BEGIN {print $(median "${un[@]}") / $(median "${ddr[@]}")}")"

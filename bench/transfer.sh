@@ -12,17 +12,17 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
+. "$here/common.sh"
 SIZE=${SIZE:-1073741824}
 REPS=${REPS:-5}
-cargo build --release --quiet --manifest-path "$root/Cargo.toml" --bin taskfarm
-tf="$root/target/release/taskfarm"
+build_taskfarm
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 S="$work/s.json"
 TASKFARM_LOG=warn "$tf" scheduler --scheduler-file "$S" --host 127.0.0.1 &
 TASKFARM_LOG=warn "$tf" worker --scheduler-file "$S" --name w1 --nthreads 1 --local-directory "$work" &
 TASKFARM_LOG=warn "$tf" worker --scheduler-file "$S" --name w2 --nthreads 1 --local-directory "$work" &
-until [ "$("$tf" status --scheduler-file "$S" --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["workers"]))')" = 2 ]; do sleep 0.05; done
+wait_workers "$S" 2
 # Random bytes from a command: touched memory, like real results.
 printf '{"a": {"cmd": ["head", "-c", "%d", "/dev/urandom"], "workers": "w1"}, "b": {"task": ["len", "a"], "workers": "w2"}}\n' "$SIZE" > "$work/g.json"
 
@@ -41,7 +41,6 @@ for rep in $(seq 1 "$REPS"); do
 done
 "$tf" shutdown --scheduler-file "$S" 2> /dev/null
 wait
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 t=$(median "${tf_t[@]}"); r=$(median "${raw_t[@]}"); f=$(median "${fresh_t[@]}")
 printf 'machine: %s, %s cores; commit %s; %d bytes, median of %d\n' "$(uname -m)" "$(nproc)" "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)" "$SIZE" "$REPS"
 printf 'taskfarm worker-to-worker: %.3f s = %.2f GB/s\n' "$t" "$(awk "BEGIN {print $SIZE / $t / 1e9}")"
