@@ -188,8 +188,24 @@ fn retries_rerun_a_flaky_task_and_timeout_kills_a_hanging_one() {
     assert!(!alive, "the hanging process {pid} was killed");
 }
 
-fn retire_scenario(by_signal: bool) {
-    let mut c = Cluster::start(if by_signal { "sigterm-retire" } else { "retire" }, &[("w1", 2), ("w2", 2)]);
+#[derive(PartialEq)]
+enum Leave {
+    Command,
+    Signal,
+    Lifetime,
+}
+
+fn retire_scenario(how: Leave) {
+    let by_signal = how == Leave::Signal;
+    let mut c = Cluster::start("retire", &[("w2", 2)]);
+    let mut args = vec!["worker", "--scheduler-file", c.file_arg(), "--name", "w1", "--nthreads", "2"];
+    if how == Leave::Lifetime {
+        args.extend(["--lifetime", "4s", "--lifetime-stagger", "1s"]);
+    }
+    let scratch = c.dir.join("scratch");
+    args.extend(["--local-directory", scratch.to_str().unwrap()]);
+    let w1 = Proc::spawn(&args, c.dir.join("worker-w1.log"));
+    c.workers.insert(0, w1);
     let open = c.dir.join("open");
     let mut g = serde_json::Map::new();
     let mut vals = vec![serde_json::json!("list")];
@@ -203,12 +219,14 @@ fn retire_scenario(by_signal: bool) {
     let file = c.file.clone();
     let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"]));
     wait_for("100 values on w1", Duration::from_secs(60), || c.worker_status("w1")["in_memory"].as_u64() == Some(100));
-    if by_signal {
-        assert!(Command::new("kill").args(["-TERM", &c.workers[0].child.id().to_string()]).status().unwrap().success());
-    } else {
-        let o = taskfarm(&["retire", "--scheduler-file", c.file_arg(), "--worker", "w1"]);
-        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-        assert!(stderr(&o).contains("retired w1"), "{}", stderr(&o));
+    match how {
+        Leave::Signal => assert!(Command::new("kill").args(["-TERM", &c.workers[0].child.id().to_string()]).status().unwrap().success()),
+        Leave::Command => {
+            let o = taskfarm(&["retire", "--scheduler-file", c.file_arg(), "--worker", "w1"]);
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+            assert!(stderr(&o).contains("retired w1"), "{}", stderr(&o));
+        }
+        Leave::Lifetime => {} // it leaves by itself, 3 to 4 s after starting
     }
     assert_eq!(c.workers[0].wait_exit(Duration::from_secs(60)), Some(0), "{}", c.workers[0].log_text());
     assert_eq!(c.worker_status("w2")["in_memory"].as_u64(), Some(100), "all 100 values moved to w2");
@@ -221,16 +239,24 @@ fn retire_scenario(by_signal: bool) {
     assert_eq!(stat(&c.file, "workers_retired"), 1);
     assert_eq!(stat(&c.file, "workers_lost"), 0);
     assert!(c.scheduler.log_text().contains("worker 'w1' retiring"), "{}", c.scheduler.log_text());
+    if how == Leave::Lifetime {
+        assert!(c.workers[0].log_text().contains("reached its lifetime"), "{}", c.workers[0].log_text());
+    }
 }
 
 #[test]
 fn retire_moves_unique_results_and_nothing_is_recomputed() {
-    retire_scenario(false);
+    retire_scenario(Leave::Command);
 }
 
 #[test]
 fn sigterm_retires_a_worker_gracefully() {
-    retire_scenario(true);
+    retire_scenario(Leave::Signal);
+}
+
+#[test]
+fn worker_leaves_gracefully_when_its_lifetime_ends() {
+    retire_scenario(Leave::Lifetime);
 }
 
 #[test]

@@ -168,6 +168,12 @@ struct WorkerArgs {
     memory: MemoryArgs,
     #[command(flatten)]
     net: NetArgs,
+    /// Retire gracefully (unique results moved to other workers, then exit 0) this long after starting, e.g. a few minutes less than the job's walltime.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    lifetime: Option<Duration>,
+    /// Leave up to this much earlier than --lifetime, at random, so workers started together do not all leave at once.
+    #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = parse_duration, requires = "lifetime")]
+    lifetime_stagger: Duration,
 }
 
 /// Thresholds as fractions of --memory-limit (Dask's defaults); `off` disables one.
@@ -523,6 +529,11 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         registry: Registry::with_builtins(),
         memory: a.memory.policy(memory_limit),
         retire_requests: Some(retire),
+        lifetime: a.lifetime.map(|l| {
+            let stagger = a.lifetime_stagger.min(l).as_secs_f64();
+            let r = u64::from_le_bytes(util::random_bytes(8).try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
+            l - Duration::from_secs_f64(stagger * r)
+        }),
     };
     match worker::run(cfg, stream) {
         Ok(WorkerExit::Shutdown(_)) => Ok(0),

@@ -46,6 +46,7 @@ impl LocalCluster {
                 registry: registry.clone(),
                 memory: crate::worker::MemoryPolicy::default(),
                 retire_requests: None,
+                lifetime: None,
             };
             workers.push(std::thread::Builder::new().name(format!("tf-worker-{i}")).spawn(move || {
                 if let Err(e) = worker::run(cfg, stream) {

@@ -43,6 +43,9 @@ pub struct WorkerConfig {
     /// Each message asks the worker to retire gracefully (e.g. on SIGTERM):
     /// the scheduler copies its unique values elsewhere and tells it to go.
     pub retire_requests: Option<Receiver<()>>,
+    /// Retire gracefully this long after starting (e.g. before a batch
+    /// job's walltime ends); `None`: no limit.
+    pub lifetime: Option<Duration>,
 }
 
 /// How long a retiring worker waits for the scheduler before leaving anyway.
@@ -221,6 +224,10 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
     }
     log_at!(2, "worker", "worker '{}' serving data on {data_address} with {} threads, scratch {}", cfg.name, cfg.nthreads, scratch.display());
 
+    let retire_at = cfg.lifetime.map(|l| Instant::now() + l);
+    if let Some(l) = cfg.lifetime {
+        log_at!(2, "worker", "worker '{}' will retire gracefully after {:.0} s (--lifetime)", cfg.name, l.as_secs_f64());
+    }
     let mut w = WorkerLoop {
         cfg,
         store,
@@ -242,6 +249,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         fetch_queue: std::collections::VecDeque::new(),
         fetches_in_flight: 0,
         fetch_bytes_in_flight: 0,
+        retire_at,
     };
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
@@ -276,6 +284,8 @@ struct WorkerLoop {
     fetch_queue: std::collections::VecDeque<TaskId>,
     fetches_in_flight: usize,
     fetch_bytes_in_flight: u64,
+    /// When `--lifetime` runs out.
+    retire_at: Option<Instant>,
 }
 
 impl WorkerLoop {
@@ -305,6 +315,11 @@ impl WorkerLoop {
                 }
             }
             self.dispatch();
+            if self.retire_at.is_some_and(|t| Instant::now() >= t) {
+                self.retire_at = None;
+                log_at!(2, "worker", "worker '{}' reached its lifetime", self.cfg.name);
+                self.handle(Event::RetireRequested);
+            }
             if self.retire_deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(WorkerExit::SchedulerLost(format!("the scheduler did not complete the retirement within {} s", RETIRE_TIMEOUT.as_secs())));
             }

@@ -240,6 +240,7 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
                 registry,
                 memory: opts.memory.clone(),
                 retire_requests: Some(retire),
+                lifetime: None,
             };
             match worker::run(cfg, stream).map_err(|e| e.to_string())? {
                 WorkerExit::Shutdown(_) => Ok(0),
