@@ -196,7 +196,6 @@ enum Leave {
 }
 
 fn retire_scenario(how: Leave) {
-    let by_signal = how == Leave::Signal;
     let mut c = Cluster::start("retire", &[("w2", 2)]);
     let mut args = vec!["worker", "--scheduler-file", c.file_arg(), "--name", "w1", "--nthreads", "2"];
     if how == Leave::Lifetime {

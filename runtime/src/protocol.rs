@@ -150,9 +150,11 @@ pub enum ToScheduler {
     ReplicateFailed {
         id: TaskId,
     },
-    /// Worker: answer to `Steal`: the tasks it gave up (not started).
+    /// Worker: answer to `Steal`: the tasks it gave up (not started) and
+    /// those it kept (started, or no longer there).
     Stolen {
         ids: Vec<TaskId>,
+        kept: Vec<TaskId>,
     },
 }
 

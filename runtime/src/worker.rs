@@ -434,14 +434,14 @@ impl WorkerLoop {
                         ToWorker::Steal { ids } => {
                             // Give up what has not started; the ready heap
                             // skips ids no longer in the table.
-                            let stolen: Vec<TaskId> = ids.into_iter().filter(|id| self.tasks.get(id).is_some_and(|t| !t.running)).collect();
+                            let (stolen, kept): (Vec<TaskId>, Vec<TaskId>) = ids.into_iter().partition(|id| self.tasks.get(id).is_some_and(|t| !t.running));
                             for id in &stolen {
                                 self.tasks.remove(id);
                                 for f in self.fetching.values_mut() {
                                     f.waiting.retain(|t| t != id);
                                 }
                             }
-                            self.out.push(ToScheduler::Stolen { ids: stolen });
+                            self.out.push(ToScheduler::Stolen { ids: stolen, kept });
                         }
                         ToWorker::Shutdown { reason } => return Some(WorkerExit::Shutdown(reason)),
                     }

@@ -386,7 +386,7 @@ impl Core {
             ToScheduler::RetireMe => self.state.retire_me(w, now),
             ToScheduler::Replicated { id, nbytes } => self.state.replicated(w, id, nbytes, now),
             ToScheduler::ReplicateFailed { id } => self.state.replicate_failed(w, id, now),
-            ToScheduler::Stolen { ids } => self.state.stolen(w, &ids, now),
+            ToScheduler::Stolen { ids, kept } => self.state.stolen(w, &ids, &kept, now),
             other => log_at!(1, "scheduler", "worker {w} sent a message only clients may send; ignored: {}", short(&other)),
         }
     }

@@ -524,14 +524,25 @@ impl SchedulerState {
         }
     }
 
-    /// Worker `victim` gave up `ids` (they had not started): hand each to
-    /// the thief chosen for it (or place it afresh if that one is gone).
-    pub fn stolen(&mut self, victim: WorkerId, ids: &[TaskId], now: f64) {
+    /// Worker `victim` gave up `ids` (they had not started) and kept `kept`
+    /// (they had): hand each given-up task to the thief chosen for it (or
+    /// place it afresh if that one is gone). Only these requests are
+    /// settled: others to the same worker may still be under way.
+    pub fn stolen(&mut self, victim: WorkerId, ids: &[TaskId], kept: &[TaskId], now: f64) {
         self.touch(victim, now);
+        for t in kept {
+            if self.stealing.get(t).is_some_and(|(v, _)| *v == victim) {
+                self.stealing.remove(t);
+            }
+        }
         for &t in ids {
             let Some(&(v, thief)) = self.stealing.get(&t) else { continue };
+            if v != victim {
+                continue;
+            }
+            self.stealing.remove(&t);
             let Some(task) = self.tasks.get_mut(t as usize) else { continue };
-            if v != victim || task.state != TaskState::Processing || task.processing_on != Some(victim) {
+            if task.state != TaskState::Processing || task.processing_on != Some(victim) {
                 continue;
             }
             task.processing_on = None;
@@ -546,8 +557,6 @@ impl SchedulerState {
                 self.back_to_waiting(t);
             }
         }
-        // Whatever it kept had started; forget those requests too.
-        self.stealing.retain(|_, (v, _)| *v != victim);
         self.settle();
         self.fill_all();
     }

@@ -363,9 +363,11 @@ fn random_event_sequences_keep_invariants_and_finish() {
             }
             for (victim, ids) in steals {
                 // Give up a random part of what was asked (the rest "started").
+                let ids_all = ids.clone();
                 let given: Vec<TaskId> = ids.into_iter().filter(|_| next(2) == 0).collect();
                 running.retain(|(w, t)| !(*w == victim && given.contains(t)));
-                sim.s.stolen(victim, &given, 0.0);
+                let kept: Vec<TaskId> = ids_all.iter().copied().filter(|t| !given.contains(t)).collect();
+                sim.s.stolen(victim, &given, &kept, 0.0);
                 if let Err(e) = sim.s.check_invariants() {
                     panic!("seed {seed} after steal: {e}");
                 }
@@ -462,7 +464,7 @@ fn idle_workers_steal_unstarted_tasks_when_inputs_are_cheap_to_move() {
     let asked: Vec<TaskId> = to_w.iter().filter_map(|(w, m)| if let (true, ToWorker::Steal { ids }) = (*w == w1, m) { Some(ids.clone()) } else { None }).flatten().collect();
     assert_eq!(asked.len(), 1, "w2 has one idle thread: {to_w:?}");
     // w1 gives it up; it goes to w2.
-    sim.s.stolen(w1, &asked, 0.0);
+    sim.s.stolen(w1, &asked, &[], 0.0);
     sim.ok();
     assert_eq!(sim.s.processing_on(&sim.s.tasks[asked[0] as usize].key.to_string()), Some(w2));
     assert_eq!(sim.s.stats.tasks_stolen, 1);
@@ -471,8 +473,49 @@ fn idle_workers_steal_unstarted_tasks_when_inputs_are_cheap_to_move() {
     let (to_w, _) = sim.outgoing();
     let asked: Vec<TaskId> = to_w.iter().filter_map(|(_, m)| if let ToWorker::Steal { ids } = m { Some(ids.clone()) } else { None }).flatten().collect();
     assert!(asked.is_empty(), "w2 is busy now: {asked:?}");
-    sim.s.stolen(w1, &[], 0.0);
+    sim.s.stolen(w1, &[], &[], 0.0);
     sim.ok();
+}
+
+/// Two steal requests to one worker answered one after the other: the
+/// first answer must not cancel the second request (that lost tasks).
+#[test]
+fn overlapping_steal_requests_are_settled_separately() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    let mut text = String::from("{\"x\": 1");
+    for i in 0..8 {
+        text.push_str(&format!(", \"d{i}\": [\"inc\", \"x\"]"));
+    }
+    text.push('}');
+    let keys: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    sim.s.update_graph(c, graph(&text), &keys).unwrap();
+    sim.s.task_finished(w1, sim.id("x"), 8, 1.0, 0.0);
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    sim.computes();
+    let steal_ids = |sim: &mut Sim| -> Vec<TaskId> {
+        sim.outgoing().0.into_iter().filter_map(|(_, m)| if let ToWorker::Steal { ids } = m { Some(ids) } else { None }).flatten().collect()
+    };
+    sim.s.balance();
+    let first = steal_ids(&mut sim);
+    let w3 = sim.s.add_worker(info("c", 1), 0.0);
+    sim.computes();
+    sim.s.balance();
+    let second = steal_ids(&mut sim);
+    // w2 (still idle: no answer yet) and w3 each get one more.
+    assert_eq!((first.len(), second.len()), (1, 2));
+    // First answer: kept (it had started). Second: given up.
+    sim.s.stolen(w1, &[], &first, 0.0);
+    sim.ok();
+    sim.s.stolen(w1, &second, &[], 0.0);
+    sim.ok();
+    for t in &second {
+        let key = sim.s.tasks[*t as usize].key.to_string();
+        let on = sim.s.processing_on(&key);
+        assert!(on == Some(w2) || on == Some(w3), "the second request was honoured: {key} on {on:?}");
+    }
+    assert_eq!(sim.s.stats.tasks_stolen, 2);
 }
 
 #[test]
