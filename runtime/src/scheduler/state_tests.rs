@@ -46,6 +46,16 @@ impl Sim {
     }
 }
 
+/// `x` and `n` tasks `d0..` that each need it; the `d` keys are wanted.
+fn fan_out(n: usize) -> (String, Vec<String>) {
+    let mut text = String::from("{\"x\": 1");
+    for i in 0..n {
+        text.push_str(&format!(", \"d{i}\": [\"inc\", \"x\"]"));
+    }
+    text.push('}');
+    (text, (0..n).map(|i| format!("d{i}")).collect())
+}
+
 fn wanted(keys: &[&str]) -> Vec<String> {
     keys.iter().map(|k| k.to_string()).collect()
 }
@@ -446,12 +456,7 @@ fn idle_workers_steal_unstarted_tasks_when_inputs_are_cheap_to_move() {
     let w1 = sim.s.add_worker(info("a", 1), 0.0);
     let c = sim.s.add_client("c".into());
     // A small input on w1; eight slow dependents all land on w1 by locality.
-    let mut text = String::from("{\"x\": 1");
-    for i in 0..8 {
-        text.push_str(&format!(", \"d{i}\": [\"inc\", \"x\"]"));
-    }
-    text.push('}');
-    let keys: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    let (text, keys) = fan_out(8);
     sim.s.update_graph(c, graph(&text), &keys).unwrap();
     let x = sim.id("x");
     sim.s.task_finished(w1, x, 8, 1.0, 0.0);
@@ -484,12 +489,7 @@ fn overlapping_steal_requests_are_settled_separately() {
     let mut sim = Sim::new();
     let w1 = sim.s.add_worker(info("a", 1), 0.0);
     let c = sim.s.add_client("c".into());
-    let mut text = String::from("{\"x\": 1");
-    for i in 0..8 {
-        text.push_str(&format!(", \"d{i}\": [\"inc\", \"x\"]"));
-    }
-    text.push('}');
-    let keys: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    let (text, keys) = fan_out(8);
     sim.s.update_graph(c, graph(&text), &keys).unwrap();
     sim.s.task_finished(w1, sim.id("x"), 8, 1.0, 0.0);
     let w2 = sim.s.add_worker(info("b", 1), 0.0);
@@ -523,12 +523,7 @@ fn big_inputs_are_not_stolen() {
     let mut sim = Sim::new();
     let w1 = sim.s.add_worker(info("a", 1), 0.0);
     let c = sim.s.add_client("c".into());
-    let mut text = String::from("{\"x\": 1");
-    for i in 0..4 {
-        text.push_str(&format!(", \"d{i}\": [\"inc\", \"x\"]"));
-    }
-    text.push('}');
-    let keys: Vec<String> = (0..4).map(|i| format!("d{i}")).collect();
+    let (text, keys) = fan_out(4);
     sim.s.update_graph(c, graph(&text), &keys).unwrap();
     sim.s.task_finished(w1, sim.id("x"), 10 << 30, 0.01, 0.0);
     sim.s.add_worker(info("b", 1), 0.0);
