@@ -205,6 +205,7 @@ fn retire_scenario(how: Leave) {
     args.extend(["--local-directory", scratch.to_str().unwrap()]);
     let w1 = Proc::spawn(&args, c.dir.join("worker-w1.log"));
     c.workers.insert(0, w1);
+    wait_for("w1 to register", Duration::from_secs(30), || status(&c.file).is_some_and(|s| s["workers"].as_array().unwrap().len() == 2));
     let open = c.dir.join("open");
     let mut g = serde_json::Map::new();
     let mut vals = vec![serde_json::json!("list")];
