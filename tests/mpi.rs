@@ -166,34 +166,32 @@ fn open_mpi_missing_worker_fails_in_bounded_time() {
 
 #[test]
 fn mpich_serve_mode() {
-    if LINKED_TO_MPI {
-        return mpich_refuses_a_binary_linked_to_open_mpi();
-    }
-    serve_mode(Launcher::Mpich);
+    under_mpich(serve_mode);
 }
 
 #[test]
 fn mpich_batch_mode() {
-    if LINKED_TO_MPI {
-        return mpich_refuses_a_binary_linked_to_open_mpi();
-    }
-    batch_mode(Launcher::Mpich);
+    under_mpich(batch_mode);
 }
 
 #[test]
 fn mpich_killed_worker_rank_ends_the_job() {
-    if LINKED_TO_MPI {
-        return mpich_refuses_a_binary_linked_to_open_mpi();
-    }
-    killed_worker_rank_ends_the_job(Launcher::Mpich);
+    under_mpich(killed_worker_rank_ends_the_job);
 }
 
 #[test]
 fn mpich_missing_worker_fails_in_bounded_time() {
+    under_mpich(worker_that_never_starts_fails_the_job_in_bounded_time);
+}
+
+/// Run `scenario` under MPICH's launcher; a binary linked to Open MPI
+/// (`--features mpi`) cannot run there, so it must refuse instead.
+fn under_mpich(scenario: fn(Launcher)) {
     if LINKED_TO_MPI {
-        return mpich_refuses_a_binary_linked_to_open_mpi();
+        mpich_refuses_a_binary_linked_to_open_mpi();
+    } else {
+        scenario(Launcher::Mpich);
     }
-    worker_that_never_starts_fails_the_job_in_bounded_time(Launcher::Mpich);
 }
 
 /// Built with `--features mpi` against Open MPI and started by MPICH's
