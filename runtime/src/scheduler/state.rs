@@ -195,6 +195,8 @@ pub struct SchedulerState {
     check: Vec<TaskId>,
     /// Copies under way for retiring workers: value -> worker copying it.
     replicating: HashMap<TaskId, WorkerId>,
+    /// Workers retiring and not yet told to go (so `settle` need not scan).
+    retiring_count: usize,
     /// Steal requests under way: task -> (worker asked to give it up, thief).
     stealing: HashMap<TaskId, (WorkerId, WorkerId)>,
     pub stats: SchedulerStats,
@@ -223,6 +225,7 @@ impl SchedulerState {
             check: Vec::new(),
             replicating: HashMap::new(),
             stealing: HashMap::new(),
+            retiring_count: 0,
             stats: SchedulerStats::default(),
         }
     }
@@ -391,6 +394,9 @@ impl SchedulerState {
     pub fn remove_worker(&mut self, w: WorkerId, reason: &str) {
         let Some(worker) = self.workers.remove(&w) else { return };
         let name = worker.info.name.clone();
+        if worker.retiring && !worker.retired {
+            self.retiring_count -= 1;
+        }
         if worker.retired {
             self.stats.workers_retired += 1;
             self.logs.push(format!("worker '{name}' ({}) retired", worker.info.address));
@@ -584,6 +590,7 @@ impl SchedulerState {
         for id in chosen {
             let w = self.workers.get_mut(&id).expect("chosen from workers");
             w.retiring = true;
+            self.retiring_count += 1;
             out.push(w.info.name.clone());
             let unique = w.has_what.iter().filter(|t| self.tasks[**t as usize].who_has.len() == 1).count();
             self.logs.push(format!("worker '{}' retiring: no new tasks; {unique} values only it holds will be copied to other workers", w.info.name));
@@ -631,6 +638,7 @@ impl SchedulerState {
             if unique.is_empty() && pending == 0 {
                 let worker = self.workers.get_mut(&w).expect("retiring worker");
                 worker.retired = true;
+                self.retiring_count -= 1;
                 self.to_worker.push((w, ToWorker::Shutdown { reason: "retired".into() }));
             }
         }
@@ -1298,7 +1306,7 @@ impl SchedulerState {
                 self.forget(t);
             }
         }
-        if self.workers.values().any(|w| w.retiring && !w.retired) {
+        if self.retiring_count > 0 {
             self.progress_retirements();
         }
     }
@@ -1412,6 +1420,10 @@ impl SchedulerState {
         let queued_live = self.queued.iter().filter(|Reverse((_, t))| self.tasks[*t as usize].state == TaskState::Queued).count() as u64;
         if queued_live != self.count(TaskState::Queued) {
             return Err(format!("{queued_live} live heap entries but {} queued tasks", self.count(TaskState::Queued)));
+        }
+        let retiring = self.workers.values().filter(|w| w.retiring && !w.retired).count();
+        if retiring != self.retiring_count {
+            return Err(format!("retiring_count {} but {retiring} workers retiring", self.retiring_count));
         }
         for (id, w) in &self.workers {
             for &t in &w.processing {

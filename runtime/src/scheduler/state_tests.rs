@@ -532,3 +532,36 @@ fn big_inputs_are_not_stolen() {
     let (to_w, _) = sim.outgoing();
     assert!(!to_w.iter().any(|(_, m)| matches!(m, ToWorker::Steal { .. })), "moving 10 GiB costs more than the tasks");
 }
+
+#[test]
+fn retirement_copies_unique_values_then_lets_the_worker_go() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    let (text, keys) = fan_out(3);
+    sim.s.update_graph(c, graph(&text), &keys).unwrap();
+    sim.computes();
+    sim.finish(w1, "x");
+    for k in &keys {
+        sim.finish(w1, k);
+    }
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    sim.outgoing();
+    assert_eq!(sim.s.retire_workers(&["a".into()], false), vec!["a"]);
+    sim.ok();
+    let (to_w, _) = sim.outgoing();
+    let copies: Vec<TaskId> = to_w.iter().filter_map(|(w, m)| if let (true, ToWorker::Replicate { id, .. }) = (*w == w2, m) { Some(*id) } else { None }).collect();
+    assert_eq!(copies.len(), 3, "the three wanted values only w1 holds: {to_w:?}");
+    for t in copies {
+        sim.s.replicated(w2, t, 8, 0.0);
+        sim.ok();
+    }
+    let (to_w, _) = sim.outgoing();
+    assert!(to_w.iter().any(|(w, m)| *w == w1 && matches!(m, ToWorker::Shutdown { .. })), "{to_w:?}");
+    sim.s.remove_worker(w1, "connection closed");
+    sim.ok();
+    assert_eq!((sim.s.stats.workers_retired, sim.s.stats.workers_lost, sim.s.stats.tasks_recomputed), (1, 0, 0));
+    for k in &keys {
+        assert_eq!(sim.s.who_has(k), vec![w2]);
+    }
+}
