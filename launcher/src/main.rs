@@ -53,10 +53,124 @@ enum Command {
     /// Under mpirun/mpiexec/srun: rank 0 runs the scheduler, the other ranks run workers
     /// (with `-- CMD ...`, rank 1 runs CMD and the job ends when it does).
     Mpi(MpiArgs),
+    /// Worker jobs on a batch system (SLURM, PBS, Torque, LSF, SGE): print a job script, submit, list, cancel.
+    #[command(subcommand)]
+    Jobqueue(JobqueueCommand),
     /// Show the node's topology (cores, NUMA nodes, allowed CPUs) and the binding plan.
     Topology(TopologyArgs),
     /// List the built-in task functions.
     Functions,
+}
+
+#[derive(Subcommand)]
+enum JobqueueCommand {
+    /// Print the worker job script that `submit` would submit (nothing is submitted).
+    Script(JobScriptArgs),
+    /// Submit worker jobs that join the scheduler named by --scheduler-file.
+    Submit(JobSubmitArgs),
+    /// List the worker jobs submitted for this scheduler (by `submit` or by `scheduler --adapt`), with their states.
+    List(JobListArgs),
+    /// Cancel the worker jobs submitted for this scheduler (all, or those given with --job).
+    Cancel(JobCancelArgs),
+}
+
+/// What each worker job asks the batch system for, and how its workers start.
+#[derive(Args, Clone)]
+struct JobArgs {
+    /// Cores per job; the job's worker processes share them.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    cores: u32,
+    /// Memory per job, with a unit: 16GB (10^9 bytes), 16GiB (2^30), 16000M (2^20). Directives are written in MiB, rounded down;
+    /// each worker gets its share as --memory-limit. [default: no memory request, no worker limit]
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Worker processes per job (threads per worker = cores / processes).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    processes: u32,
+    /// Queue (SLURM partition).
+    #[arg(long, value_name = "NAME")]
+    queue: Option<String>,
+    /// Account to charge (SLURM, PBS) or project (LSF, SGE).
+    #[arg(long, alias = "project", value_name = "NAME")]
+    account: Option<String>,
+    /// Walltime of each job: HH:MM:SS, D-HH:MM:SS or a duration such as 90m. Workers retire gracefully before it ends
+    /// (see --walltime-margin) and, with --adapt, replacement jobs are submitted ahead of time.
+    #[arg(long, value_name = "TIME")]
+    walltime: Option<String>,
+    /// How long before the walltime the workers start retiring [default: 10% of the walltime, between 5 s and 5 min].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    walltime_margin: Option<Duration>,
+    /// Job name.
+    #[arg(long, default_value = "taskfarm-worker", value_name = "NAME")]
+    job_name: String,
+    /// An extra directive line, e.g. "--exclusive" or "-l select=1:ncpus=4:mpiprocs=1" (the #SBATCH/#PBS/#BSUB/#$ prefix is added). Repeatable.
+    #[arg(long, value_name = "DIRECTIVE")]
+    job_extra_directive: Vec<String>,
+    /// Leave out generated directive lines containing this text, e.g. "--mem" where the site rejects it. Repeatable.
+    #[arg(long, value_name = "TEXT")]
+    skip_directive: Vec<String>,
+    /// A shell line to run before the workers start, e.g. "module load gcc". Repeatable.
+    #[arg(long, value_name = "LINE")]
+    prologue: Vec<String>,
+    /// Directory for the jobs' output files [default: the batch system's default, usually the submit directory].
+    #[arg(long, value_name = "DIR")]
+    log_directory: Option<PathBuf>,
+    /// Parent of each worker's scratch directory on the compute node, e.g. '$TMPDIR' (expanded in the job).
+    #[arg(long, value_name = "DIR")]
+    local_directory: Option<String>,
+    /// The taskfarm executable the jobs run [default: this executable's absolute path].
+    #[arg(long, value_name = "PATH")]
+    taskfarm: Option<String>,
+    /// Job script template with {{directives}}, {{prologue}}, {{command}} and {{system}} placeholders [default: jobscripts/templates/worker-job.sh, built in].
+    #[arg(long, value_name = "FILE")]
+    template: Option<PathBuf>,
+    /// An extra argument for `taskfarm worker`, e.g. --worker-arg=--resources --worker-arg="GPU=1". Repeatable.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    worker_arg: Vec<String>,
+}
+
+#[derive(Args)]
+struct JobScriptArgs {
+    /// Batch system: slurm, pbs (PBS Pro/OpenPBS), torque, lsf or sge.
+    #[arg(long, value_name = "SYSTEM")]
+    system: taskfarm::jobqueue::System,
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    /// Network interface the workers listen on and advertise, e.g. ib0.
+    #[arg(long, value_name = "NAME")]
+    interface: Option<String>,
+    #[command(flatten)]
+    job: JobArgs,
+}
+
+#[derive(Args)]
+struct JobSubmitArgs {
+    #[command(flatten)]
+    script: JobScriptArgs,
+    /// Number of jobs to submit.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    jobs: u32,
+}
+
+#[derive(Args)]
+struct JobListArgs {
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    /// Also show jobs that have ended (kept for a day).
+    #[arg(long)]
+    all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct JobCancelArgs {
+    #[command(flatten)]
+    file: SchedulerFileArg,
+    /// Cancel only this job (repeatable) [default: every job of this scheduler that has not ended].
+    #[arg(long = "job", value_name = "ID")]
+    jobs: Vec<String>,
 }
 
 #[derive(Args)]
@@ -135,6 +249,30 @@ struct SchedulerArgs {
     /// A task running on this many workers that died is marked erred.
     #[arg(long, default_value_t = 3, value_name = "N")]
     allowed_failures: u32,
+    /// Adaptive scaling: submit worker jobs to this batch system (slurm, pbs, torque, lsf, sge) as work queues up, retire idle ones.
+    /// Job options (--cores, --memory, --walltime, ...) as for `taskfarm jobqueue submit`.
+    #[arg(long, value_name = "SYSTEM")]
+    adapt: Option<taskfarm::jobqueue::System>,
+    /// With --adapt: never fewer jobs than this.
+    #[arg(long, default_value_t = 0, value_name = "N", requires = "adapt")]
+    minimum_jobs: u32,
+    /// With --adapt: never more jobs than this (jobs near their walltime are replaced ahead of time, briefly exceeding it).
+    #[arg(long, default_value_t = 10, value_name = "N", requires = "adapt")]
+    maximum_jobs: u32,
+    /// With --adapt: submit jobs until the queued work would take at most this long on the workers.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration, requires = "adapt")]
+    target_duration: Duration,
+    /// With --adapt: how often to check.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration, requires = "adapt")]
+    adapt_interval: Duration,
+    /// With --adapt: retire a job once idle at this many consecutive checks.
+    #[arg(long, default_value_t = 3, value_name = "N", requires = "adapt")]
+    wait_count: u32,
+    /// With --adapt: interface the workers use [default: the scheduler's --interface].
+    #[arg(long, value_name = "NAME", requires = "adapt")]
+    worker_interface: Option<String>,
+    #[command(flatten)]
+    job: JobArgs,
 }
 
 #[derive(Args)]
@@ -171,9 +309,20 @@ struct WorkerArgs {
     /// Retire gracefully (unique results moved to other workers, then exit 0) this long after starting, e.g. a few minutes less than the job's walltime.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     lifetime: Option<Duration>,
-    /// Leave up to this much earlier than --lifetime, at random, so workers started together do not all leave at once.
-    #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = parse_duration, requires = "lifetime")]
-    lifetime_stagger: Duration,
+    /// Leave up to this much earlier, at random, so workers started together do not all leave at once
+    /// [default: 0 with --lifetime; half the margin when the end comes from the walltime].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    lifetime_stagger: Option<Duration>,
+    /// The job's walltime (HH:MM:SS or e.g. 90m), counted from this worker's start: it retires --walltime-margin before the end.
+    /// Without --lifetime or --walltime, a worker inside a SLURM or Torque job asks the batch system for the time left.
+    #[arg(long, value_name = "TIME", conflicts_with = "lifetime")]
+    walltime: Option<String>,
+    /// How long before the walltime to retire [default: 10% of the walltime, between 5 s and 5 min].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    walltime_margin: Option<Duration>,
+    /// The batch job this worker belongs to (adaptive scaling retires whole jobs) [default: from $SLURM_JOB_ID, $PBS_JOBID, $LSB_JOBID or Grid Engine's $JOB_ID].
+    #[arg(long, value_name = "ID")]
+    job_id: Option<String>,
 }
 
 /// Thresholds as fractions of --memory-limit (Dask's defaults); `off` disables one.
@@ -341,6 +490,7 @@ fn main() -> ExitCode {
         Command::Retire(a) => cmd_retire(a),
         Command::Mpi(a) => cmd_mpi(a),
         Command::Topology(a) => cmd_topology(a),
+        Command::Jobqueue(c) => cmd_jobqueue(c),
         Command::Functions => {
             for (name, help) in Registry::with_builtins().describe() {
                 println!("{name:10} {help}");
@@ -453,16 +603,42 @@ fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
     let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
     let _pid = PidFile::create(a.pid_file)?;
     let (listen, contact) = a.net.resolve()?;
+    let adapt_plan = match a.adapt {
+        Some(system) => {
+            let opts = a.job.options(system, &path, a.worker_interface.clone().or(a.net.interface.clone()))?;
+            if opts.walltime.is_none() {
+                log_at!(2, "adapt", "no --walltime: worker jobs get the batch system's default time limit and are not replaced ahead of it");
+            }
+            if a.maximum_jobs == 0 || a.minimum_jobs > a.maximum_jobs {
+                return Err(Fail(EXIT_USAGE, format!("--minimum-jobs {} and --maximum-jobs {} must satisfy 0 <= min <= max, max >= 1", a.minimum_jobs, a.maximum_jobs)));
+            }
+            opts.validate().map_err(|e| Fail(EXIT_USAGE, e))?;
+            let mut cfg = taskfarm::jobqueue::adapt::AdaptConfig::new(a.minimum_jobs, a.maximum_jobs, opts.cores);
+            cfg.interval = a.adapt_interval.max(Duration::from_millis(100));
+            cfg.target_duration = a.target_duration.as_secs_f64().max(0.001);
+            cfg.wait_count = a.wait_count.max(1);
+            cfg.lifetime = opts.walltime.map(|w| (w - opts.walltime_margin.unwrap_or_else(|| taskfarm::jobqueue::default_margin(w)).min(w)) as f64);
+            Some((opts, cfg))
+        }
+        None => None,
+    };
     let host = a.host.or(listen).unwrap_or_else(util::default_ip);
     let sched = scheduler::start(ServerConfig {
         listen: SocketAddr::new(host, a.port),
         contact: contact.map(|c| c.to_string()),
         secret: util::random_bytes(32),
-        scheduler_file: Some(path),
+        scheduler_file: Some(path.clone()),
         idle_timeout: a.idle_timeout,
         state: SchedulerConfig { worker_timeout: a.worker_timeout.as_secs_f64(), allowed_failures: a.allowed_failures, ..Default::default() },
     })
     .map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
+    let adapt = match adapt_plan {
+        Some((opts, cfg)) => Some(taskfarm::jobqueue::adapt::spawn(sched.controller(), opts, cfg).map_err(|e| {
+            sched.stop("adaptive scaling could not start");
+            Fail(EXIT_USAGE, e)
+        })?),
+        None => None,
+    };
     let stop = sched.stopper();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .map_err(|e| Fail(EXIT_USAGE, format!("cannot install signal handlers: {e}")))?;
@@ -472,6 +648,9 @@ fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
         }
     });
     sched.join();
+    if let Some(a) = adapt {
+        a.shutdown();
+    }
     Ok(0)
 }
 
@@ -490,6 +669,7 @@ fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, Fail> {
 }
 
 fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
+    let lifetime = worker_lifetime(&a)?;
     let _pid = PidFile::create(a.pid_file)?;
     let resources = a.resources.as_deref().map(parse_resources).transpose()?.unwrap_or_default();
     let memory_limit = util::parse_memory(&a.memory_limit, util::node_memory()).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
@@ -529,11 +709,8 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         registry: Registry::with_builtins(),
         memory: a.memory.policy(memory_limit),
         retire_requests: Some(retire),
-        lifetime: a.lifetime.map(|l| {
-            let stagger = a.lifetime_stagger.min(l).as_secs_f64();
-            let r = u64::from_le_bytes(util::random_bytes(8).try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
-            l - Duration::from_secs_f64(stagger * r)
-        }),
+        lifetime,
+        job: a.job_id.clone().or_else(|| taskfarm::jobqueue::detect_job().map(|(_, id)| id)).unwrap_or_default(),
     };
     match worker::run(cfg, stream) {
         Ok(WorkerExit::Shutdown(_)) => Ok(0),
@@ -544,6 +721,33 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         Ok(WorkerExit::MemoryLimit(_)) => Ok(3),
         Err(e) => Err(Fail(EXIT_USAGE, e.to_string())),
     }
+}
+
+/// How long the worker stays: --lifetime, else the walltime (given, or
+/// asked of the batch system) minus the margin; minus a random stagger.
+fn worker_lifetime(a: &WorkerArgs) -> Result<Option<Duration>, Fail> {
+    use taskfarm::jobqueue;
+    let walltime = match (&a.lifetime, &a.walltime) {
+        (Some(_), _) => None,
+        (None, Some(w)) => Some((jobqueue::parse_walltime(w).map_err(|e| Fail(EXIT_USAGE, format!("--walltime: {e}")))?, "--walltime".to_string())),
+        (None, None) => jobqueue::walltime_left().map(|(sys, left)| (left, format!("the time left in this {sys} job"))),
+    };
+    let (base, default_stagger) = match (a.lifetime, walltime) {
+        (Some(l), _) => (l, Duration::ZERO),
+        (None, Some((secs, source))) => {
+            let margin = a.walltime_margin.unwrap_or_else(|| Duration::from_secs(jobqueue::default_margin(secs)));
+            let total = Duration::from_secs(secs);
+            if margin >= total {
+                return Err(Fail(EXIT_USAGE, format!("--walltime-margin ({:.0} s) leaves no time of the walltime ({secs} s)", margin.as_secs_f64())));
+            }
+            log_at!(2, "worker", "walltime {secs} s (from {source}): retiring {:.0} s before the end", margin.as_secs_f64());
+            (total - margin, margin / 2)
+        }
+        (None, None) => return Ok(None),
+    };
+    let stagger = a.lifetime_stagger.unwrap_or(default_stagger).min(base).as_secs_f64();
+    let r = u64::from_le_bytes(util::random_bytes(8).try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
+    Ok(Some(base - Duration::from_secs_f64(stagger * r)))
 }
 
 fn connect_with_retry(addr: &str, secret: &[u8], timeout: Duration) -> Result<std::net::TcpStream, Fail> {
@@ -711,5 +915,181 @@ fn cmd_retire(a: RetireArgs) -> Result<u8, Fail> {
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+impl JobArgs {
+    /// Job options for `system`, with the scheduler file made absolute (jobs run elsewhere).
+    fn options(&self, system: taskfarm::jobqueue::System, scheduler_file: &Path, interface: Option<String>) -> Result<taskfarm::jobqueue::JobOptions, Fail> {
+        use taskfarm::jobqueue;
+        let usage = |e: String| Fail(EXIT_USAGE, e);
+        let sched = std::path::absolute(scheduler_file).map_err(|e| usage(format!("--scheduler-file {}: {e}", scheduler_file.display())))?;
+        let mut o = jobqueue::JobOptions::new(system, sched);
+        o.cores = self.cores;
+        o.processes = self.processes;
+        o.memory = self.memory.as_deref().map(parse_job_memory).transpose()?;
+        o.queue = self.queue.clone();
+        o.account = self.account.clone();
+        o.walltime = self.walltime.as_deref().map(jobqueue::parse_walltime).transpose().map_err(|e| usage(format!("--walltime: {e}")))?;
+        o.walltime_margin = self.walltime_margin.map(|d| d.as_secs_f64().ceil() as u64);
+        o.job_name = self.job_name.clone();
+        o.extra_directives = self.job_extra_directive.clone();
+        o.skip_directives = self.skip_directive.clone();
+        o.prologue = self.prologue.clone();
+        o.log_directory = self.log_directory.as_deref().map(std::path::absolute).transpose().map_err(|e| usage(format!("--log-directory: {e}")))?;
+        o.interface = interface;
+        o.local_directory = self.local_directory.clone();
+        o.taskfarm = match &self.taskfarm {
+            Some(t) => t.clone(),
+            None => std::env::current_exe().map_err(|e| usage(format!("cannot find this executable's path ({e}); give --taskfarm")))?.display().to_string(),
+        };
+        o.worker_args = self.worker_arg.clone();
+        if let Some(t) = &self.template {
+            o.template = Some(std::fs::read_to_string(t).map_err(|e| usage(format!("--template {}: {e}", t.display())))?);
+        }
+        if let (Some(w), Some(m)) = (o.walltime, o.walltime_margin) {
+            if m >= w {
+                return Err(usage(format!("--walltime-margin ({m} s) must be shorter than --walltime ({w} s)")));
+            }
+        }
+        o.validate().map_err(usage)?;
+        Ok(o)
+    }
+}
+
+/// A job's memory: an absolute size with a unit (no fractions of "the node").
+fn parse_job_memory(s: &str) -> Result<u64, Fail> {
+    let t = s.trim();
+    if t.chars().all(|c| c.is_ascii_digit() || c == '.') || t.eq_ignore_ascii_case("auto") {
+        return Err(Fail(EXIT_USAGE, format!("--memory '{s}': give a size with a unit: 16GB (10^9 bytes), 16GiB (2^30 bytes) or 16000M (2^20 bytes)")));
+    }
+    match util::parse_memory(t, 0) {
+        Ok(Some(b)) if b > 0 => Ok(b),
+        Ok(_) => Err(Fail(EXIT_USAGE, format!("--memory '{s}' must be positive"))),
+        Err(e) => Err(Fail(EXIT_USAGE, format!("--memory: {e}"))),
+    }
+}
+
+fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
+    use taskfarm::jobqueue::{self, adapt, record::Record};
+    match c {
+        JobqueueCommand::Script(a) => {
+            let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
+            let opts = a.job.options(a.system, &path, a.interface.clone())?;
+            print!("{}", opts.render());
+            Ok(0)
+        }
+        JobqueueCommand::Submit(a) => {
+            if a.jobs == 0 {
+                return Err(Fail(EXIT_USAGE, "--jobs must be at least 1".into()));
+            }
+            let s = &a.script;
+            let path = schedfile::resolve_path(s.file.scheduler_file.as_deref());
+            let opts = s.job.options(s.system, &path, s.interface.clone())?;
+            let script = adapt::script_path(&opts.scheduler_file, "submit");
+            adapt::write_script(&script, &opts.render()).map_err(|e| Fail(EXIT_USAGE, e))?;
+            let record = Record::for_scheduler_file(&opts.scheduler_file);
+            let mut ids = Vec::new();
+            for i in 0..a.jobs {
+                match jobqueue::submit(s.system, &script) {
+                    Ok(id) => {
+                        record.add(s.system.name(), std::slice::from_ref(&id), "submit", opts.processes).map_err(|e| Fail(EXIT_USAGE, e))?;
+                        println!("{id}");
+                        ids.push(id);
+                    }
+                    Err(e) => {
+                        let done = if i == 0 { String::new() } else { format!(" ({i} of {} submitted: {})", a.jobs, ids.join(" ")) };
+                        return Err(Fail(EXIT_TASK_FAILED, format!("{e}{done}; job script: {}", script.display())));
+                    }
+                }
+            }
+            eprintln!("taskfarm: submitted {} {} job(s) (script {}; record {})", ids.len(), s.system, script.display(), record.path().display());
+            Ok(0)
+        }
+        JobqueueCommand::List(a) => {
+            let path = std::path::absolute(schedfile::resolve_path(a.file.scheduler_file.as_deref())).map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
+            let record = Record::for_scheduler_file(&path);
+            refresh_states(&record)?;
+            let jobs: Vec<_> = record.load().map_err(|e| Fail(EXIT_USAGE, e))?.into_iter().filter(|j| a.all || j.ended.is_none()).collect();
+            // Workers per job, if the scheduler answers.
+            let joined: std::collections::HashMap<String, u32> = Client::from_scheduler_file(&path, Duration::from_secs(2))
+                .ok()
+                .and_then(|mut c| c.status().ok())
+                .map(|r| r.workers.iter().fold(std::collections::HashMap::new(), |mut m, w| {
+                    *m.entry(w.job.clone()).or_insert(0) += 1;
+                    m
+                }))
+                .unwrap_or_default();
+            let now = util::unix_time();
+            if a.json {
+                let list: Vec<serde_json::Value> = jobs
+                    .iter()
+                    .map(|j| serde_json::json!({"id": j.id, "system": j.system, "state": j.state, "submitted": j.submitted, "by": j.by,
+                        "workers": j.workers, "workers_joined": joined.get(&j.id).copied().unwrap_or(0), "ended": j.ended}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list).expect("serialisable"));
+                return Ok(0);
+            }
+            if jobs.is_empty() {
+                eprintln!("taskfarm: no {}jobs recorded in {}", if a.all { "" } else { "live " }, record.path().display());
+                return Ok(0);
+            }
+            println!("{:<16} {:<7} {:<11} {:>8} {:<7} WORKERS", "JOB", "SYSTEM", "STATE", "AGE", "BY");
+            for j in &jobs {
+                println!("{:<16} {:<7} {:<11} {:>8} {:<7} {}/{}", j.id, j.system, j.state, format_age(now - j.submitted), j.by, joined.get(&j.id).copied().unwrap_or(0), j.workers);
+            }
+            Ok(0)
+        }
+        JobqueueCommand::Cancel(a) => {
+            let path = std::path::absolute(schedfile::resolve_path(a.file.scheduler_file.as_deref())).map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
+            let record = Record::for_scheduler_file(&path);
+            let jobs = record.load().map_err(|e| Fail(EXIT_USAGE, e))?;
+            if let Some(unknown) = a.jobs.iter().find(|id| !jobs.iter().any(|j| &j.id == *id)) {
+                return Err(Fail(EXIT_USAGE, format!("job {unknown} is not in {} (see taskfarm jobqueue list --all)", record.path().display())));
+            }
+            let chosen: Vec<_> = jobs.into_iter().filter(|j| if a.jobs.is_empty() { j.ended.is_none() } else { a.jobs.contains(&j.id) }).collect();
+            if chosen.is_empty() {
+                eprintln!("taskfarm: no live jobs to cancel");
+                return Ok(0);
+            }
+            let mut by_system: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+            for j in &chosen {
+                by_system.entry(j.system.clone()).or_default().push(j.id.clone());
+            }
+            for (system, ids) in &by_system {
+                let sys: jobqueue::System = system.parse().map_err(|e: String| Fail(EXIT_USAGE, e))?;
+                jobqueue::cancel(sys, ids).map_err(|e| Fail(EXIT_TASK_FAILED, e))?;
+                let states = ids.iter().map(|id| (id.clone(), jobqueue::JobState::Gone("cancelled".into()))).collect();
+                record.set_states(&states).map_err(|e| Fail(EXIT_USAGE, e))?;
+                eprintln!("taskfarm: cancelled {} job(s): {}", ids.len(), ids.join(" "));
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Ask the batch system(s) for the states of the recorded live jobs.
+fn refresh_states(record: &taskfarm::jobqueue::record::Record) -> Result<(), Fail> {
+    let jobs = record.load().map_err(|e| Fail(EXIT_USAGE, e))?;
+    let mut by_system: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    for j in jobs.iter().filter(|j| j.ended.is_none()) {
+        by_system.entry(j.system.clone()).or_default().push(j.id.clone());
+    }
+    for (system, ids) in by_system {
+        let sys: taskfarm::jobqueue::System = system.parse().map_err(|e: String| Fail(EXIT_USAGE, e))?;
+        match taskfarm::jobqueue::query(sys, &ids) {
+            Ok(states) => record.set_states(&states).map_err(|e| Fail(EXIT_USAGE, e))?,
+            Err(e) => eprintln!("taskfarm: warning: cannot query {system} job states: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn format_age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
     }
 }

@@ -9,13 +9,15 @@
 //! * [`schedfile`]: the scheduler file;
 //! * [`local`]: the embedded one-machine cluster (`taskfarm run`);
 //! * [`mpi`]: running under mpirun/srun (rank roles, batch mode, SPMD API);
-//! * [`node`]: interfaces, node-local scratch, topology and core binding.
+//! * [`node`]: interfaces, node-local scratch, topology and core binding;
+//! * [`jobqueue`]: worker jobs on SLURM/PBS/LSF/SGE, adaptive scaling.
 //!
 //! See docs/ARCHITECTURE.md for the code map and the scheduler's invariants.
 
 pub mod client;
 pub mod functions;
 pub mod graph;
+pub mod jobqueue;
 pub mod local;
 pub mod mpi;
 pub mod node;

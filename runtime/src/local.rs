@@ -47,6 +47,7 @@ impl LocalCluster {
                 memory: crate::worker::MemoryPolicy::default(),
                 retire_requests: None,
                 lifetime: None,
+                job: String::new(),
             };
             workers.push(std::thread::Builder::new().name(format!("tf-worker-{i}")).spawn(move || {
                 if let Err(e) = worker::run(cfg, stream) {

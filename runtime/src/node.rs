@@ -74,7 +74,8 @@ pub fn interface_address(name: &str) -> Result<IpAddr, String> {
 /// Where worker scratch directories go: the flag, else `$TMPDIR`, else the
 /// batch system's job scratch, else `/tmp`.
 pub fn choose_local_directory(flag: Option<&Path>) -> PathBuf {
-    if let Some(p) = flag {
+    // An empty flag (e.g. a job script's "$TMPDIR" where it is unset) means the default.
+    if let Some(p) = flag.filter(|p| !p.as_os_str().is_empty()) {
         return p.to_path_buf();
     }
     for var in ["TMPDIR", "SLURM_TMPDIR", "LSF_TMPDIR", "PBS_TMPDIR"] {

@@ -104,6 +104,8 @@ pub enum ToScheduler {
         host: String,
         pid: u32,
         local_directory: String,
+        /// The batch job this worker runs in ("" outside a job).
+        job: String,
     },
     RegisterClient {
         name: String,
@@ -198,6 +200,8 @@ pub struct WorkerStatus {
     pub address: String,
     pub host: String,
     pub pid: u32,
+    /// The batch job the worker runs in ("" outside a job).
+    pub job: String,
     pub nthreads: u32,
     pub processing: u32,
     pub in_memory: u64,

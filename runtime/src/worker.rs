@@ -46,6 +46,9 @@ pub struct WorkerConfig {
     /// Retire gracefully this long after starting (e.g. before a batch
     /// job's walltime ends); `None`: no limit.
     pub lifetime: Option<Duration>,
+    /// The batch job this worker runs in ("" outside a job); adaptive
+    /// scaling retires and cancels whole jobs.
+    pub job: String,
 }
 
 /// How long a retiring worker waits for the scheduler before leaving anyway.
@@ -178,6 +181,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
             host: util::hostname(),
             pid: std::process::id(),
             local_directory: scratch.display().to_string(),
+            job: cfg.job.clone(),
         }],
         &[],
     )?;
@@ -226,7 +230,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
 
     let retire_at = cfg.lifetime.map(|l| Instant::now() + l);
     if let Some(l) = cfg.lifetime {
-        log_at!(2, "worker", "worker '{}' will retire gracefully after {:.0} s (--lifetime)", cfg.name, l.as_secs_f64());
+        log_at!(2, "worker", "worker '{}' will retire gracefully after {:.0} s", cfg.name, l.as_secs_f64());
     }
     let mut w = WorkerLoop {
         cfg,

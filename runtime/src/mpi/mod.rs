@@ -241,6 +241,7 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
                 memory: opts.memory.clone(),
                 retire_requests: Some(retire),
                 lifetime: None,
+                job: crate::jobqueue::detect_job().map(|(_, id)| id).unwrap_or_default(),
             };
             match worker::run(cfg, stream).map_err(|e| e.to_string())? {
                 WorkerExit::Shutdown(_) => Ok(0),
@@ -376,8 +377,12 @@ fn run_command(argv: &[String], scheduler_file: &std::path::Path) -> Result<i32,
 /// SIGINT and SIGTERM, reported on the returned channel (process-wide
 /// handlers, so it works whatever threads a library such as MPI started).
 pub fn termination_signals() -> crossbeam_channel::Receiver<i32> {
+    signals_channel(&[signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+}
+
+fn signals_channel(which: &[i32]) -> crossbeam_channel::Receiver<i32> {
     let (tx, rx) = crossbeam_channel::unbounded();
-    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+    match signal_hook::iterator::Signals::new(which) {
         Ok(mut signals) => {
             std::thread::spawn(move || {
                 for sig in signals.forever() {
@@ -392,18 +397,26 @@ pub fn termination_signals() -> crossbeam_channel::Receiver<i32> {
     rx
 }
 
-/// First SIGINT/SIGTERM: ask to retire gracefully (on the returned channel);
-/// second: leave at once.
+/// First SIGINT, SIGTERM or SIGUSR1: ask to retire gracefully (on the
+/// returned channel). More SIGTERM/SIGUSR1 are ignored while retiring
+/// (batch systems often signal both the job's shell, which passes it on, and
+/// the worker itself; SIGKILL follows their grace period anyway); a second
+/// SIGINT (Ctrl-C twice) leaves at once.
 pub fn retire_on_signals() -> crossbeam_channel::Receiver<()> {
-    let signals = termination_signals();
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let signals = signals_channel(&[SIGINT, SIGTERM, SIGUSR1]);
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
-        if signals.recv().is_ok() {
+        if let Ok(sig) = signals.recv() {
+            log_at!(2, "worker", "signal {sig}: retiring gracefully");
             let _ = tx.send(());
         }
-        if let Ok(sig) = signals.recv() {
-            log_at!(1, "worker", "second signal {sig}: leaving at once");
-            std::process::exit(1);
+        for sig in signals.iter() {
+            if sig == SIGINT {
+                log_at!(1, "worker", "second SIGINT: leaving at once");
+                std::process::exit(1);
+            }
+            log_at!(2, "worker", "signal {sig} while retiring: already retiring");
         }
     });
     rx

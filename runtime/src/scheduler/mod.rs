@@ -4,5 +4,5 @@
 pub mod server;
 pub mod state;
 
-pub use server::{start, Scheduler, ServerConfig};
+pub use server::{start, Controller, Scheduler, ServerConfig};
 pub use state::{SchedulerConfig, SchedulerState, TaskState};

@@ -40,6 +40,9 @@ enum Event {
     Messages { conn: ConnId, msgs: Vec<ToScheduler> },
     Closed { conn: ConnId, reason: String },
     Stop { reason: String },
+    /// From a [`Controller`] in the same process.
+    Status { reply: Sender<StatusReport> },
+    Retire { names: Vec<String>, reply: Sender<Vec<String>> },
 }
 
 /// A running scheduler.
@@ -69,6 +72,34 @@ impl Scheduler {
         move |reason: &str| {
             let _ = tx.send(Event::Stop { reason: reason.to_string() });
         }
+    }
+
+    /// A handle for in-process components (adaptive scaling) to query and
+    /// steer the scheduler without a network connection.
+    pub fn controller(&self) -> Controller {
+        Controller { events: self.events.clone() }
+    }
+}
+
+/// Queries and commands from the scheduler's own process; each call returns
+/// `None` once the scheduler has stopped.
+#[derive(Clone)]
+pub struct Controller {
+    events: Sender<Event>,
+}
+
+impl Controller {
+    pub fn status(&self) -> Option<StatusReport> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.events.send(Event::Status { reply }).ok()?;
+        rx.recv().ok()
+    }
+
+    /// Retire these workers gracefully; returns the names now retiring.
+    pub fn retire(&self, names: Vec<String>) -> Option<Vec<String>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.events.send(Event::Retire { names, reply }).ok()?;
+        rx.recv().ok()
     }
 }
 
@@ -157,10 +188,10 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
     };
     let mut rest = first.into_iter();
     match (role, rest.next()) {
-        (Role::Worker, Some(ToScheduler::RegisterWorker { name, data_address, nthreads, resources, host, pid, .. })) => {
+        (Role::Worker, Some(ToScheduler::RegisterWorker { name, data_address, nthreads, resources, host, pid, job, .. })) => {
             let (wtx, wrx) = unbounded();
             spawn_writer(stream.try_clone().ok(), wrx, format!("worker '{name}'"));
-            let info = WorkerInfo { name, address: data_address, nthreads: nthreads.max(1), resources, host, pid };
+            let info = WorkerInfo { name, address: data_address, nthreads: nthreads.max(1), resources, host, pid, job };
             let _ = tx.send(Event::Worker { conn, info, tx: wtx, stream });
         }
         (Role::Client, Some(ToScheduler::RegisterClient { name })) => {
@@ -374,6 +405,12 @@ impl Core {
                 None => {}
             },
             Event::Stop { reason } => self.stop = Some(reason),
+            Event::Status { reply } => {
+                let _ = reply.send(self.state.status(now, &self.address, self.started));
+            }
+            Event::Retire { names, reply } => {
+                let _ = reply.send(self.state.retire_workers(&names, false));
+            }
         }
     }
 

@@ -100,6 +100,8 @@ pub struct WorkerInfo {
     pub resources: Vec<(String, f64)>,
     pub host: String,
     pub pid: u32,
+    /// The batch job the worker runs in ("" outside a job).
+    pub job: String,
 }
 
 #[derive(Debug)]
@@ -282,6 +284,7 @@ impl SchedulerState {
                     address: w.info.address.clone(),
                     host: w.info.host.clone(),
                     pid: w.info.pid,
+                    job: w.info.job.clone(),
                     nthreads: w.info.nthreads,
                     processing: w.processing.len() as u32,
                     in_memory: w.has_what.len() as u64,
@@ -301,6 +304,7 @@ impl SchedulerState {
                 ("workers_retired".into(), self.stats.workers_retired),
                 ("values_replicated".into(), self.stats.values_replicated),
                 ("tasks_stolen".into(), self.stats.tasks_stolen),
+                ("mean_task_us".into(), (self.avg_duration * 1e6) as u64),
             ],
         }
     }

@@ -9,7 +9,7 @@ fn graph(text: &str) -> Vec<TaskDef> {
 }
 
 fn info(name: &str, nthreads: u32) -> WorkerInfo {
-    WorkerInfo { name: name.into(), address: format!("tcp://{name}:1"), nthreads, resources: vec![], host: "h".into(), pid: 1 }
+    WorkerInfo { name: name.into(), address: format!("tcp://{name}:1"), nthreads, resources: vec![], host: "h".into(), pid: 1, job: String::new() }
 }
 
 struct Sim {
