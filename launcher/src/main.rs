@@ -788,7 +788,7 @@ fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
             .iter()
             .map(|w| {
                 serde_json::json!({
-                    "id": w.id, "name": w.name, "address": w.address, "host": w.host, "pid": w.pid,
+                    "id": w.id, "name": w.name, "address": w.address, "host": w.host, "pid": w.pid, "job": w.job,
                     "nthreads": w.nthreads, "processing": w.processing, "in_memory": w.in_memory,
                     "memory": w.metrics.rss, "stored_bytes": w.metrics.stored_bytes,
                     "executing": w.metrics.executing,

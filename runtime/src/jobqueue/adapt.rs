@@ -335,6 +335,7 @@ pub fn spawn(controller: Controller, opts: JobOptions, cfg: AdaptConfig) -> Resu
             let t0 = std::time::Instant::now();
             let mut adaptor = Adaptor::new(cfg.clone());
             let mut query_failing = false;
+            let mut last_target = None;
             loop {
                 let Some(status) = controller.status() else { break };
                 let now = t0.elapsed().as_secs_f64();
@@ -354,6 +355,11 @@ pub fn spawn(controller: Controller, opts: JobOptions, cfg: AdaptConfig) -> Resu
                     }
                 };
                 let obs = observe(&status, now, states);
+                let target = adaptor.target(&obs);
+                if last_target != Some(target) {
+                    log_at!(2, "adapt", "target {target} worker job(s) for {} unfinished tasks ({} live)", obs.remaining_tasks, ids.len());
+                    last_target = Some(target);
+                }
                 for action in adaptor.step(&obs) {
                     match action {
                         Action::Submit(n) => {

@@ -1,0 +1,234 @@
+//! Worker jobs through real batch systems: the single-machine SLURM cluster
+//! started by tests/infra/slurm-up.sh (4 virtual nodes) and the Son of Grid
+//! Engine cell started by tests/infra/sge-up.sh. tests/run-all.sh starts
+//! both; without them these tests fail and say how to start them.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn require(system: &str) {
+    let (cmd, args, script): (&str, &[&str], &str) = match system {
+        "slurm" => ("sinfo", &["-h"], "tests/infra/slurm-up.sh"),
+        _ => ("qstat", &["-f"], "tests/infra/sge-up.sh"),
+    };
+    let ok = Command::new(cmd).args(args).envs(sge_env()).output().is_ok_and(|o| o.status.success());
+    assert!(ok, "no {system} cluster answers `{cmd}`: start it with `sudo bash {script}` (tests/run-all.sh does)");
+}
+
+fn sge_env() -> [(&'static str, &'static str); 2] {
+    [("SGE_ROOT", "/var/lib/gridengine"), ("SGE_CELL", "default")]
+}
+
+/// Cancels whatever jobs the test submitted, even when it fails.
+struct JobGuard<'a>(&'a Path);
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(bin()).args(["jobqueue", "cancel", "--scheduler-file", self.0.to_str().unwrap()]).envs(sge_env()).output();
+    }
+}
+
+fn jq(args: &[&str]) -> std::process::Output {
+    Command::new(bin()).arg("jobqueue").args(args).envs(sge_env()).output().unwrap()
+}
+
+/// The jobs in the record, as `jobqueue list --all --json` shows them.
+fn recorded(file: &Path) -> Vec<serde_json::Value> {
+    let o = jq(&["list", "--all", "--json", "--scheduler-file", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).unwrap()
+}
+
+fn workers(file: &Path) -> Vec<serde_json::Value> {
+    status(file).map(|s| s["workers"].as_array().unwrap().clone()).unwrap_or_default()
+}
+
+fn stat(file: &Path, name: &str) -> u64 {
+    status(file).unwrap()["stats"][name].as_u64().unwrap()
+}
+
+/// n tasks that each sleep `secs` then produce i + 1, and their sum.
+fn sleepy_graph(n: usize, secs: f64) -> (String, u64) {
+    let mut g = serde_json::Map::new();
+    let mut list = vec![serde_json::json!("list")];
+    for i in 0..n {
+        g.insert(format!("s{i}"), serde_json::json!(["sleep", secs]));
+        g.insert(format!("v{i}"), serde_json::json!({"task": ["inc", i], "deps": [format!("s{i}")]}));
+        list.push(serde_json::json!(format!("v{i}")));
+    }
+    g.insert("total".into(), serde_json::json!(["sum", list]));
+    (serde_json::Value::Object(g).to_string(), (1..=n as u64).sum())
+}
+
+fn scheduler(dir: &TempDir, extra: &[&str]) -> (Proc, std::path::PathBuf) {
+    let file = dir.join("sched.json");
+    let mut args = vec!["scheduler", "--scheduler-file", file.to_str().unwrap(), "--host", "127.0.0.1"];
+    args.extend_from_slice(extra);
+    let p = Proc::spawn(&args, dir.join("scheduler.log"));
+    wait_for("the scheduler", Duration::from_secs(20), || status(&file).is_some());
+    (p, file)
+}
+
+fn submit(dir: &TempDir, file: &Path, graph: &str) -> std::thread::JoinHandle<std::process::Output> {
+    let g = dir.write("g.json", graph);
+    let f = file.to_path_buf();
+    std::thread::spawn(move || taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", f.to_str().unwrap(), "--keys", "total", "--timeout", "30s"]))
+}
+
+fn squeue_ids() -> Vec<String> {
+    let o = Command::new("squeue").args(["-h", "-o", "%i"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect()
+}
+
+#[test]
+fn slurm_three_jobs_run_a_graph_then_cancel_removes_them() {
+    require("slurm");
+    let dir = TempDir::new("jq-slurm3");
+    let (_sched, file) = scheduler(&dir, &[]);
+    let _guard = JobGuard(&file);
+    let f = file.to_str().unwrap();
+    let o = jq(&["submit", "--system", "slurm", "--jobs", "3", "--cores", "2", "--memory", "1GiB", "--walltime", "10m", "--scheduler-file", f, "--log-directory", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), 3, "one job id per line: {}", stdout(&o));
+    wait_for("3 workers from 3 jobs", Duration::from_secs(60), || {
+        let mut jobs: Vec<String> = workers(&file).iter().map(|w| w["job"].as_str().unwrap().to_string()).collect();
+        jobs.sort();
+        let mut want = ids.clone();
+        want.sort();
+        jobs == want
+    });
+    // Each worker got its share of the job: 2 threads, a limit inside 1 GiB
+    // (reported with the first heartbeat).
+    wait_for("heartbeats with the memory limit", Duration::from_secs(20), || workers(&file).iter().all(|w| w["memory_limit"] != 0));
+    for w in workers(&file) {
+        assert_eq!(w["nthreads"], 2);
+        assert_eq!(w["memory_limit"], 1u64 << 30);
+    }
+    let list = stdout(&jq(&["list", "--scheduler-file", f]));
+    for id in &ids {
+        assert!(list.lines().any(|l| l.starts_with(id.as_str()) && l.contains("RUNNING") && l.ends_with("1/1")), "{list}");
+    }
+    let (graph, want) = sleepy_graph(150, 0.01);
+    let out = submit(&dir, &file, &graph).join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("{{\"total\": {want}}}"));
+    assert!(workers(&file).iter().all(|w| w["in_memory"].as_u64() == Some(0)), "results released after the client left");
+
+    let o = jq(&["cancel", "--scheduler-file", f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cancelled 3 job(s)"), "{}", stderr(&o));
+    wait_for("the cancelled jobs' workers to leave", Duration::from_secs(60), || workers(&file).is_empty());
+    wait_for("the jobs to leave the queue", Duration::from_secs(60), || !squeue_ids().iter().any(|i| ids.contains(i)));
+    assert!(recorded(&file).iter().all(|j| !j["ended"].is_null()), "the record marks them ended");
+    // Cancelling again is not an error.
+    let o = jq(&["cancel", "--scheduler-file", f, "--job", &ids[0]]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn slurm_adapt_grows_from_zero_for_a_backlog_and_removes_idle_jobs() {
+    require("slurm");
+    let dir = TempDir::new("jq-adapt");
+    let logs = dir.path().to_str().unwrap().to_string();
+    let (sched, file) = scheduler(&dir, &["--adapt", "slurm", "--minimum-jobs", "0", "--maximum-jobs", "3", "--cores", "1", "--adapt-interval", "500ms", "--log-directory", &logs]);
+    let _guard = JobGuard(&file);
+    // No work, no jobs: the first check decides on none.
+    wait_for("the first adapt check", Duration::from_secs(10), || sched.log_text().contains("target 0 worker job(s) for 0 unfinished tasks"));
+    assert!(recorded(&file).is_empty(), "no jobs before there is work");
+    // 120 tasks x 0.25 s = 30 s of work for 1-core jobs: the maximum of 3.
+    let (graph, want) = sleepy_graph(120, 0.25);
+    let client = submit(&dir, &file, &graph);
+    let out = client.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("{{\"total\": {want}}}"));
+    let jobs = recorded(&file);
+    assert_eq!(jobs.len(), 3, "grew to the maximum: {jobs:?}");
+    assert!(jobs.iter().all(|j| j["by"] == "adapt"));
+    // Idle: every job retires and leaves.
+    wait_for("idle jobs to be removed", Duration::from_secs(60), || workers(&file).is_empty() && recorded(&file).iter().all(|j| !j["ended"].is_null()));
+    let ids: Vec<String> = jobs.iter().map(|j| j["id"].as_str().unwrap().to_string()).collect();
+    assert!(!squeue_ids().iter().any(|i| ids.contains(i)));
+    assert_eq!(stat(&file, "tasks_recomputed"), 0);
+    let log = sched.log_text();
+    assert_eq!(log.matches("submitted worker job").count(), 3, "{log}");
+}
+
+#[test]
+fn slurm_one_minute_walltime_graph_outlives_its_jobs_without_losing_or_rerunning() {
+    require("slurm");
+    let dir = TempDir::new("jq-walltime");
+    let logs = dir.path().to_str().unwrap().to_string();
+    // Jobs of 2 cores with a 1-minute walltime (SLURM's shortest); the
+    // workers retire 6 s (10%) before it, up to 3 s earlier at random.
+    let (sched, file) = scheduler(&dir, &["--adapt", "slurm", "--maximum-jobs", "1", "--cores", "2", "--walltime", "1m", "--adapt-interval", "500ms", "--log-directory", &logs]);
+    let _guard = JobGuard(&file);
+    // 80 tasks x 2 s on 2 threads: about 80 s, longer than any one job.
+    let n = 80;
+    let (graph, want) = sleepy_graph(n, 2.0);
+    let out = submit(&dir, &file, &graph).join().unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), sched.log_text());
+    assert_eq!(stdout(&out).trim(), format!("{{\"total\": {want}}}"));
+    let jobs = recorded(&file);
+    assert!(jobs.len() >= 2, "a replacement job was submitted ahead of the walltime: {jobs:?}");
+    // From the scheduler's record: every task finished exactly once (none
+    // ran again after finishing), nothing was recomputed (no result lost).
+    assert_eq!(stat(&file, "tasks_finished"), (2 * n + 1) as u64);
+    assert_eq!(stat(&file, "tasks_recomputed"), 0);
+    assert!(stat(&file, "workers_retired") >= 1);
+    let log = sched.log_text();
+    assert!(log.contains("retired"), "{log}");
+}
+
+#[test]
+fn slurm_scancel_of_a_worker_job_mid_graph_still_completes() {
+    require("slurm");
+    let dir = TempDir::new("jq-scancel");
+    let (_sched, file) = scheduler(&dir, &[]);
+    let _guard = JobGuard(&file);
+    let f = file.to_str().unwrap();
+    let o = jq(&["submit", "--system", "slurm", "--jobs", "2", "--cores", "1", "--scheduler-file", f, "--log-directory", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    wait_for("2 workers", Duration::from_secs(60), || workers(&file).len() == 2);
+    let (graph, want) = sleepy_graph(60, 0.2);
+    let client = submit(&dir, &file, &graph);
+    wait_for("some tasks to finish", Duration::from_secs(60), || stat(&file, "tasks_finished") >= 20);
+    let o = Command::new("scancel").arg(&ids[0]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = client.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("{{\"total\": {want}}}"));
+    wait_for("the cancelled job's worker to leave", Duration::from_secs(60), || workers(&file).iter().all(|w| w["job"] != ids[0].as_str()));
+    assert_eq!(workers(&file).len(), 1);
+}
+
+#[test]
+fn sge_worker_jobs_join_and_run_a_graph() {
+    require("sge");
+    let dir = TempDir::new("jq-sge");
+    let (_sched, file) = scheduler(&dir, &[]);
+    let _guard = JobGuard(&file);
+    let f = file.to_str().unwrap();
+    let o = jq(&["submit", "--system", "sge", "--jobs", "2", "--cores", "1", "--walltime", "10m", "--scheduler-file", f, "--log-directory", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), 2);
+    wait_for("2 workers from 2 qsub jobs", Duration::from_secs(90), || {
+        let jobs: Vec<String> = workers(&file).iter().map(|w| w["job"].as_str().unwrap().to_string()).collect();
+        jobs.len() == 2 && ids.iter().all(|i| jobs.contains(i))
+    });
+    let list = stdout(&jq(&["list", "--scheduler-file", f]));
+    // Running is "r" (or "t" while Grid Engine is still transferring the job).
+    assert_eq!(list.lines().filter(|l| l.contains(" sge ") && (l.contains(" r ") || l.contains(" t ")) && l.ends_with("1/1")).count(), 2, "{list}");
+    let (graph, want) = sleepy_graph(100, 0.01);
+    let out = submit(&dir, &file, &graph).join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), format!("{{\"total\": {want}}}"));
+    let o = jq(&["cancel", "--scheduler-file", f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    wait_for("the workers to leave", Duration::from_secs(60), || workers(&file).is_empty());
+}
