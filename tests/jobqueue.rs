@@ -232,3 +232,69 @@ fn sge_worker_jobs_join_and_run_a_graph() {
     assert!(o.status.success(), "{}", stderr(&o));
     wait_for("the workers to leave", Duration::from_secs(60), || workers(&file).is_empty());
 }
+
+fn repo_file(rel: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel).to_str().unwrap().to_string()
+}
+
+/// PATH with this build's taskfarm first, as a job on a real site gets it from a module.
+fn path_with_taskfarm() -> String {
+    let bin_dir = Path::new(bin()).parent().unwrap().to_str().unwrap().to_string();
+    format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+#[test]
+fn slurm_example_scheduler_job_adapts_from_inside_a_job() {
+    require("slurm");
+    let dir = TempDir::new("jq-example");
+    let (graph, want) = sleepy_graph(40, 0.05);
+    dir.write("graph.json", &graph);
+    let sched = dir.join("sched.json");
+    // The script's knobs, scaled to the test cluster's 4-CPU, 4 GB nodes.
+    let export = format!(
+        "ALL,PATH={},TASKFARM_SCHEDULER_FILE={},IFACE=lo,CORES=1,MEMORY=500MB,WALLTIME=10m,JOBS_MAX=2",
+        path_with_taskfarm(),
+        sched.display()
+    );
+    let _guard = JobGuard(&sched);
+    let o = Command::new("sbatch")
+        .args(["--wait", "--chdir", dir.path().to_str().unwrap(), "--export", &export, &repo_file("jobscripts/slurm-scheduler.sh"), "graph.json"])
+        .output()
+        .unwrap();
+    let out_files: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(o.status.success(), "the scheduler job failed: {}\n{out_files}", stderr(&o));
+    let results = std::fs::read_to_string(dir.join("results.json")).unwrap();
+    assert_eq!(results.trim(), format!("{{\"total\": {want}}}"));
+    let jobs = recorded(&sched);
+    assert!(!jobs.is_empty() && jobs.len() <= 2, "worker jobs submitted from inside the scheduler's job: {jobs:?}");
+    assert!(out_files.contains("submitted worker job"), "{out_files}");
+}
+
+#[test]
+fn slurm_example_worker_job_joins_and_retires_on_scancel() {
+    require("slurm");
+    let dir = TempDir::new("jq-example-worker");
+    let (_sched, file) = scheduler(&dir, &[]);
+    let export = format!("ALL,PATH={},TASKFARM_SCHEDULER_FILE={},IFACE=lo", path_with_taskfarm(), file.display());
+    // Command-line options override the script's #SBATCH sizes for the small test nodes.
+    let o = Command::new("sbatch")
+        .args(["--parsable", "--cpus-per-task=1", "--mem=500M", "--time=5", "--chdir", dir.path().to_str().unwrap(), "--export", &export, &repo_file("jobscripts/slurm-worker.sh")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    wait_for("the example worker job's worker", Duration::from_secs(60), || workers(&file).iter().any(|w| w["job"] == id.as_str()));
+    let out = dir.join(&format!("taskfarm-worker-{id}.out"));
+    // It asked SLURM for the time left (5 minutes, a second or so gone): a 10% margin.
+    wait_for("the worker's walltime line", Duration::from_secs(20), || std::fs::read_to_string(&out).unwrap_or_default().contains("walltime"));
+    let log = std::fs::read_to_string(&out).unwrap();
+    assert!(log.contains("from the time left in this slurm job") && (log.contains("retiring 29 s before") || log.contains("retiring 30 s before")), "{log}");
+    assert!(Command::new("scancel").arg(&id).status().unwrap().success());
+    wait_for("the worker to retire", Duration::from_secs(60), || workers(&file).is_empty());
+    wait_for("the job's output to show a graceful exit", Duration::from_secs(30), || std::fs::read_to_string(&out).unwrap_or_default().contains("retiring gracefully"));
+}
