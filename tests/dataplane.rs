@@ -191,7 +191,7 @@ fn retries_rerun_a_flaky_task_and_timeout_kills_a_hanging_one() {
 #[derive(PartialEq)]
 enum Leave {
     Command,
-    Signal,
+    Signals(&'static [&'static str]),
     Lifetime,
 }
 
@@ -220,7 +220,11 @@ fn retire_scenario(how: Leave) {
     let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"]));
     wait_for("100 values on w1", Duration::from_secs(60), || c.worker_status("w1")["in_memory"].as_u64() == Some(100));
     match how {
-        Leave::Signal => assert!(Command::new("kill").args(["-TERM", &c.workers[0].child.id().to_string()]).status().unwrap().success()),
+        Leave::Signals(signals) => {
+            for sig in signals {
+                assert!(Command::new("kill").args([*sig, &c.workers[0].child.id().to_string()]).status().unwrap().success());
+            }
+        }
         Leave::Command => {
             let o = taskfarm(&["retire", "--scheduler-file", c.file_arg(), "--worker", "w1"]);
             assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
@@ -251,7 +255,15 @@ fn retire_moves_unique_results_and_nothing_is_recomputed() {
 
 #[test]
 fn sigterm_retires_a_worker_gracefully() {
-    retire_scenario(Leave::Signal);
+    retire_scenario(Leave::Signals(&["-TERM"]));
+}
+
+/// A batch system's early warning (SLURM --signal=B:USR1@T, Grid Engine's
+/// s_rt) retires too; the SIGTERM that follows at the end does not cut the
+/// hand-over short.
+#[test]
+fn sigusr1_then_sigterm_retires_a_worker_gracefully() {
+    retire_scenario(Leave::Signals(&["-USR1", "-TERM"]));
 }
 
 #[test]

@@ -4,6 +4,9 @@
 # with tiny sizes, then runs every test twice: built without optional
 # features (rank from the launcher's environment, topology from sysfs), and
 # built with `--features mpi,hwloc` (linked to Open MPI, topology from hwloc).
+# The job-queue tests need a real SLURM cluster and Grid Engine cell: this
+# script starts both on this machine (tests/infra/slurm-up.sh, sge-up.sh;
+# stop them with slurm-down.sh and sge-down.sh) and runs those tests once.
 #
 #   tests/run-all.sh                        # everything
 #   TASKFARM_SKIP_APT=1 tests/run-all.sh    # skip apt-get (packages already there)
@@ -24,6 +27,12 @@ if [ "${TASKFARM_SKIP_APT:-0}" != 1 ] && command -v apt-get > /dev/null; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}" > /dev/null
 fi
+
+echo "== batch systems for the job-queue tests (SLURM with 4 virtual nodes, Grid Engine)"
+sudo_root=""
+[ "$(id -u)" = 0 ] || sudo_root="sudo"
+$sudo_root bash tests/infra/slurm-up.sh | tail -n 1
+$sudo_root bash tests/infra/sge-up.sh | tail -n 1
 
 if ! command -v cargo > /dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs, or Debian's 'cargo' package) and run again" >&2
@@ -48,5 +57,9 @@ else
 fi
 echo "== tests, built without optional features"
 run_tests
-echo "== tests, built with --features mpi,hwloc (linked to Open MPI)"
-run_tests "${features[@]}"
+echo "== tests, built with --features mpi,hwloc (linked to Open MPI; the job-queue tests ran above)"
+if cargo nextest --version > /dev/null 2>&1; then
+  run_tests "${features[@]}" -E 'not binary(jobqueue)'
+else
+  run_tests "${features[@]}"
+fi
