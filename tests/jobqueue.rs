@@ -298,3 +298,34 @@ fn slurm_example_worker_job_joins_and_retires_on_scancel() {
     wait_for("the worker to retire", Duration::from_secs(60), || workers(&file).is_empty());
     wait_for("the job's output to show a graceful exit", Duration::from_secs(30), || std::fs::read_to_string(&out).unwrap_or_default().contains("retiring gracefully"));
 }
+
+#[test]
+fn site_rejections_and_bad_options_are_clear() {
+    require("slurm");
+    let dir = TempDir::new("jq-errors");
+    let f = dir.join("sched.json");
+    let f = f.to_str().unwrap();
+    // The batch system's own message, and where the script is.
+    let o = jq(&["submit", "--system", "slurm", "--queue", "nosuch", "--scheduler-file", f]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("invalid partition") && stderr(&o).contains("sched.json.submit.sh"), "{}", stderr(&o));
+    assert!(recorded(&dir.join("sched.json")).is_empty(), "nothing recorded");
+    for (args, want) in [
+        (vec!["--walltime", "30"], "has no unit"),
+        (vec!["--memory", "16"], "give a size with a unit"),
+        (vec!["--cores", "2", "--processes", "3"], "--processes 3 must be between 1 and --cores (2)"),
+        (vec!["--walltime", "10m", "--walltime-margin", "20m"], "must be shorter than --walltime"),
+    ] {
+        let mut a = vec!["script", "--system", "slurm", "--scheduler-file", f];
+        a.extend(args);
+        let o = jq(&a);
+        assert_eq!(o.status.code(), Some(2), "{a:?}");
+        assert!(stderr(&o).contains(want), "{a:?}: {}", stderr(&o));
+    }
+    let o = jq(&["cancel", "--scheduler-file", f, "--job", "12345"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("job 12345 is not in"), "{}", stderr(&o));
+    let o = jq(&["script", "--system", "condor"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown batch system 'condor'"), "{}", stderr(&o));
+}

@@ -605,12 +605,12 @@ fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
     let (listen, contact) = a.net.resolve()?;
     let adapt_plan = match a.adapt {
         Some(system) => {
+            if a.maximum_jobs == 0 || a.minimum_jobs > a.maximum_jobs {
+                return Err(Fail(EXIT_USAGE, format!("--minimum-jobs {} and --maximum-jobs {} must satisfy 0 <= min <= max, max >= 1", a.minimum_jobs, a.maximum_jobs)));
+            }
             let opts = a.job.options(system, &path, a.worker_interface.clone().or(a.net.interface.clone()))?;
             if opts.walltime.is_none() {
                 log_at!(2, "adapt", "no --walltime: worker jobs get the batch system's default time limit and are not replaced ahead of it");
-            }
-            if a.maximum_jobs == 0 || a.minimum_jobs > a.maximum_jobs {
-                return Err(Fail(EXIT_USAGE, format!("--minimum-jobs {} and --maximum-jobs {} must satisfy 0 <= min <= max, max >= 1", a.minimum_jobs, a.maximum_jobs)));
             }
             opts.validate().map_err(|e| Fail(EXIT_USAGE, e))?;
             let mut cfg = taskfarm::jobqueue::adapt::AdaptConfig::new(a.minimum_jobs, a.maximum_jobs, opts.cores);
@@ -1012,8 +1012,7 @@ fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             refresh_states(&record)?;
             let jobs: Vec<_> = record.load().map_err(|e| Fail(EXIT_USAGE, e))?.into_iter().filter(|j| a.all || j.ended.is_none()).collect();
             // Workers per job, if the scheduler answers.
-            let joined: std::collections::HashMap<String, u32> = Client::from_scheduler_file(&path, Duration::from_secs(2))
-                .ok()
+            let joined: std::collections::HashMap<String, u32> = (if path.exists() { Client::from_scheduler_file(&path, Duration::from_secs(2)).ok() } else { None })
                 .and_then(|mut c| c.status().ok())
                 .map(|r| r.workers.iter().fold(std::collections::HashMap::new(), |mut m, w| {
                     *m.entry(w.job.clone()).or_insert(0) += 1;
