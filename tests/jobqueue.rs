@@ -329,3 +329,22 @@ fn site_rejections_and_bad_options_are_clear() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("unknown batch system 'condor'"), "{}", stderr(&o));
 }
+
+/// `taskfarm mpi` under srun across 3 virtual nodes: ranks from SLURM's
+/// environment (no mpirun), rank 1 runs the client.
+#[test]
+fn slurm_srun_launches_taskfarm_mpi_in_batch_mode() {
+    require("slurm");
+    let dir = TempDir::new("jq-srun");
+    let sched = dir.join("sched.json");
+    let seed = repo_file("examples/seed.json");
+    let o = Command::new("srun")
+        .args(["-n", "3", "-N", "3", "--chdir", dir.path().to_str().unwrap(), bin(), "mpi", "--scheduler-file", sched.to_str().unwrap(), "--interface", "lo", "--", bin(), "submit", &seed])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "{\"z\": 12}");
+    let log = stderr(&o);
+    assert!(log.contains("worker 'worker-2' serving data"), "rank 2 became the worker: {log}");
+    assert!(log.contains("batch command exited with status 0"), "{log}");
+}
