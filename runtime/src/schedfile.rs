@@ -6,9 +6,9 @@ use crate::protocol::{client_handshake, HandshakeError, Role};
 use crate::util;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpStream;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -57,22 +57,9 @@ impl SchedulerFile {
     /// Write atomically (temporary file in the same directory, then rename)
     /// with mode 0600.
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("directory {} does not exist", dir.display())));
-        }
-        let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "scheduler file path has no file name"))?;
-        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
         let mut text = serde_json::to_vec_pretty(self).expect("serialisable");
         text.push(b'\n');
-        f.write_all(&text)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+        util::write_file_atomic(path, &text, 0o600)
     }
 
     pub fn read(path: &Path) -> Result<SchedulerFile, String> {

@@ -28,6 +28,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Replace `path` atomically (a temporary file in the same directory, synced,
+/// then renamed) with `bytes`, readable only as `mode` allows whatever the
+/// umask: for files holding secrets or naming them.
+pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind, Write};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::new(ErrorKind::NotFound, format!("directory {} does not exist", dir.display())));
+    }
+    let name = path.file_name().ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
+    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Parse a memory size: `5GB` (10^9), `5GiB` (2^30), `5000M`, `123456`
 /// (bytes), a fraction of `total` (`0.5`), `auto` (`total`), or `0`/`none`
 /// for no limit. Returns bytes, `None` for no limit.

@@ -423,22 +423,12 @@ pub fn observe(status: &crate::protocol::StatusReport, now: f64, states: Option<
 
 /// Where a generated job script goes: next to the scheduler file.
 pub fn script_path(scheduler_file: &std::path::Path, purpose: &str) -> PathBuf {
-    let mut name = scheduler_file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{purpose}.sh"));
-    scheduler_file.with_file_name(name)
+    super::beside(scheduler_file, &format!(".{purpose}.sh"))
 }
 
-/// Write a job script (mode 0700: it names the scheduler file).
+/// Write a job script (mode 0700, private: it names the scheduler file).
 pub fn write_script(path: &std::path::Path, text: &str) -> Result<(), String> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o700)
-        .open(path)
-        .map_err(|e| format!("cannot write job script {}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| format!("cannot write job script {}: {e}", path.display()))
+    crate::util::write_file_atomic(path, text.as_bytes(), 0o700).map_err(|e| format!("cannot write job script {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -45,9 +44,7 @@ pub struct Record {
 impl Record {
     /// The record that belongs to the scheduler file `scheduler_file`.
     pub fn for_scheduler_file(scheduler_file: &Path) -> Record {
-        let mut name = scheduler_file.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "taskfarm-scheduler.json".into());
-        name.push(".jobs.json");
-        Record { path: scheduler_file.with_file_name(name) }
+        Record { path: super::beside(scheduler_file, ".jobs.json") }
     }
 
     pub fn path(&self) -> &Path {
@@ -89,17 +86,9 @@ impl Record {
         let now = crate::util::unix_time();
         jobs.retain(|j| j.ended.is_none_or(|t| now - t < KEEP_ENDED_SECS));
         if jobs != before {
-            let text = serde_json::to_string_pretty(&RecordFile { version: 1, jobs }).expect("serialisable");
-            let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
-            let mut file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-            file.write_all(text.as_bytes()).and_then(|_| file.write_all(b"\n")).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &self.path).map_err(|e| format!("cannot replace {}: {e}", self.path.display()))?;
+            let mut text = serde_json::to_vec_pretty(&RecordFile { version: 1, jobs }).expect("serialisable");
+            text.push(b'\n');
+            crate::util::write_file_atomic(&self.path, &text, 0o600).map_err(|e| format!("cannot write job record {}: {e}", self.path.display()))?;
         }
         Ok(result)
     }
