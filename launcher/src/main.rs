@@ -617,7 +617,7 @@ fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
             cfg.interval = a.adapt_interval.max(Duration::from_millis(100));
             cfg.target_duration = a.target_duration.as_secs_f64().max(0.001);
             cfg.wait_count = a.wait_count.max(1);
-            cfg.lifetime = opts.walltime.map(|w| (w - opts.walltime_margin.unwrap_or_else(|| taskfarm::jobqueue::default_margin(w)).min(w)) as f64);
+            cfg.lifetime = opts.worker_lifetime().map(|l| l as f64);
             Some((opts, cfg))
         }
         None => None,

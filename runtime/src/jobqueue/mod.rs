@@ -281,12 +281,11 @@ impl JobOptions {
         self.memory_mib().map(|mib| mib * MIB / self.processes.max(1) as u64)
     }
 
-    /// The directive lines for this system, before --skip-directive.
+    /// The directive lines for this system, before --skip-directive: name
+    /// and resources, then queue and account, then output files.
     fn generated_directives(&self) -> Vec<String> {
         let mut d: Vec<String> = Vec::new();
-        let log = self.log_directory.as_ref().map(|p| p.display().to_string());
         let mib = self.memory_mib();
-        let wall = self.walltime;
         let c = self.cores;
         match self.system {
             System::Slurm => {
@@ -294,46 +293,19 @@ impl JobOptions {
                 d.push("--nodes=1".into());
                 d.push("--ntasks=1".into());
                 d.push(format!("--cpus-per-task={c}"));
-                if let Some(m) = mib {
-                    d.push(format!("--mem={m}M"));
-                }
-                if let Some(w) = wall {
-                    d.push(format!("--time={}", format_hms(w)));
-                }
-                if let Some(q) = &self.queue {
-                    d.push(format!("--partition={q}"));
-                }
-                if let Some(a) = &self.account {
-                    d.push(format!("--account={a}"));
-                }
-                if let Some(l) = &log {
-                    d.push(format!("--output={l}/%x-%j.out"));
-                }
+                d.extend(mib.map(|m| format!("--mem={m}M")));
+                d.extend(self.walltime.map(|w| format!("--time={}", format_hms(w))));
             }
             System::Pbs | System::Torque => {
                 d.push(format!("-N {}", self.job_name));
-                let mem = mib.map(|m| format!(":mem={m}mb")).unwrap_or_default();
                 if self.system == System::Pbs {
+                    let mem = mib.map(|m| format!(":mem={m}mb")).unwrap_or_default();
                     d.push(format!("-l select=1:ncpus={c}{mem}"));
                 } else {
                     d.push(format!("-l nodes=1:ppn={c}"));
-                    if let Some(m) = mib {
-                        d.push(format!("-l mem={m}mb"));
-                    }
+                    d.extend(mib.map(|m| format!("-l mem={m}mb")));
                 }
-                if let Some(w) = wall {
-                    d.push(format!("-l walltime={}", format_hms(w)));
-                }
-                if let Some(q) = &self.queue {
-                    d.push(format!("-q {q}"));
-                }
-                if let Some(a) = &self.account {
-                    d.push(format!("-A {a}"));
-                }
-                d.push("-j oe".into());
-                if let Some(l) = &log {
-                    d.push(format!("-o {l}/"));
-                }
+                d.extend(self.walltime.map(|w| format!("-l walltime={}", format_hms(w))));
             }
             System::Lsf => {
                 d.push(format!("-J {}", self.job_name));
@@ -343,21 +315,8 @@ impl JobOptions {
                     d.push(format!("-M {m}MB"));
                     d.push(format!("-R \"rusage[mem={m}MB]\""));
                 }
-                if let Some(w) = wall {
-                    // LSF's -W is [hours:]minutes; round up to whole minutes.
-                    let mins = w.div_ceil(60);
-                    d.push(format!("-W {}:{:02}", mins / 60, mins % 60));
-                }
-                if let Some(q) = &self.queue {
-                    d.push(format!("-q {q}"));
-                }
-                if let Some(a) = &self.account {
-                    d.push(format!("-P {a}"));
-                }
-                if let Some(l) = &log {
-                    d.push(format!("-o {l}/%J.out"));
-                    d.push(format!("-e {l}/%J.err"));
-                }
+                // LSF's -W is [hours:]minutes; round up to whole minutes.
+                d.extend(self.walltime.map(|w| w.div_ceil(60)).map(|mins| format!("-W {}:{:02}", mins / 60, mins % 60)));
             }
             System::Sge => {
                 d.push(format!("-N {}", self.job_name));
@@ -366,28 +325,47 @@ impl JobOptions {
                 if c > 1 {
                     d.push(format!("-pe smp {c}"));
                 }
-                if let Some(m) = mib {
-                    d.push(format!("-l mem_free={m}M"));
-                }
-                if let Some(w) = wall {
+                d.extend(mib.map(|m| format!("-l mem_free={m}M")));
+                if let (Some(w), Some(life)) = (self.walltime, self.worker_lifetime()) {
                     // h_rt kills with SIGKILL; s_rt sends SIGUSR1 first, which
                     // makes the workers retire.
                     d.push(format!("-l h_rt={}", format_hms(w)));
-                    d.push(format!("-l s_rt={}", format_hms(w.saturating_sub(self.margin(w)).max(1))));
-                }
-                if let Some(q) = &self.queue {
-                    d.push(format!("-q {q}"));
-                }
-                if let Some(a) = &self.account {
-                    d.push(format!("-P {a}"));
-                }
-                d.push("-j y".into());
-                if let Some(l) = &log {
-                    d.push(format!("-o {l}"));
+                    d.push(format!("-l s_rt={}", format_hms(life.max(1))));
                 }
             }
         }
+        let (queue_flag, account_flag) = match self.system {
+            System::Slurm => ("--partition=", "--account="),
+            System::Pbs | System::Torque => ("-q ", "-A "),
+            System::Lsf | System::Sge => ("-q ", "-P "),
+        };
+        d.extend(self.queue.as_ref().map(|q| format!("{queue_flag}{q}")));
+        d.extend(self.account.as_ref().map(|a| format!("{account_flag}{a}")));
+        let log = self.log_directory.as_ref().map(|p| p.display().to_string());
+        match self.system {
+            System::Slurm => d.extend(log.map(|l| format!("--output={l}/%x-%j.out"))),
+            System::Pbs | System::Torque => {
+                d.push("-j oe".into());
+                d.extend(log.map(|l| format!("-o {l}/")));
+            }
+            System::Lsf => {
+                if let Some(l) = log {
+                    d.push(format!("-o {l}/%J.out"));
+                    d.push(format!("-e {l}/%J.err"));
+                }
+            }
+            System::Sge => {
+                d.push("-j y".into());
+                d.extend(log.map(|l| format!("-o {l}")));
+            }
+        }
         d.into_iter().map(|x| format!("{} {x}", self.system.prefix())).collect()
+    }
+
+    /// Seconds a worker of this job stays before retiring: the walltime
+    /// minus the margin (None without a walltime).
+    pub fn worker_lifetime(&self) -> Option<u64> {
+        self.walltime.map(|w| w.saturating_sub(self.margin(w)))
     }
 
     fn margin(&self, walltime: u64) -> u64 {
