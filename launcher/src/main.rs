@@ -1007,8 +1007,7 @@ fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             Ok(0)
         }
         JobqueueCommand::List(a) => {
-            let path = std::path::absolute(schedfile::resolve_path(a.file.scheduler_file.as_deref())).map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
-            let record = Record::for_scheduler_file(&path);
+            let (path, record) = job_record(&a.file)?;
             refresh_states(&record)?;
             let jobs: Vec<_> = record.load().map_err(|e| Fail(EXIT_USAGE, e))?.into_iter().filter(|j| a.all || j.ended.is_none()).collect();
             // Workers per job, if the scheduler answers.
@@ -1040,8 +1039,7 @@ fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             Ok(0)
         }
         JobqueueCommand::Cancel(a) => {
-            let path = std::path::absolute(schedfile::resolve_path(a.file.scheduler_file.as_deref())).map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
-            let record = Record::for_scheduler_file(&path);
+            let (_, record) = job_record(&a.file)?;
             let jobs = record.load().map_err(|e| Fail(EXIT_USAGE, e))?;
             if let Some(unknown) = a.jobs.iter().find(|id| !jobs.iter().any(|j| &j.id == *id)) {
                 return Err(Fail(EXIT_USAGE, format!("job {unknown} is not in {} (see taskfarm jobqueue list --all)", record.path().display())));
@@ -1051,13 +1049,8 @@ fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
                 eprintln!("taskfarm: no live jobs to cancel");
                 return Ok(0);
             }
-            let mut by_system: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
-            for j in &chosen {
-                by_system.entry(j.system.clone()).or_default().push(j.id.clone());
-            }
-            for (system, ids) in &by_system {
-                let sys: jobqueue::System = system.parse().map_err(|e: String| Fail(EXIT_USAGE, e))?;
-                jobqueue::cancel(sys, ids).map_err(|e| Fail(EXIT_TASK_FAILED, e))?;
+            for (system, ids) in by_system(&chosen)? {
+                jobqueue::cancel(system, &ids).map_err(|e| Fail(EXIT_TASK_FAILED, e))?;
                 let states = ids.iter().map(|id| (id.clone(), jobqueue::JobState::Gone("cancelled".into()))).collect();
                 record.set_states(&states).map_err(|e| Fail(EXIT_USAGE, e))?;
                 eprintln!("taskfarm: cancelled {} job(s): {}", ids.len(), ids.join(" "));
@@ -1067,16 +1060,31 @@ fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
     }
 }
 
+/// The absolute scheduler file path and the job record beside it.
+fn job_record(file: &SchedulerFileArg) -> Result<(PathBuf, taskfarm::jobqueue::record::Record), Fail> {
+    let path = std::path::absolute(schedfile::resolve_path(file.scheduler_file.as_deref())).map_err(|e| Fail(EXIT_USAGE, format!("--scheduler-file: {e}")))?;
+    let record = taskfarm::jobqueue::record::Record::for_scheduler_file(&path);
+    Ok((path, record))
+}
+
+/// Recorded jobs' ids grouped by batch system, in the record's order.
+fn by_system(jobs: &[taskfarm::jobqueue::record::JobRecord]) -> Result<Vec<(taskfarm::jobqueue::System, Vec<String>)>, Fail> {
+    let mut groups: Vec<(taskfarm::jobqueue::System, Vec<String>)> = Vec::new();
+    for j in jobs {
+        let system = j.system.parse().map_err(|e: String| Fail(EXIT_USAGE, format!("job {} in the record: {e}", j.id)))?;
+        match groups.iter_mut().find(|(s, _)| *s == system) {
+            Some((_, ids)) => ids.push(j.id.clone()),
+            None => groups.push((system, vec![j.id.clone()])),
+        }
+    }
+    Ok(groups)
+}
+
 /// Ask the batch system(s) for the states of the recorded live jobs.
 fn refresh_states(record: &taskfarm::jobqueue::record::Record) -> Result<(), Fail> {
-    let jobs = record.load().map_err(|e| Fail(EXIT_USAGE, e))?;
-    let mut by_system: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
-    for j in jobs.iter().filter(|j| j.ended.is_none()) {
-        by_system.entry(j.system.clone()).or_default().push(j.id.clone());
-    }
-    for (system, ids) in by_system {
-        let sys: taskfarm::jobqueue::System = system.parse().map_err(|e: String| Fail(EXIT_USAGE, e))?;
-        match taskfarm::jobqueue::query(sys, &ids) {
+    let live: Vec<_> = record.load().map_err(|e| Fail(EXIT_USAGE, e))?.into_iter().filter(|j| j.ended.is_none()).collect();
+    for (system, ids) in by_system(&live)? {
+        match taskfarm::jobqueue::query(system, &ids) {
             Ok(states) => record.set_states(&states).map_err(|e| Fail(EXIT_USAGE, e))?,
             Err(e) => eprintln!("taskfarm: warning: cannot query {system} job states: {e}"),
         }
