@@ -78,6 +78,29 @@ fn submit(dir: &TempDir, file: &Path, graph: &str) -> std::thread::JoinHandle<st
     std::thread::spawn(move || taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", f.to_str().unwrap(), "--keys", "total", "--timeout", "30s"]))
 }
 
+/// `jobqueue submit` of `n` jobs (logs in `dir`); their ids, one per line.
+fn submit_jobs(dir: &TempDir, file: &Path, system: &str, n: u32, options: &[&str]) -> Vec<String> {
+    let n_arg = n.to_string();
+    let mut args = vec!["submit", "--system", system, "--jobs", &n_arg, "--scheduler-file", file.to_str().unwrap(), "--log-directory", dir.path().to_str().unwrap()];
+    args.extend_from_slice(options);
+    let o = jq(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), n as usize, "one job id per line: {}", stdout(&o));
+    ids
+}
+
+/// Wait until exactly the workers of jobs `ids` are connected, one per job.
+fn wait_for_job_workers(file: &Path, ids: &[String], timeout: Duration) {
+    let mut want = ids.to_vec();
+    want.sort();
+    wait_for(&format!("workers from jobs {ids:?}"), timeout, || {
+        let mut jobs: Vec<String> = workers(file).iter().map(|w| w["job"].as_str().unwrap().to_string()).collect();
+        jobs.sort();
+        jobs == want
+    });
+}
+
 fn squeue_ids() -> Vec<String> {
     let o = Command::new("squeue").args(["-h", "-o", "%i"]).output().unwrap();
     String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect()
@@ -90,17 +113,8 @@ fn slurm_three_jobs_run_a_graph_then_cancel_removes_them() {
     let (_sched, file) = scheduler(&dir, &[]);
     let _guard = JobGuard(&file);
     let f = file.to_str().unwrap();
-    let o = jq(&["submit", "--system", "slurm", "--jobs", "3", "--cores", "2", "--memory", "1GiB", "--walltime", "10m", "--scheduler-file", f, "--log-directory", dir.path().to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let ids: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
-    assert_eq!(ids.len(), 3, "one job id per line: {}", stdout(&o));
-    wait_for("3 workers from 3 jobs", Duration::from_secs(60), || {
-        let mut jobs: Vec<String> = workers(&file).iter().map(|w| w["job"].as_str().unwrap().to_string()).collect();
-        jobs.sort();
-        let mut want = ids.clone();
-        want.sort();
-        jobs == want
-    });
+    let ids = submit_jobs(&dir, &file, "slurm", 3, &["--cores", "2", "--memory", "1GiB", "--walltime", "10m"]);
+    wait_for_job_workers(&file, &ids, Duration::from_secs(60));
     // Each worker got its share of the job: 2 threads, a limit inside 1 GiB
     // (reported with the first heartbeat).
     wait_for("heartbeats with the memory limit", Duration::from_secs(20), || workers(&file).iter().all(|w| w["memory_limit"] != 0));
@@ -189,11 +203,8 @@ fn slurm_scancel_of_a_worker_job_mid_graph_still_completes() {
     let dir = TempDir::new("jq-scancel");
     let (_sched, file) = scheduler(&dir, &[]);
     let _guard = JobGuard(&file);
-    let f = file.to_str().unwrap();
-    let o = jq(&["submit", "--system", "slurm", "--jobs", "2", "--cores", "1", "--scheduler-file", f, "--log-directory", dir.path().to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let ids: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
-    wait_for("2 workers", Duration::from_secs(60), || workers(&file).len() == 2);
+    let ids = submit_jobs(&dir, &file, "slurm", 2, &["--cores", "1"]);
+    wait_for_job_workers(&file, &ids, Duration::from_secs(60));
     let (graph, want) = sleepy_graph(60, 0.2);
     let client = submit(&dir, &file, &graph);
     wait_for("some tasks to finish", Duration::from_secs(60), || stat(&file, "tasks_finished") >= 20);
@@ -213,14 +224,8 @@ fn sge_worker_jobs_join_and_run_a_graph() {
     let (_sched, file) = scheduler(&dir, &[]);
     let _guard = JobGuard(&file);
     let f = file.to_str().unwrap();
-    let o = jq(&["submit", "--system", "sge", "--jobs", "2", "--cores", "1", "--walltime", "10m", "--scheduler-file", f, "--log-directory", dir.path().to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let ids: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
-    assert_eq!(ids.len(), 2);
-    wait_for("2 workers from 2 qsub jobs", Duration::from_secs(90), || {
-        let jobs: Vec<String> = workers(&file).iter().map(|w| w["job"].as_str().unwrap().to_string()).collect();
-        jobs.len() == 2 && ids.iter().all(|i| jobs.contains(i))
-    });
+    let ids = submit_jobs(&dir, &file, "sge", 2, &["--cores", "1", "--walltime", "10m"]);
+    wait_for_job_workers(&file, &ids, Duration::from_secs(90));
     let list = stdout(&jq(&["list", "--scheduler-file", f]));
     // Running is "r" (or "t" while Grid Engine is still transferring the job).
     assert_eq!(list.lines().filter(|l| l.contains(" sge ") && (l.contains(" r ") || l.contains(" t ")) && l.ends_with("1/1")).count(), 2, "{list}");
