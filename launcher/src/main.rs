@@ -790,7 +790,7 @@ fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
                 serde_json::json!({
                     "id": w.id, "name": w.name, "address": w.address, "host": w.host, "pid": w.pid, "job": w.job,
                     "nthreads": w.nthreads, "processing": w.processing, "in_memory": w.in_memory,
-                    "memory": w.metrics.rss, "stored_bytes": w.metrics.stored_bytes,
+                    "memory": w.metrics.rss, "stored_bytes": w.metrics.stored_bytes, "stored_count": w.metrics.stored_count,
                     "executing": w.metrics.executing,
                     "fetched_from_peers": w.metrics.fetched_from_peers, "fetched_bytes": w.metrics.fetched_bytes,
                     "served_to_peers": w.metrics.served_to_peers, "served_bytes": w.metrics.served_bytes,

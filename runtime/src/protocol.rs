@@ -143,7 +143,8 @@ pub enum ToScheduler {
     },
     /// Worker: please retire me (it got SIGTERM or is near its end).
     RetireMe,
-    /// Worker: it now holds a copy of `id` (asked by `Replicate`).
+    /// Worker: it now holds a copy of `id`, fetched from a peer (for a task,
+    /// or asked by `Replicate`).
     Replicated {
         id: TaskId,
         nbytes: u64,
@@ -308,8 +309,7 @@ impl<R: Read> FrameReader<R> {
             let mut tag = [0u8; 1];
             self.inner.read_exact(&mut tag)?;
             let blen = plen - 1;
-            let mut body = Vec::new();
-            body.try_reserve_exact(blen as usize).map_err(|_| invalid(format!("cannot allocate {blen} bytes for a payload")))?;
+            let mut body = crate::bufpool::take(blen as usize).ok_or_else(|| invalid(format!("cannot allocate {blen} bytes for a payload")))?;
             (&mut self.inner).take(blen).read_to_end(&mut body)?;
             if body.len() as u64 != blen {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a payload frame"));

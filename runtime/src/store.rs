@@ -167,13 +167,20 @@ impl Store {
 
     pub fn remove(&self, id: TaskId) {
         let mut s = self.lock();
-        if let Some(e) = s.memory.remove(&id) {
+        let freed = s.memory.remove(&id).map(|e| {
             s.lru.remove(&e.tick);
             s.memory_bytes -= e.nbytes;
-        }
+            e.value
+        });
         if let Some(n) = s.disk.remove(&id) {
             s.disk_bytes -= n;
             let _ = std::fs::remove_file(self.path(id));
+        }
+        drop(s);
+        // The buffer of a large bytes value nobody else holds is reused for
+        // the next large value received (see bufpool).
+        if let Some(Ok(Value { data: Data::Bytes(b), .. })) = freed.map(Arc::try_unwrap) {
+            crate::bufpool::give(b);
         }
     }
 
@@ -234,8 +241,7 @@ fn read_spilled(path: &Path) -> io::Result<Value> {
     let len = f.metadata()?.len();
     let mut tag = [0u8; 1];
     f.read_exact(&mut tag)?;
-    let mut body = Vec::new();
-    body.try_reserve_exact(len.saturating_sub(1) as usize).map_err(|_| io::Error::other("cannot allocate memory to unspill a value"))?;
+    let mut body = crate::bufpool::take(len.saturating_sub(1) as usize).ok_or_else(|| io::Error::other("cannot allocate memory to unspill a value"))?;
     f.read_to_end(&mut body)?;
     Value::from_wire(tag[0], body)
 }

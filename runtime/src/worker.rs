@@ -54,6 +54,9 @@ pub struct WorkerConfig {
 /// How long a retiring worker waits for the scheduler before leaving anyway.
 pub const RETIRE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Pooled receive buffers not reused for this long are freed.
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
 /// What a worker does as its memory fills up; fractions of `limit`, as in
 /// Dask (`distributed.worker.memory.*`). `None` disables a step.
 #[derive(Clone, Debug, PartialEq)]
@@ -255,6 +258,8 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         fetch_bytes_in_flight: 0,
         retire_at,
     };
+    // Large receive buffers kept for reuse: an eighth of the memory limit.
+    crate::bufpool::set_limit(w.cfg.memory.limit.unwrap_or_else(util::node_memory) / 8);
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
     drop(scratch_dir);
@@ -337,6 +342,7 @@ impl WorkerLoop {
             if last_beat.elapsed() >= self.cfg.heartbeat || transfers != last_transfers || self.report_now {
                 self.report_now = false;
                 last_beat = Instant::now();
+                crate::bufpool::trim(POOL_IDLE);
                 last_transfers = transfers;
                 self.out.push(ToScheduler::Heartbeat(self.metrics()));
             }
@@ -367,6 +373,10 @@ impl WorkerLoop {
         }
         self.last_memory_check = Some(Instant::now());
         let mut rss = util::rss_bytes() as f64;
+        // Pooled receive buffers are the first memory to give back.
+        if m.spill.or(m.pause).or(m.terminate).is_some_and(|f| rss > f * limit) && crate::bufpool::clear() > 0 {
+            rss = util::rss_bytes() as f64;
+        }
         if let Some(spill) = m.spill {
             if rss > spill * limit {
                 let held = self.store.stats().memory_bytes as f64;
@@ -477,16 +487,15 @@ impl WorkerLoop {
             }
             Event::Fetched { dep, from, value } => {
                 log_at!(3, "worker", "fetched value of task {dep} from peer {from}");
+                // Every copy is reported, so the scheduler can use it as a
+                // holder and frees it when the value is no longer needed.
+                self.out.push(ToScheduler::Replicated { id: dep, nbytes: value.nbytes() });
                 self.store.insert(dep, value);
                 self.manage_memory(false);
                 if let Some(f) = self.fetching.remove(&dep) {
                     if f.in_flight {
                         self.fetches_in_flight -= 1;
                         self.fetch_bytes_in_flight -= f.nbytes;
-                    }
-                    if f.replicate {
-                        let nbytes = self.store.get(dep).ok().flatten().map(|v| v.nbytes()).unwrap_or(0);
-                        self.out.push(ToScheduler::Replicated { id: dep, nbytes });
                     }
                     for t in f.waiting {
                         if let Some(task) = self.tasks.get_mut(&t) {

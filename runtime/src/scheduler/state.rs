@@ -648,10 +648,12 @@ impl SchedulerState {
         }
     }
 
-    /// Worker `w` now holds a copy of `t`.
+    /// Worker `w` now holds a copy of `t`, fetched from a peer: asked by
+    /// `Replicate` (retirement; counted), or for a task of its own.
     pub fn replicated(&mut self, w: WorkerId, t: TaskId, nbytes: u64, now: f64) {
         self.touch(w, now);
-        if self.replicating.get(&t) == Some(&w) {
+        let asked = self.replicating.get(&t) == Some(&w);
+        if asked {
             self.replicating.remove(&t);
         }
         let alive = self.workers.contains_key(&w);
@@ -661,7 +663,9 @@ impl SchedulerState {
                     self.tasks[t as usize].who_has.push(w);
                     self.tasks[t as usize].nbytes = self.tasks[t as usize].nbytes.max(nbytes);
                     self.workers.get_mut(&w).expect("alive").has_what.insert(t);
-                    self.stats.values_replicated += 1;
+                    if asked {
+                        self.stats.values_replicated += 1;
+                    }
                 }
             }
             _ if alive => self.frees.entry(w).or_default().push(t),

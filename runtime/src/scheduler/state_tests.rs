@@ -171,6 +171,37 @@ fn placement_prefers_the_worker_holding_the_data() {
 }
 
 #[test]
+fn copies_fetched_for_a_task_are_known_and_freed_with_the_value() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    let mut defs = graph(r#"{"x": 1, "y": ["inc", "x"]}"#);
+    defs[0].annotations.workers = vec!["a".into()];
+    defs[1].annotations.workers = vec!["b".into()];
+    sim.s.update_graph(c, defs, &wanted(&["y"])).unwrap();
+    sim.computes();
+    sim.finish(w1, "x");
+    assert_eq!(sim.computes(), vec![(w2, sim.id("y"), "y".into())]);
+    // b fetched x from a to run y: the copy is a holder, not a retirement copy
+    sim.s.replicated(w2, sim.id("x"), 8, 0.0);
+    sim.ok();
+    assert_eq!(sim.s.who_has("x"), vec![w1, w2]);
+    assert_eq!(sim.s.stats.values_replicated, 0);
+    sim.finish(w2, "y");
+    // x is released: both copies are freed, b's included
+    let (out, _) = sim.outgoing();
+    for w in [w1, w2] {
+        assert!(out.iter().any(|(to, m)| *to == w && matches!(m, ToWorker::Free { ids } if ids.contains(&sim.id("x")))), "{w} frees x: {out:?}");
+    }
+    // a copy reported after the value was released is freed at once
+    sim.s.replicated(w1, sim.id("y"), 8, 0.0);
+    sim.ok();
+    let (out, _) = sim.outgoing();
+    assert!(out.iter().any(|(to, m)| *to == w1 && matches!(m, ToWorker::Free { .. })) || sim.s.who_has("y").contains(&w1));
+}
+
+#[test]
 fn no_worker_until_a_matching_one_joins() {
     let mut sim = Sim::new();
     sim.s.add_worker(info("cpu", 2), 0.0);
