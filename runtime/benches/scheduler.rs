@@ -137,8 +137,9 @@ fn run(sc: &Scenario, defs: Vec<TaskDef>, wanted: &[String]) -> f64 {
         if sent.is_empty() && done < wanted.len() {
             panic!("{}: stalled with {done} of {} results", sc.name, wanted.len());
         }
+        let now = start.elapsed().as_secs_f64();
         for (w, id) in sent.drain(..) {
-            s.task_finished(w, id, 8, 1e-6, 0.0);
+            s.task_finished(w, id, 8, 1e-6, now);
         }
     }
     s.remove_client(c);
@@ -155,7 +156,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let quick = args.iter().any(|a| a == "--quick");
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let (n, leaves, reps) = if quick { (2_000, 1_024, 1) } else { (1_000_000, 262_144, 5) };
+    let (n, leaves, reps) = if quick { (2_000, 1_024, 1) } else { (std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000), 262_144, 5) };
     let mut scenarios = vec![];
     for (workers, threads) in [(1, 2), (100, 32), (1_000, 128), (10_000, 128)] {
         let w = if quick { workers.min(100) } else { workers };

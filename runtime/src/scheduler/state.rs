@@ -19,6 +19,43 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 pub type ClientId = u32;
+
+/// Seconds between work-stealing passes triggered by finished tasks.
+const BALANCE_INTERVAL: f64 = 0.005;
+
+/// Sets and maps keyed by task id. Ids are handed out by the scheduler
+/// itself (no one else chooses them), so a fast fixed hash is safe here;
+/// keys chosen by clients keep the randomly seeded default hasher.
+type IdSet = HashSet<TaskId, IdHash>;
+type IdMap<V> = HashMap<TaskId, V, IdHash>;
+
+/// Multiplicative (Fibonacci) hashing of a 32-bit id.
+#[derive(Clone, Copy, Default)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 /// Lower runs first: (-user priority, submission generation, graph order).
 pub type Priority = (i64, u32, u32);
 
@@ -107,8 +144,8 @@ pub struct WorkerInfo {
 #[derive(Debug)]
 struct Worker {
     info: WorkerInfo,
-    processing: HashSet<TaskId>,
-    has_what: HashSet<TaskId>,
+    processing: IdSet,
+    has_what: IdSet,
     last_seen: f64,
     metrics: WorkerMetrics,
     /// Leaving gracefully: no new tasks; unique values are being copied away.
@@ -196,11 +233,13 @@ pub struct SchedulerState {
     /// Tasks whose need may have dropped; examined by `settle`.
     check: Vec<TaskId>,
     /// Copies under way for retiring workers: value -> worker copying it.
-    replicating: HashMap<TaskId, WorkerId>,
+    replicating: IdMap<WorkerId>,
     /// Workers retiring and not yet told to go (so `settle` need not scan).
     retiring_count: usize,
     /// Steal requests under way: task -> (worker asked to give it up, thief).
-    stealing: HashMap<TaskId, (WorkerId, WorkerId)>,
+    stealing: IdMap<(WorkerId, WorkerId)>,
+    /// When work stealing last ran after a task finished (`now` seconds).
+    last_balance: f64,
     pub stats: SchedulerStats,
 }
 
@@ -225,8 +264,9 @@ impl SchedulerState {
             logs: Vec::new(),
             debug_logs: Vec::new(),
             check: Vec::new(),
-            replicating: HashMap::new(),
-            stealing: HashMap::new(),
+            replicating: IdMap::default(),
+            stealing: IdMap::default(),
+            last_balance: f64::NEG_INFINITY,
             retiring_count: 0,
             stats: SchedulerStats::default(),
         }
@@ -340,8 +380,8 @@ impl SchedulerState {
             id,
             Worker {
                 info,
-                processing: HashSet::new(),
-                has_what: HashSet::new(),
+                processing: IdSet::default(),
+                has_what: IdSet::default(),
                 last_seen: now,
                 metrics: WorkerMetrics::default(),
                 retiring: false,
@@ -869,7 +909,11 @@ impl SchedulerState {
         self.check.push(t);
         self.settle();
         self.fill_worker(w);
-        if self.workers.get(&w).is_some_and(|x| x.processing.len() < x.info.nthreads as usize) {
+        // Work stealing after a finish frees threads, at most every
+        // BALANCE_INTERVAL: its cost grows with the workers and their queues,
+        // and the server also runs it on its periodic tick.
+        if now - self.last_balance >= BALANCE_INTERVAL && self.workers.get(&w).is_some_and(|x| x.processing.len() < x.info.nthreads as usize) {
+            self.last_balance = now;
             self.balance();
         }
     }
