@@ -23,3 +23,40 @@ wait_workers() {
 machine_line() {
   printf 'machine: %s, %s cores; commit %s' "$(uname -m)" "$(nproc)" "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 }
+
+# Make sure bench/.venv (a private virtualenv) has the given PyPI packages;
+# installs only what is missing.
+ensure_venv() {
+  [ -x "$here/.venv/bin/python" ] || python3 -m venv "$here/.venv"
+  local missing=()
+  for p in "$@"; do
+    "$here/.venv/bin/pip" show --quiet "$p" > /dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} = 0 ] || "$here/.venv/bin/pip" install --quiet "${missing[@]}"
+}
+
+# Start a scheduler and WORKERS worker processes of THREADS threads each
+# (scheduler file $work/s.json, logs in $work), and wait for them.
+start_cluster() {
+  "$tf" scheduler --scheduler-file "$work/s.json" --host 127.0.0.1 2> "$work/scheduler.log" &
+  for i in $(seq 1 "$1"); do
+    "$tf" worker --scheduler-file "$work/s.json" --nthreads "$2" --local-directory "$work" 2> "$work/worker$i.log" &
+  done
+  wait_workers "$work/s.json" "$1"
+}
+
+stop_cluster() {
+  "$tf" shutdown --scheduler-file "$work/s.json" 2> /dev/null
+  wait
+  rm -f "$work/s.json"
+}
+
+# Seconds taken by `taskfarm submit GRAPH` on the running cluster; its output
+# goes to $work/out.json.
+time_submit() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$tf" submit "$1" --scheduler-file "$work/s.json" > "$work/out.json"
+  t1=$(date +%s.%N)
+  calc "$t1 - $t0"
+}

@@ -26,10 +26,8 @@ build_taskfarm
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-if [ $with_dask = 1 ] && [ ! -x "$here/.venv/bin/python" -o ! -e "$here/.venv/.mpi" ]; then
-  python3 -m venv "$here/.venv"
-  "$here/.venv/bin/pip" install --quiet dask distributed dask-mpi mpi4py
-  touch "$here/.venv/.mpi"
+if [ $with_dask = 1 ]; then
+  ensure_venv dask distributed dask-mpi mpi4py
 fi
 
 now() { date +%s.%N; }

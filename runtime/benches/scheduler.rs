@@ -75,7 +75,7 @@ fn sum_tree(leaves: usize) -> String {
             let k = format!("s{depth}_{j}");
             match pair {
                 [a, b] => s.push_str(&format!(", \"{k}\": [\"add\", \"{a}\", \"{b}\"]")),
-                [a] => s.push_str(&format!(", \"{k}\": [\"inc\", \"{a}\"]")),
+                [a] => s.push_str(&format!(", \"{k}\": [\"add\", \"{a}\", 0]")),
                 _ => unreachable!(),
             }
             next.push(k);
