@@ -45,10 +45,7 @@ cargo build --workspace --all-targets --locked 2>&1 | tail -n 1
 cargo build --workspace --all-targets --locked "${features[@]}" 2>&1 | tail -n 1
 
 echo "== benchmark smoke runs (tiny sizes; real numbers: docs/benchmarks.md)"
-N=2000 REPS=1 bench/noop.sh
-REPS=1 bench/mpi_ready.sh
-SIZE=16777216 REPS=1 bench/transfer.sh
-COUNT=8 SIZE=10000000 REPS=1 bench/spill.sh
+bench/run.sh --smoke
 
 if cargo nextest --version > /dev/null 2>&1; then
   run_tests() { cargo nextest run --workspace --locked --no-fail-fast "$@"; }

@@ -180,11 +180,21 @@ pub fn create_scratch(parent: &Path, name: &str) -> io::Result<ScratchDir> {
         crate::log_at!(2, "worker", "removed stale scratch directory {} left by a worker that was killed", old.display());
     }
     let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect();
-    let path = parent.join(format!("{SCRATCH_PREFIX}{safe}-{}-{}", std::process::id(), crate::util::hex(&crate::util::random_bytes(3))));
-    std::fs::create_dir_all(&path).map_err(|e| io::Error::new(e.kind(), format!("cannot create worker directory {}: {e}", path.display())))?;
-    let lock = File::create(path.join(LOCK_NAME))?;
+    let unique = format!("{safe}-{}-{}", std::process::id(), crate::util::hex(&crate::util::random_bytes(3)));
+    let path = parent.join(format!("{SCRATCH_PREFIX}{unique}"));
+    // Built under a name the stale-directory cleaning of other workers
+    // starting at the same time ignores, locked, and only then renamed:
+    // a directory with the prefix is always either locked or stale.
+    let building = parent.join(format!(".{SCRATCH_PREFIX}new-{unique}"));
+    std::fs::create_dir(&building).map_err(|e| io::Error::new(e.kind(), format!("cannot create worker directory {}: {e}", building.display())))?;
+    let lock = File::create(building.join(LOCK_NAME))?;
     if !try_lock(&lock) {
-        return Err(io::Error::other(format!("cannot lock {}", path.join(LOCK_NAME).display())));
+        let _ = std::fs::remove_dir_all(&building);
+        return Err(io::Error::other(format!("cannot lock {}", building.join(LOCK_NAME).display())));
+    }
+    if let Err(e) = std::fs::rename(&building, &path) {
+        let _ = std::fs::remove_dir_all(&building);
+        return Err(io::Error::new(e.kind(), format!("cannot create worker directory {}: {e}", path.display())));
     }
     Ok(ScratchDir { path, _lock: lock })
 }
@@ -509,6 +519,26 @@ mod tests {
         let p = live.path().to_path_buf();
         drop(live);
         assert!(!p.exists());
+        std::fs::remove_dir_all(parent).unwrap();
+    }
+
+    #[test]
+    fn workers_starting_together_never_remove_each_others_scratch() {
+        // Each worker cleans stale directories as it starts; one just being
+        // created by another must never look stale (this failed a benchmark
+        // starting two workers at once).
+        let parent = std::env::temp_dir().join(format!("tf-scratch-{}", crate::util::hex(&crate::util::random_bytes(4))));
+        std::fs::create_dir_all(&parent).unwrap();
+        for round in 0..200 {
+            let made: Vec<ScratchDir> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8).map(|i| {
+                    let parent = &parent;
+                    s.spawn(move || create_scratch(parent, &format!("w{round}-{i}")))
+                }).collect();
+                hs.into_iter().map(|h| h.join().unwrap().expect("every worker gets its scratch directory")).collect()
+            });
+            assert!(made.iter().all(|d| d.path().join(LOCK_NAME).exists()), "round {round}: a live directory was removed");
+        }
         std::fs::remove_dir_all(parent).unwrap();
     }
 }
