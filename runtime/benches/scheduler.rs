@@ -158,9 +158,9 @@ fn main() {
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let (n, leaves, reps) = if quick { (2_000, 1_024, 1) } else { (std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000), 262_144, 5) };
     let mut scenarios = vec![];
-    for (workers, threads) in [(1, 2), (100, 32), (1_000, 128), (10_000, 128)] {
+    for (tasks, workers, threads) in [(n, 1, 2), (n, 100, 32), (n / 10, 1_000, 128), (n, 1_000, 128), (n, 10_000, 128)] {
         let w = if quick { workers.min(100) } else { workers };
-        scenarios.push(Scenario { name: format!("independent {n} tasks, {w} workers x {threads} threads"), workers: w, threads, graph: independent(n), tasks: n });
+        scenarios.push(Scenario { name: format!("independent {tasks} tasks, {w} workers x {threads} threads"), workers: w, threads, graph: independent(tasks), tasks });
     }
     let tree_tasks = 2 * leaves - 1;
     for (workers, threads) in [(1, 2), (1_000, 128)] {

@@ -16,9 +16,17 @@
 use crate::graph::TaskDef;
 use crate::protocol::{ComputeTask, StatusReport, TaskId, ToClient, ToWorker, WorkerId, WorkerMetrics, WorkerStatus};
 use std::cmp::Reverse;
+use super::ids::{Ids, KeyIndex};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
 
 pub type ClientId = u32;
+
+/// Up to this many workers, placing a task looks at every one of them.
+const SCAN_ALL_WORKERS: usize = 32;
+/// With more, a task with dependencies considers their holders and this
+/// many other workers, taken in turn.
+const OTHER_CANDIDATES: usize = 4;
 
 /// Seconds between work-stealing passes triggered by finished tasks.
 const BALANCE_INTERVAL: f64 = 0.005;
@@ -161,35 +169,58 @@ impl Worker {
     }
 }
 
+/// What few tasks have, kept out of line so most tasks need none of it.
 #[derive(Debug, Default)]
-struct Restrictions {
+struct Extra {
+    /// Names or addresses of the workers allowed to run it (empty: any).
     workers: Vec<String>,
     resources: Vec<(String, f64)>,
+    timeout: Option<f64>,
+    error: Option<Box<str>>,
 }
 
 #[derive(Debug)]
 struct Task {
     key: Box<str>,
     state: TaskState,
-    spec: Box<[u8]>,
-    deps: Vec<TaskId>,
-    dependents: Vec<TaskId>,
+    /// Shared between tasks with the same encoded expression (see `specs`).
+    spec: Arc<[u8]>,
+    deps: Ids,
+    dependents: Ids,
     /// Dependencies not in memory (meaningful while `Waiting`).
     waiting_on: u32,
     /// Dependents in an active state, i.e. still needing this value.
     waiters: u32,
     /// Dependents not yet forgotten.
     live_dependents: u32,
-    who_has: Vec<WorkerId>,
+    who_has: Ids,
     processing_on: Option<WorkerId>,
-    wanted_by: Vec<ClientId>,
+    wanted_by: Ids,
     priority: Priority,
     retries_left: u32,
     suspicious: u32,
     nbytes: u64,
-    timeout: Option<f64>,
-    restrictions: Option<Box<Restrictions>>,
-    error: Option<Box<str>>,
+    extra: Option<Box<Extra>>,
+}
+
+impl Task {
+    /// Restricted to some workers or needing resources.
+    fn restricted(&self) -> bool {
+        self.extra.as_ref().is_some_and(|e| !e.workers.is_empty() || !e.resources.is_empty())
+    }
+    fn timeout(&self) -> Option<f64> {
+        self.extra.as_ref().and_then(|e| e.timeout)
+    }
+    fn error(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.error.as_deref())
+    }
+    fn set_error(&mut self, error: Option<Box<str>>) {
+        match (&mut self.extra, error) {
+            (Some(e), err) => e.error = err,
+            (None, Some(err)) => self.extra = Some(Box::new(Extra { error: Some(err), ..Default::default() })),
+            (None, None) => {}
+        }
+    }
 }
 
 /// Counters reported in status and asserted by tests.
@@ -215,7 +246,10 @@ pub struct SchedulerStats {
 pub struct SchedulerState {
     config: SchedulerConfig,
     tasks: Vec<Task>,
-    keys: HashMap<Box<str>, TaskId>,
+    keys: KeyIndex,
+    /// Encoded expressions shared between tasks: most graphs repeat a few
+    /// (the same call with references to different dependencies).
+    specs: HashSet<Arc<[u8]>>,
     workers: BTreeMap<WorkerId, Worker>,
     clients: BTreeMap<ClientId, String>,
     queued: BinaryHeap<Reverse<(Priority, TaskId)>>,
@@ -240,6 +274,8 @@ pub struct SchedulerState {
     stealing: IdMap<(WorkerId, WorkerId)>,
     /// When work stealing last ran after a task finished (`now` seconds).
     last_balance: f64,
+    /// Where the next placement starts looking among the workers.
+    placement_cursor: WorkerId,
     pub stats: SchedulerStats,
 }
 
@@ -248,7 +284,8 @@ impl SchedulerState {
         SchedulerState {
             config,
             tasks: Vec::new(),
-            keys: HashMap::new(),
+            keys: KeyIndex::default(),
+            specs: HashSet::new(),
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),
             queued: BinaryHeap::new(),
@@ -267,9 +304,26 @@ impl SchedulerState {
             replicating: IdMap::default(),
             stealing: IdMap::default(),
             last_balance: f64::NEG_INFINITY,
+            placement_cursor: 0,
             retiring_count: 0,
             stats: SchedulerStats::default(),
         }
+    }
+
+    /// The shared copy of an encoded expression. The table is emptied when
+    /// it grows large (tasks keep their copies; later ones start sharing
+    /// again), so it never holds more than a bounded number of specs that
+    /// no task uses any more.
+    fn intern_spec(&mut self, spec: Vec<u8>) -> Arc<[u8]> {
+        if let Some(s) = self.specs.get(spec.as_slice()) {
+            return s.clone();
+        }
+        if self.specs.len() >= 1 << 16 {
+            self.specs.clear();
+        }
+        let s: Arc<[u8]> = spec.into();
+        self.specs.insert(s.clone());
+        s
     }
 
     // ---- queries ---------------------------------------------------------
@@ -279,7 +333,8 @@ impl SchedulerState {
     }
 
     pub fn task_id(&self, key: &str) -> Option<TaskId> {
-        self.keys.get(key).copied()
+        let tasks = &self.tasks;
+        self.keys.get(key, |id| &tasks[id as usize].key)
     }
 
     pub fn state_of(&self, key: &str) -> Option<TaskState> {
@@ -287,7 +342,7 @@ impl SchedulerState {
     }
 
     pub fn who_has(&self, key: &str) -> Vec<WorkerId> {
-        self.task_id(key).map(|t| self.tasks[t as usize].who_has.clone()).unwrap_or_default()
+        self.task_id(key).map(|t| self.tasks[t as usize].who_has.to_vec()).unwrap_or_default()
     }
 
     pub fn processing_on(&self, key: &str) -> Option<WorkerId> {
@@ -656,7 +711,7 @@ impl SchedulerState {
     fn progress_retirements(&mut self) {
         let retiring: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| w.retiring && !w.retired && w.processing.is_empty()).map(|(&id, _)| id).collect();
         for w in retiring {
-            let mut unique: Vec<TaskId> = self.workers[&w].has_what.iter().copied().filter(|t| self.tasks[*t as usize].who_has == [w]).collect();
+            let mut unique: Vec<TaskId> = self.workers[&w].has_what.iter().copied().filter(|t| *self.tasks[*t as usize].who_has == [w]).collect();
             unique.sort_unstable();
             let targets: Vec<WorkerId> = self.workers.iter().filter(|(_, x)| !x.retiring).map(|(&id, _)| id).collect();
             if !unique.is_empty() && targets.is_empty() {
@@ -748,7 +803,7 @@ impl SchedulerState {
 
     pub fn release_keys(&mut self, c: ClientId, keys: &[String]) {
         for k in keys {
-            if let Some(&t) = self.keys.get(k.as_str()) {
+            if let Some(t) = self.task_id(k) {
                 self.tasks[t as usize].wanted_by.retain(|&x| x != c);
                 self.check.push(t);
             }
@@ -764,9 +819,9 @@ impl SchedulerState {
             return Err("unknown client".into());
         }
         // Validate first, change nothing until the update is known good.
-        let mut new_index: HashMap<&str, usize> = HashMap::with_capacity(defs.len());
+        let mut new_index: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::with_capacity(defs.len());
         for (i, d) in defs.iter().enumerate() {
-            if !self.keys.contains_key(d.key.as_str()) && new_index.insert(d.key.as_str(), i).is_some() {
+            if self.task_id(&d.key).is_none() && new_index.insert(d.key.as_str(), i).is_some() {
                 return Err(format!("task '{}' is defined twice", d.key));
             }
         }
@@ -775,13 +830,13 @@ impl SchedulerState {
                 continue;
             }
             for dep in &d.deps {
-                if !new_index.contains_key(dep.as_str()) && !self.keys.contains_key(dep.as_str()) {
+                if !new_index.contains_key(dep.as_str()) && self.task_id(dep).is_none() {
                     return Err(format!("task '{}' depends on '{dep}', which is neither in the graph nor known to the scheduler", d.key));
                 }
             }
         }
         for k in wanted {
-            if !new_index.contains_key(k.as_str()) && !self.keys.contains_key(k.as_str()) {
+            if !new_index.contains_key(k.as_str()) && self.task_id(k).is_none() {
                 return Err(format!("requested key '{k}' is not in the graph"));
             }
         }
@@ -795,52 +850,57 @@ impl SchedulerState {
         self.generation += 1;
         let generation = self.generation;
         let mut added = Vec::with_capacity(n_new);
+        self.tasks.reserve(n_new);
+        {
+            let tasks = &self.tasks;
+            self.keys.reserve(n_new, |x| &tasks[x as usize].key);
+        }
         for (d, new) in defs.into_iter().zip(is_new) {
             if !new {
                 continue;
             }
             let id = self.tasks.len() as TaskId;
-            let restrictions = if d.annotations.workers.is_empty() && d.annotations.resources.is_empty() {
+            let a = d.annotations;
+            let extra = if a.workers.is_empty() && a.resources.is_empty() && a.timeout.is_none() {
                 None
             } else {
-                Some(Box::new(Restrictions { workers: d.annotations.workers, resources: d.annotations.resources }))
+                Some(Box::new(Extra { workers: a.workers, resources: a.resources, timeout: a.timeout, error: None }))
             };
-            let key: Box<str> = d.key.into_boxed_str();
-            self.keys.insert(key.clone(), id);
+            let spec = self.intern_spec(d.spec);
             self.tasks.push(Task {
-                key,
+                key: d.key.into_boxed_str(),
                 state: TaskState::Released,
-                spec: d.spec.into_boxed_slice(),
-                deps: Vec::new(),
-                dependents: Vec::new(),
+                spec,
+                deps: Ids::Empty,
+                dependents: Ids::Empty,
                 waiting_on: 0,
                 waiters: 0,
                 live_dependents: 0,
-                who_has: Vec::new(),
+                who_has: Ids::Empty,
                 processing_on: None,
-                wanted_by: Vec::new(),
-                priority: (-(d.annotations.priority as i64), generation, d.order),
-                retries_left: d.annotations.retries,
+                wanted_by: Ids::Empty,
+                priority: (-(a.priority as i64), generation, d.order),
+                retries_left: a.retries,
                 suspicious: 0,
                 nbytes: 0,
-                timeout: d.annotations.timeout,
-                restrictions,
-                error: None,
+                extra,
             });
+            let tasks = &self.tasks;
+            self.keys.insert(&tasks[id as usize].key, id, |x| &tasks[x as usize].key);
             self.counts[TaskState::Released as usize] += 1;
             added.push((id, d.deps));
         }
         for (id, deps) in &added {
-            let dep_ids: Vec<TaskId> = deps.iter().map(|k| self.keys[k.as_str()]).collect();
+            let dep_ids: Vec<TaskId> = deps.iter().map(|k| self.task_id(k).expect("validated")).collect();
             for &d in &dep_ids {
                 let dt = &mut self.tasks[d as usize];
                 dt.dependents.push(*id);
                 dt.live_dependents += 1;
             }
-            self.tasks[*id as usize].deps = dep_ids;
+            self.tasks[*id as usize].deps = dep_ids.into();
         }
         for k in wanted {
-            let t = self.keys[k.as_str()];
+            let t = self.task_id(k).expect("validated");
             let task = &mut self.tasks[t as usize];
             if !task.wanted_by.contains(&c) {
                 task.wanted_by.push(c);
@@ -851,7 +911,7 @@ impl SchedulerState {
                     self.to_client.push((c, msg));
                 }
                 TaskState::Erred => {
-                    let error = task.error.as_deref().unwrap_or("failed").to_string();
+                    let error = task.error().unwrap_or("failed").to_string();
                     self.to_client.push((c, ToClient::KeyErred { key: k.clone(), error }));
                 }
                 _ => self.ensure_computing(t),
@@ -1049,7 +1109,7 @@ impl SchedulerState {
                 }
                 TaskState::Erred => {
                     let dep = &self.tasks[d as usize];
-                    let err = dependency_error(&dep.key, dep.error.as_deref().unwrap_or("failed"));
+                    let err = dependency_error(&dep.key, dep.error().unwrap_or("failed"));
                     self.tasks[t as usize].waiting_on = 0;
                     self.mark_erred(t, err);
                     return;
@@ -1126,7 +1186,7 @@ impl SchedulerState {
             let key = task.key.clone();
             let task = &mut self.tasks[t as usize];
             task.processing_on = None;
-            task.error = Some(err.clone().into_boxed_str());
+            task.set_error(Some(err.clone().into_boxed_str()));
             let wanted = task.wanted_by.clone();
             self.set_state(t, TaskState::Erred);
             for c in wanted {
@@ -1146,7 +1206,7 @@ impl SchedulerState {
     /// All dependencies are in memory: queue it or send it to a worker.
     fn make_ready(&mut self, t: TaskId) {
         let task = &self.tasks[t as usize];
-        if task.deps.is_empty() && task.restrictions.is_none() {
+        if task.deps.is_empty() && !task.restricted() {
             self.set_state(t, TaskState::Queued);
             let p = self.tasks[t as usize].priority;
             self.queued.push(Reverse((p, t)));
@@ -1168,7 +1228,7 @@ impl SchedulerState {
     }
 
     fn eligible(&self, t: TaskId, w: &Worker) -> bool {
-        match &self.tasks[t as usize].restrictions {
+        match &self.tasks[t as usize].extra {
             None => true,
             Some(r) => {
                 (r.workers.is_empty() || r.workers.iter().any(|n| *n == w.info.name || *n == w.info.address))
@@ -1187,7 +1247,8 @@ impl SchedulerState {
     /// Why no connected worker can run `t`: its restrictions against what
     /// the workers offer.
     fn why_no_worker(&self, t: TaskId) -> String {
-        let Some(r) = &self.tasks[t as usize].restrictions else { return "no worker is connected".into() };
+        let task = &self.tasks[t as usize];
+        let Some(r) = task.extra.as_ref().filter(|_| task.restricted()) else { return "no worker is connected".into() };
         let mut needs = Vec::new();
         if !r.workers.is_empty() {
             needs.push(format!("one of the workers {}", r.workers.join(", ")));
@@ -1213,11 +1274,34 @@ impl SchedulerState {
 
     /// Pick the worker where the task would start soonest: bytes it must
     /// fetch over the assumed bandwidth plus the queued work per thread.
-    fn decide_worker(&self, t: TaskId) -> Option<WorkerId> {
+    /// The worker where `t` would start soonest: data it must fetch plus the
+    /// work queued there. With many workers, an unrestricted task with
+    /// dependencies considers only the holders of its dependencies and a few
+    /// others in turn (as Dask does), so placing it costs O(dependencies),
+    /// not O(workers).
+    fn decide_worker(&mut self, t: TaskId) -> Option<WorkerId> {
+        let task = &self.tasks[t as usize];
+        if self.workers.len() <= SCAN_ALL_WORKERS || task.deps.is_empty() || task.restricted() {
+            return self.best_worker(t, self.workers.keys().copied());
+        }
+        let mut candidates: Vec<WorkerId> = Vec::with_capacity(task.deps.len() + OTHER_CANDIDATES);
+        for &d in task.deps.iter() {
+            candidates.extend(self.tasks[d as usize].who_has.iter().copied());
+        }
+        let start = self.placement_cursor;
+        candidates.extend(self.workers.range(start..).chain(self.workers.range(..start)).take(OTHER_CANDIDATES).map(|(&id, _)| id));
+        self.placement_cursor = candidates.last().map_or(0, |&w| w + 1);
+        candidates.sort_unstable();
+        candidates.dedup();
+        self.best_worker(t, candidates.into_iter())
+    }
+
+    fn best_worker(&self, t: TaskId, candidates: impl Iterator<Item = WorkerId>) -> Option<WorkerId> {
         let task = &self.tasks[t as usize];
         let per_task = self.avg_duration.max(1e-6);
         let mut best: Option<(bool, f64, WorkerId)> = None;
-        for (&id, w) in &self.workers {
+        for id in candidates {
+            let Some(w) = self.workers.get(&id) else { continue };
             if !self.eligible(t, w) {
                 continue;
             }
@@ -1253,7 +1337,7 @@ impl SchedulerState {
             })
             .collect();
         let dep_nbytes = task.deps.iter().map(|&d| self.tasks[d as usize].nbytes).collect();
-        let resources = task.restrictions.as_ref().map(|r| r.resources.clone()).unwrap_or_default();
+        let resources = task.extra.as_ref().map(|r| r.resources.clone()).unwrap_or_default();
         let msg = ComputeTask {
             id: t,
             key: task.key.to_string(),
@@ -1261,7 +1345,7 @@ impl SchedulerState {
             deps,
             dep_nbytes,
             priority: task.priority,
-            timeout: task.timeout,
+            timeout: task.timeout(),
             resources,
         };
         self.to_worker.push((w, ToWorker::Compute(msg)));
@@ -1366,13 +1450,12 @@ impl SchedulerState {
     fn forget(&mut self, t: TaskId) {
         self.set_state(t, TaskState::Forgotten);
         let task = &mut self.tasks[t as usize];
-        self.keys.remove(&task.key);
-        task.spec = Box::new([]);
-        task.error = None;
-        task.restrictions = None;
+        self.keys.remove(&task.key, t);
+        task.spec = Arc::from(&[][..]);
+        task.extra = None;
         let deps = std::mem::take(&mut task.deps);
-        task.dependents = Vec::new();
-        for d in deps {
+        task.dependents = Ids::Empty;
+        for &d in deps.iter() {
             let dt = &mut self.tasks[d as usize];
             dt.live_dependents -= 1;
             if dt.live_dependents == 0 {
@@ -1392,12 +1475,12 @@ impl SchedulerState {
             counts[task.state as usize] += 1;
             let k = &task.key;
             if task.state == TaskState::Forgotten {
-                if self.keys.get(k).is_some_and(|&x| x == t) {
+                if self.task_id(k) == Some(t) {
                     return Err(format!("forgotten task '{k}' still in the key map"));
                 }
                 continue;
             }
-            if self.keys.get(k) != Some(&t) {
+            if self.task_id(k) != Some(t) {
                 return Err(format!("task '{k}' missing from the key map"));
             }
             let waiters = task.dependents.iter().filter(|&&d| self.tasks[d as usize].state.is_active()).count() as u32;
@@ -1457,7 +1540,7 @@ impl SchedulerState {
                     return Err(format!("task '{k}' held in memory though nothing needs it"));
                 }
                 TaskState::Released if !task.wanted_by.is_empty() => return Err(format!("wanted task '{k}' is released")),
-                TaskState::Erred if task.error.is_none() => return Err(format!("erred task '{k}' has no error")),
+                TaskState::Erred if task.error().is_none() => return Err(format!("erred task '{k}' has no error")),
                 _ => {}
             }
             for c in &task.wanted_by {
@@ -1465,6 +1548,10 @@ impl SchedulerState {
                     return Err(format!("task '{k}' wanted by gone client {c}"));
                 }
             }
+        }
+        let live = self.tasks.len() as u64 - counts[TaskState::Forgotten as usize];
+        if self.keys.len() as u64 != live {
+            return Err(format!("{} keys indexed for {live} tasks not forgotten", self.keys.len()));
         }
         if counts != self.counts {
             return Err(format!("state counts {:?} but recount {:?}", self.counts, counts));
@@ -1503,7 +1590,7 @@ fn dependency_error(key: &str, err: &str) -> String {
 
 /// A cycle among the new tasks of an update (existing tasks cannot depend
 /// on new ones, so cycles can only be among the new ones).
-fn find_cycle(defs: &[TaskDef], index: &HashMap<&str, usize>) -> Option<Vec<String>> {
+fn find_cycle(defs: &[TaskDef], index: &hashbrown::HashMap<&str, usize>) -> Option<Vec<String>> {
     let mut colour = vec![0u8; defs.len()];
     for root in index.values().copied() {
         if colour[root] != 0 {
