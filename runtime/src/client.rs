@@ -60,7 +60,7 @@ pub struct Client {
     reader: FrameReader<TcpStream>,
     writer: FrameWriter<TcpStream>,
     secret: Vec<u8>,
-    pending: Vec<ToClient>,
+    pending: std::collections::VecDeque<ToClient>,
     pub address: String,
 }
 
@@ -95,7 +95,7 @@ impl Client {
             reader: FrameReader::new(stream),
             writer,
             secret: secret.to_vec(),
-            pending: Vec::new(),
+            pending: std::collections::VecDeque::new(),
             address: address.to_string(),
         };
         match c.next()? {
@@ -106,8 +106,8 @@ impl Client {
 
     fn next(&mut self) -> Result<ToClient, ClientError> {
         loop {
-            if !self.pending.is_empty() {
-                return Ok(self.pending.remove(0));
+            if let Some(m) = self.pending.pop_front() {
+                return Ok(m);
             }
             match self.reader.read_batch::<ToClient>() {
                 Ok(Some((msgs, _))) => self.pending.extend(msgs),
@@ -135,7 +135,7 @@ impl Client {
             Value(Data),
             Failed(String),
         }
-        let mut slots: HashMap<&str, Slot> = keys.iter().map(|k| (k.as_str(), Slot::Pending)).collect();
+        let mut slots: hashbrown::HashMap<&str, Slot> = keys.iter().map(|k| (k.as_str(), Slot::Pending)).collect();
         let mut unresolved = slots.len();
         let mut pending = slots.len();
         let mut fetch_failures = 0u32;

@@ -17,7 +17,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
-use std::collections::HashMap;
+// Keys are the user's own (no untrusted peer chooses them): the fast,
+// still randomly seeded, hasher of hashbrown.
+use hashbrown::HashMap;
 use std::fmt;
 
 /// A task's computation, shipped opaque to the scheduler and evaluated on a

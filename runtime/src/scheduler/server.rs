@@ -438,6 +438,10 @@ impl Core {
                 } else {
                     log_at!(3, "scheduler", "client {c} submitted {n} tasks, wants {} keys", wanted.len());
                 }
+                drop(wanted);
+                if n >= 10_000 {
+                    release_freed_memory();
+                }
             }
             ToScheduler::ReleaseKeys { keys } => self.state.release_keys(c, &keys),
             ToScheduler::StatusRequest => {
@@ -503,5 +507,17 @@ fn short(m: &ToScheduler) -> String {
         format!("{}...", &s[..s.char_indices().nth(80).map(|(i, _)| i).unwrap_or(s.len())])
     } else {
         s
+    }
+}
+
+/// Give memory freed after decoding a large graph back to the system (glibc
+/// keeps freed small blocks otherwise), so the scheduler's resident memory
+/// reflects what it holds: a large submission is many small allocations
+/// made by a connection's reader thread and freed here.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
