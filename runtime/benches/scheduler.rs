@@ -110,16 +110,7 @@ fn waiting_bytes(defs: &[TaskDef], wanted: &[String]) -> f64 {
 fn run(sc: &Scenario, defs: Vec<TaskDef>, wanted: &[String]) -> f64 {
     let mut s = SchedulerState::new(SchedulerConfig::default());
     for i in 0..sc.workers {
-        let info = WorkerInfo {
-            name: format!("w{i}"),
-            address: format!("tcp://10.0.{}.{}:4000", i / 250, i % 250),
-            nthreads: sc.threads,
-            resources: vec![],
-            host: format!("node{i}"),
-            pid: 1,
-            job: String::new(),
-        };
-        s.add_worker(info, 0.0);
+        s.add_worker(WorkerInfo { nthreads: sc.threads, ..worker_info(i) }, 0.0);
     }
     let c = s.add_client("bench".into());
     let start = Instant::now();
@@ -147,6 +138,30 @@ fn run(sc: &Scenario, defs: Vec<TaskDef>, wanted: &[String]) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// Bytes the scheduler holds per connected worker (its record, name,
+/// address, host and empty task sets), from 10,000 simulated workers.
+fn worker_bytes() -> f64 {
+    let mut s = SchedulerState::new(SchedulerConfig::default());
+    let before = LIVE.load(Ordering::Relaxed);
+    for info in (0..10_000).map(worker_info) {
+        s.add_worker(info, 0.0);
+    }
+    let _ = s.take_outgoing();
+    (LIVE.load(Ordering::Relaxed) - before) as f64 / 10_000.0
+}
+
+fn worker_info(i: u32) -> WorkerInfo {
+    WorkerInfo {
+        name: format!("w{i}"),
+        address: format!("tcp://10.0.{}.{}:4000", i / 250, i % 250),
+        nthreads: 128,
+        resources: vec![],
+        host: format!("node{i}"),
+        pid: 1,
+        job: String::new(),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -158,7 +173,7 @@ fn main() {
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let (n, leaves, reps) = if quick { (2_000, 1_024, 1) } else { (std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000), 262_144, 5) };
     let mut scenarios = vec![];
-    for (tasks, workers, threads) in [(n, 1, 2), (n, 100, 32), (n / 10, 1_000, 128), (n, 1_000, 128), (n, 10_000, 128)] {
+    for (tasks, workers, threads) in [(n, 1, 2), (n, 100, 32), (n / 100, 1_000, 128), (n / 10, 1_000, 128), (n, 1_000, 128), (n, 10_000, 128)] {
         let w = if quick { workers.min(100) } else { workers };
         scenarios.push(Scenario { name: format!("independent {tasks} tasks, {w} workers x {threads} threads"), workers: w, threads, graph: independent(tasks), tasks });
     }
@@ -183,4 +198,5 @@ fn main() {
         let t = median(secs);
         println!("{:<72} {:>14.0} {:>12.0}", sc.name, sc.tasks as f64 / t, held);
     }
+    println!("scheduler memory per connected worker (10,000 workers): {:.0} bytes", worker_bytes());
 }
