@@ -155,7 +155,9 @@ mod tests {
         assert_eq!(stats(), (0, 1));
         // requests below the pooled size are never served from the pool
         give(again);
-        assert_ne!(take(MIN_POOLED - 1).unwrap().as_ptr(), ptr);
+        let below = take(MIN_POOLED - 1).unwrap();
+        assert_ne!(below.as_ptr(), ptr);
+        drop(below);
         let again = take(m).unwrap();
         assert_eq!(again.as_ptr(), ptr);
         // small buffers are not pooled; the limit evicts the oldest
@@ -168,7 +170,9 @@ mod tests {
         assert_eq!(stats().0, 3 * m as u64);
         give(Vec::with_capacity(m));
         assert_eq!(stats().0, 3 * m as u64);
-        assert!(take(m).unwrap().as_ptr() != ptr, "the oldest buffer was the one evicted");
+        let newest = take(m).unwrap();
+        assert!(newest.as_ptr() != ptr, "the oldest buffer was the one evicted");
+        drop(newest);
         assert_eq!(clear(), 2 * m);
         give(Vec::with_capacity(m));
         trim(Duration::ZERO);

@@ -6,7 +6,8 @@ use crate::value::Data;
 use serde_json::{json, Value as Json};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -279,42 +280,21 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
         })),
         _ => None,
     };
-    let mut out_pipe = child.stdout.take().expect("piped");
-    let mut err_pipe = child.stderr.take().expect("piped");
-    let err_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err_pipe.read_to_end(&mut buf);
-        buf
-    });
-    let out_reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out_pipe.read_to_end(&mut buf);
-        buf
-    });
+    let out_pipe = child.stdout.take().expect("piped");
+    let err_pipe = child.stderr.take().expect("piped");
+    // Both pipes are read from this thread (no reader threads to start per
+    // command); at the deadline the command is killed and what it wrote
+    // until then is still collected.
     let mut timed_out = false;
-    let status = match ctx.deadline {
-        None => child.wait().map_err(|e| format!("waiting for '{program}': {e}"))?,
-        Some(deadline) => {
-            let mut pause = Duration::from_millis(1);
-            loop {
-                if let Some(s) = child.try_wait().map_err(|e| format!("waiting for '{program}': {e}"))? {
-                    break s;
-                }
-                if Instant::now() >= deadline {
-                    timed_out = true;
-                    let _ = child.kill();
-                    break child.wait().map_err(|e| format!("waiting for '{program}': {e}"))?;
-                }
-                std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-        }
-    };
+    let [stdout, stderr] = drain_pipes([out_pipe.as_raw_fd(), err_pipe.as_raw_fd()], ctx.deadline, || {
+        timed_out = true;
+        let _ = child.kill();
+    });
+    drop((out_pipe, err_pipe));
+    let status = child.wait().map_err(|e| format!("waiting for '{program}': {e}"))?;
     if let Some(f) = feeder {
         let _ = f.join();
     }
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
     let tail = {
         let s = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(STDERR_TAIL)..]).trim_end().to_string();
         if s.is_empty() { String::new() } else { format!("; stderr: {s}") }
@@ -334,6 +314,53 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
         Ok(s) => Data::Json(Json::String(s)),
         Err(e) => Data::Bytes(e.into_bytes()),
     })
+}
+
+/// Read two pipes to their ends, in one thread, with `poll`. When
+/// `deadline` passes, `on_deadline` is called once (it kills the writer) and
+/// reading continues to the ends.
+fn drain_pipes(fds: [RawFd; 2], deadline: Option<Instant>, mut on_deadline: impl FnMut()) -> [Vec<u8>; 2] {
+    let mut bufs = [Vec::new(), Vec::new()];
+    let mut open = [true, true];
+    let mut deadline = deadline;
+    let mut chunk = vec![0u8; 64 << 10];
+    while open[0] || open[1] {
+        let mut pfds: Vec<libc::pollfd> =
+            (0..2).filter(|&i| open[i]).map(|i| libc::pollfd { fd: fds[i], events: libc::POLLIN, revents: 0 }).collect();
+        let timeout = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
+            None => -1,
+        };
+        // SAFETY: `pfds` is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if n == 0 {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                deadline = None;
+                on_deadline();
+            }
+            continue;
+        }
+        for p in &pfds {
+            if p.revents == 0 {
+                continue;
+            }
+            let i = if p.fd == fds[0] { 0 } else { 1 };
+            // SAFETY: reading into a buffer we own, of the given length.
+            let got = unsafe { libc::read(p.fd, chunk.as_mut_ptr().cast(), chunk.len()) };
+            if got > 0 {
+                bufs[i].extend_from_slice(&chunk[..got as usize]);
+            } else if got == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                open[i] = false;
+            }
+        }
+    }
+    bufs
 }
 
 #[cfg(test)]
@@ -426,6 +453,23 @@ mod tests {
         let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(100)) };
         let e = evaluate(&Expr::Cmd(Box::new(slow)), &deps, &r, &c).unwrap_err();
         assert!(e.contains("timed out and was killed"), "{e}");
+
+        // Both pipes read from one thread: far more than a pipe's buffer on
+        // each, interleaved, must neither block nor lose bytes.
+        let loud = CmdSpec {
+            argv: vec![lit("sh"), lit("-c"), lit("for i in 1 2 3 4; do head -c 100000 /dev/zero | tr '\\0' a; head -c 100000 /dev/zero | tr '\\0' b >&2; done; echo end >&2")],
+            cwd: None,
+            env: vec![],
+            stdin: None,
+        };
+        let out = evaluate(&Expr::Cmd(Box::new(loud)), &deps, &r, &ctx(&d)).unwrap().into_owned();
+        assert_eq!(out, j(json!("a".repeat(400_000))));
+
+        // What a command wrote before its deadline is kept for the error.
+        let partial = CmdSpec { argv: vec![lit("sh"), lit("-c"), lit("echo started >&2; exec sleep 30")], cwd: None, env: vec![], stdin: None };
+        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(1000)) };
+        let e = evaluate(&Expr::Cmd(Box::new(partial)), &deps, &r, &c).unwrap_err();
+        assert!(e.contains("timed out") && e.contains("stderr: started"), "{e}");
     }
 
     #[test]
