@@ -22,8 +22,7 @@ with_hq=0
 [ "${1:-}" = "--with-hq" ] && with_hq=1
 build_taskfarm
 [ $with_hq = 1 ] && ensure_venv hyperqueue
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+make_workdir
 
 python3 -c "import json, sys; print(json.dumps({f'c{i}': {'cmd': ['true']} for i in range(int(sys.argv[1]))}))" "$N" > "$work/graph.json"
 "$tf" scheduler --scheduler-file "$work/s.json" --host 127.0.0.1 2> "$work/scheduler.log" &

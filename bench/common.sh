@@ -60,3 +60,10 @@ time_submit() {
   t1=$(date +%s.%N)
   calc "$t1 - $t0"
 }
+
+# A scratch directory in $work, removed (and background processes stopped)
+# when the script exits.
+make_workdir() {
+  work=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+}

@@ -17,8 +17,7 @@ root=$(cd "$here/.." && pwd)
 N=${N:-1000000}
 SHAPE=${SHAPE:-independent}
 build_taskfarm
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+make_workdir
 
 python3 - "$N" "$SHAPE" > "$work/graph.json" <<'PY'
 import json, sys

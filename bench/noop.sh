@@ -24,8 +24,7 @@ with_dask=0
 [ "${1:-}" = "--with-dask" ] && with_dask=1
 build_taskfarm
 [ $with_dask = 1 ] && ensure_venv dask distributed
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+make_workdir
 python3 -c "import json, sys; print(json.dumps({f't{i}': ['noop'] for i in range(int(sys.argv[1]))}))" "$N" > "$work/graph.json"
 dn=$(( N < DASK_N ? N : DASK_N ))
 

@@ -22,8 +22,7 @@ with_dask=0
 [ "${1:-}" = "--with-dask" ] && with_dask=1
 build_taskfarm
 [ $with_dask = 1 ] && ensure_venv dask distributed
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+make_workdir
 python3 - "$LEAVES" > "$work/graph.json" <<'PY'
 import json, sys
 n = int(sys.argv[1])

@@ -18,8 +18,7 @@ root=$(cd "$here/.." && pwd)
 SIZE=${SIZE:-1073741824}
 REPS=${REPS:-5}
 build_taskfarm
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+make_workdir
 S="$work/s.json"
 TASKFARM_LOG=warn "$tf" scheduler --scheduler-file "$S" --host 127.0.0.1 &
 TASKFARM_LOG=warn "$tf" worker --scheduler-file "$S" --name w1 --nthreads 1 --local-directory "$work" &
