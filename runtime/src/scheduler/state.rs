@@ -28,6 +28,9 @@ const SCAN_ALL_WORKERS: usize = 32;
 /// many other workers, taken in turn.
 const OTHER_CANDIDATES: usize = 4;
 
+/// Encoded expressions up to this size are shared between tasks.
+const MAX_SHARED_SPEC: usize = 256;
+
 /// Seconds between work-stealing passes triggered by finished tasks.
 const BALANCE_INTERVAL: f64 = 0.005;
 
@@ -64,6 +67,7 @@ impl std::hash::Hasher for IdHasher {
         self.0 = (self.0 ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
+
 /// Lower runs first: (-user priority, submission generation, graph order).
 pub type Priority = (i64, u32, u32);
 
@@ -250,6 +254,8 @@ pub struct SchedulerState {
     /// Encoded expressions shared between tasks: most graphs repeat a few
     /// (the same call with references to different dependencies).
     specs: HashSet<Arc<[u8]>>,
+    /// What forgotten tasks point to instead of their expression.
+    empty_spec: Arc<[u8]>,
     workers: BTreeMap<WorkerId, Worker>,
     clients: BTreeMap<ClientId, String>,
     queued: BinaryHeap<Reverse<(Priority, TaskId)>>,
@@ -286,6 +292,7 @@ impl SchedulerState {
             tasks: Vec::new(),
             keys: KeyIndex::default(),
             specs: HashSet::new(),
+            empty_spec: Arc::from(&[][..]),
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),
             queued: BinaryHeap::new(),
@@ -310,11 +317,15 @@ impl SchedulerState {
         }
     }
 
-    /// The shared copy of an encoded expression. The table is emptied when
-    /// it grows large (tasks keep their copies; later ones start sharing
-    /// again), so it never holds more than a bounded number of specs that
-    /// no task uses any more.
+    /// The shared copy of an encoded expression. Only small ones are shared
+    /// (large ones, e.g. a command with a long literal input, are rarely
+    /// repeated), and the table is emptied when it grows large (tasks keep
+    /// their copies; later ones start sharing again): it never holds more
+    /// than a bounded amount of specs no task uses any more.
     fn intern_spec(&mut self, spec: Vec<u8>) -> Arc<[u8]> {
+        if spec.len() > MAX_SHARED_SPEC {
+            return spec.into();
+        }
         if let Some(s) = self.specs.get(spec.as_slice()) {
             return s.clone();
         }
@@ -1451,7 +1462,7 @@ impl SchedulerState {
         self.set_state(t, TaskState::Forgotten);
         let task = &mut self.tasks[t as usize];
         self.keys.remove(&task.key, t);
-        task.spec = Arc::from(&[][..]);
+        task.spec = self.empty_spec.clone();
         task.extra = None;
         let deps = std::mem::take(&mut task.deps);
         task.dependents = Ids::Empty;

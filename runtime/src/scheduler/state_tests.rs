@@ -202,6 +202,33 @@ fn copies_fetched_for_a_task_are_known_and_freed_with_the_value() {
 }
 
 #[test]
+fn with_many_workers_placement_still_follows_the_data() {
+    // Beyond SCAN_ALL_WORKERS, a task with dependencies looks only at their
+    // holders and a few others; it must still go where its big input is.
+    let mut sim = Sim::new();
+    let ws: Vec<WorkerId> = (0..40).map(|i| sim.s.add_worker(info(&format!("w{i}"), 1), 0.0)).collect();
+    let c = sim.s.add_client("c".into());
+    let mut defs = graph(r#"{"big": 1, "use": ["inc", "big"], "other": ["inc", "big"]}"#);
+    defs[0].annotations.workers = vec!["w37".into()];
+    sim.s.update_graph(c, defs, &wanted(&["use", "other"])).unwrap();
+    assert_eq!(sim.computes(), vec![(ws[37], sim.id("big"), "big".into())]);
+    sim.s.task_finished(ws[37], sim.id("big"), 1 << 30, 0.001, 0.0);
+    sim.ok();
+    let sent = sim.computes();
+    assert_eq!(sent.len(), 2);
+    assert!(sent.iter().all(|(w, _, _)| *w == ws[37]), "both go to the 1 GiB: {sent:?}");
+    // a small input is not worth waiting for: work spreads to idle workers
+    let mut defs = graph(r#"{"small": 1, "a": ["inc", "small"], "b": ["inc", "small"], "c2": ["inc", "small"]}"#);
+    defs[0].annotations.workers = vec!["w5".into()];
+    sim.s.update_graph(c, defs, &wanted(&["a", "b", "c2"])).unwrap();
+    sim.computes();
+    sim.finish(ws[5], "small");
+    let sent = sim.computes();
+    assert_eq!(sent.len(), 3);
+    assert!(sent.iter().any(|(w, _, _)| *w != ws[5]), "cheap input: not all queued behind w5: {sent:?}");
+}
+
+#[test]
 fn no_worker_until_a_matching_one_joins() {
     let mut sim = Sim::new();
     sim.s.add_worker(info("cpu", 2), 0.0);
