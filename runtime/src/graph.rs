@@ -80,6 +80,9 @@ pub struct TaskDef {
 pub struct Graph {
     pub tasks: Vec<TaskDef>,
     index: HashMap<String, usize>,
+    /// Each task's dependencies as positions in `tasks` (same order as its
+    /// `deps`).
+    dep_ids: Vec<Vec<usize>>,
 }
 
 /// Why a graph was rejected. Every variant names the offending key.
@@ -120,29 +123,42 @@ impl Graph {
     /// Parse and validate a graph from JSON text. `is_function` tells which
     /// function names exist (built-ins plus registered ones).
     pub fn from_json(text: &str, is_function: &dyn Fn(&str) -> bool) -> Result<Graph, GraphError> {
-        let json: Json = serde_json::from_str(text).map_err(|e| GraphError::Json {
-            line: e.line(),
-            column: e.column(),
-            message: strip_position(&e.to_string()),
-        })?;
+        let json_error = |e: serde_json::Error| GraphError::Json { line: e.line(), column: e.column(), message: strip_position(&e.to_string()) };
+        // The usual case, an object, is read entry by entry in file order
+        // (no intermediate JSON object of the whole graph).
+        if text.trim_start().starts_with('{') {
+            let Entries(entries) = serde_json::from_str(text).map_err(json_error)?;
+            return Graph::from_entries(entries, is_function);
+        }
+        let json: Json = serde_json::from_str(text).map_err(json_error)?;
         Graph::from_value(json, is_function)
     }
 
     pub fn from_value(json: Json, is_function: &dyn Fn(&str) -> bool) -> Result<Graph, GraphError> {
-        let map = match json {
-            Json::Object(m) => m,
-            other => return Err(GraphError::NotAnObject(describe(&other))),
-        };
-        let keys: HashMap<&str, usize> = map.keys().enumerate().map(|(i, k)| (k.as_str(), i)).collect();
+        match json {
+            Json::Object(m) => Graph::from_entries(m.into_iter().collect(), is_function),
+            other => Err(GraphError::NotAnObject(describe(&other))),
+        }
+    }
+
+    fn from_entries(map: Vec<(String, Json)>, is_function: &dyn Fn(&str) -> bool) -> Result<Graph, GraphError> {
+        let mut keys: HashMap<&str, usize> = HashMap::with_capacity(map.len());
+        for (i, (k, _)) in map.iter().enumerate() {
+            if keys.insert(k.as_str(), i).is_some() {
+                return Err(GraphError::Task { key: k.clone(), message: "appears twice in the graph; each key must be defined once".into() });
+            }
+        }
         let mut tasks = Vec::with_capacity(map.len());
+        let mut dep_ids = Vec::with_capacity(map.len());
         for (key, value) in &map {
-            let mut b = Builder { key, keys: &keys, is_function, deps: Vec::new() };
+            let mut b = Builder { key, keys: &keys, is_function, deps: Vec::new(), dep_ids: Vec::new() };
             let (expr, annotations) = b.task(value)?;
             let spec = bincode::serialize(&expr).expect("Expr always serialises");
             tasks.push(TaskDef { key: key.clone(), deps: b.deps, spec, annotations, order: 0 });
+            dep_ids.push(b.dep_ids);
         }
         let index = tasks.iter().enumerate().map(|(i, t)| (t.key.clone(), i)).collect();
-        let mut graph = Graph { tasks, index };
+        let mut graph = Graph { tasks, index, dep_ids };
         graph.check_acyclic()?;
         graph.assign_order();
         Ok(graph)
@@ -163,9 +179,9 @@ impl Graph {
     /// Keys nothing else in the graph depends on, in file order.
     pub fn output_keys(&self) -> Vec<String> {
         let mut needed = vec![false; self.tasks.len()];
-        for t in &self.tasks {
-            for d in &t.deps {
-                needed[self.index[d]] = true;
+        for ds in &self.dep_ids {
+            for &d in ds {
+                needed[d] = true;
             }
         }
         self.tasks.iter().zip(needed).filter(|(_, n)| !n).map(|(t, _)| t.key.clone()).collect()
@@ -184,7 +200,7 @@ impl Graph {
     /// Iterative three-colour DFS; reports the keys on the first cycle found.
     fn check_acyclic(&self) -> Result<(), GraphError> {
         let n = self.tasks.len();
-        let dep_ids: Vec<Vec<usize>> = self.tasks.iter().map(|t| t.deps.iter().map(|d| self.index[d]).collect()).collect();
+        let dep_ids = &self.dep_ids;
         let mut colour = vec![0u8; n]; // 0 new, 1 on stack, 2 done
         for root in 0..n {
             if colour[root] != 0 {
@@ -222,9 +238,9 @@ impl Graph {
     /// one starts, which keeps the number of values held in memory low.
     fn assign_order(&mut self) {
         let n = self.tasks.len();
-        let dep_ids: Vec<Vec<usize>> = self.tasks.iter().map(|t| t.deps.iter().map(|d| self.index[d]).collect()).collect();
+        let dep_ids = &self.dep_ids;
         let mut is_dep = vec![false; n];
-        for ds in &dep_ids {
+        for ds in dep_ids {
             for &d in ds {
                 is_dep[d] = true;
             }
@@ -269,11 +285,37 @@ fn describe(j: &Json) -> String {
     }
 }
 
+/// The top-level graph object as its entries in file order, duplicates kept
+/// (so they can be reported).
+struct Entries(Vec<(String, Json)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Entries, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object mapping keys to tasks")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Entries, A::Error> {
+                let mut v = Vec::with_capacity(m.size_hint().unwrap_or(0));
+                while let Some(entry) = m.next_entry::<String, Json>()? {
+                    v.push(entry);
+                }
+                Ok(Entries(v))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 struct Builder<'a> {
     key: &'a str,
     keys: &'a HashMap<&'a str, usize>,
     is_function: &'a dyn Fn(&str) -> bool,
     deps: Vec<String>,
+    /// Positions of `deps` in the graph.
+    dep_ids: Vec<usize>,
 }
 
 impl Builder<'_> {
@@ -281,11 +323,14 @@ impl Builder<'_> {
         GraphError::Task { key: self.key.to_string(), message: message.into() }
     }
 
-    fn dep_index(&mut self, key: &str) -> u32 {
-        match self.deps.iter().position(|d| d == key) {
+    /// The reference number of dependency `key` (at position `at` in the
+    /// graph), adding it on first use.
+    fn dep_index(&mut self, key: &str, at: usize) -> u32 {
+        match self.dep_ids.iter().position(|&d| d == at) {
             Some(i) => i as u32,
             None => {
                 self.deps.push(key.to_string());
+                self.dep_ids.push(at);
                 (self.deps.len() - 1) as u32
             }
         }
@@ -300,7 +345,7 @@ impl Builder<'_> {
 
     fn expr(&mut self, v: &Json) -> Result<Expr, GraphError> {
         Ok(match v {
-            Json::String(s) if self.keys.contains_key(s.as_str()) => Expr::Ref(self.dep_index(s)),
+            Json::String(s) if let Some(&at) = self.keys.get(s.as_str()) => Expr::Ref(self.dep_index(s, at)),
             Json::Array(items) => match items.first() {
                 Some(Json::String(name)) if !self.keys.contains_key(name.as_str()) => {
                     let args = items[1..].iter().map(|a| self.expr(a)).collect::<Result<Vec<_>, _>>()?;
@@ -356,10 +401,10 @@ impl Builder<'_> {
         let mut a = Annotations::default();
         if let Some(deps) = m.get("deps") {
             for d in self.string_list(deps, "deps")? {
-                if !self.keys.contains_key(d.as_str()) {
+                let Some(&at) = self.keys.get(d.as_str()) else {
                     return Err(self.err(format!("dependency '{d}' in \"deps\" is not a key of the graph")));
-                }
-                self.dep_index(&d);
+                };
+                self.dep_index(&d, at);
             }
         }
         if let Some(p) = m.get("priority") {
@@ -518,6 +563,8 @@ mod tests {
             (r#"{"a": {"task": 1, "retries": -1}}"#, "\"retries\" must be"),
             (r#"{"a": {"task": 1, "timeout": "soon"}}"#, "\"timeout\" must be"),
             (r#"[1, 2]"#, "must be a JSON object"),
+            (r#"{"a": 1, "b": ["inc", "a"], "a": 2}"#, "task 'a': appears twice in the graph"),
+            ("  \n {\"a\": 1} trailing", "malformed JSON at line 2, column 11: trailing characters"),
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err().to_string();
