@@ -774,6 +774,11 @@ impl SchedulerState {
                     }
                 }
             }
+            // A copy fetched just before its holder died, reported after the
+            // scheduler gave the task to this very worker to recompute: a
+            // `Free` would also cancel that queued task. The worker's own
+            // result will replace the copy.
+            Some(task) if task.state == TaskState::Processing && task.processing_on == Some(w) => {}
             _ if alive => self.frees.entry(w).or_default().push(t),
             _ => {}
         }

@@ -229,6 +229,33 @@ fn with_many_workers_placement_still_follows_the_data() {
 }
 
 #[test]
+fn a_late_copy_does_not_cancel_the_recomputation_on_the_same_worker() {
+    // w2 fetched x from w1 just before w1 died; the scheduler, not yet told,
+    // recomputes x on w2; then w2's copy is reported. Freeing that copy
+    // would also cancel w2's queued recomputation of x (found hanging a
+    // kill -9 test).
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"x": 1, "y": ["inc", "x"]}"#), &wanted(&["y"])).unwrap();
+    sim.computes();
+    sim.finish(w1, "x");
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    sim.s.remove_worker(w1, "killed");
+    sim.ok();
+    assert_eq!(sim.s.processing_on("x"), Some(w2), "x recomputed on b");
+    let _ = sim.outgoing();
+    sim.s.replicated(w2, sim.id("x"), 8, 0.0);
+    sim.ok();
+    let (out, _) = sim.outgoing();
+    assert!(!out.iter().any(|(_, m)| matches!(m, ToWorker::Free { ids } if ids.contains(&sim.id("x")))), "x not freed on b: {out:?}");
+    assert_eq!(sim.s.processing_on("x"), Some(w2));
+    sim.finish(w2, "x");
+    sim.finish(w2, "y");
+    assert_eq!(sim.state("y"), Some(TaskState::Memory));
+}
+
+#[test]
 fn no_worker_until_a_matching_one_joins() {
     let mut sim = Sim::new();
     sim.s.add_worker(info("cpu", 2), 0.0);
