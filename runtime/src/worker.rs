@@ -15,7 +15,7 @@ use crate::protocol::{
 use crate::util;
 use crate::value::Data;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -256,6 +256,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         fetch_queue: std::collections::VecDeque::new(),
         fetches_in_flight: 0,
         fetch_bytes_in_flight: 0,
+        copies: HashSet::new(),
         retire_at,
     };
     // Large receive buffers kept for reuse: an eighth of the memory limit.
@@ -293,6 +294,10 @@ struct WorkerLoop {
     fetch_queue: std::collections::VecDeque<TaskId>,
     fetches_in_flight: usize,
     fetch_bytes_in_flight: u64,
+    /// Values fetched from peers for this worker's own tasks. The scheduler
+    /// does not know of these copies; the worker frees each once no task of
+    /// its own needs it (`free_unneeded_copies`).
+    copies: HashSet<TaskId>,
     /// When `--lifetime` runs out.
     retire_at: Option<Instant>,
 }
@@ -343,6 +348,7 @@ impl WorkerLoop {
                 self.report_now = false;
                 last_beat = Instant::now();
                 crate::bufpool::trim(POOL_IDLE);
+                self.free_unneeded_copies();
                 last_transfers = transfers;
                 self.out.push(ToScheduler::Heartbeat(self.metrics()));
             }
@@ -476,6 +482,7 @@ impl WorkerLoop {
                     Ok(data) => {
                         let nbytes = data.nbytes();
                         self.store.insert(id, Arc::new(Value::new(data)));
+                        self.copies.remove(&id);
                         self.manage_memory(false);
                         self.out.push(ToScheduler::TaskFinished { id, nbytes, duration_us });
                     }
@@ -487,15 +494,19 @@ impl WorkerLoop {
             }
             Event::Fetched { dep, from, value } => {
                 log_at!(3, "worker", "fetched value of task {dep} from peer {from}");
-                // Every copy is reported, so the scheduler can use it as a
-                // holder and frees it when the value is no longer needed.
-                self.out.push(ToScheduler::Replicated { id: dep, nbytes: value.nbytes() });
+                let nbytes = value.nbytes();
                 self.store.insert(dep, value);
                 self.manage_memory(false);
                 if let Some(f) = self.fetching.remove(&dep) {
                     if f.in_flight {
                         self.fetches_in_flight -= 1;
                         self.fetch_bytes_in_flight -= f.nbytes;
+                    }
+                    if f.replicate {
+                        self.copies.remove(&dep);
+                        self.out.push(ToScheduler::Replicated { id: dep, nbytes });
+                    } else {
+                        self.copies.insert(dep);
                     }
                     for t in f.waiting {
                         if let Some(task) = self.tasks.get_mut(&t) {
@@ -629,6 +640,7 @@ impl WorkerLoop {
     fn replicate(&mut self, id: TaskId, holders: Vec<String>) {
         if self.store.contains(id) {
             let nbytes = self.store.get(id).ok().flatten().map(|v| v.nbytes()).unwrap_or(0);
+            self.copies.remove(&id);
             self.out.push(ToScheduler::Replicated { id, nbytes });
             return;
         }
@@ -641,8 +653,22 @@ impl WorkerLoop {
         }
     }
 
+    /// Free the fetched copies once this worker has no task and no fetch
+    /// left (checked at each heartbeat). Freeing them while tasks are still
+    /// queued made a lost-worker test hang now and then (see the closing
+    /// note of issue 6), so copies are only dropped when idle.
+    fn free_unneeded_copies(&mut self) {
+        if self.copies.is_empty() || !self.tasks.is_empty() || !self.fetching.is_empty() {
+            return;
+        }
+        for id in std::mem::take(&mut self.copies) {
+            self.store.remove(id);
+        }
+    }
+
     fn free(&mut self, ids: &[TaskId]) {
         for id in ids {
+            self.copies.remove(id);
             self.store.remove(*id);
             if let Some(t) = self.tasks.get(id) {
                 if !t.running {

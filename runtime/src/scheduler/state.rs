@@ -418,8 +418,14 @@ impl SchedulerState {
     /// Messages produced since the last call: to workers, then to clients.
     pub fn take_outgoing(&mut self) -> (Vec<(WorkerId, ToWorker)>, Vec<(ClientId, ToClient)>) {
         let mut w = std::mem::take(&mut self.to_worker);
-        for (wid, ids) in std::mem::take(&mut self.frees) {
-            if self.workers.contains_key(&wid) {
+        for (wid, mut ids) in std::mem::take(&mut self.frees) {
+            // Frees go out after this round's other messages, and a worker
+            // that gets `Free` for a task queued on it drops that task too.
+            // So never free a value on the worker now asked to compute it
+            // (e.g. an old copy released in the same round the value was
+            // lost and sent there to be recomputed): its result replaces it.
+            ids.retain(|&t| self.tasks.get(t as usize).is_none_or(|x| !(x.state == TaskState::Processing && x.processing_on == Some(wid))));
+            if self.workers.contains_key(&wid) && !ids.is_empty() {
                 w.push((wid, ToWorker::Free { ids }));
             }
         }
