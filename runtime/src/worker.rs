@@ -622,7 +622,15 @@ impl WorkerLoop {
             }
             self.fetch_queue.pop_front();
             f.queued = false;
-            let Some(next) = f.candidates.first().cloned() else { continue };
+            let Some(next) = f.candidates.first().cloned() else {
+                // Nobody left to ask and nothing under way: report it (the
+                // scheduler recomputes or reschedules) instead of leaving
+                // the tasks that need it waiting for ever.
+                if !f.in_flight {
+                    self.retry_fetch(dep);
+                }
+                continue;
+            };
             f.candidates.remove(0);
             f.tried.push(next.clone());
             f.in_flight = true;
