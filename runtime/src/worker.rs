@@ -295,8 +295,9 @@ struct WorkerLoop {
     fetches_in_flight: usize,
     fetch_bytes_in_flight: u64,
     /// Values fetched from peers for this worker's own tasks. The scheduler
-    /// does not know of these copies; the worker frees each once no task of
-    /// its own needs it (`free_unneeded_copies`).
+    /// does not know of these copies and never frees them: a known leak (see
+    /// the notes of issue 6; freeing them mid-graph made a lost-worker test
+    /// hang, cause not found yet).
     copies: HashSet<TaskId>,
     /// When `--lifetime` runs out.
     retire_at: Option<Instant>,
@@ -348,7 +349,6 @@ impl WorkerLoop {
                 self.report_now = false;
                 last_beat = Instant::now();
                 crate::bufpool::trim(POOL_IDLE);
-                self.free_unneeded_copies();
                 last_transfers = transfers;
                 self.out.push(ToScheduler::Heartbeat(self.metrics()));
             }
@@ -658,19 +658,6 @@ impl WorkerLoop {
                 self.fetching.insert(id, Fetching { candidates: holders, tried: Vec::new(), waiting: Vec::new(), replicate: true, nbytes: 0, in_flight: false, queued: false });
                 self.retry_fetch(id);
             }
-        }
-    }
-
-    /// Free the fetched copies once this worker has no task and no fetch
-    /// left (checked at each heartbeat). Freeing them while tasks are still
-    /// queued made a lost-worker test hang now and then (see the closing
-    /// note of issue 6), so copies are only dropped when idle.
-    fn free_unneeded_copies(&mut self) {
-        if self.copies.is_empty() || !self.tasks.is_empty() || !self.fetching.is_empty() {
-            return;
-        }
-        for id in std::mem::take(&mut self.copies) {
-            self.store.remove(id);
         }
     }
 
