@@ -25,17 +25,12 @@ build_taskfarm
 make_workdir
 
 python3 -c "import json, sys; print(json.dumps({f'c{i}': {'cmd': ['true']} for i in range(int(sys.argv[1]))}))" "$N" > "$work/graph.json"
-"$tf" scheduler --scheduler-file "$work/s.json" --host 127.0.0.1 2> "$work/scheduler.log" &
-"$tf" worker --scheduler-file "$work/s.json" --nthreads 2 --local-directory "$work" 2> "$work/worker.log" &
-wait_workers "$work/s.json" 1
+start_cluster 1 2
 
 tf_t=(); xa_t=(); hq_t=()
 for rep in $(seq 1 "$REPS"); do
-  t0=$(date +%s.%N)
-  "$tf" submit "$work/graph.json" --scheduler-file "$work/s.json" > "$work/out.json"
-  t1=$(date +%s.%N)
+  tf_t+=("$(time_submit "$work/graph.json")")
   python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d)==$N and set(d.values())=={''}, d" "$work/out.json"
-  tf_t+=("$(calc "$t1 - $t0")")
   t0=$(date +%s.%N)
   seq "$N" | xargs -P2 -n1 true
   t1=$(date +%s.%N)
@@ -44,8 +39,7 @@ for rep in $(seq 1 "$REPS"); do
     hq_t+=("$("$here/.venv/bin/python" "$here/hq_commands.py" "$N" 2 2> "$work/hq.log" | tail -n 1)")
   fi
 done
-"$tf" shutdown --scheduler-file "$work/s.json" 2> /dev/null
-wait
+stop_cluster
 
 t=$(median "${tf_t[@]}"); x=$(median "${xa_t[@]}")
 printf '%s; %d tasks running `true`, median of %d\n' "$(machine_line)" "$N" "$REPS"

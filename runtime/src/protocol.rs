@@ -143,8 +143,7 @@ pub enum ToScheduler {
     },
     /// Worker: please retire me (it got SIGTERM or is near its end).
     RetireMe,
-    /// Worker: it now holds a copy of `id`, fetched from a peer (for a task,
-    /// or asked by `Replicate`).
+    /// Worker: it now holds a copy of `id` (asked by `Replicate`).
     Replicated {
         id: TaskId,
         nbytes: u64,

@@ -15,7 +15,7 @@ use crate::protocol::{
 use crate::util;
 use crate::value::Data;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -256,7 +256,6 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         fetch_queue: std::collections::VecDeque::new(),
         fetches_in_flight: 0,
         fetch_bytes_in_flight: 0,
-        copies: HashSet::new(),
         retire_at,
     };
     // Large receive buffers kept for reuse: an eighth of the memory limit.
@@ -294,11 +293,6 @@ struct WorkerLoop {
     fetch_queue: std::collections::VecDeque<TaskId>,
     fetches_in_flight: usize,
     fetch_bytes_in_flight: u64,
-    /// Values fetched from peers for this worker's own tasks. The scheduler
-    /// does not know of these copies and never frees them: a known leak (see
-    /// the notes of issue 6; freeing them mid-graph made a lost-worker test
-    /// hang, cause not found yet).
-    copies: HashSet<TaskId>,
     /// When `--lifetime` runs out.
     retire_at: Option<Instant>,
 }
@@ -482,7 +476,6 @@ impl WorkerLoop {
                     Ok(data) => {
                         let nbytes = data.nbytes();
                         self.store.insert(id, Arc::new(Value::new(data)));
-                        self.copies.remove(&id);
                         self.manage_memory(false);
                         self.out.push(ToScheduler::TaskFinished { id, nbytes, duration_us });
                     }
@@ -502,11 +495,12 @@ impl WorkerLoop {
                         self.fetches_in_flight -= 1;
                         self.fetch_bytes_in_flight -= f.nbytes;
                     }
+                    // Copies fetched for this worker's own tasks are not
+                    // reported: the scheduler never frees them (a known leak;
+                    // freeing them mid-graph made a lost-worker test hang,
+                    // cause not found yet, see docs/benchmarks.md).
                     if f.replicate {
-                        self.copies.remove(&dep);
                         self.out.push(ToScheduler::Replicated { id: dep, nbytes });
-                    } else {
-                        self.copies.insert(dep);
                     }
                     for t in f.waiting {
                         if let Some(task) = self.tasks.get_mut(&t) {
@@ -648,7 +642,6 @@ impl WorkerLoop {
     fn replicate(&mut self, id: TaskId, holders: Vec<String>) {
         if self.store.contains(id) {
             let nbytes = self.store.get(id).ok().flatten().map(|v| v.nbytes()).unwrap_or(0);
-            self.copies.remove(&id);
             self.out.push(ToScheduler::Replicated { id, nbytes });
             return;
         }
@@ -663,7 +656,6 @@ impl WorkerLoop {
 
     fn free(&mut self, ids: &[TaskId]) {
         for id in ids {
-            self.copies.remove(id);
             self.store.remove(*id);
             if let Some(t) = self.tasks.get(id) {
                 if !t.running {

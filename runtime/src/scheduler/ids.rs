@@ -109,6 +109,12 @@ pub struct KeyIndex {
     seed: hashbrown::DefaultHashBuilder,
 }
 
+/// The hash of an indexed id, for the table to rehash when it grows.
+fn rehash<'a, 's, K: Fn(u32) -> &'a str + 's>(seed: &'s hashbrown::DefaultHashBuilder, key_of: K) -> impl Fn(&u32) -> u64 + 's {
+    use std::hash::BuildHasher;
+    move |&id| seed.hash_one(key_of(id))
+}
+
 impl KeyIndex {
     fn hash(&self, key: &str) -> u64 {
         use std::hash::BuildHasher;
@@ -123,11 +129,7 @@ impl KeyIndex {
     /// Index `id` under `key` (not indexed yet).
     pub fn insert<'a>(&mut self, key: &str, id: u32, key_of: impl Fn(u32) -> &'a str) {
         let h = self.hash(key);
-        let seed = &self.seed;
-        self.table.insert_unique(h, id, |&other| {
-            use std::hash::BuildHasher;
-            seed.hash_one(key_of(other))
-        });
+        self.table.insert_unique(h, id, rehash(&self.seed, key_of));
     }
 
     /// Forget `key` if it is indexed as `id`.
@@ -139,11 +141,7 @@ impl KeyIndex {
 
     /// Room for `n` more keys without rehashing.
     pub fn reserve<'a>(&mut self, n: usize, key_of: impl Fn(u32) -> &'a str) {
-        let seed = &self.seed;
-        self.table.reserve(n, |&other| {
-            use std::hash::BuildHasher;
-            seed.hash_one(key_of(other))
-        });
+        self.table.reserve(n, rehash(&self.seed, key_of));
     }
 
     pub fn len(&self) -> usize {

@@ -760,8 +760,8 @@ impl SchedulerState {
         }
     }
 
-    /// Worker `w` now holds a copy of `t`, fetched from a peer: asked by
-    /// `Replicate` (retirement; counted), or for a task of its own.
+    /// Worker `w` now holds a copy of `t` it was asked for (`Replicate`,
+    /// retirement). Reports of copies not asked for are taken as holders too.
     pub fn replicated(&mut self, w: WorkerId, t: TaskId, nbytes: u64, now: f64) {
         self.touch(w, now);
         let asked = self.replicating.get(&t) == Some(&w);
@@ -780,11 +780,6 @@ impl SchedulerState {
                     }
                 }
             }
-            // A copy fetched just before its holder died, reported after the
-            // scheduler gave the task to this very worker to recompute: a
-            // `Free` would also cancel that queued task. The worker's own
-            // result will replace the copy.
-            Some(task) if task.state == TaskState::Processing && task.processing_on == Some(w) => {}
             _ if alive => self.frees.entry(w).or_default().push(t),
             _ => {}
         }
