@@ -253,7 +253,7 @@ pub struct SchedulerState {
     keys: KeyIndex,
     /// Encoded expressions shared between tasks: most graphs repeat a few
     /// (the same call with references to different dependencies).
-    specs: HashSet<Arc<[u8]>>,
+    specs: hashbrown::HashSet<Arc<[u8]>>,
     /// What forgotten tasks point to instead of their expression.
     empty_spec: Arc<[u8]>,
     workers: BTreeMap<WorkerId, Worker>,
@@ -291,7 +291,7 @@ impl SchedulerState {
             config,
             tasks: Vec::new(),
             keys: KeyIndex::default(),
-            specs: HashSet::new(),
+            specs: hashbrown::HashSet::new(),
             empty_spec: Arc::from(&[][..]),
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),
