@@ -658,12 +658,17 @@ impl SchedulerState {
             }
         }
         for &t in ids {
-            let Some(&(v, thief)) = self.stealing.get(&t) else { continue };
-            if v != victim {
-                continue;
-            }
-            self.stealing.remove(&t);
+            let thief = match self.stealing.get(&t) {
+                Some(&(v, thief)) if v == victim => {
+                    self.stealing.remove(&t);
+                    Some(thief)
+                }
+                _ => None,
+            };
             let Some(task) = self.tasks.get_mut(t as usize) else { continue };
+            // The victim no longer has the task, even when the request is
+            // no longer on record (the thief left meanwhile): place it again,
+            // else it would stay "processing" there for ever.
             if task.state != TaskState::Processing || task.processing_on != Some(victim) {
                 continue;
             }
@@ -673,10 +678,9 @@ impl SchedulerState {
             }
             self.stats.tasks_stolen += 1;
             let deps_ready = self.tasks[t as usize].deps.iter().all(|&d| self.tasks[d as usize].state == TaskState::Memory);
-            if deps_ready && self.workers.get(&thief).is_some_and(|w| w.accepts_work()) {
-                self.send_to_worker(t, thief);
-            } else {
-                self.back_to_waiting(t);
+            match thief.filter(|th| self.workers.get(th).is_some_and(|w| w.accepts_work())) {
+                Some(thief) if deps_ready => self.send_to_worker(t, thief),
+                _ => self.back_to_waiting(t),
             }
         }
         self.settle();
