@@ -450,10 +450,7 @@ impl WorkerLoop {
                             // skips ids no longer in the table.
                             let (stolen, kept): (Vec<TaskId>, Vec<TaskId>) = ids.into_iter().partition(|id| self.tasks.get(id).is_some_and(|t| !t.running));
                             for id in &stolen {
-                                self.tasks.remove(id);
-                                for f in self.fetching.values_mut() {
-                                    f.waiting.retain(|t| t != id);
-                                }
+                                self.forget_task(*id);
                             }
                             self.out.push(ToScheduler::Stolen { ids: stolen, kept });
                         }
@@ -588,7 +585,7 @@ impl WorkerLoop {
                 self.out.push(ToScheduler::ReplicateFailed { id: dep });
             }
             for t in f.waiting {
-                if let Some(task) = self.tasks.remove(&t) {
+                if let Some(task) = self.forget_task(t) {
                     self.out.push(ToScheduler::MissingData { id: task.compute.id, dep, tried: f.tried.clone() });
                 }
             }
@@ -638,6 +635,21 @@ impl WorkerLoop {
         }
     }
 
+    /// Drop a task that has not started, and take it off the waiting lists
+    /// of the fetches it needs: a later incarnation of the same task (sent
+    /// again by the scheduler) must not be woken or dropped by them.
+    fn forget_task(&mut self, id: TaskId) -> Option<LocalTask> {
+        let task = self.tasks.remove(&id)?;
+        if task.missing > 0 {
+            for (d, _) in &task.compute.deps {
+                if let Some(f) = self.fetching.get_mut(d) {
+                    f.waiting.retain(|t| *t != id);
+                }
+            }
+        }
+        Some(task)
+    }
+
     /// Keep a copy of `id`, fetched from one of `holders`.
     fn replicate(&mut self, id: TaskId, holders: Vec<String>) {
         if self.store.contains(id) {
@@ -657,10 +669,8 @@ impl WorkerLoop {
     fn free(&mut self, ids: &[TaskId]) {
         for id in ids {
             self.store.remove(*id);
-            if let Some(t) = self.tasks.get(id) {
-                if !t.running {
-                    self.tasks.remove(id);
-                }
+            if self.tasks.get(id).is_some_and(|t| !t.running) {
+                self.forget_task(*id);
             }
         }
     }
