@@ -74,6 +74,21 @@ fn three_times_memory_spills_to_local_directory_and_cleans_up() {
 }
 
 #[test]
+fn copies_fetched_from_peers_are_freed_with_the_value() {
+    let c = Cluster::start("copies", &[("a", 1), ("b", 1)]);
+    // b fetches x from a for each of its tasks; once the client has its
+    // results, no worker may keep x, the fetched copy included.
+    let graph = c.dir.write("g.json", r#"{"x": {"task": ["zeros", 30000000], "workers": "a"},
+        "y": {"task": ["len", "x"], "workers": "b"}, "z": {"task": ["len", "x"], "workers": "b"}}"#);
+    let o = taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", c.file_arg()]);
+    assert_eq!(stdout(&o), "{\"y\": 30000000, \"z\": 30000000}\n", "{}", stderr(&o));
+    assert_eq!(c.worker_status("b")["fetched_from_peers"].as_u64(), Some(1), "x moved to b once");
+    wait_for("every value freed on both workers", Duration::from_secs(20), || {
+        ["a", "b"].iter().all(|w| c.worker_status(w)["stored_count"].as_u64() == Some(0))
+    });
+}
+
+#[test]
 fn kill_9_mid_graph_recomputes_lost_results_and_matches_a_clean_run() {
     let mut c = Cluster::start("kill9", &[("w1", 2), ("w2", 2)]);
     // 2000 leaves in 40 groups; each group sums to a partial; partials wait

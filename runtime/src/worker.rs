@@ -484,20 +484,16 @@ impl WorkerLoop {
             }
             Event::Fetched { dep, from, value } => {
                 log_at!(3, "worker", "fetched value of task {dep} from peer {from}");
-                let nbytes = value.nbytes();
+                // Every copy is reported: the scheduler counts it as a holder
+                // (for placement and for surviving the loss of the first
+                // holder) and frees it with the value.
+                self.out.push(ToScheduler::Replicated { id: dep, nbytes: value.nbytes() });
                 self.store.insert(dep, value);
                 self.manage_memory(false);
                 if let Some(f) = self.fetching.remove(&dep) {
                     if f.in_flight {
                         self.fetches_in_flight -= 1;
                         self.fetch_bytes_in_flight -= f.nbytes;
-                    }
-                    // Copies fetched for this worker's own tasks are not
-                    // reported: the scheduler never frees them (a known leak;
-                    // freeing them mid-graph made a lost-worker test hang,
-                    // cause not found yet, see docs/benchmarks.md).
-                    if f.replicate {
-                        self.out.push(ToScheduler::Replicated { id: dep, nbytes });
                     }
                     for t in f.waiting {
                         if let Some(task) = self.tasks.get_mut(&t) {
