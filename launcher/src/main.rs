@@ -566,7 +566,7 @@ fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
     let cluster = taskfarm::local::LocalCluster::start(a.workers, nthreads, dir, Registry::with_builtins())
         .map_err(|e| Fail(EXIT_USAGE, format!("cannot start the local cluster: {e}")))?;
     let mut client = cluster.client()?;
-    let results = client.compute(&graph, &keys).map_err(|e| match e {
+    let results = client.compute(graph, &keys).map_err(|e| match e {
         ClientError::Stuck(m) => Fail(EXIT_TASK_FAILED, format!("{m} (taskfarm run's workers offer only cpus; use scheduler + workers with --resources)")),
         other => Fail::from(other),
     })?;
@@ -772,7 +772,7 @@ fn client_from(file: SchedulerFileArg, timeout: Duration) -> Result<Client, Fail
 fn cmd_submit(a: SubmitArgs) -> Result<u8, Fail> {
     let (graph, keys) = load_graph(&a.graph, a.keys.keys)?;
     let mut client = client_from(a.file, a.timeout)?;
-    let results = client.compute(&graph, &keys).map_err(|e| match e {
+    let results = client.compute(graph, &keys).map_err(|e| match e {
         ClientError::Rejected(m) => Fail(EXIT_USAGE, format!("the scheduler rejected the graph: {m}")),
         other => Fail(EXIT_TASK_FAILED, other.to_string()),
     })?;

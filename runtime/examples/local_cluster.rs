@@ -19,7 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let cluster = LocalCluster::start(2, 1, std::env::temp_dir(), registry)?;
     let mut client = cluster.client()?;
-    let results = client.compute(&graph, &graph.output_keys())?;
+    let keys = graph.output_keys();
+    let results = client.compute(graph, &keys)?;
     for (key, value) in &results.values {
         println!("{key} = {}", value.to_json());
     }

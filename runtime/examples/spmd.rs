@@ -38,7 +38,7 @@ fn main() {
     all.extend((1..=30).map(|n| json!(format!("steps-{n}"))));
     graph.insert("total".into(), json!(["sum", all]));
     let graph = Graph::from_value(serde_json::Value::Object(graph), &|f| known.contains(f)).expect("valid graph");
-    let results = client.compute(&graph, &["total".to_string(), "steps-27".to_string()]).expect("computed");
+    let results = client.compute(graph, &["total".to_string(), "steps-27".to_string()]).expect("computed");
     for (k, v) in &results.values {
         println!("{k} = {}", v.to_json());
     }

@@ -121,9 +121,10 @@ impl Client {
         self.writer.send(&[m], &[]).map_err(|e| ClientError::Lost(e.to_string()))
     }
 
-    /// Submit `graph`, wait for `keys`, fetch their values.
-    pub fn compute(&mut self, graph: &Graph, keys: &[String]) -> Result<Results, ClientError> {
-        self.send(ToScheduler::UpdateGraph { tasks: graph.tasks.clone(), wanted: keys.to_vec() })?;
+    /// Submit `graph`, wait for `keys`, fetch their values. The graph is
+    /// consumed: its tasks are sent as they are, not copied.
+    pub fn compute(&mut self, graph: Graph, keys: &[String]) -> Result<Results, ClientError> {
+        self.send(ToScheduler::UpdateGraph { tasks: graph.tasks, wanted: keys.to_vec() })?;
         self.gather(keys)
     }
 
@@ -135,7 +136,14 @@ impl Client {
             Value(Data),
             Failed(String),
         }
-        let mut slots: hashbrown::HashMap<&str, Slot> = keys.iter().map(|k| (k.as_str(), Slot::Pending)).collect();
+        // Each distinct key once, by position; messages are matched by key
+        // once, everything after works on positions.
+        let mut position: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::with_capacity(keys.len());
+        for k in keys {
+            let next = position.len() as u32;
+            position.entry(k.as_str()).or_insert(next);
+        }
+        let mut slots: Vec<Slot> = (0..position.len()).map(|_| Slot::Pending).collect();
         let mut unresolved = slots.len();
         let mut pending = slots.len();
         let mut fetch_failures = 0u32;
@@ -145,7 +153,8 @@ impl Client {
                 match self.next()? {
                     ToClient::GraphRejected { error } => return Err(ClientError::Rejected(error)),
                     ToClient::KeyInMemory { key, id, holders } => {
-                        if let Some(s) = slots.get_mut(key.as_str()) {
+                        if let Some(&i) = position.get(key.as_str()) {
+                            let s = &mut slots[i as usize];
                             match s {
                                 Slot::Pending => {
                                     pending -= 1;
@@ -157,16 +166,14 @@ impl Client {
                         }
                     }
                     ToClient::KeyErred { key, error } => {
-                        if let Some(s) = slots.get_mut(key.as_str()) {
-                            match s {
-                                Slot::Pending | Slot::At(..) => {
-                                    if matches!(s, Slot::Pending) {
-                                        pending -= 1;
-                                    }
-                                    *s = Slot::Failed(error);
-                                    unresolved -= 1;
+                        if let Some(&i) = position.get(key.as_str()) {
+                            let s = &mut slots[i as usize];
+                            if matches!(s, Slot::Pending | Slot::At(..)) {
+                                if matches!(s, Slot::Pending) {
+                                    pending -= 1;
                                 }
-                                _ => {}
+                                *s = Slot::Failed(error);
+                                unresolved -= 1;
                             }
                         }
                     }
@@ -181,28 +188,30 @@ impl Client {
                 }
             }
             // Fetch from the holders, one request per holder.
-            let mut by_holder: HashMap<String, Vec<(String, TaskId)>> = HashMap::new();
-            for (k, s) in &slots {
+            let mut by_holder: HashMap<&str, Vec<(u32, TaskId)>> = HashMap::new();
+            for (i, s) in slots.iter().enumerate() {
                 if let Slot::At(id, holders) = s {
                     if let Some(h) = holders.first() {
-                        by_holder.entry(h.clone()).or_default().push((k.to_string(), *id));
+                        by_holder.entry(h.as_str()).or_default().push((i as u32, *id));
                     }
                 }
             }
+            let by_holder: Vec<(String, Vec<(u32, TaskId)>)> = by_holder.into_iter().map(|(h, items)| (h.to_string(), items)).collect();
             for (holder, items) in by_holder {
-                let ids: Vec<TaskId> = items.iter().map(|(_, id)| *id).collect();
-                let got = self.fetch_from(&holder, &ids);
-                let mut values: HashMap<TaskId, Data> = match got {
-                    Ok(v) => v.into_iter().collect(),
+                let ids: Vec<TaskId> = items.iter().map(|&(_, id)| id).collect();
+                let mut got = match self.fetch_from(&holder, &ids) {
+                    Ok(v) => v.into_iter().peekable(),
                     Err(e) => {
                         log_at!(1, "client", "cannot fetch results from {holder}: {e}; waiting for the scheduler to recompute them");
-                        HashMap::new()
+                        Vec::new().into_iter().peekable()
                     }
                 };
-                for (k, id) in items {
-                    let slot = slots.get_mut(k.as_str()).expect("known key");
-                    match values.remove(&id) {
-                        Some(v) => {
+                // The holder answers in the order asked, leaving out what
+                // it does not have.
+                for (i, id) in items {
+                    let slot = &mut slots[i as usize];
+                    match got.next_if(|(g, _)| *g == id) {
+                        Some((_, v)) => {
                             *slot = Slot::Value(v);
                             unresolved -= 1;
                         }
@@ -226,9 +235,11 @@ impl Client {
         }
         let mut results = Results::default();
         for k in keys {
-            match slots.remove(k.as_str()) {
-                Some(Slot::Value(v)) => results.values.push((k.clone(), v)),
-                Some(Slot::Failed(e)) => results.errors.push((k.clone(), e)),
+            // A key asked twice is answered once, like a map.
+            let i = position[k.as_str()] as usize;
+            match std::mem::replace(&mut slots[i], Slot::Pending) {
+                Slot::Value(v) => results.values.push((k.clone(), v)),
+                Slot::Failed(e) => results.errors.push((k.clone(), e)),
                 _ => {}
             }
         }

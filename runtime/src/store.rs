@@ -9,7 +9,7 @@
 
 use crate::protocol::TaskId;
 use crate::value::Data;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -61,8 +61,12 @@ struct Entry {
 #[derive(Default)]
 struct Inner {
     memory: HashMap<TaskId, Entry>,
-    /// Least recently used first.
-    lru: BTreeMap<u64, TaskId>,
+    /// Uses in order, least recent first: `(tick, id)` pushed on every
+    /// insert and read. An item is current only while its tick equals the
+    /// entry's; stale ones are skipped when spilling and dropped by
+    /// `compact`. Cheaper per access than an ordered map (reads of small
+    /// values are on every task's path).
+    lru: VecDeque<(u64, TaskId)>,
     tick: u64,
     memory_bytes: u64,
     disk: HashMap<TaskId, u64>,
@@ -73,6 +77,18 @@ struct Inner {
     unspilled_bytes: u64,
     spill_seconds: f64,
     unspill_seconds: f64,
+}
+
+impl Inner {
+    /// Record a use of `id` at `tick`, dropping stale records once they
+    /// outnumber the values (amortised O(1) per use).
+    fn used(&mut self, tick: u64, id: TaskId) {
+        self.lru.push_back((tick, id));
+        if self.lru.len() > 2 * self.memory.len() + 1024 {
+            let memory = &self.memory;
+            self.lru.retain(|(t, i)| memory.get(i).is_some_and(|e| e.tick == *t));
+        }
+    }
 }
 
 /// Counters for status and tests.
@@ -124,10 +140,9 @@ impl Store {
         s.tick += 1;
         let tick = s.tick;
         if let Some(old) = s.memory.insert(id, Entry { value, nbytes, tick }) {
-            s.lru.remove(&old.tick);
             s.memory_bytes -= old.nbytes;
         }
-        s.lru.insert(tick, id);
+        s.used(tick, id);
         s.memory_bytes += nbytes;
     }
 
@@ -142,10 +157,9 @@ impl Store {
         s.tick += 1;
         let tick = s.tick;
         if let Some(e) = s.memory.get_mut(&id) {
-            let old = std::mem::replace(&mut e.tick, tick);
+            e.tick = tick;
             let value = e.value.clone();
-            s.lru.remove(&old);
-            s.lru.insert(tick, id);
+            s.used(tick, id);
             return Ok(Some(value));
         }
         let Some(&nbytes) = s.disk.get(&id) else { return Ok(None) };
@@ -160,7 +174,7 @@ impl Store {
         let _ = std::fs::remove_file(&path);
         let nbytes = value.nbytes();
         s.memory.insert(id, Entry { value: value.clone(), nbytes, tick });
-        s.lru.insert(tick, id);
+        s.used(tick, id);
         s.memory_bytes += nbytes;
         Ok(Some(value))
     }
@@ -168,7 +182,6 @@ impl Store {
     pub fn remove(&self, id: TaskId) {
         let mut s = self.lock();
         let freed = s.memory.remove(&id).map(|e| {
-            s.lru.remove(&e.tick);
             s.memory_bytes -= e.nbytes;
             e.value
         });
@@ -190,20 +203,23 @@ impl Store {
         let mut s = self.lock();
         let mut written = 0;
         while s.memory_bytes > target {
-            let Some((&tick, &id)) = s.lru.iter().next() else { break };
-            if written == 0 {
-                std::fs::create_dir_all(&self.spill_dir)?;
+            let Some((tick, id)) = s.lru.pop_front() else { break };
+            if s.memory.get(&id).is_none_or(|e| e.tick != tick) {
+                continue; // stale: used again since, or gone
             }
-            let entry = s.memory.get(&id).expect("lru and memory agree");
+            let entry = s.memory.get(&id).expect("checked just above");
             let (tag, body) = entry.value.wire();
             let start = std::time::Instant::now();
-            write_spilled(&self.path(id), tag, body)?;
+            let done = if written == 0 { std::fs::create_dir_all(&self.spill_dir) } else { Ok(()) }.and_then(|()| write_spilled(&self.path(id), tag, body));
+            if let Err(e) = done {
+                s.lru.push_front((tick, id)); // still in memory, still the oldest
+                return Err(e);
+            }
             let (elapsed, size) = (start.elapsed().as_secs_f64(), body.len() as u64 + 1);
             let nbytes = entry.nbytes;
             s.spill_seconds += elapsed;
             s.spilled_bytes += size;
             s.memory.remove(&id);
-            s.lru.remove(&tick);
             s.memory_bytes -= nbytes;
             s.disk.insert(id, nbytes);
             s.disk_bytes += nbytes;
