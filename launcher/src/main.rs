@@ -529,7 +529,10 @@ fn load_graph(path: &Path, keys: Vec<String>) -> Result<(Graph, Vec<String>), Fa
     if graph.is_empty() {
         return Err(Fail(EXIT_USAGE, format!("{}: the graph has no tasks", path.display())));
     }
-    let keys = if keys.is_empty() { graph.output_keys() } else { keys };
+    if keys.is_empty() {
+        let outputs = graph.output_keys();
+        return Ok((graph, outputs));
+    }
     graph.check_keys(&keys).map_err(|e| Fail(EXIT_USAGE, format!("{e} (see --keys)")))?;
     Ok((graph, keys))
 }
@@ -541,6 +544,9 @@ fn report(results: Results, keys: &[String]) -> Result<u8, Fail> {
     let _ = writeln!(out, "{}", taskfarm::value::format_results(printed));
     let _ = out.flush();
     if results.errors.is_empty() {
+        // The process ends right after: freeing every result one by one
+        // would only delay the exit.
+        std::mem::forget(results);
         return Ok(0);
     }
     for (key, error) in &results.errors {

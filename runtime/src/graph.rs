@@ -21,6 +21,7 @@ use serde_json::{Map, Value as Json};
 // still randomly seeded, hasher of hashbrown.
 use hashbrown::HashMap;
 use std::fmt;
+use std::hash::BuildHasher;
 
 /// A task's computation, shipped opaque to the scheduler and evaluated on a
 /// worker. References point into the task's dependency list by position, so
@@ -79,7 +80,9 @@ pub struct TaskDef {
 #[derive(Clone, Debug)]
 pub struct Graph {
     pub tasks: Vec<TaskDef>,
-    index: HashMap<String, usize>,
+    /// Positions in `tasks`, hashed by key (the keys are not copied).
+    index: hashbrown::HashTable<usize>,
+    hasher: hashbrown::DefaultHashBuilder,
     /// Each task's dependencies as positions in `tasks` (same order as its
     /// `deps`).
     dep_ids: Vec<Vec<usize>>,
@@ -148,20 +151,32 @@ impl Graph {
                 return Err(GraphError::Task { key: k.clone(), message: "appears twice in the graph; each key must be defined once".into() });
             }
         }
-        let mut tasks = Vec::with_capacity(map.len());
+        let mut built = Vec::with_capacity(map.len());
         let mut dep_ids = Vec::with_capacity(map.len());
         for (key, value) in &map {
             let mut b = Builder { key, keys: &keys, is_function, deps: Vec::new(), dep_ids: Vec::new() };
             let (expr, annotations) = b.task(value)?;
             let spec = bincode::serialize(&expr).expect("Expr always serialises");
-            tasks.push(TaskDef { key: key.clone(), deps: b.deps, spec, annotations, order: 0 });
+            built.push((b.deps, spec, annotations));
             dep_ids.push(b.dep_ids);
         }
-        let index = tasks.iter().enumerate().map(|(i, t)| (t.key.clone(), i)).collect();
-        let mut graph = Graph { tasks, index, dep_ids };
+        drop(keys);
+        // The keys move into the tasks; the index refers to them there.
+        let tasks: Vec<TaskDef> =
+            map.into_iter().zip(built).map(|((key, _), (deps, spec, annotations))| TaskDef { key, deps, spec, annotations, order: 0 }).collect();
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let mut index = hashbrown::HashTable::with_capacity(tasks.len());
+        for (i, t) in tasks.iter().enumerate() {
+            index.insert_unique(hasher.hash_one(t.key.as_str()), i, |&j: &usize| hasher.hash_one(tasks[j].key.as_str()));
+        }
+        let mut graph = Graph { tasks, index, hasher, dep_ids };
         graph.check_acyclic()?;
         graph.assign_order();
         Ok(graph)
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        self.index.find(self.hasher.hash_one(key), |&i| self.tasks[i].key == key).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -173,7 +188,7 @@ impl Graph {
     }
 
     pub fn get(&self, key: &str) -> Option<&TaskDef> {
-        self.index.get(key).map(|&i| &self.tasks[i])
+        self.position(key).map(|i| &self.tasks[i])
     }
 
     /// Keys nothing else in the graph depends on, in file order.
@@ -190,7 +205,7 @@ impl Graph {
     /// Check that every requested key exists.
     pub fn check_keys(&self, keys: &[String]) -> Result<(), GraphError> {
         for k in keys {
-            if !self.index.contains_key(k) {
+            if self.position(k).is_none() {
                 return Err(GraphError::UnknownKey { key: k.clone(), context: "requested key".into() });
             }
         }
