@@ -49,7 +49,8 @@ fn command_graph_moves_dependencies_peer_to_peer() {
     let o = c.submit(g, &[]);
     assert_eq!(stdout(&o), "{\"out\": [\"ALPHA BETA GAMMA\", \"6\\n\"]}\n", "{}", stderr(&o));
     // w2 fetched "words" from w1's data server, and w1 fetched "count" from w2:
-    // the scheduler never carries values, so these counters prove peer-to-peer transfer.
+    // values between workers never go through the scheduler, so these
+    // counters prove peer-to-peer transfer.
     wait_for("transfer counters to reach the scheduler", Duration::from_secs(10), || {
         let w1 = c.worker_status("w1");
         let w2 = c.worker_status("w2");
@@ -57,6 +58,18 @@ fn command_graph_moves_dependencies_peer_to_peer() {
             && w1["served_to_peers"].as_u64() >= Some(1)
             && w1["fetched_from_peers"].as_u64() >= Some(1)
     });
+}
+
+#[test]
+fn small_results_come_with_the_completion_and_large_ones_from_the_worker() {
+    let c = Cluster::start("inline", &[("w1", 1)]);
+    // "small" is a few bytes; "big" (100,000 bytes) is over the inline limit.
+    let o = c.submit(r#"{"small": ["inc", 1], "big": ["zeros", 100000]}"#, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("\"small\": 2"), "{}", stdout(&o));
+    // The client fetched only "big" from the worker's data server.
+    wait_for("the fetch counter to reach the scheduler", Duration::from_secs(10), || c.worker_status("w1")["served_to_peers"].as_u64() >= Some(1));
+    assert_eq!(c.worker_status("w1")["served_to_peers"].as_u64(), Some(1), "only the large result was fetched");
 }
 
 #[test]
@@ -104,7 +117,7 @@ fn garbage_and_broken_connections_do_not_disturb_a_running_graph() {
         // 2. right magic, wrong proof
         let mut s = TcpStream::connect(addr).unwrap();
         let mut hello = b"TASKFARM".to_vec();
-        hello.extend_from_slice(&1u16.to_le_bytes());
+        hello.extend_from_slice(&taskfarm::protocol::PROTOCOL_VERSION.to_le_bytes());
         hello.push(2);
         hello.extend_from_slice(&[1u8; 32]);
         write_all(&mut s, &hello);

@@ -139,11 +139,23 @@ impl Client {
         // Each distinct key once, by position; messages are matched by key
         // once, everything after works on positions.
         let mut position: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::with_capacity(keys.len());
+        let mut distinct: Vec<&str> = Vec::with_capacity(keys.len());
         for k in keys {
-            let next = position.len() as u32;
-            position.entry(k.as_str()).or_insert(next);
+            if let hashbrown::hash_map::Entry::Vacant(v) = position.entry(k.as_str()) {
+                v.insert(distinct.len() as u32);
+                distinct.push(k);
+            }
         }
-        let mut slots: Vec<Slot> = (0..position.len()).map(|_| Slot::Pending).collect();
+        // Results mostly come in the order asked (the scheduler runs tasks
+        // by priority, then graph order): try the key after the last one
+        // matched before looking it up.
+        let mut cursor = 0usize;
+        let mut locate = |key: &str| -> Option<usize> {
+            let i = if distinct.get(cursor) == Some(&key) { cursor } else { *position.get(key)? as usize };
+            cursor = i + 1;
+            Some(i)
+        };
+        let mut slots: Vec<Slot> = (0..distinct.len()).map(|_| Slot::Pending).collect();
         let mut unresolved = slots.len();
         let mut pending = slots.len();
         let mut fetch_failures = 0u32;
@@ -152,22 +164,29 @@ impl Client {
             while pending > 0 {
                 match self.next()? {
                     ToClient::GraphRejected { error } => return Err(ClientError::Rejected(error)),
-                    ToClient::KeyInMemory { key, id, holders } => {
-                        if let Some(&i) = position.get(key.as_str()) {
-                            let s = &mut slots[i as usize];
-                            match s {
-                                Slot::Pending => {
-                                    pending -= 1;
-                                    *s = Slot::At(id, holders);
+                    ToClient::KeyInMemory { key, id, holders, value } => {
+                        if let Some(i) = locate(&key) {
+                            let s = &mut slots[i];
+                            let was_pending = matches!(s, Slot::Pending);
+                            if was_pending || matches!(s, Slot::At(..)) {
+                                // A small result comes inline; a value that
+                                // does not decode is fetched instead.
+                                match value.map(|(tag, body)| crate::store::Value::from_wire(tag, body)) {
+                                    Some(Ok(v)) => {
+                                        *s = Slot::Value(v.data);
+                                        unresolved -= 1;
+                                    }
+                                    _ => *s = Slot::At(id, holders),
                                 }
-                                Slot::At(..) => *s = Slot::At(id, holders),
-                                _ => {}
+                                if was_pending {
+                                    pending -= 1;
+                                }
                             }
                         }
                     }
                     ToClient::KeyErred { key, error } => {
-                        if let Some(&i) = position.get(key.as_str()) {
-                            let s = &mut slots[i as usize];
+                        if let Some(i) = locate(&key) {
+                            let s = &mut slots[i];
                             if matches!(s, Slot::Pending | Slot::At(..)) {
                                 if matches!(s, Slot::Pending) {
                                     pending -= 1;

@@ -26,7 +26,11 @@ pub type Payload = (u8, Vec<u8>);
 pub type WorkerId = u32;
 
 pub const MAGIC: &[u8; 8] = b"TASKFARM";
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Results up to this size (in their wire form) travel with the task's
+/// completion, through the scheduler, to the clients waiting for them, so
+/// they need no fetch from the worker.
+pub const INLINE_RESULT_MAX: usize = 64 << 10;
 /// Largest control frame accepted (a graph of millions of tasks fits).
 pub const MAX_CONTROL_FRAME: u64 = 512 << 20;
 /// Largest value payload accepted.
@@ -114,6 +118,9 @@ pub enum ToScheduler {
         id: TaskId,
         nbytes: u64,
         duration_us: u64,
+        /// The value itself, when the scheduler asked for it
+        /// (`ComputeTask::inline_result`) and it is small.
+        value: Option<Payload>,
     },
     TaskErred {
         id: TaskId,
@@ -176,6 +183,9 @@ pub struct ComputeTask {
     pub timeout: Option<f64>,
     /// Resources held while it runs (`cpus` counts threads; default 1 cpu).
     pub resources: Vec<(String, f64)>,
+    /// A client waits for this result: send it back with `TaskFinished` if
+    /// it is at most `INLINE_RESULT_MAX` bytes.
+    pub inline_result: bool,
 }
 
 /// Scheduler messages to a worker.
@@ -228,7 +238,9 @@ pub enum ToClient {
     /// The graph was accepted; `total` tasks are now known for this client.
     GraphAccepted { total: u64 },
     GraphRejected { error: String },
-    KeyInMemory { key: String, id: TaskId, holders: Vec<String> },
+    /// `value` is the result itself when it came inline with the task's
+    /// completion; otherwise the client fetches it from a holder.
+    KeyInMemory { key: String, id: TaskId, holders: Vec<String>, value: Option<Payload> },
     KeyErred { key: String, error: String },
     Status(StatusReport),
     ShuttingDown { reason: String },

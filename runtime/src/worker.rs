@@ -472,9 +472,16 @@ impl WorkerLoop {
                 match result {
                     Ok(data) => {
                         let nbytes = data.nbytes();
-                        self.store.insert(id, Arc::new(Value::new(data)));
+                        let value = Arc::new(Value::new(data));
+                        let inline = if task.compute.inline_result {
+                            let (tag, body) = value.wire();
+                            (body.len() <= crate::protocol::INLINE_RESULT_MAX).then(|| (tag, body.to_vec()))
+                        } else {
+                            None
+                        };
+                        self.store.insert(id, value);
                         self.manage_memory(false);
-                        self.out.push(ToScheduler::TaskFinished { id, nbytes, duration_us });
+                        self.out.push(ToScheduler::TaskFinished { id, nbytes, duration_us, value: inline });
                     }
                     Err(error) => {
                         log_at!(3, "worker", "task '{}' failed: {error}", task.compute.key);

@@ -416,7 +416,7 @@ impl Core {
 
     fn worker_message(&mut self, w: WorkerId, m: ToScheduler, now: f64) {
         match m {
-            ToScheduler::TaskFinished { id, nbytes, duration_us } => self.state.task_finished(w, id, nbytes, duration_us as f64 * 1e-6, now),
+            ToScheduler::TaskFinished { id, nbytes, duration_us, value } => self.state.task_finished_with(w, id, nbytes, duration_us as f64 * 1e-6, value, now),
             ToScheduler::TaskErred { id, error, .. } => self.state.task_erred(w, id, error, now),
             ToScheduler::MissingData { id, dep, tried } => self.state.missing_data(w, id, dep, &tried, now),
             ToScheduler::Heartbeat(metrics) => self.state.heartbeat(w, metrics, now),

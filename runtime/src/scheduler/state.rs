@@ -14,7 +14,7 @@
 //! (nobody wants it any more; its id is never reused).
 
 use crate::graph::TaskDef;
-use crate::protocol::{ComputeTask, StatusReport, TaskId, ToClient, ToWorker, WorkerId, WorkerMetrics, WorkerStatus};
+use crate::protocol::{ComputeTask, Payload, StatusReport, TaskId, ToClient, ToWorker, WorkerId, WorkerMetrics, WorkerStatus};
 use std::cmp::Reverse;
 use super::ids::{Ids, KeyIndex};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -928,7 +928,7 @@ impl SchedulerState {
             }
             match task.state {
                 TaskState::Memory => {
-                    let msg = self.key_in_memory_msg(t);
+                    let msg = self.key_in_memory_msg(t, None);
                     self.to_client.push((c, msg));
                 }
                 TaskState::Erred => {
@@ -951,6 +951,13 @@ impl SchedulerState {
     // ---- results from workers ----------------------------------------------
 
     pub fn task_finished(&mut self, w: WorkerId, t: TaskId, nbytes: u64, duration: f64, now: f64) {
+        self.task_finished_with(w, t, nbytes, duration, None, now);
+    }
+
+    /// A task finished on `w`; `value` is its result when it came inline
+    /// (small, and asked for because a client waits for it): it is passed on
+    /// to those clients, not kept.
+    pub fn task_finished_with(&mut self, w: WorkerId, t: TaskId, nbytes: u64, duration: f64, value: Option<Payload>, now: f64) {
         self.touch(w, now);
         if !self.workers.contains_key(&w) {
             return;
@@ -986,7 +993,7 @@ impl SchedulerState {
         task.who_has.push(w);
         self.workers.get_mut(&w).expect("checked").has_what.insert(t);
         self.set_state(t, TaskState::Memory);
-        self.value_arrived(t);
+        self.value_arrived(t, value);
         self.check.push(t);
         self.settle();
         self.fill_worker(w);
@@ -1162,7 +1169,7 @@ impl SchedulerState {
     }
 
     /// A task's value is now in memory: wake dependents, tell clients.
-    fn value_arrived(&mut self, t: TaskId) {
+    fn value_arrived(&mut self, t: TaskId, value: Option<Payload>) {
         for i in 0..self.tasks[t as usize].dependents.len() {
             let d = self.tasks[t as usize].dependents[i];
             let dt = &mut self.tasks[d as usize];
@@ -1173,21 +1180,24 @@ impl SchedulerState {
                 }
             }
         }
-        if !self.tasks[t as usize].wanted_by.is_empty() {
-            let msg = self.key_in_memory_msg(t);
-            for i in 0..self.tasks[t as usize].wanted_by.len() {
+        let n = self.tasks[t as usize].wanted_by.len();
+        if n > 0 {
+            let mut msg = Some(self.key_in_memory_msg(t, value));
+            for i in 0..n {
                 let c = self.tasks[t as usize].wanted_by[i];
-                self.to_client.push((c, msg.clone()));
+                let m = if i + 1 == n { msg.take() } else { msg.clone() };
+                self.to_client.push((c, m.expect("taken by the last client only")));
             }
         }
     }
 
-    fn key_in_memory_msg(&self, t: TaskId) -> ToClient {
+    fn key_in_memory_msg(&self, t: TaskId, value: Option<Payload>) -> ToClient {
         let task = &self.tasks[t as usize];
         ToClient::KeyInMemory {
             key: task.key.to_string(),
             id: t,
             holders: task.who_has.iter().filter_map(|w| self.workers.get(w)).map(|w| w.info.address.clone()).collect(),
+            value,
         }
     }
 
@@ -1368,6 +1378,7 @@ impl SchedulerState {
             priority: task.priority,
             timeout: task.timeout(),
             resources,
+            inline_result: !task.wanted_by.is_empty(),
         };
         self.to_worker.push((w, ToWorker::Compute(msg)));
     }

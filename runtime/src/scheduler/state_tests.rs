@@ -680,3 +680,30 @@ fn a_task_given_up_after_its_thief_left_is_placed_again() {
     let (to_w, _) = sim.outgoing();
     assert!(to_w.iter().any(|(w, m)| *w == w1 && matches!(m, ToWorker::Compute(ct) if ct.id == asked[0])), "{to_w:?}");
 }
+
+/// A task a client waits for is asked to send its (small) result back with
+/// its completion, and the scheduler passes it on without keeping it; a
+/// dependency nobody waits for is not asked.
+#[test]
+fn small_results_a_client_waits_for_travel_inline() {
+    let mut sim = Sim::new();
+    let w = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"x": 1, "y": ["inc", "x"]}"#), &wanted(&["y"])).unwrap();
+    let asked = |sim: &mut Sim| -> Vec<(String, bool)> {
+        sim.outgoing().0.into_iter().filter_map(|(_, m)| if let ToWorker::Compute(ct) = m { Some((ct.key, ct.inline_result)) } else { None }).collect()
+    };
+    assert_eq!(asked(&mut sim), vec![("x".to_string(), false)]);
+    sim.finish(w, "x");
+    assert_eq!(asked(&mut sim), vec![("y".to_string(), true)]);
+    sim.s.task_finished_with(w, sim.id("y"), 8, 0.001, Some((b'j', b"3".to_vec())), 0.0);
+    sim.ok();
+    let (_, to_client) = sim.outgoing();
+    let got: Vec<_> = to_client.iter().filter_map(|(cc, m)| if let ToClient::KeyInMemory { key, value, .. } = m { Some((*cc, key.clone(), value.clone())) } else { None }).collect();
+    assert_eq!(got, vec![(c, "y".to_string(), Some((b'j', b"3".to_vec())))]);
+    // Asked again later (the value is not kept): only where it is.
+    let c2 = sim.s.add_client("c2".into());
+    sim.s.update_graph(c2, Vec::new(), &wanted(&["y"])).unwrap();
+    let (_, to_client) = sim.outgoing();
+    assert!(to_client.iter().any(|(cc, m)| *cc == c2 && matches!(m, ToClient::KeyInMemory { value: None, holders, .. } if !holders.is_empty())), "{to_client:?}");
+}
