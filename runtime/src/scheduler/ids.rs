@@ -177,3 +177,84 @@ mod tests {
         assert_eq!((&Ids::One(6)).into_iter().count(), 1);
     }
 }
+
+/// Tasks ready to run, smallest `(priority, id)` first. Tasks mostly become
+/// ready in priority order (a submission is walked in graph order), so those
+/// are appended to a sorted run and taken from its front in O(1); a task
+/// that would break the order goes to a heap. `pop` takes the smaller of the
+/// two fronts. A 100k-task burst then costs no heap sifting at all.
+#[derive(Debug)]
+pub struct ReadyQueue<P: Ord + Copy> {
+    run: std::collections::VecDeque<(P, u32)>,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(P, u32)>>,
+}
+
+impl<P: Ord + Copy> Default for ReadyQueue<P> {
+    fn default() -> Self {
+        ReadyQueue { run: Default::default(), heap: Default::default() }
+    }
+}
+
+impl<P: Ord + Copy> ReadyQueue<P> {
+    pub fn push(&mut self, p: P, id: u32) {
+        match self.run.back() {
+            Some(&back) if (p, id) < back => self.heap.push(std::cmp::Reverse((p, id))),
+            _ => self.run.push_back((p, id)),
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<(P, u32)> {
+        match (self.run.front(), self.heap.peek()) {
+            (Some(&a), Some(std::cmp::Reverse(b))) if *b < a => self.heap.pop().map(|r| r.0),
+            (Some(_), _) => self.run.pop_front(),
+            (None, _) => self.heap.pop().map(|r| r.0),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.run.len() + self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.run.is_empty() && self.heap.is_empty()
+    }
+
+    /// Every id queued, in no particular order.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.run.iter().map(|&(_, id)| id).chain(self.heap.iter().map(|r| r.0 .1))
+    }
+}
+
+#[cfg(test)]
+mod ready_tests {
+    use super::ReadyQueue;
+
+    #[test]
+    fn pops_in_order_whatever_the_push_order() {
+        let mut q = ReadyQueue::default();
+        let mut rng = 0x1234_5678_9abc_def0u64;
+        let mut all = Vec::new();
+        for i in 0..2000u32 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            // Mostly increasing, with some out-of-order ones.
+            let p = if rng % 5 == 0 { (rng % 1000) as i64 } else { i as i64 };
+            q.push(p, i);
+            all.push((p, i));
+            if rng % 7 == 0 {
+                let got = q.pop().unwrap();
+                all.sort_unstable();
+                assert_eq!(got, all.remove(0));
+            }
+        }
+        all.sort_unstable();
+        assert_eq!(q.len(), all.len());
+        let mut out = Vec::new();
+        while let Some(x) = q.pop() {
+            out.push(x);
+        }
+        assert_eq!(out, all);
+        assert!(q.is_empty());
+    }
+}

@@ -15,9 +15,8 @@
 
 use crate::graph::TaskDef;
 use crate::protocol::{ComputeTask, Payload, StatusReport, TaskId, ToClient, ToWorker, WorkerId, WorkerMetrics, WorkerStatus};
-use std::cmp::Reverse;
-use super::ids::{Ids, KeyIndex};
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use super::ids::{Ids, KeyIndex, ReadyQueue};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 pub type ClientId = u32;
@@ -258,7 +257,7 @@ pub struct SchedulerState {
     empty_spec: Arc<[u8]>,
     workers: BTreeMap<WorkerId, Worker>,
     clients: BTreeMap<ClientId, String>,
-    queued: BinaryHeap<Reverse<(Priority, TaskId)>>,
+    queued: ReadyQueue<Priority>,
     no_worker: Vec<TaskId>,
     counts: [u64; 8],
     next_worker: WorkerId,
@@ -295,7 +294,7 @@ impl SchedulerState {
             empty_spec: Arc::from(&[][..]),
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),
-            queued: BinaryHeap::new(),
+            queued: ReadyQueue::default(),
             no_worker: Vec::new(),
             counts: [0; 8],
             next_worker: 1,
@@ -840,47 +839,65 @@ impl SchedulerState {
             return Err("unknown client".into());
         }
         // Validate first, change nothing until the update is known good.
+        // Every key is looked up once: as a position among `defs` (a new
+        // task) or as an existing task.
         let mut new_index: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::with_capacity(defs.len());
+        let mut existing: Vec<Option<TaskId>> = Vec::with_capacity(defs.len());
         for (i, d) in defs.iter().enumerate() {
-            if self.task_id(&d.key).is_none() && new_index.insert(d.key.as_str(), i).is_some() {
+            let e = self.task_id(&d.key);
+            if e.is_none() && new_index.insert(d.key.as_str(), i).is_some() {
                 return Err(format!("task '{}' is defined twice", d.key));
             }
+            existing.push(e);
         }
-        for d in &defs {
-            if !new_index.contains_key(d.key.as_str()) {
+        let locate = |k: &str| new_index.get(k).map(|&j| Loc::New(j as u32)).or_else(|| self.task_id(k).map(Loc::Old));
+        // The dependencies of new tasks, flat: those of defs[i] are
+        // dep_locs[dep_start[i]..dep_start[i + 1]] (none for existing keys).
+        let mut dep_locs: Vec<Loc> = Vec::new();
+        let mut dep_start: Vec<u32> = Vec::with_capacity(defs.len() + 1);
+        for (d, e) in defs.iter().zip(&existing) {
+            dep_start.push(dep_locs.len() as u32);
+            if e.is_some() {
                 continue;
             }
             for dep in &d.deps {
-                if !new_index.contains_key(dep.as_str()) && self.task_id(dep).is_none() {
+                let Some(loc) = locate(dep) else {
                     return Err(format!("task '{}' depends on '{dep}', which is neither in the graph nor known to the scheduler", d.key));
-                }
+                };
+                dep_locs.push(loc);
             }
         }
+        dep_start.push(dep_locs.len() as u32);
+        let mut wanted_locs = Vec::with_capacity(wanted.len());
         for k in wanted {
-            if !new_index.contains_key(k.as_str()) && self.task_id(k).is_none() {
+            let Some(loc) = locate(k) else {
                 return Err(format!("requested key '{k}' is not in the graph"));
-            }
+            };
+            wanted_locs.push(loc);
         }
-        if let Some(cycle) = find_cycle(&defs, &new_index) {
+        if let Some(cycle) = find_cycle(&defs, &dep_start, &dep_locs) {
             return Err(format!("the graph has a cycle: {}", cycle.join(" -> ")));
         }
 
-        let is_new: Vec<bool> = defs.iter().enumerate().map(|(i, d)| new_index.get(d.key.as_str()) == Some(&i)).collect();
         let n_new = new_index.len();
         drop(new_index);
         self.generation += 1;
         let generation = self.generation;
+        // The task id of every def, new or existing.
+        let mut def_id: Vec<TaskId> = Vec::with_capacity(defs.len());
         let mut added = Vec::with_capacity(n_new);
         self.tasks.reserve(n_new);
         {
             let tasks = &self.tasks;
             self.keys.reserve(n_new, |x| &tasks[x as usize].key);
         }
-        for (d, new) in defs.into_iter().zip(is_new) {
-            if !new {
+        for (i, (d, e)) in defs.into_iter().zip(existing).enumerate() {
+            if let Some(t) = e {
+                def_id.push(t);
                 continue;
             }
             let id = self.tasks.len() as TaskId;
+            def_id.push(id);
             let a = d.annotations;
             let extra = if a.workers.is_empty() && a.resources.is_empty() && a.timeout.is_none() {
                 None
@@ -909,19 +926,23 @@ impl SchedulerState {
             let tasks = &self.tasks;
             self.keys.insert(&tasks[id as usize].key, id, |x| &tasks[x as usize].key);
             self.counts[TaskState::Released as usize] += 1;
-            added.push((id, d.deps));
+            added.push((id, i));
         }
-        for (id, deps) in &added {
-            let dep_ids: Vec<TaskId> = deps.iter().map(|k| self.task_id(k).expect("validated")).collect();
+        let resolve = |l: Loc| match l {
+            Loc::New(j) => def_id[j as usize],
+            Loc::Old(t) => t,
+        };
+        for &(id, i) in &added {
+            let dep_ids: Vec<TaskId> = dep_locs[dep_start[i] as usize..dep_start[i + 1] as usize].iter().map(|&l| resolve(l)).collect();
             for &d in &dep_ids {
                 let dt = &mut self.tasks[d as usize];
-                dt.dependents.push(*id);
+                dt.dependents.push(id);
                 dt.live_dependents += 1;
             }
-            self.tasks[*id as usize].deps = dep_ids.into();
+            self.tasks[id as usize].deps = dep_ids.into();
         }
-        for k in wanted {
-            let t = self.task_id(k).expect("validated");
+        for (k, loc) in wanted.iter().zip(wanted_locs) {
+            let t = resolve(loc);
             let task = &mut self.tasks[t as usize];
             if !task.wanted_by.contains(&c) {
                 task.wanted_by.push(c);
@@ -1240,7 +1261,7 @@ impl SchedulerState {
         if task.deps.is_empty() && !task.restricted() {
             self.set_state(t, TaskState::Queued);
             let p = self.tasks[t as usize].priority;
-            self.queued.push(Reverse((p, t)));
+            self.queued.push(p, t);
             return;
         }
         match self.decide_worker(t) {
@@ -1402,7 +1423,7 @@ impl SchedulerState {
         let slots = self.slots(worker);
         let mut free = slots.saturating_sub(worker.processing.len());
         while free > 0 {
-            let Some(Reverse((_, t))) = self.queued.pop() else { break };
+            let Some((_, t)) = self.queued.pop() else { break };
             if self.tasks[t as usize].state != TaskState::Queued {
                 continue; // stale heap entry
             }
@@ -1427,7 +1448,7 @@ impl SchedulerState {
                 let free = self.slots(worker).saturating_sub(worker.processing.len());
                 let step = free.min(worker.info.nthreads.max(1) as usize);
                 for _ in 0..step {
-                    let Some(Reverse((_, t))) = self.queued.pop() else { break };
+                    let Some((_, t)) = self.queued.pop() else { break };
                     if self.tasks[t as usize].state == TaskState::Queued {
                         self.send_to_worker(t, w);
                     }
@@ -1588,7 +1609,7 @@ impl SchedulerState {
         if counts != self.counts {
             return Err(format!("state counts {:?} but recount {:?}", self.counts, counts));
         }
-        let queued_live = self.queued.iter().filter(|Reverse((_, t))| self.tasks[*t as usize].state == TaskState::Queued).count() as u64;
+        let queued_live = self.queued.ids().filter(|&t| self.tasks[t as usize].state == TaskState::Queued).count() as u64;
         if queued_live != self.count(TaskState::Queued) {
             return Err(format!("{queued_live} live heap entries but {} queued tasks", self.count(TaskState::Queued)));
         }
@@ -1622,20 +1643,33 @@ fn dependency_error(key: &str, err: &str) -> String {
 
 /// A cycle among the new tasks of an update (existing tasks cannot depend
 /// on new ones, so cycles can only be among the new ones).
-fn find_cycle(defs: &[TaskDef], index: &hashbrown::HashMap<&str, usize>) -> Option<Vec<String>> {
+/// Where a key of an update is: a new task (position among the update's
+/// definitions) or a task the scheduler already has.
+#[derive(Clone, Copy)]
+enum Loc {
+    New(u32),
+    Old(TaskId),
+}
+
+/// A cycle among the new tasks of an update (existing tasks cannot depend
+/// on new ones), as keys; the dependencies of `defs[i]` are
+/// `dep_locs[dep_start[i]..dep_start[i + 1]]`.
+fn find_cycle(defs: &[TaskDef], dep_start: &[u32], dep_locs: &[Loc]) -> Option<Vec<String>> {
+    let deps_of = |i: usize| &dep_locs[dep_start[i] as usize..dep_start[i + 1] as usize];
     let mut colour = vec![0u8; defs.len()];
-    for root in index.values().copied() {
-        if colour[root] != 0 {
+    for root in 0..defs.len() {
+        if colour[root] != 0 || deps_of(root).is_empty() {
             continue;
         }
         colour[root] = 1;
         let mut stack = vec![(root, 0usize)];
         while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            let deps = &defs[node].deps;
+            let deps = deps_of(node);
             if *next < deps.len() {
-                let dep = &deps[*next];
+                let dep = deps[*next];
                 *next += 1;
-                let Some(&d) = index.get(dep.as_str()) else { continue };
+                let Loc::New(d) = dep else { continue };
+                let d = d as usize;
                 match colour[d] {
                     0 => {
                         colour[d] = 1;
