@@ -67,8 +67,21 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-/// Lower runs first: (-user priority, submission generation, graph order).
-pub type Priority = (i64, u32, u32);
+/// Lower runs first: (rank of the user priority, highest first; submission
+/// generation; graph order).
+pub type Priority = (u32, u32, u32);
+
+/// The first element of a task's priority: higher user priorities sort
+/// first, in 4 bytes (the order of `-(p as i64)`).
+fn priority_rank(p: i32) -> u32 {
+    !((p as u32) ^ 0x8000_0000)
+}
+
+/// The user priority back from its rank (for the wire, where workers order
+/// by `(-priority, generation, order)`).
+fn priority_of_rank(rank: u32) -> i32 {
+    ((!rank) ^ 0x8000_0000) as i32
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TaskState {
@@ -184,7 +197,8 @@ struct Extra {
 
 #[derive(Debug)]
 struct Task {
-    key: Box<str>,
+    /// Where its key is in `SchedulerState::key_bytes`.
+    key: KeyRef,
     state: TaskState,
     /// Shared between tasks with the same encoded expression (see `specs`).
     spec: Arc<[u8]>,
@@ -245,10 +259,21 @@ pub struct SchedulerStats {
     pub tasks_stolen: u64,
 }
 
+/// A task's key: a range of `SchedulerState::key_bytes`.
+#[derive(Clone, Copy, Debug)]
+struct KeyRef {
+    off: u32,
+    len: u32,
+}
+
 /// The scheduler's whole state.
 pub struct SchedulerState {
     config: SchedulerConfig,
     tasks: Vec<Task>,
+    /// Every task's key, back to back: no allocation (and its overhead) per
+    /// key. Like the task slots, the keys of forgotten tasks stay (task ids
+    /// are never reused).
+    key_bytes: String,
     keys: KeyIndex,
     /// Encoded expressions shared between tasks: most graphs repeat a few
     /// (the same call with references to different dependencies).
@@ -289,6 +314,7 @@ impl SchedulerState {
         SchedulerState {
             config,
             tasks: Vec::new(),
+            key_bytes: String::new(),
             keys: KeyIndex::default(),
             specs: hashbrown::HashSet::new(),
             empty_spec: Arc::from(&[][..]),
@@ -343,8 +369,13 @@ impl SchedulerState {
     }
 
     pub fn task_id(&self, key: &str) -> Option<TaskId> {
-        let tasks = &self.tasks;
-        self.keys.get(key, |id| &tasks[id as usize].key)
+        let (tasks, bytes) = (&self.tasks, &self.key_bytes);
+        self.keys.get(key, |id| key_at(bytes, tasks[id as usize].key))
+    }
+
+    /// The key of task `t`.
+    pub fn key(&self, t: TaskId) -> &str {
+        key_at(&self.key_bytes, self.tasks[t as usize].key)
     }
 
     pub fn state_of(&self, key: &str) -> Option<TaskState> {
@@ -547,7 +578,7 @@ impl SchedulerState {
                     "task was running on {} workers that died (last: '{name}'); it may be crashing its worker (allowed failures: {})",
                     task.suspicious, self.config.allowed_failures
                 );
-                self.logs.push(format!("task '{}' marked erred: {msg}", task.key));
+                self.logs.push(format!("task '{}' marked erred: {msg}", key_at(&self.key_bytes, task.key)));
                 self.mark_erred(t, msg);
             } else {
                 self.stats.tasks_rescheduled += 1;
@@ -558,7 +589,7 @@ impl SchedulerState {
         let mut recomputed = Vec::new();
         for t in lost {
             if self.is_needed(t) {
-                recomputed.push(self.tasks[t as usize].key.to_string());
+                recomputed.push(self.key(t).to_string());
                 self.stats.tasks_recomputed += 1;
                 self.ensure_computing(t);
             } else {
@@ -881,6 +912,10 @@ impl SchedulerState {
 
         let n_new = new_index.len();
         drop(new_index);
+        let new_key_bytes: usize = defs.iter().zip(&existing).filter(|(_, e)| e.is_none()).map(|(d, _)| d.key.len()).sum();
+        if self.key_bytes.len() + new_key_bytes > u32::MAX as usize {
+            return Err("the scheduler has stored 4 GiB of task keys since it started and cannot take more; restart it".into());
+        }
         self.generation += 1;
         let generation = self.generation;
         // The task id of every def, new or existing.
@@ -888,9 +923,10 @@ impl SchedulerState {
         let mut added = Vec::with_capacity(n_new);
         self.tasks.reserve(n_new);
         {
-            let tasks = &self.tasks;
-            self.keys.reserve(n_new, |x| &tasks[x as usize].key);
+            let (tasks, bytes) = (&self.tasks, &self.key_bytes);
+            self.keys.reserve(n_new, |x| key_at(bytes, tasks[x as usize].key));
         }
+        self.key_bytes.reserve(new_key_bytes);
         for (i, (d, e)) in defs.into_iter().zip(existing).enumerate() {
             if let Some(t) = e {
                 def_id.push(t);
@@ -905,8 +941,10 @@ impl SchedulerState {
                 Some(Box::new(Extra { workers: a.workers, resources: a.resources, timeout: a.timeout, error: None }))
             };
             let spec = self.intern_spec(d.spec);
+            let key = KeyRef { off: self.key_bytes.len() as u32, len: d.key.len() as u32 };
+            self.key_bytes.push_str(&d.key);
             self.tasks.push(Task {
-                key: d.key.into_boxed_str(),
+                key,
                 state: TaskState::Released,
                 spec,
                 deps: Ids::Empty,
@@ -917,14 +955,14 @@ impl SchedulerState {
                 who_has: Ids::Empty,
                 processing_on: None,
                 wanted_by: Ids::Empty,
-                priority: (-(a.priority as i64), generation, d.order),
+                priority: (priority_rank(a.priority), generation, d.order),
                 retries_left: a.retries,
                 suspicious: 0,
                 nbytes: 0,
                 extra,
             });
-            let tasks = &self.tasks;
-            self.keys.insert(&tasks[id as usize].key, id, |x| &tasks[x as usize].key);
+            let (tasks, bytes) = (&self.tasks, &self.key_bytes);
+            self.keys.insert(key_at(bytes, key), id, |x| key_at(bytes, tasks[x as usize].key));
             self.counts[TaskState::Released as usize] += 1;
             added.push((id, i));
         }
@@ -1041,7 +1079,7 @@ impl SchedulerState {
         if task.retries_left > 0 {
             task.retries_left -= 1;
             self.stats.retries += 1;
-            self.logs.push(format!("task '{}' failed, retrying ({} retries left): {error}", task.key, task.retries_left));
+            self.logs.push(format!("task '{}' failed, retrying ({} retries left): {error}", key_at(&self.key_bytes, task.key), task.retries_left));
             self.back_to_waiting(t);
         } else {
             self.stats.tasks_erred += 1;
@@ -1074,7 +1112,7 @@ impl SchedulerState {
         self.tasks[t as usize].processing_on = None;
         self.workers.get_mut(&w).expect("checked").processing.remove(&t);
         if self.tasks[dep as usize].state == TaskState::Memory && self.tasks[dep as usize].who_has.is_empty() {
-            self.logs.push(format!("value of '{}' is gone from every holder; recomputing it", self.tasks[dep as usize].key));
+            self.logs.push(format!("value of '{}' is gone from every holder; recomputing it", self.key(dep)));
             self.lose_value(dep);
             self.stats.tasks_recomputed += 1;
         }
@@ -1158,7 +1196,7 @@ impl SchedulerState {
                 }
                 TaskState::Erred => {
                     let dep = &self.tasks[d as usize];
-                    let err = dependency_error(&dep.key, dep.error().unwrap_or("failed"));
+                    let err = dependency_error(key_at(&self.key_bytes, dep.key), dep.error().unwrap_or("failed"));
                     self.tasks[t as usize].waiting_on = 0;
                     self.mark_erred(t, err);
                     return;
@@ -1215,7 +1253,7 @@ impl SchedulerState {
     fn key_in_memory_msg(&self, t: TaskId, value: Option<Payload>) -> ToClient {
         let task = &self.tasks[t as usize];
         ToClient::KeyInMemory {
-            key: task.key.to_string(),
+            key: self.key(t).to_string(),
             id: t,
             holders: task.who_has.iter().filter_map(|w| self.workers.get(w)).map(|w| w.info.address.clone()).collect(),
             value,
@@ -1235,14 +1273,14 @@ impl SchedulerState {
                 }
                 self.frees.entry(p).or_default().push(t);
             }
-            let key = task.key.clone();
+            let key = self.key(t).to_string();
             let task = &mut self.tasks[t as usize];
             task.processing_on = None;
             task.set_error(Some(err.clone().into_boxed_str()));
             let wanted = task.wanted_by.clone();
             self.set_state(t, TaskState::Erred);
             for c in wanted {
-                self.to_client.push((c, ToClient::KeyErred { key: key.to_string(), error: err.clone() }));
+                self.to_client.push((c, ToClient::KeyErred { key: key.clone(), error: err.clone() }));
             }
             let dep_err = dependency_error(&key, &err);
             for i in 0..self.tasks[t as usize].dependents.len() {
@@ -1270,7 +1308,7 @@ impl SchedulerState {
                 self.set_state(t, TaskState::NoWorker);
                 self.no_worker.push(t);
                 let reason = self.why_no_worker(t);
-                let key = self.tasks[t as usize].key.to_string();
+                let key = self.key(t).to_string();
                 self.logs.push(format!("task '{key}' cannot run on any connected worker: {reason}; it waits for one that can"));
                 for &c in self.clients.keys() {
                     self.to_client.push((c, ToClient::KeyStuck { key: key.clone(), reason: reason.clone() }));
@@ -1392,11 +1430,11 @@ impl SchedulerState {
         let resources = task.extra.as_ref().map(|r| r.resources.clone()).unwrap_or_default();
         let msg = ComputeTask {
             id: t,
-            key: task.key.to_string(),
+            key: self.key(t).to_string(),
             spec: task.spec.to_vec(),
             deps,
             dep_nbytes,
-            priority: task.priority,
+            priority: (-(priority_of_rank(task.priority.0) as i64), task.priority.1, task.priority.2),
             timeout: task.timeout(),
             resources,
             inline_result: !task.wanted_by.is_empty(),
@@ -1503,7 +1541,7 @@ impl SchedulerState {
     fn forget(&mut self, t: TaskId) {
         self.set_state(t, TaskState::Forgotten);
         let task = &mut self.tasks[t as usize];
-        self.keys.remove(&task.key, t);
+        self.keys.remove(key_at(&self.key_bytes, task.key), t);
         task.spec = self.empty_spec.clone();
         task.extra = None;
         let deps = std::mem::take(&mut task.deps);
@@ -1526,7 +1564,7 @@ impl SchedulerState {
         for (i, task) in self.tasks.iter().enumerate() {
             let t = i as TaskId;
             counts[task.state as usize] += 1;
-            let k = &task.key;
+            let k = key_at(&self.key_bytes, task.key);
             if task.state == TaskState::Forgotten {
                 if self.task_id(k) == Some(t) {
                     return Err(format!("forgotten task '{k}' still in the key map"));
@@ -1546,7 +1584,7 @@ impl SchedulerState {
             }
             for &d in &task.deps {
                 if self.tasks[d as usize].state == TaskState::Forgotten {
-                    return Err(format!("task '{k}' depends on forgotten '{}'", self.tasks[d as usize].key));
+                    return Err(format!("task '{k}' depends on forgotten '{}'", self.key(d)));
                 }
                 if !self.tasks[d as usize].dependents.contains(&t) {
                     return Err(format!("task '{k}' not among its dependency's dependents"));
@@ -1579,7 +1617,7 @@ impl SchedulerState {
                     for &d in &task.deps {
                         let ds = self.tasks[d as usize].state;
                         if !(ds == TaskState::Memory || ds.is_active()) {
-                            return Err(format!("waiting task '{k}' waits on '{}' which is {}", self.tasks[d as usize].key, ds.name()));
+                            return Err(format!("waiting task '{k}' waits on '{}' which is {}", self.key(d), ds.name()));
                         }
                     }
                 }
@@ -1620,12 +1658,12 @@ impl SchedulerState {
         for (id, w) in &self.workers {
             for &t in &w.processing {
                 if self.tasks[t as usize].processing_on != Some(*id) {
-                    return Err(format!("worker {id} thinks it processes '{}'", self.tasks[t as usize].key));
+                    return Err(format!("worker {id} thinks it processes '{}'", self.key(t)));
                 }
             }
             for &t in &w.has_what {
                 if !self.tasks[t as usize].who_has.contains(id) {
-                    return Err(format!("worker {id} thinks it holds '{}'", self.tasks[t as usize].key));
+                    return Err(format!("worker {id} thinks it holds '{}'", self.key(t)));
                 }
             }
         }
@@ -1654,6 +1692,10 @@ enum Loc {
 /// A cycle among the new tasks of an update (existing tasks cannot depend
 /// on new ones), as keys; the dependencies of `defs[i]` are
 /// `dep_locs[dep_start[i]..dep_start[i + 1]]`.
+fn key_at(bytes: &str, k: KeyRef) -> &str {
+    &bytes[k.off as usize..(k.off + k.len) as usize]
+}
+
 fn find_cycle(defs: &[TaskDef], dep_start: &[u32], dep_locs: &[Loc]) -> Option<Vec<String>> {
     let deps_of = |i: usize| &dep_locs[dep_start[i] as usize..dep_start[i + 1] as usize];
     let mut colour = vec![0u8; defs.len()];

@@ -462,7 +462,7 @@ fn random_event_sequences_keep_invariants_and_finish() {
             // processing on a worker is there (else nothing would finish it).
             for (t, task) in sim.s.tasks.iter().enumerate() {
                 if let (TaskState::Processing, Some(w)) = (task.state, task.processing_on) {
-                    assert!(running.contains(&(w, t as TaskId)), "seed {seed} step {steps}: '{}' processing on {w}, which does not have it", task.key);
+                    assert!(running.contains(&(w, t as TaskId)), "seed {seed} step {steps}: '{}' processing on {w}, which does not have it", sim.s.key(t as TaskId));
                 }
             }
             running.retain(|(w, _)| workers.contains(w));
@@ -472,7 +472,7 @@ fn random_event_sequences_keep_invariants_and_finish() {
             }
             steps += 1;
             if steps >= 5000 {
-                let stuck: Vec<String> = sim.s.tasks.iter().filter(|t| !matches!(t.state, TaskState::Memory | TaskState::Forgotten | TaskState::Released)).map(|t| format!("{}:{:?}:{:?}", t.key, t.state, t.processing_on)).collect();
+                let stuck: Vec<String> = sim.s.tasks.iter().filter(|t| !matches!(t.state, TaskState::Memory | TaskState::Forgotten | TaskState::Released)).map(|t| format!("{}:{:?}:{:?}", key_at(&sim.s.key_bytes, t.key), t.state, t.processing_on)).collect();
                 panic!("seed {seed}: no progress; running {running:?}; workers {workers:?}; {stuck:?}");
             }
             match next(20) {
@@ -560,7 +560,7 @@ fn idle_workers_steal_unstarted_tasks_when_inputs_are_cheap_to_move() {
     // w1 gives it up; it goes to w2.
     sim.s.stolen(w1, &asked, &[], 0.0);
     sim.ok();
-    assert_eq!(sim.s.processing_on(&sim.s.tasks[asked[0] as usize].key.to_string()), Some(w2));
+    assert_eq!(sim.s.processing_on(&sim.s.key(asked[0]).to_string()), Some(w2));
     assert_eq!(sim.s.stats.tasks_stolen, 1);
     // A task that already started is kept where it is.
     sim.s.balance();
@@ -600,7 +600,7 @@ fn overlapping_steal_requests_are_settled_separately() {
     sim.s.stolen(w1, &second, &[], 0.0);
     sim.ok();
     for t in &second {
-        let key = sim.s.tasks[*t as usize].key.to_string();
+        let key = sim.s.key(*t).to_string();
         let on = sim.s.processing_on(&key);
         assert!(on == Some(w2) || on == Some(w3), "the second request was honoured: {key} on {on:?}");
     }
@@ -675,7 +675,7 @@ fn a_task_given_up_after_its_thief_left_is_placed_again() {
     sim.ok();
     sim.s.stolen(w1, &asked, &[], 0.0);
     sim.ok();
-    let key = sim.s.tasks[asked[0] as usize].key.to_string();
+    let key = sim.s.key(asked[0]).to_string();
     assert_eq!(sim.s.processing_on(&key), Some(w1), "sent back to the only worker left");
     let (to_w, _) = sim.outgoing();
     assert!(to_w.iter().any(|(w, m)| *w == w1 && matches!(m, ToWorker::Compute(ct) if ct.id == asked[0])), "{to_w:?}");
@@ -706,4 +706,15 @@ fn small_results_a_client_waits_for_travel_inline() {
     sim.s.update_graph(c2, Vec::new(), &wanted(&["y"])).unwrap();
     let (_, to_client) = sim.outgoing();
     assert!(to_client.iter().any(|(cc, m)| *cc == c2 && matches!(m, ToClient::KeyInMemory { value: None, holders, .. } if !holders.is_empty())), "{to_client:?}");
+}
+
+#[test]
+fn priority_ranks_put_higher_user_priorities_first_and_round_trip() {
+    let ps = [i32::MIN, -1_000_000, -1, 0, 1, 7, i32::MAX];
+    for w in ps.windows(2) {
+        assert!(priority_rank(w[1]) < priority_rank(w[0]), "{} runs before {}", w[1], w[0]);
+    }
+    for p in ps {
+        assert_eq!(priority_of_rank(priority_rank(p)), p);
+    }
 }
