@@ -1,42 +1,76 @@
 //! A compact list of ids (tasks, workers or clients) for the scheduler's
 //! per-task fields: most such lists hold zero or one id (a task's holders,
 //! the clients wanting it, its dependents), so one id is kept inline and only
-//! longer lists allocate. 16 bytes instead of a `Vec`'s 24 plus its
-//! allocation; derefs to a slice.
+//! longer lists allocate. 8 bytes (one tagged word) instead of a `Vec`'s 24
+//! plus its allocation; derefs to a slice.
 
 use std::ops::Deref;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Ids {
-    #[default]
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("the scheduler's compact id lists assume 64-bit pointers");
+
+/// One word: null is the empty list; an odd value holds one id in its upper
+/// 32 bits (no provenance, never dereferenced); any other value is a
+/// pointer obtained from `Box<Vec<u32>>` (aligned, so even) owning the ids.
+pub struct Ids(*mut Vec<u32>);
+
+// SAFETY: an `Ids` owns its boxed vector exclusively, like a `Box<Vec<u32>>`.
+unsafe impl Send for Ids {}
+// SAFETY: shared access only reads, like `&Box<Vec<u32>>`.
+unsafe impl Sync for Ids {}
+
+enum View<'a> {
     Empty,
     One(u32),
-    Many(Box<Vec<u32>>),
+    Many(&'a mut Vec<u32>),
 }
 
 impl Ids {
+    pub const EMPTY: Ids = Ids(std::ptr::null_mut());
+
+    fn one(id: u32) -> Ids {
+        Ids(std::ptr::without_provenance_mut(((id as usize) << 32) | 1))
+    }
+
+    fn many(v: Vec<u32>) -> Ids {
+        Ids(Box::into_raw(Box::new(v)))
+    }
+
+    fn view(&mut self) -> View<'_> {
+        let bits = self.0.addr();
+        if bits == 0 {
+            View::Empty
+        } else if bits & 1 == 1 {
+            View::One((bits >> 32) as u32)
+        } else {
+            // SAFETY: an even non-null word is the pointer from `many`,
+            // owned by `self`, which is borrowed mutably here.
+            View::Many(unsafe { &mut *self.0 })
+        }
+    }
+
     pub fn push(&mut self, id: u32) {
-        match self {
-            Ids::Empty => *self = Ids::One(id),
-            Ids::One(a) => *self = Ids::Many(Box::new(vec![*a, id])),
-            Ids::Many(v) => v.push(id),
+        match self.view() {
+            View::Empty => *self = Ids::one(id),
+            View::One(a) => *self = Ids::many(vec![a, id]),
+            View::Many(v) => v.push(id),
         }
     }
 
     /// Keep the ids for which `keep` holds, in order.
     pub fn retain(&mut self, mut keep: impl FnMut(&u32) -> bool) {
-        match self {
-            Ids::Empty => {}
-            Ids::One(a) => {
-                if !keep(a) {
-                    *self = Ids::Empty;
+        match self.view() {
+            View::Empty => {}
+            View::One(a) => {
+                if !keep(&a) {
+                    *self = Ids::EMPTY;
                 }
             }
-            Ids::Many(v) => {
+            View::Many(v) => {
                 v.retain(|x| keep(x));
                 match v.len() {
-                    0 => *self = Ids::Empty,
-                    1 => *self = Ids::One(v[0]),
+                    0 => *self = Ids::EMPTY,
+                    1 => *self = Ids::one(v[0]),
                     _ => {}
                 }
             }
@@ -44,13 +78,60 @@ impl Ids {
     }
 }
 
+impl Default for Ids {
+    fn default() -> Ids {
+        Ids::EMPTY
+    }
+}
+
+impl Drop for Ids {
+    fn drop(&mut self) {
+        if let View::Many(v) = self.view() {
+            // SAFETY: the pointer came from `Box::into_raw` and is dropped once.
+            drop(unsafe { Box::from_raw(v as *mut Vec<u32>) });
+        }
+    }
+}
+
+impl Clone for Ids {
+    fn clone(&self) -> Ids {
+        match self.len() {
+            0 => Ids::EMPTY,
+            1 => Ids::one(self[0]),
+            _ => Ids::many(self.to_vec()),
+        }
+    }
+}
+
+impl PartialEq for Ids {
+    fn eq(&self, other: &Ids) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Ids {}
+
+impl std::fmt::Debug for Ids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 impl Deref for Ids {
     type Target = [u32];
     fn deref(&self) -> &[u32] {
-        match self {
-            Ids::Empty => &[],
-            Ids::One(a) => std::slice::from_ref(a),
-            Ids::Many(v) => v,
+        let bits = self.0.addr();
+        if bits == 0 {
+            &[]
+        } else if bits & 1 == 1 {
+            // The id is the upper half of the word stored in `self`.
+            let half = if cfg!(target_endian = "little") { 1 } else { 0 };
+            // SAFETY: `self.0` is 8 readable bytes for as long as `self` is
+            // borrowed; its upper 32 bits are the id (a plain integer).
+            unsafe { std::slice::from_raw_parts((&self.0 as *const *mut Vec<u32> as *const u32).add(half), 1) }
+        } else {
+            // SAFETY: the pointer from `many`, owned by `self`.
+            unsafe { &*self.0 }
         }
     }
 }
@@ -66,12 +147,14 @@ impl<'a> IntoIterator for &'a Ids {
 impl IntoIterator for Ids {
     type Item = u32;
     type IntoIter = IntoIter;
-    fn into_iter(self) -> IntoIter {
-        match self {
-            Ids::Empty => IntoIter::One(None),
-            Ids::One(a) => IntoIter::One(Some(a)),
-            Ids::Many(v) => IntoIter::Many(v.into_iter()),
-        }
+    fn into_iter(mut self) -> IntoIter {
+        let it = match self.view() {
+            View::Empty => IntoIter::One(None),
+            View::One(a) => IntoIter::One(Some(a)),
+            View::Many(v) => IntoIter::Many(std::mem::take(v).into_iter()),
+        };
+        // `self` is dropped here: an emptied vector's box is freed.
+        it
     }
 }
 
@@ -93,9 +176,9 @@ impl Iterator for IntoIter {
 impl From<Vec<u32>> for Ids {
     fn from(v: Vec<u32>) -> Ids {
         match v.len() {
-            0 => Ids::Empty,
-            1 => Ids::One(v[0]),
-            _ => Ids::Many(Box::new(v)),
+            0 => Ids::EMPTY,
+            1 => Ids::one(v[0]),
+            _ => Ids::many(v),
         }
     }
 }
@@ -155,7 +238,7 @@ mod tests {
 
     #[test]
     fn behaves_like_a_vec() {
-        assert_eq!(std::mem::size_of::<Ids>(), 16);
+        assert_eq!(std::mem::size_of::<Ids>(), 8);
         let mut ids = Ids::default();
         assert!(ids.is_empty());
         ids.push(7);
@@ -167,14 +250,24 @@ mod tests {
         ids.retain(|&x| x != 8);
         assert_eq!(&*ids, &[7, 9]);
         ids.retain(|&x| x == 9);
-        assert_eq!(ids, Ids::One(9));
+        assert_eq!(ids, Ids::one(9));
         ids.retain(|_| false);
-        assert_eq!(ids, Ids::Empty);
+        assert_eq!(ids, Ids::EMPTY);
         assert_eq!(Ids::from(vec![1, 2]).len(), 2);
-        assert_eq!(Ids::from(vec![3]), Ids::One(3));
+        assert_eq!(Ids::from(vec![3]), Ids::one(3));
         assert_eq!(Ids::from(vec![4, 5]).into_iter().collect::<Vec<_>>(), vec![4, 5]);
-        assert_eq!(Ids::One(6).into_iter().collect::<Vec<_>>(), vec![6]);
-        assert_eq!((&Ids::One(6)).into_iter().count(), 1);
+        assert_eq!(Ids::one(6).into_iter().collect::<Vec<_>>(), vec![6]);
+        assert_eq!((&Ids::one(6)).into_iter().count(), 1);
+        // Ids using all 32 bits, inline and boxed; clones are deep.
+        let mut big = Ids::one(u32::MAX);
+        assert_eq!(&*big, &[u32::MAX]);
+        let single = big.clone();
+        big.push(0);
+        big.push(u32::MAX - 1);
+        let copy = big.clone();
+        big.retain(|&x| x != 0);
+        assert_eq!((&*single, &*copy, &*big), (&[u32::MAX][..], &[u32::MAX, 0, u32::MAX - 1][..], &[u32::MAX, u32::MAX - 1][..]));
+        assert_eq!(format!("{copy:?}"), "[4294967295, 0, 4294967294]");
     }
 }
 

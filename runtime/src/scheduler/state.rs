@@ -211,7 +211,9 @@ struct Task {
     /// Dependents not yet forgotten.
     live_dependents: u32,
     who_has: Ids,
-    processing_on: Option<WorkerId>,
+    /// The worker running it, 0 for none (worker ids start at 1): 4 bytes
+    /// where an `Option<u32>` takes 8. Read and set through `on`/`set_on`.
+    processing_on: u32,
     wanted_by: Ids,
     priority: Priority,
     retries_left: u32,
@@ -221,6 +223,18 @@ struct Task {
 }
 
 impl Task {
+    fn on(&self) -> Option<WorkerId> {
+        (self.processing_on != 0).then_some(self.processing_on)
+    }
+    fn set_on(&mut self, w: Option<WorkerId>) {
+        debug_assert_ne!(w, Some(0), "worker ids start at 1");
+        self.processing_on = w.unwrap_or(0);
+    }
+    fn take_on(&mut self) -> Option<WorkerId> {
+        let w = self.on();
+        self.processing_on = 0;
+        w
+    }
     /// Restricted to some workers or needing resources.
     fn restricted(&self) -> bool {
         self.extra.as_ref().is_some_and(|e| !e.workers.is_empty() || !e.resources.is_empty())
@@ -387,7 +401,7 @@ impl SchedulerState {
     }
 
     pub fn processing_on(&self, key: &str) -> Option<WorkerId> {
-        self.task_id(key).and_then(|t| self.tasks[t as usize].processing_on)
+        self.task_id(key).and_then(|t| self.tasks[t as usize].on())
     }
 
     pub fn worker_count(&self) -> usize {
@@ -454,7 +468,7 @@ impl SchedulerState {
             // So never free a value on the worker now asked to compute it
             // (e.g. an old copy released in the same round the value was
             // lost and sent there to be recomputed): its result replaces it.
-            ids.retain(|&t| self.tasks.get(t as usize).is_none_or(|x| !(x.state == TaskState::Processing && x.processing_on == Some(wid))));
+            ids.retain(|&t| self.tasks.get(t as usize).is_none_or(|x| !(x.state == TaskState::Processing && x.on() == Some(wid))));
             if self.workers.contains_key(&wid) && !ids.is_empty() {
                 w.push((wid, ToWorker::Free { ids }));
             }
@@ -571,7 +585,7 @@ impl SchedulerState {
         processing.sort_unstable();
         for t in processing {
             let task = &mut self.tasks[t as usize];
-            task.processing_on = None;
+            task.set_on(None);
             task.suspicious += 1;
             if task.suspicious > self.config.allowed_failures {
                 let msg = format!(
@@ -699,10 +713,10 @@ impl SchedulerState {
             // The victim no longer has the task, even when the request is
             // no longer on record (the thief left meanwhile): place it again,
             // else it would stay "processing" there for ever.
-            if task.state != TaskState::Processing || task.processing_on != Some(victim) {
+            if task.state != TaskState::Processing || task.on() != Some(victim) {
                 continue;
             }
-            task.processing_on = None;
+            task.set_on(None);
             if let Some(w) = self.workers.get_mut(&victim) {
                 w.processing.remove(&t);
             }
@@ -947,14 +961,14 @@ impl SchedulerState {
                 key,
                 state: TaskState::Released,
                 spec,
-                deps: Ids::Empty,
-                dependents: Ids::Empty,
+                deps: Ids::EMPTY,
+                dependents: Ids::EMPTY,
                 waiting_on: 0,
                 waiters: 0,
                 live_dependents: 0,
-                who_has: Ids::Empty,
-                processing_on: None,
-                wanted_by: Ids::Empty,
+                who_has: Ids::EMPTY,
+                processing_on: 0,
+                wanted_by: Ids::EMPTY,
                 priority: (priority_rank(a.priority), generation, d.order),
                 retries_left: a.retries,
                 suspicious: 0,
@@ -1042,7 +1056,7 @@ impl SchedulerState {
         }
         self.avg_duration = if self.stats.tasks_finished == 0 { duration } else { 0.9 * self.avg_duration + 0.1 * duration };
         self.stats.tasks_finished += 1;
-        if let Some(p) = self.tasks[t as usize].processing_on.take() {
+        if let Some(p) = self.tasks[t as usize].take_on() {
             if let Some(pw) = self.workers.get_mut(&p) {
                 pw.processing.remove(&t);
             }
@@ -1068,10 +1082,10 @@ impl SchedulerState {
     pub fn task_erred(&mut self, w: WorkerId, t: TaskId, error: String, now: f64) {
         self.touch(w, now);
         let Some(task) = self.tasks.get_mut(t as usize) else { return };
-        if task.state != TaskState::Processing || task.processing_on != Some(w) {
+        if task.state != TaskState::Processing || task.on() != Some(w) {
             return;
         }
-        task.processing_on = None;
+        task.set_on(None);
         if let Some(pw) = self.workers.get_mut(&w) {
             pw.processing.remove(&t);
         }
@@ -1094,7 +1108,7 @@ impl SchedulerState {
     pub fn missing_data(&mut self, w: WorkerId, t: TaskId, dep: TaskId, tried: &[String], now: f64) {
         self.touch(w, now);
         let (Some(task), Some(_)) = (self.tasks.get(t as usize), self.tasks.get(dep as usize)) else { return };
-        if task.state != TaskState::Processing || task.processing_on != Some(w) {
+        if task.state != TaskState::Processing || task.on() != Some(w) {
             return;
         }
         let stale: Vec<WorkerId> = self.tasks[dep as usize]
@@ -1109,7 +1123,7 @@ impl SchedulerState {
                 hw.has_what.remove(&dep);
             }
         }
-        self.tasks[t as usize].processing_on = None;
+        self.tasks[t as usize].set_on(None);
         self.workers.get_mut(&w).expect("checked").processing.remove(&t);
         if self.tasks[dep as usize].state == TaskState::Memory && self.tasks[dep as usize].who_has.is_empty() {
             self.logs.push(format!("value of '{}' is gone from every holder; recomputing it", self.key(dep)));
@@ -1267,7 +1281,7 @@ impl SchedulerState {
             if matches!(task.state, TaskState::Erred | TaskState::Memory | TaskState::Forgotten) {
                 continue;
             }
-            if let Some(p) = task.processing_on {
+            if let Some(p) = task.on() {
                 if let Some(pw) = self.workers.get_mut(&p) {
                     pw.processing.remove(&t);
                 }
@@ -1275,7 +1289,7 @@ impl SchedulerState {
             }
             let key = self.key(t).to_string();
             let task = &mut self.tasks[t as usize];
-            task.processing_on = None;
+            task.set_on(None);
             task.set_error(Some(err.clone().into_boxed_str()));
             let wanted = task.wanted_by.clone();
             self.set_state(t, TaskState::Erred);
@@ -1415,7 +1429,7 @@ impl SchedulerState {
 
     fn send_to_worker(&mut self, t: TaskId, w: WorkerId) {
         self.set_state(t, TaskState::Processing);
-        self.tasks[t as usize].processing_on = Some(w);
+        self.tasks[t as usize].set_on(Some(w));
         self.workers.get_mut(&w).expect("chosen worker exists").processing.insert(t);
         let task = &self.tasks[t as usize];
         let deps = task
@@ -1518,7 +1532,7 @@ impl SchedulerState {
                 }
                 TaskState::Waiting | TaskState::Queued | TaskState::NoWorker => self.set_state(t, TaskState::Released),
                 TaskState::Processing => {
-                    if let Some(p) = self.tasks[t as usize].processing_on.take() {
+                    if let Some(p) = self.tasks[t as usize].take_on() {
                         if let Some(pw) = self.workers.get_mut(&p) {
                             pw.processing.remove(&t);
                         }
@@ -1545,7 +1559,7 @@ impl SchedulerState {
         task.spec = self.empty_spec.clone();
         task.extra = None;
         let deps = std::mem::take(&mut task.deps);
-        task.dependents = Ids::Empty;
+        task.dependents = Ids::EMPTY;
         for &d in deps.iter() {
             let dt = &mut self.tasks[d as usize];
             dt.live_dependents -= 1;
@@ -1599,10 +1613,10 @@ impl SchedulerState {
                     _ => return Err(format!("task '{k}' held by worker {h}, which does not know it")),
                 }
             }
-            if (task.state == TaskState::Processing) != task.processing_on.is_some() {
-                return Err(format!("task '{k}' in state {} with processing_on {:?}", task.state.name(), task.processing_on));
+            if (task.state == TaskState::Processing) != task.on().is_some() {
+                return Err(format!("task '{k}' in state {} with processing_on {:?}", task.state.name(), task.on()));
             }
-            if let Some(p) = task.processing_on {
+            if let Some(p) = task.on() {
                 match self.workers.get(&p) {
                     Some(w) if w.processing.contains(&t) => {}
                     _ => return Err(format!("task '{k}' processing on worker {p}, which does not know it")),
@@ -1657,7 +1671,7 @@ impl SchedulerState {
         }
         for (id, w) in &self.workers {
             for &t in &w.processing {
-                if self.tasks[t as usize].processing_on != Some(*id) {
+                if self.tasks[t as usize].on() != Some(*id) {
                     return Err(format!("worker {id} thinks it processes '{}'", self.key(t)));
                 }
             }

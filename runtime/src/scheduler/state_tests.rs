@@ -461,7 +461,7 @@ fn random_event_sequences_keep_invariants_and_finish() {
             // The scheduler's view matches the workers': a task it believes
             // processing on a worker is there (else nothing would finish it).
             for (t, task) in sim.s.tasks.iter().enumerate() {
-                if let (TaskState::Processing, Some(w)) = (task.state, task.processing_on) {
+                if let (TaskState::Processing, Some(w)) = (task.state, task.on()) {
                     assert!(running.contains(&(w, t as TaskId)), "seed {seed} step {steps}: '{}' processing on {w}, which does not have it", sim.s.key(t as TaskId));
                 }
             }
@@ -472,7 +472,7 @@ fn random_event_sequences_keep_invariants_and_finish() {
             }
             steps += 1;
             if steps >= 5000 {
-                let stuck: Vec<String> = sim.s.tasks.iter().filter(|t| !matches!(t.state, TaskState::Memory | TaskState::Forgotten | TaskState::Released)).map(|t| format!("{}:{:?}:{:?}", key_at(&sim.s.key_bytes, t.key), t.state, t.processing_on)).collect();
+                let stuck: Vec<String> = sim.s.tasks.iter().filter(|t| !matches!(t.state, TaskState::Memory | TaskState::Forgotten | TaskState::Released)).map(|t| format!("{}:{:?}:{:?}", key_at(&sim.s.key_bytes, t.key), t.state, t.on())).collect();
                 panic!("seed {seed}: no progress; running {running:?}; workers {workers:?}; {stuck:?}");
             }
             match next(20) {
