@@ -17,7 +17,6 @@ use crate::graph::TaskDef;
 use crate::protocol::{ComputeTask, Payload, StatusReport, TaskId, ToClient, ToWorker, WorkerId, WorkerMetrics, WorkerStatus};
 use super::ids::{Ids, KeyIndex, ReadyQueue};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 pub type ClientId = u32;
 
@@ -200,8 +199,9 @@ struct Task {
     /// Where its key is in `SchedulerState::key_bytes`.
     key: KeyRef,
     state: TaskState,
-    /// Shared between tasks with the same encoded expression (see `specs`).
-    spec: Arc<[u8]>,
+    /// Shared between tasks with the same encoded expression (see `specs`);
+    /// a one-word pointer (the length is in the allocation).
+    spec: Spec,
     deps: Ids,
     dependents: Ids,
     /// Dependencies not in memory (meaningful while `Waiting`).
@@ -291,9 +291,10 @@ pub struct SchedulerState {
     keys: KeyIndex,
     /// Encoded expressions shared between tasks: most graphs repeat a few
     /// (the same call with references to different dependencies).
-    specs: hashbrown::HashSet<Arc<[u8]>>,
+    specs: hashbrown::HashTable<Spec>,
+    spec_seed: hashbrown::DefaultHashBuilder,
     /// What forgotten tasks point to instead of their expression.
-    empty_spec: Arc<[u8]>,
+    empty_spec: Spec,
     workers: BTreeMap<WorkerId, Worker>,
     clients: BTreeMap<ClientId, String>,
     queued: ReadyQueue<Priority>,
@@ -330,8 +331,9 @@ impl SchedulerState {
             tasks: Vec::new(),
             key_bytes: String::new(),
             keys: KeyIndex::default(),
-            specs: hashbrown::HashSet::new(),
-            empty_spec: Arc::from(&[][..]),
+            specs: hashbrown::HashTable::new(),
+            spec_seed: Default::default(),
+            empty_spec: Spec::from_header_and_slice((), &[]),
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),
             queued: ReadyQueue::default(),
@@ -361,18 +363,21 @@ impl SchedulerState {
     /// repeated), and the table is emptied when it grows large (tasks keep
     /// their copies; later ones start sharing again): it never holds more
     /// than a bounded amount of specs no task uses any more.
-    fn intern_spec(&mut self, spec: Vec<u8>) -> Arc<[u8]> {
+    fn intern_spec(&mut self, spec: Vec<u8>) -> Spec {
         if spec.len() > MAX_SHARED_SPEC {
-            return spec.into();
+            return Spec::from_header_and_slice((), &spec);
         }
-        if let Some(s) = self.specs.get(spec.as_slice()) {
+        use std::hash::BuildHasher;
+        let seed = &self.spec_seed;
+        let h = seed.hash_one(&spec[..]);
+        if let Some(s) = self.specs.find(h, |s| s.slice == spec[..]) {
             return s.clone();
         }
         if self.specs.len() >= 1 << 16 {
             self.specs.clear();
         }
-        let s: Arc<[u8]> = spec.into();
-        self.specs.insert(s.clone());
+        let s = Spec::from_header_and_slice((), &spec);
+        self.specs.insert_unique(h, s.clone(), |s| seed.hash_one(&s.slice));
         s
     }
 
@@ -1445,7 +1450,7 @@ impl SchedulerState {
         let msg = ComputeTask {
             id: t,
             key: self.key(t).to_string(),
-            spec: task.spec.to_vec(),
+            spec: task.spec.slice.to_vec(),
             deps,
             dep_nbytes,
             priority: (-(priority_of_rank(task.priority.0) as i64), task.priority.1, task.priority.2),
@@ -1706,6 +1711,9 @@ enum Loc {
 /// A cycle among the new tasks of an update (existing tasks cannot depend
 /// on new ones), as keys; the dependencies of `defs[i]` are
 /// `dep_locs[dep_start[i]..dep_start[i + 1]]`.
+/// A task's encoded expression, reference counted, one word.
+type Spec = triomphe::ThinArc<(), u8>;
+
 fn key_at(bytes: &str, k: KeyRef) -> &str {
     &bytes[k.off as usize..(k.off + k.len) as usize]
 }

@@ -718,3 +718,11 @@ fn priority_ranks_put_higher_user_priorities_first_and_round_trip() {
         assert_eq!(priority_of_rank(priority_rank(p)), p);
     }
 }
+
+/// The per-task record is what a million waiting tasks cost (docs/benchmarks.md:
+/// ≤ 150 bytes per waiting task with the ready queue, key and key index).
+#[test]
+fn task_record_stays_small() {
+    assert!(std::mem::size_of::<Task>() <= 104, "Task is {} bytes", std::mem::size_of::<Task>());
+    assert_eq!(std::mem::size_of::<(Priority, TaskId)>(), 16, "ready-queue entry");
+}
