@@ -169,14 +169,18 @@ impl Client {
                             let s = &mut slots[i];
                             let was_pending = matches!(s, Slot::Pending);
                             if was_pending || matches!(s, Slot::At(..)) {
-                                // A small result comes inline; a value that
-                                // does not decode is fetched instead.
+                                // A small result comes inline (then without
+                                // holders); a larger one is fetched.
                                 match value.map(|(tag, body)| crate::store::Value::from_wire(tag, body)) {
                                     Some(Ok(v)) => {
                                         *s = Slot::Value(v.data);
                                         unresolved -= 1;
                                     }
-                                    _ => *s = Slot::At(id, holders),
+                                    Some(Err(e)) => {
+                                        *s = Slot::Failed(format!("its result arrived but cannot be decoded: {e}"));
+                                        unresolved -= 1;
+                                    }
+                                    None => *s = Slot::At(id, holders),
                                 }
                                 if was_pending {
                                     pending -= 1;

@@ -1274,7 +1274,8 @@ impl SchedulerState {
         ToClient::KeyInMemory {
             key: self.key(t).to_string(),
             id: t,
-            holders: task.who_has.iter().filter_map(|w| self.workers.get(w)).map(|w| w.info.address.clone()).collect(),
+            // With the value inline the client needs no holder.
+            holders: if value.is_some() { Vec::new() } else { task.who_has.iter().filter_map(|w| self.workers.get(w)).map(|w| w.info.address.clone()).collect() },
             value,
         }
     }
