@@ -571,10 +571,9 @@ fn idle_workers_steal_unstarted_tasks_when_inputs_are_cheap_to_move() {
     sim.ok();
 }
 
-/// Two steal requests to one worker answered one after the other: the
-/// first answer must not cancel the second request (that lost tasks).
-#[test]
-fn overlapping_steal_requests_are_settled_separately() {
+/// Eight slow tasks on w1 (they need its input x), and an idle w2 that
+/// joined afterwards: the setting for work stealing.
+fn busy_worker_and_idle_one() -> (Sim, WorkerId, WorkerId) {
     let mut sim = Sim::new();
     let w1 = sim.s.add_worker(info("a", 1), 0.0);
     let c = sim.s.add_client("c".into());
@@ -583,9 +582,19 @@ fn overlapping_steal_requests_are_settled_separately() {
     sim.s.task_finished(w1, sim.id("x"), 8, 1.0, 0.0);
     let w2 = sim.s.add_worker(info("b", 1), 0.0);
     sim.computes();
-    let steal_ids = |sim: &mut Sim| -> Vec<TaskId> {
-        sim.outgoing().0.into_iter().filter_map(|(_, m)| if let ToWorker::Steal { ids } = m { Some(ids) } else { None }).flatten().collect()
-    };
+    (sim, w1, w2)
+}
+
+/// The tasks asked for in this round's steal requests.
+fn steal_ids(sim: &mut Sim) -> Vec<TaskId> {
+    sim.outgoing().0.into_iter().filter_map(|(_, m)| if let ToWorker::Steal { ids } = m { Some(ids) } else { None }).flatten().collect()
+}
+
+/// Two steal requests to one worker answered one after the other: the
+/// first answer must not cancel the second request (that lost tasks).
+#[test]
+fn overlapping_steal_requests_are_settled_separately() {
+    let (mut sim, w1, w2) = busy_worker_and_idle_one();
     sim.s.balance();
     let first = steal_ids(&mut sim);
     let w3 = sim.s.add_worker(info("c", 1), 0.0);
@@ -660,16 +669,9 @@ fn retirement_copies_unique_values_then_lets_the_worker_go() {
 /// the victim (which no longer has it). This hung a lost-worker test.
 #[test]
 fn a_task_given_up_after_its_thief_left_is_placed_again() {
-    let mut sim = Sim::new();
-    let w1 = sim.s.add_worker(info("a", 1), 0.0);
-    let c = sim.s.add_client("c".into());
-    let (text, keys) = fan_out(8);
-    sim.s.update_graph(c, graph(&text), &keys).unwrap();
-    sim.s.task_finished(w1, sim.id("x"), 8, 1.0, 0.0);
-    let w2 = sim.s.add_worker(info("b", 1), 0.0);
-    sim.computes();
+    let (mut sim, w1, w2) = busy_worker_and_idle_one();
     sim.s.balance();
-    let asked: Vec<TaskId> = sim.outgoing().0.into_iter().filter_map(|(_, m)| if let ToWorker::Steal { ids } = m { Some(ids) } else { None }).flatten().collect();
+    let asked = steal_ids(&mut sim);
     assert_eq!(asked.len(), 1);
     sim.s.remove_worker(w2, "killed");
     sim.ok();
