@@ -157,7 +157,7 @@ fn task_that_kills_its_worker_is_erred_after_allowed_failures() {
     assert!(stderr(&o).contains("task 'killer' failed: task was running on 2 workers that died"), "{}", stderr(&o));
     let out: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     for i in 0..20 {
-        assert_eq!(out[format!("ok{i}")], i + 1);
+        assert_eq!(out[format!("ok{i}")], i + 1, "{}\n{}", stdout(&o), stderr(&o));
     }
     assert_eq!(status(&file).unwrap()["workers"].as_array().unwrap().len(), 1, "two workers died, one is left");
     drop(workers.drain(..));

@@ -150,6 +150,12 @@ pub enum ToScheduler {
     },
     /// Worker: please retire me (it got SIGTERM or is near its end).
     RetireMe,
+    /// Worker: its executor threads began running these tasks (sent ahead
+    /// of other messages of the same batch). Only tasks that had started
+    /// count against `--allowed-failures` when a worker dies.
+    Started {
+        ids: Vec<TaskId>,
+    },
     /// Worker: it now holds a copy of `id` (asked by `Replicate`).
     Replicated {
         id: TaskId,

@@ -20,7 +20,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use crate::store::{Store, Value};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,9 @@ struct Counters {
 enum Event {
     Scheduler(Vec<ToWorker>),
     SchedulerClosed(String),
+    /// Executor `exec` is about to run task `id`; a non-zero `ticket` means
+    /// it waits until the scheduler has been told (see `StartAcks`).
+    Started { id: TaskId, exec: usize, ticket: u64 },
     Done { id: TaskId, result: Result<Data, String>, duration: Duration },
     Fetched { dep: TaskId, from: String, value: Arc<Value> },
     FetchFailed { deps: Vec<TaskId>, from: String, error: String },
@@ -222,12 +225,14 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         })?;
     }
     let (job_tx, job_rx) = unbounded::<Job>();
+    let acks = Arc::new(StartAcks { acked: (0..cfg.nthreads.max(1)).map(|_| AtomicU64::new(0)).collect(), lock: Mutex::new(()), cv: Condvar::new() });
     for i in 0..cfg.nthreads.max(1) {
         let rx = job_rx.clone();
         let tx = tx.clone();
         let reg = cfg.registry.clone();
         let dir = scratch.clone();
-        std::thread::Builder::new().name(format!("tf-exec-{i}")).spawn(move || executor(rx, tx, reg, dir))?;
+        let acks = acks.clone();
+        std::thread::Builder::new().name(format!("tf-exec-{i}")).spawn(move || executor(i as usize, rx, tx, reg, dir, acks))?;
     }
     log_at!(2, "worker", "worker '{}' serving data on {data_address} with {} threads, scratch {}", cfg.name, cfg.nthreads, scratch.display());
 
@@ -256,6 +261,9 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         fetch_queue: std::collections::VecDeque::new(),
         fetches_in_flight: 0,
         fetch_bytes_in_flight: 0,
+        started: Vec::new(),
+        start_acks: Vec::new(),
+        acks,
         retire_at,
     };
     // Large receive buffers kept for reuse: an eighth of the memory limit.
@@ -293,6 +301,11 @@ struct WorkerLoop {
     fetch_queue: std::collections::VecDeque<TaskId>,
     fetches_in_flight: usize,
     fetch_bytes_in_flight: u64,
+    /// Tasks the executors began since the last batch to the scheduler.
+    started: Vec<TaskId>,
+    /// Executors waiting to hear that their start was sent: (executor, ticket).
+    start_acks: Vec<(usize, u64)>,
+    acks: Arc<StartAcks>,
     /// When `--lifetime` runs out.
     retire_at: Option<Instant>,
 }
@@ -346,11 +359,25 @@ impl WorkerLoop {
                 last_transfers = transfers;
                 self.out.push(ToScheduler::Heartbeat(self.metrics()));
             }
+            if !self.started.is_empty() {
+                // First in the batch: the scheduler learns a task started
+                // before it learns the task finished.
+                self.out.insert(0, ToScheduler::Started { ids: std::mem::take(&mut self.started) });
+            }
             if !self.out.is_empty() {
                 if let Err(e) = to_sched.send(&self.out, &[]) {
                     return Ok(WorkerExit::SchedulerLost(format!("cannot write to the scheduler: {e}")));
                 }
                 self.out.clear();
+            }
+            if !self.start_acks.is_empty() {
+                // Those starts (and every earlier result) are with the
+                // scheduler now: let the waiting executors run their tasks.
+                for (exec, ticket) in self.start_acks.drain(..) {
+                    self.acks.acked[exec].store(ticket, Ordering::Release);
+                }
+                let _guard = self.acks.lock.lock().expect("ack lock");
+                self.acks.cv.notify_all();
             }
         }
     }
@@ -459,6 +486,12 @@ impl WorkerLoop {
                 }
             }
             Event::SchedulerClosed(reason) => return Some(WorkerExit::SchedulerLost(reason)),
+            Event::Started { id, exec, ticket } => {
+                self.started.push(id);
+                if ticket > 0 {
+                    self.start_acks.push((exec, ticket));
+                }
+            }
             Event::Done { id, result, duration } => {
                 self.executing -= 1;
                 let Some(task) = self.tasks.remove(&id) else { return None };
@@ -768,8 +801,39 @@ impl WorkerLoop {
     }
 }
 
-fn executor(rx: Receiver<Job>, tx: Sender<Event>, reg: Registry, dir: PathBuf) {
+/// Where executors learn that the scheduler was told a task started.
+/// Before running a command, an executor waits (up to `START_ACK_WAIT`)
+/// until the worker has sent its start to the scheduler, together with the
+/// results of the tasks it ran before: if the command kills the worker, the
+/// scheduler suspects that command, not a task that had just finished
+/// without the worker getting to report it. Commands take milliseconds to
+/// start anyway; functions do not wait.
+struct StartAcks {
+    /// Per executor: the last ticket whose start was sent.
+    acked: Vec<AtomicU64>,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+const START_ACK_WAIT: Duration = Duration::from_millis(200);
+
+fn executor(index: usize, rx: Receiver<Job>, tx: Sender<Event>, reg: Registry, dir: PathBuf, acks: Arc<StartAcks>) {
+    let mut tickets = 0u64;
     while let Ok(job) = rx.recv() {
+        let wait = matches!(job.expr, Expr::Cmd(_));
+        let ticket = if wait {
+            tickets += 1;
+            tickets
+        } else {
+            0
+        };
+        if tx.send(Event::Started { id: job.id, exec: index, ticket }).is_err() {
+            return;
+        }
+        if wait {
+            let guard = acks.lock.lock().expect("ack lock");
+            let _ = acks.cv.wait_timeout_while(guard, START_ACK_WAIT, |_| acks.acked[index].load(Ordering::Acquire) < ticket);
+        }
         let start = Instant::now();
         let deadline = job.timeout.map(|t| start + Duration::from_secs_f64(t));
         let ctx = TaskContext { key: &job.key, local_directory: &dir, deadline };

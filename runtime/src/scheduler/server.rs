@@ -421,6 +421,7 @@ impl Core {
             ToScheduler::MissingData { id, dep, tried } => self.state.missing_data(w, id, dep, &tried, now),
             ToScheduler::Heartbeat(metrics) => self.state.heartbeat(w, metrics, now),
             ToScheduler::RetireMe => self.state.retire_me(w, now),
+            ToScheduler::Started { ids } => self.state.started(w, &ids, now),
             ToScheduler::Replicated { id, nbytes } => self.state.replicated(w, id, nbytes, now),
             ToScheduler::ReplicateFailed { id } => self.state.replicate_failed(w, id, now),
             ToScheduler::Stolen { ids, kept } => self.state.stolen(w, &ids, &kept, now),

@@ -218,6 +218,9 @@ struct Task {
     priority: Priority,
     retries_left: u32,
     suspicious: u32,
+    /// Its worker reported that it began running (since it was last sent):
+    /// only started tasks are suspected when that worker dies.
+    started: bool,
     nbytes: u64,
     extra: Option<Box<Extra>>,
 }
@@ -588,10 +591,19 @@ impl SchedulerState {
         }
         let mut processing: Vec<TaskId> = worker.processing.into_iter().collect();
         processing.sort_unstable();
+        // Suspect the tasks it had begun running, not those queued behind
+        // them; if it reported none (it died before it could say), all.
+        let any_started = processing.iter().any(|&t| self.tasks[t as usize].started);
+        let suspected: Vec<&str> = processing.iter().filter(|&&t| self.tasks[t as usize].started || !any_started).map(|&t| self.key(t)).collect();
+        if !suspected.is_empty() {
+            self.debug_logs.push(format!("tasks running on '{name}' when it was lost: {}", suspected.join(", ")));
+        }
         for t in processing {
             let task = &mut self.tasks[t as usize];
             task.set_on(None);
-            task.suspicious += 1;
+            if task.started || !any_started {
+                task.suspicious += 1;
+            }
             if task.suspicious > self.config.allowed_failures {
                 let msg = format!(
                     "task was running on {} workers that died (last: '{name}'); it may be crashing its worker (allowed failures: {})",
@@ -766,6 +778,18 @@ impl SchedulerState {
         }
         self.progress_retirements();
         out
+    }
+
+    /// Worker `w` began running `ids`.
+    pub fn started(&mut self, w: WorkerId, ids: &[TaskId], now: f64) {
+        self.touch(w, now);
+        for &t in ids {
+            if let Some(task) = self.tasks.get_mut(t as usize) {
+                if task.state == TaskState::Processing && task.on() == Some(w) {
+                    task.started = true;
+                }
+            }
+        }
     }
 
     /// A worker asks to leave (e.g. it got SIGTERM).
@@ -977,6 +1001,7 @@ impl SchedulerState {
                 priority: (priority_rank(a.priority), generation, d.order),
                 retries_left: a.retries,
                 suspicious: 0,
+                started: false,
                 nbytes: 0,
                 extra,
             });
@@ -1435,6 +1460,7 @@ impl SchedulerState {
 
     fn send_to_worker(&mut self, t: TaskId, w: WorkerId) {
         self.set_state(t, TaskState::Processing);
+        self.tasks[t as usize].started = false;
         self.tasks[t as usize].set_on(Some(w));
         self.workers.get_mut(&w).expect("chosen worker exists").processing.insert(t);
         let task = &self.tasks[t as usize];

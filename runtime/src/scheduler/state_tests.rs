@@ -355,6 +355,31 @@ fn task_that_kills_workers_is_erred_after_allowed_failures() {
     assert!(msgs.iter().any(|(_, m)| matches!(m, ToClient::KeyErred { key, error } if key == "boom" && error.contains("4 workers that died"))));
 }
 
+/// Only the tasks a dying worker had begun running are suspected, not those
+/// queued behind them on it (an innocent task queued twice on a worker that
+/// a crashing task killed was erred).
+#[test]
+fn tasks_queued_behind_a_crashing_one_are_not_suspected() {
+    let mut sim = Sim { s: SchedulerState::new(SchedulerConfig { allowed_failures: 1, ..Default::default() }) };
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"boom": ["noop"], "ok": ["noop"]}"#), &wanted(&["boom", "ok"])).unwrap();
+    for i in 0..2 {
+        let w = sim.s.add_worker(info(&format!("w{i}"), 1), 0.0);
+        let sent: Vec<String> = sim.computes().into_iter().map(|(_, _, k)| k).collect();
+        assert!(sent.contains(&"boom".to_string()) && sent.contains(&"ok".to_string()), "both queued on the one worker: {sent:?}");
+        sim.s.started(w, &[sim.id("boom")], 0.0);
+        sim.s.remove_worker(w, "killed");
+        sim.ok();
+    }
+    // boom ran on 2 dying workers (> 1 allowed): erred; ok only waited: not.
+    assert_eq!(sim.state("boom"), Some(TaskState::Erred));
+    assert_ne!(sim.state("ok"), Some(TaskState::Erred));
+    let w = sim.s.add_worker(info("w9", 1), 0.0);
+    sim.computes();
+    sim.finish(w, "ok");
+    assert_eq!(sim.state("ok"), Some(TaskState::Memory));
+}
+
 #[test]
 fn stale_and_duplicate_reports_are_harmless() {
     let mut sim = Sim::new();
