@@ -184,8 +184,9 @@ pub struct ComputeTask {
     pub deps: Vec<(TaskId, Vec<String>)>,
     /// Size in bytes of each dependency, same order (to limit transfers).
     pub dep_nbytes: Vec<u64>,
-    /// Lower runs first.
-    pub priority: (i64, u32, u32),
+    /// Lower runs first: the scheduler's own order (rank of the user
+    /// priority, submission generation, graph order).
+    pub priority: (u32, u32, u32),
     pub timeout: Option<f64>,
     /// Resources held while it runs (`cpus` counts threads; default 1 cpu).
     pub resources: Vec<(String, f64)>,

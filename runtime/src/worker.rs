@@ -281,7 +281,7 @@ struct WorkerLoop {
     tx: Sender<Event>,
     job_tx: Sender<Job>,
     tasks: HashMap<TaskId, LocalTask>,
-    ready: BinaryHeap<std::cmp::Reverse<((i64, u32, u32), TaskId)>>,
+    ready: BinaryHeap<std::cmp::Reverse<((u32, u32, u32), TaskId)>>,
     executing: u32,
     fetching: HashMap<TaskId, Fetching>,
     peers: HashMap<String, Sender<Vec<TaskId>>>,

@@ -76,12 +76,6 @@ fn priority_rank(p: i32) -> u32 {
     !((p as u32) ^ 0x8000_0000)
 }
 
-/// The user priority back from its rank (for the wire, where workers order
-/// by `(-priority, generation, order)`).
-fn priority_of_rank(rank: u32) -> i32 {
-    ((!rank) ^ 0x8000_0000) as i32
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TaskState {
     Released,
@@ -1407,8 +1401,6 @@ impl SchedulerState {
         )
     }
 
-    /// Pick the worker where the task would start soonest: bytes it must
-    /// fetch over the assumed bandwidth plus the queued work per thread.
     /// The worker where `t` would start soonest: data it must fetch plus the
     /// work queued there. With many workers, an unrestricted task with
     /// dependencies considers only the holders of its dependencies and a few
@@ -1480,7 +1472,7 @@ impl SchedulerState {
             spec: task.spec.slice.to_vec(),
             deps,
             dep_nbytes,
-            priority: (-(priority_of_rank(task.priority.0) as i64), task.priority.1, task.priority.2),
+            priority: task.priority,
             timeout: task.timeout(),
             resources,
             inline_result: !task.wanted_by.is_empty(),

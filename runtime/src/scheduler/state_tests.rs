@@ -736,13 +736,10 @@ fn small_results_a_client_waits_for_travel_inline() {
 }
 
 #[test]
-fn priority_ranks_put_higher_user_priorities_first_and_round_trip() {
+fn priority_ranks_put_higher_user_priorities_first() {
     let ps = [i32::MIN, -1_000_000, -1, 0, 1, 7, i32::MAX];
     for w in ps.windows(2) {
         assert!(priority_rank(w[1]) < priority_rank(w[0]), "{} runs before {}", w[1], w[0]);
-    }
-    for p in ps {
-        assert_eq!(priority_of_rank(priority_rank(p)), p);
     }
 }
 
