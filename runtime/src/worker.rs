@@ -360,16 +360,18 @@ impl WorkerLoop {
                 self.out.push(ToScheduler::Heartbeat(self.metrics()));
             }
             if !self.started.is_empty() {
-                // First in the batch: the scheduler learns a task started
-                // before it learns the task finished.
-                self.out.insert(0, ToScheduler::Started { ids: std::mem::take(&mut self.started) });
-            }
-            if !self.out.is_empty() {
-                if let Err(e) = to_sched.send(&self.out, &[]) {
+                // A frame of its own ahead of the batch (one write with it):
+                // the scheduler learns a task started before it learns the
+                // task finished.
+                let started = [ToScheduler::Started { ids: std::mem::take(&mut self.started) }];
+                if let Err(e) = to_sched.write_batch(&started, &[]) {
                     return Ok(WorkerExit::SchedulerLost(format!("cannot write to the scheduler: {e}")));
                 }
-                self.out.clear();
             }
+            if let Err(e) = if self.out.is_empty() { to_sched.flush() } else { to_sched.send(&self.out, &[]) } {
+                return Ok(WorkerExit::SchedulerLost(format!("cannot write to the scheduler: {e}")));
+            }
+            self.out.clear();
             if !self.start_acks.is_empty() {
                 // Those starts (and every earlier result) are with the
                 // scheduler now: let the waiting executors run their tasks.

@@ -588,15 +588,13 @@ impl SchedulerState {
         // Suspect the tasks it had begun running, not those queued behind
         // them; if it reported none (it died before it could say), all.
         let any_started = processing.iter().any(|&t| self.tasks[t as usize].started);
-        let suspected: Vec<&str> = processing.iter().filter(|&&t| self.tasks[t as usize].started || !any_started).map(|&t| self.key(t)).collect();
-        if !suspected.is_empty() {
-            self.debug_logs.push(format!("tasks running on '{name}' when it was lost: {}", suspected.join(", ")));
-        }
+        let mut suspected = Vec::new();
         for t in processing {
             let task = &mut self.tasks[t as usize];
             task.set_on(None);
             if task.started || !any_started {
                 task.suspicious += 1;
+                suspected.push(key_at(&self.key_bytes, task.key).to_string());
             }
             if task.suspicious > self.config.allowed_failures {
                 let msg = format!(
@@ -611,6 +609,9 @@ impl SchedulerState {
             }
         }
 
+        if !suspected.is_empty() {
+            self.debug_logs.push(format!("tasks running on '{name}' when it was lost: {}", suspected.join(", ")));
+        }
         let mut recomputed = Vec::new();
         for t in lost {
             if self.is_needed(t) {
