@@ -246,7 +246,8 @@ struct SchedulerArgs {
     /// Consider a worker lost after this long without a message.
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     worker_timeout: Duration,
-    /// A task running on this many workers that died is marked erred.
+    /// A task that had started on more than N workers that died is marked erred
+    /// (tasks only queued on them are run elsewhere).
     #[arg(long, default_value_t = 3, value_name = "N")]
     allowed_failures: u32,
     /// Adaptive scaling: submit worker jobs to this batch system (slurm, pbs, torque, lsf, sge) as work queues up, retire idle ones.

@@ -832,8 +832,9 @@ impl SchedulerState {
         }
     }
 
-    /// Worker `w` now holds a copy of `t` it was asked for (`Replicate`,
-    /// retirement). Reports of copies not asked for are taken as holders too.
+    /// Worker `w` now holds a copy of `t`: one it was asked for (`Replicate`,
+    /// retirement; counted) or one it fetched for its own tasks (workers
+    /// report every fetch). Either way it is a holder, freed with the value.
     pub fn replicated(&mut self, w: WorkerId, t: TaskId, nbytes: u64, now: f64) {
         self.touch(w, now);
         let asked = self.replicating.get(&t) == Some(&w);
