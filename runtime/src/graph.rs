@@ -17,11 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
-// Keys are the user's own (no untrusted peer chooses them): the fast,
-// still randomly seeded, hasher of hashbrown.
-use hashbrown::HashMap;
+use crate::scheduler::ids::KeyIndex;
 use std::fmt;
-use std::hash::BuildHasher;
 
 /// A task's computation, shipped opaque to the scheduler and evaluated on a
 /// worker. References point into the task's dependency list by position, so
@@ -80,9 +77,8 @@ pub struct TaskDef {
 #[derive(Clone, Debug)]
 pub struct Graph {
     pub tasks: Vec<TaskDef>,
-    /// Positions in `tasks`, hashed by key (the keys are not copied).
-    index: hashbrown::HashTable<usize>,
-    hasher: hashbrown::DefaultHashBuilder,
+    /// Positions in `tasks` by key (the keys are not copied).
+    index: KeyIndex,
     /// Each task's dependencies as positions in `tasks` (same order as its
     /// `deps`).
     dep_ids: Vec<Vec<usize>>,
@@ -145,38 +141,38 @@ impl Graph {
     }
 
     fn from_entries(map: Vec<(String, Json)>, is_function: &dyn Fn(&str) -> bool) -> Result<Graph, GraphError> {
-        let mut keys: HashMap<&str, usize> = HashMap::with_capacity(map.len());
+        // One index of positions, built over the keys where they are now and
+        // still valid once they have moved into the tasks.
+        let key_of = |i: u32| map[i as usize].0.as_str();
+        let mut index = KeyIndex::default();
+        index.reserve(map.len(), key_of);
         for (i, (k, _)) in map.iter().enumerate() {
-            if keys.insert(k.as_str(), i).is_some() {
+            if index.get(k, key_of).is_some() {
                 return Err(GraphError::Task { key: k.clone(), message: "appears twice in the graph; each key must be defined once".into() });
             }
+            index.insert(k, i as u32, key_of);
         }
+        let position = |k: &str| index.get(k, key_of).map(|i| i as usize);
         let mut built = Vec::with_capacity(map.len());
         let mut dep_ids = Vec::with_capacity(map.len());
         for (key, value) in &map {
-            let mut b = Builder { key, keys: &keys, is_function, deps: Vec::new(), dep_ids: Vec::new() };
+            let mut b = Builder { key, position: &position, is_function, deps: Vec::new(), dep_ids: Vec::new() };
             let (expr, annotations) = b.task(value)?;
             let spec = bincode::serialize(&expr).expect("Expr always serialises");
             built.push((b.deps, spec, annotations));
             dep_ids.push(b.dep_ids);
         }
-        drop(keys);
         // The keys move into the tasks; the index refers to them there.
         let tasks: Vec<TaskDef> =
             map.into_iter().zip(built).map(|((key, _), (deps, spec, annotations))| TaskDef { key, deps, spec, annotations, order: 0 }).collect();
-        let hasher = hashbrown::DefaultHashBuilder::default();
-        let mut index = hashbrown::HashTable::with_capacity(tasks.len());
-        for (i, t) in tasks.iter().enumerate() {
-            index.insert_unique(hasher.hash_one(t.key.as_str()), i, |&j: &usize| hasher.hash_one(tasks[j].key.as_str()));
-        }
-        let mut graph = Graph { tasks, index, hasher, dep_ids };
+        let mut graph = Graph { tasks, index, dep_ids };
         graph.check_acyclic()?;
         graph.assign_order();
         Ok(graph)
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.index.find(self.hasher.hash_one(key), |&i| self.tasks[i].key == key).copied()
+        self.index.get(key, |i| self.tasks[i as usize].key.as_str()).map(|i| i as usize)
     }
 
     pub fn len(&self) -> usize {
@@ -326,7 +322,8 @@ impl<'de> Deserialize<'de> for Entries {
 
 struct Builder<'a> {
     key: &'a str,
-    keys: &'a HashMap<&'a str, usize>,
+    /// Position of a key of the graph.
+    position: &'a dyn Fn(&str) -> Option<usize>,
     is_function: &'a dyn Fn(&str) -> bool,
     deps: Vec<String>,
     /// Positions of `deps` in the graph.
@@ -360,9 +357,9 @@ impl Builder<'_> {
 
     fn expr(&mut self, v: &Json) -> Result<Expr, GraphError> {
         Ok(match v {
-            Json::String(s) if let Some(&at) = self.keys.get(s.as_str()) => Expr::Ref(self.dep_index(s, at)),
+            Json::String(s) if let Some(at) = (self.position)(s) => Expr::Ref(self.dep_index(s, at)),
             Json::Array(items) => match items.first() {
-                Some(Json::String(name)) if !self.keys.contains_key(name.as_str()) => {
+                Some(Json::String(name)) if (self.position)(name).is_none() => {
                     let args = items[1..].iter().map(|a| self.expr(a)).collect::<Result<Vec<_>, _>>()?;
                     if name == "cmd" {
                         if args.is_empty() {
@@ -416,7 +413,7 @@ impl Builder<'_> {
         let mut a = Annotations::default();
         if let Some(deps) = m.get("deps") {
             for d in self.string_list(deps, "deps")? {
-                let Some(&at) = self.keys.get(d.as_str()) else {
+                let Some(at) = (self.position)(&d) else {
                     return Err(self.err(format!("dependency '{d}' in \"deps\" is not a key of the graph")));
                 };
                 self.dep_index(&d, at);

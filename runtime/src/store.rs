@@ -63,8 +63,8 @@ struct Inner {
     memory: HashMap<TaskId, Entry>,
     /// Uses in order, least recent first: `(tick, id)` pushed on every
     /// insert and read. An item is current only while its tick equals the
-    /// entry's; stale ones are skipped when spilling and dropped by
-    /// `compact`. Cheaper per access than an ordered map (reads of small
+    /// entry's; stale ones are skipped when spilling and dropped in bulk by
+    /// `used`. Cheaper per access than an ordered map (reads of small
     /// values are on every task's path).
     lru: VecDeque<(u64, TaskId)>,
     tick: u64,

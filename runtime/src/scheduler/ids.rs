@@ -185,8 +185,9 @@ impl From<Vec<u32>> for Ids {
 
 /// Task ids by key, the key itself stored only once, in the task: a hash
 /// table of ids whose hashing and comparing look the key up in the tasks.
-/// Keys come from clients, so the hash is randomly seeded.
-#[derive(Default)]
+/// Keys come from clients, so the hash is randomly seeded. Also the key
+/// index of a parsed graph (ids are positions in its task list).
+#[derive(Clone, Debug, Default)]
 pub struct KeyIndex {
     table: hashbrown::HashTable<u32>,
     seed: hashbrown::DefaultHashBuilder,

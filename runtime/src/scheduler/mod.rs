@@ -1,7 +1,7 @@
 //! The scheduler: a pure state machine ([`state`]) and the thin IO shell
 //! around it ([`server`]).
 
-mod ids;
+pub(crate) mod ids;
 pub mod server;
 pub mod state;
 
