@@ -325,14 +325,18 @@ fn drain_pipes(fds: [RawFd; 2], deadline: Option<Instant>, mut on_deadline: impl
     let mut deadline = deadline;
     let mut chunk = vec![0u8; 64 << 10];
     while open[0] || open[1] {
-        let mut pfds: Vec<libc::pollfd> =
-            (0..2).filter(|&i| open[i]).map(|i| libc::pollfd { fd: fds[i], events: libc::POLLIN, revents: 0 }).collect();
+        let mut pfds = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 2];
+        let mut npfds = 0;
+        for i in (0..2).filter(|&i| open[i]) {
+            pfds[npfds].fd = fds[i];
+            npfds += 1;
+        }
         let timeout = match deadline {
             Some(d) => d.saturating_duration_since(Instant::now()).as_millis().saturating_add(1).min(i32::MAX as u128) as i32,
             None => -1,
         };
-        // SAFETY: `pfds` is a valid array of pollfd of the given length.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        // SAFETY: `pfds` holds at least `npfds` valid pollfd entries.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), npfds as libc::nfds_t, timeout) };
         if n < 0 {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
@@ -346,7 +350,7 @@ fn drain_pipes(fds: [RawFd; 2], deadline: Option<Instant>, mut on_deadline: impl
             }
             continue;
         }
-        for p in &pfds {
+        for p in &pfds[..npfds] {
             if p.revents == 0 {
                 continue;
             }

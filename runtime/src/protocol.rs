@@ -156,7 +156,8 @@ pub enum ToScheduler {
     Started {
         ids: Vec<TaskId>,
     },
-    /// Worker: it now holds a copy of `id` (asked by `Replicate`).
+    /// Worker: it now holds a copy of `id` (asked by `Replicate`, or
+    /// fetched from a peer for its own tasks: every fetch is reported).
     Replicated {
         id: TaskId,
         nbytes: u64,

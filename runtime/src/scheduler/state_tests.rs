@@ -232,8 +232,8 @@ fn with_many_workers_placement_still_follows_the_data() {
 fn a_late_copy_does_not_cancel_the_recomputation_on_the_same_worker() {
     // w2 fetched x from w1 just before w1 died; the scheduler, not yet told,
     // recomputes x on w2; then w2's copy is reported. Freeing that copy
-    // would also cancel w2's queued recomputation of x (found hanging a
-    // kill -9 test).
+    // would also cancel w2's queued recomputation of x (met while hunting
+    // the kill -9 hang, whose cause was the steal race tested below).
     let mut sim = Sim::new();
     let w1 = sim.s.add_worker(info("a", 1), 0.0);
     let c = sim.s.add_client("c".into());
