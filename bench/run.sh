@@ -21,26 +21,37 @@ out="$here/results/$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo u
 [ $smoke = 1 ] && out=$(mktemp)
 
 section() { printf '\n== %s\n' "$1"; }
+# Every workload runs under a time limit, so a hang is a failure with a
+# message, not a stalled run (timeout signals the workload's whole process
+# group: its scheduler and workers too).
+limit=3600
+[ $smoke = 1 ] && limit=300
+bounded() {
+  local rc=0
+  timeout --kill-after=10 "$limit" "$@" || rc=$?
+  [ $rc != 124 ] || echo "bench: $* did not finish within $limit s: stopped" >&2
+  return $rc
+}
 {
   printf '%s\n' "$(machine_line)"
   if [ $smoke = 1 ]; then
-    section "no-op tasks";       N=1000 REPS=1 "$here/noop.sh"
-    section "sum tree";          LEAVES=1000 REPS=1 "$here/sumtree.sh"
-    section "command tasks";     N=200 REPS=1 "$here/commands.sh"
-    section "cluster ready";     REPS=1 "$here/mpi_ready.sh"
-    section "memory per task";   N=10000 "$here/memory.sh"
-    section "1 GiB transfer";    SIZE=16777216 REPS=2 "$here/transfer.sh"
-    section "spill";             COUNT=8 SIZE=10000000 REPS=1 "$here/spill.sh"
-    section "scheduler only";    cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler -- --quick
+    section "no-op tasks";       N=1000 REPS=1 bounded "$here/noop.sh"
+    section "sum tree";          LEAVES=1000 REPS=1 bounded "$here/sumtree.sh"
+    section "command tasks";     N=200 REPS=1 bounded "$here/commands.sh"
+    section "cluster ready";     REPS=1 bounded "$here/mpi_ready.sh"
+    section "memory per task";   N=10000 bounded "$here/memory.sh"
+    section "1 GiB transfer";    SIZE=16777216 REPS=2 bounded "$here/transfer.sh"
+    section "spill";             COUNT=8 SIZE=10000000 REPS=1 bounded "$here/spill.sh"
+    section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler -- --quick
   else
-    section "no-op tasks";       "$here/noop.sh" --with-dask
-    section "sum tree";          "$here/sumtree.sh" --with-dask
-    section "command tasks";     "$here/commands.sh" --with-hq
-    section "cluster ready";     "$here/mpi_ready.sh" --with-dask
-    section "memory per task";   "$here/memory.sh"
-    section "1 GiB transfer";    "$here/transfer.sh"
-    section "spill";             "$here/spill.sh"
-    section "scheduler only";    cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler
+    section "no-op tasks";       bounded "$here/noop.sh" --with-dask
+    section "sum tree";          bounded "$here/sumtree.sh" --with-dask
+    section "command tasks";     bounded "$here/commands.sh" --with-hq
+    section "cluster ready";     bounded "$here/mpi_ready.sh" --with-dask
+    section "memory per task";   bounded "$here/memory.sh"
+    section "1 GiB transfer";    bounded "$here/transfer.sh"
+    section "spill";             bounded "$here/spill.sh"
+    section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler
   fi
 } 2>&1 | tee "$out"
 [ $smoke = 1 ] && rm -f "$out" || echo "results kept in ${out#$root/}"

@@ -29,6 +29,13 @@ fn spill_files(scratch: &std::path::Path) -> usize {
     n
 }
 
+/// Peak resident memory (VmHWM) of a running process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = s.lines().find_map(|l| l.strip_prefix("VmHWM:")).expect("VmHWM in /proc/PID/status");
+    kb.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+}
+
 #[test]
 fn three_times_memory_spills_to_local_directory_and_cleans_up() {
     let mut c = Cluster::start("spill", &[]);
@@ -69,6 +76,10 @@ fn three_times_memory_spills_to_local_directory_and_cleans_up() {
     let w = c.worker_status("small");
     assert!(w["unspilled_total"].as_u64() >= Some(30), "{w}");
     assert!(w["memory"].as_u64().unwrap() < 400_000_000, "stayed under its limit: {w}");
+    // At its peak too: the gate's dependencies pass no data, so they are not
+    // read back from disk for it, and freed values leave the process.
+    let peak = peak_rss(c.workers[0].child.id());
+    assert!(peak < 400_000_000, "the worker's peak resident memory {peak} B stayed under its 400 MB limit");
     wait_for("results released", Duration::from_secs(20), || spill_files(&scratch) == 0 && c.worker_status("small")["spilled_count"] == 0);
     assert_eq!(stat(&c.file, "tasks_recomputed"), 0);
 }

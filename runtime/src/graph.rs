@@ -37,6 +37,21 @@ pub enum Expr {
     Cmd(Box<CmdSpec>),
 }
 
+impl Expr {
+    /// Call `f` on every dependency reference, in place (to read or renumber).
+    pub fn for_each_ref(&mut self, f: &mut impl FnMut(&mut u32)) {
+        match self {
+            Expr::Lit(_) => {}
+            Expr::Ref(i) => f(i),
+            Expr::Call(_, args) | Expr::List(args) => args.iter_mut().for_each(|a| a.for_each_ref(f)),
+            Expr::Cmd(c) => {
+                let CmdSpec { argv, cwd: _, env, stdin } = &mut **c;
+                argv.iter_mut().chain(env.iter_mut().map(|(_, e)| e)).chain(stdin.iter_mut()).for_each(|a| a.for_each_ref(f));
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CmdSpec {
     pub argv: Vec<Expr>,

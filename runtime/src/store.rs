@@ -151,6 +151,11 @@ impl Store {
         s.memory.contains_key(&id) || s.disk.contains_key(&id)
     }
 
+    /// Whether the value is held in memory (not spilled, not absent).
+    pub fn in_memory(&self, id: TaskId) -> bool {
+        self.lock().memory.contains_key(&id)
+    }
+
     /// The value, read back from disk if it was spilled.
     pub fn get(&self, id: TaskId) -> io::Result<Option<Arc<Value>>> {
         let mut s = self.lock();

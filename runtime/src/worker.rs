@@ -129,7 +129,11 @@ struct Job {
 }
 
 struct LocalTask {
+    /// As received, but for `spec` (decoded into `expr`) and for the
+    /// dependencies that pass no data (dropped: nothing to fetch or load).
     compute: ComputeTask,
+    /// Taken when the task starts.
+    expr: Option<Expr>,
     missing: u32,
     running: bool,
 }
@@ -157,6 +161,7 @@ pub const MAX_FETCH_BYTES_IN_FLIGHT: u64 = 512 << 20;
 /// Connect-and-run, on the calling thread, until the scheduler says stop or
 /// goes away. `scheduler` must be an authenticated connection (role Worker).
 pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
+    util::release_large_frees();
     let local_ip = scheduler.local_addr()?.ip();
     let listen_ip = cfg.listen_ip.unwrap_or(local_ip);
     let listener = TcpListener::bind(SocketAddr::new(listen_ip, 0))
@@ -566,11 +571,19 @@ impl WorkerLoop {
         None
     }
 
-    fn compute(&mut self, ct: ComputeTask) {
+    fn compute(&mut self, mut ct: ComputeTask) {
         let id = ct.id;
         if self.tasks.contains_key(&id) {
             return;
         }
+        let mut expr: Expr = match bincode::deserialize(&std::mem::take(&mut ct.spec)) {
+            Ok(e) => e,
+            Err(e) => {
+                self.out.push(ToScheduler::TaskErred { id, error: format!("undecodable task spec: {e}"), duration_us: 0 });
+                return;
+            }
+        };
+        drop_dataless_deps(&mut ct, &mut expr);
         let mut missing = 0;
         {
             for (i, (dep, holders)) in ct.deps.iter().enumerate() {
@@ -596,7 +609,7 @@ impl WorkerLoop {
         }
         let priority = ct.priority;
         let deps: Vec<TaskId> = ct.deps.iter().map(|(d, _)| *d).collect();
-        self.tasks.insert(id, LocalTask { compute: ct, missing, running: false });
+        self.tasks.insert(id, LocalTask { compute: ct, expr: Some(expr), missing, running: false });
         if missing == 0 {
             self.ready.push(std::cmp::Reverse((priority, id)));
         } else {
@@ -751,6 +764,13 @@ impl WorkerLoop {
             if task.running {
                 continue;
             }
+            // Beyond one job per thread, a job is queued ahead only if its
+            // inputs are in memory: reading spilled values back for tasks
+            // that would wait anyway fills the memory that spilling freed.
+            if self.executing >= self.cfg.nthreads.max(1) && !task.compute.deps.iter().all(|(d, _)| self.store.in_memory(*d)) {
+                self.ready.push(std::cmp::Reverse((prio, id)));
+                break;
+            }
             if !task.compute.resources.is_empty() {
                 let needs = task.compute.resources.clone();
                 if !self.fits(&needs) {
@@ -784,14 +804,7 @@ impl WorkerLoop {
                 self.out.push(ToScheduler::MissingData { id, dep, tried: Vec::new() });
                 continue;
             }
-            let expr: Expr = match bincode::deserialize(&task.compute.spec) {
-                Ok(e) => e,
-                Err(e) => {
-                    self.tasks.remove(&id);
-                    self.out.push(ToScheduler::TaskErred { id, error: format!("undecodable task spec: {e}"), duration_us: 0 });
-                    continue;
-                }
-            };
+            let Some(expr) = task.expr.take() else { continue };
             task.running = true;
             self.executing += 1;
             let job = Job { id, key: task.compute.key.clone(), expr, args, timeout: task.compute.timeout };
@@ -800,6 +813,39 @@ impl WorkerLoop {
             }
         }
         self.ready.extend(waiting_for_resources);
+    }
+}
+
+/// Drop the dependencies a task's expression does not reference (listed in
+/// the graph's `"deps"`: they only order the task, and the scheduler sends it
+/// only once they finished), renumbering the references to the rest. Their
+/// values are then neither fetched nor read back from disk for it.
+fn drop_dataless_deps(ct: &mut ComputeTask, expr: &mut Expr) {
+    let mut used = vec![false; ct.deps.len()];
+    expr.for_each_ref(&mut |i| {
+        if let Some(u) = used.get_mut(*i as usize) {
+            *u = true;
+        }
+    });
+    if used.iter().all(|&u| u) {
+        return;
+    }
+    let mut renumber = vec![u32::MAX; used.len()];
+    let mut next = 0;
+    for (i, _) in used.iter().enumerate().filter(|(_, u)| **u) {
+        renumber[i] = next;
+        next += 1;
+    }
+    expr.for_each_ref(&mut |i| {
+        if let Some(&n) = renumber.get(*i as usize) {
+            *i = n;
+        }
+    });
+    let mut keep = used.iter().copied();
+    ct.deps.retain(|_| keep.next().unwrap_or(true));
+    if ct.dep_nbytes.len() == used.len() {
+        let mut keep = used.iter().copied();
+        ct.dep_nbytes.retain(|_| keep.next().unwrap_or(true));
     }
 }
 
@@ -968,5 +1014,54 @@ fn data_server(listener: TcpListener, secret: Vec<u8>, store: Arc<Store>, counte
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(deps: &[TaskId], expr: &Expr) -> ComputeTask {
+        ComputeTask {
+            id: 99,
+            key: "t".into(),
+            spec: bincode::serialize(expr).unwrap(),
+            deps: deps.iter().map(|&d| (d, vec![format!("tcp://h:{d}")])).collect(),
+            dep_nbytes: deps.iter().map(|&d| d as u64 * 10).collect(),
+            priority: (0, 0, 0),
+            timeout: None,
+            resources: Vec::new(),
+            inline_result: false,
+        }
+    }
+
+    #[test]
+    fn dependencies_that_pass_no_data_are_dropped_and_references_renumbered() {
+        // refs to deps 1 and 3 (of 0..4) inside a call, a list and a command
+        let mut expr = Expr::List(vec![
+            Expr::Call("inc".into(), vec![Expr::Ref(3)]),
+            Expr::Cmd(Box::new(crate::graph::CmdSpec { argv: vec![Expr::Lit("\"cat\"".into())], cwd: None, env: vec![("X".into(), Expr::Ref(1))], stdin: Some(Expr::Ref(3)) })),
+        ]);
+        let mut ct = task(&[10, 11, 12, 13], &expr);
+        drop_dataless_deps(&mut ct, &mut expr);
+        assert_eq!(ct.deps.iter().map(|d| d.0).collect::<Vec<_>>(), vec![11, 13]);
+        assert_eq!(ct.dep_nbytes, vec![110, 130]);
+        let mut refs = Vec::new();
+        expr.for_each_ref(&mut |i| refs.push(*i));
+        assert_eq!(refs, vec![1, 0, 1], "3 -> 1, 1 -> 0 in visiting order (call, env, stdin)");
+    }
+
+    #[test]
+    fn a_task_using_every_dependency_is_unchanged() {
+        let mut expr = Expr::Call("add".into(), vec![Expr::Ref(1), Expr::Ref(0)]);
+        let before = expr.clone();
+        let mut ct = task(&[5, 6], &expr);
+        drop_dataless_deps(&mut ct, &mut expr);
+        assert_eq!(expr, before);
+        assert_eq!(ct.deps.len(), 2);
+        let mut noop = Expr::Call("noop".into(), vec![]);
+        let mut ct = task(&[5, 6], &noop);
+        drop_dataless_deps(&mut ct, &mut noop);
+        assert!(ct.deps.is_empty() && ct.dep_nbytes.is_empty(), "a gate needs none of its dependencies' values");
     }
 }
