@@ -64,17 +64,19 @@ fn three_times_memory_spills_to_local_directory_and_cleans_up() {
     let graph = c.dir.write("g.json", &json_graph(g));
     let file = c.file.clone();
     let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"]));
+    // 60 values, and the gate's result once it ran
     wait_for("all 60 values made, most of them spilled", Duration::from_secs(120), || {
         let s = status(&c.file).unwrap();
         let w = &s["workers"][0];
-        w["in_memory"].as_u64() == Some(60) && w["spilled_count"].as_u64() >= Some(30)
+        w["in_memory"].as_u64() >= Some(60) && w["spilled_count"].as_u64() >= Some(30)
     });
     assert!(spill_files(&scratch) >= 30, "spill files in the worker's local directory during the run");
     std::fs::write(&open, "").unwrap();
     let o = submit.join().unwrap();
     assert_eq!(stdout(&o), "{\"total\": 1200000000}\n", "{}", stderr(&o));
+    // the counters reach the scheduler with the worker's next report
+    wait_for("the spilled values read back (30 or more)", Duration::from_secs(20), || c.worker_status("small")["unspilled_total"].as_u64() >= Some(30));
     let w = c.worker_status("small");
-    assert!(w["unspilled_total"].as_u64() >= Some(30), "{w}");
     assert!(w["memory"].as_u64().unwrap() < 400_000_000, "stayed under its limit: {w}");
     // At its peak too: the gate's dependencies pass no data, so they are not
     // read back from disk for it, and freed values leave the process.
