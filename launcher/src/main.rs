@@ -12,6 +12,11 @@ use taskfarm::scheduler::{self, SchedulerConfig, ServerConfig};
 use taskfarm::worker::{self, WorkerConfig, WorkerExit};
 use taskfarm::{log_at, schedfile, util, Client, ClientError, Graph, Registry, Results};
 
+// mimalloc for the small blocks of schedulers and clients, glibc for the
+// rest (runtime/src/alloc.rs).
+#[global_allocator]
+static ALLOC: taskfarm::alloc::TaskfarmAlloc = taskfarm::alloc::TaskfarmAlloc;
+
 const EXIT_TASK_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
@@ -481,6 +486,11 @@ impl From<ClientError> for Fail {
 fn main() -> ExitCode {
     util::init_log_from_env();
     let cli = Cli::parse();
+    // Workers keep glibc for everything (their memory limit relies on it);
+    // `taskfarm mpi` switches on its scheduler rank only.
+    if !matches!(cli.command, Command::Worker(_) | Command::Mpi(_)) {
+        taskfarm::alloc::small_blocks_from_mimalloc();
+    }
     let result = match cli.command {
         Command::Run(a) => cmd_run(a),
         Command::Scheduler(a) => cmd_scheduler(a),

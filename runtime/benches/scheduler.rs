@@ -14,30 +14,31 @@
 //! by bench/memory.sh). docs/benchmarks.md and
 //! docs/scaling.md record the results.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
+use taskfarm::alloc::TaskfarmAlloc;
 use taskfarm::graph::{Graph, TaskDef};
 use taskfarm::protocol::{ToClient, ToWorker};
 use taskfarm::scheduler::state::WorkerInfo;
 use taskfarm::scheduler::{SchedulerConfig, SchedulerState};
 
-/// The system allocator, counting live bytes (to report memory per task
-/// without the noise of RSS).
+/// The taskfarm binary's allocator, counting live bytes (to report memory
+/// per task without the noise of RSS).
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
+        unsafe { TaskfarmAlloc.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
+        unsafe { TaskfarmAlloc.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, new) }
+        unsafe { TaskfarmAlloc.realloc(p, l, new) }
     }
 }
 #[global_allocator]
@@ -168,6 +169,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    taskfarm::alloc::small_blocks_from_mimalloc(); // as the scheduler process does
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let quick = args.iter().any(|a| a == "--quick");
     let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();

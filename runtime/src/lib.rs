@@ -14,6 +14,7 @@
 //!
 //! See docs/ARCHITECTURE.md for the code map and the scheduler's invariants.
 
+pub mod alloc;
 pub mod bufpool;
 pub mod client;
 pub mod functions;

@@ -215,8 +215,12 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
     let role = role_of(info.rank, batch.is_some());
     log_at!(2, "mpi", "rank {} of {} ({}): {:?}", info.rank, info.size, info.launcher, role);
     match role {
-        RankRole::Scheduler => run_scheduler(opts, listen, contact, handle),
+        RankRole::Scheduler => {
+            crate::alloc::small_blocks_from_mimalloc();
+            run_scheduler(opts, listen, contact, handle)
+        }
         RankRole::Client => {
+            crate::alloc::small_blocks_from_mimalloc();
             let (mut client, _) = connect_client(opts, handle)?;
             wait_for_workers(&mut client, info.size - 2, opts.death_timeout)?;
             let code = run_command(batch.expect("client role only in batch mode"), &opts.scheduler_file)?;

@@ -441,7 +441,7 @@ impl Core {
                 }
                 drop(wanted);
                 if n >= 10_000 {
-                    release_freed_memory();
+                    crate::alloc::release_freed_memory();
                 }
             }
             ToScheduler::ReleaseKeys { keys } => self.state.release_keys(c, &keys),
@@ -511,14 +511,3 @@ fn short(m: &ToScheduler) -> String {
     }
 }
 
-/// Give memory freed after decoding a large graph back to the system (glibc
-/// keeps freed small blocks otherwise), so the scheduler's resident memory
-/// reflects what it holds: a large submission is many small allocations
-/// made by a connection's reader thread and freed here.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap memory to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
