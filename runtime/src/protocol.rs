@@ -280,11 +280,19 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 /// Reads batches of messages (and their payloads) from a stream.
 pub struct FrameReader<R: Read> {
     inner: BufReader<R>,
+    /// A control frame's bytes, kept from batch to batch (up to
+    /// `KEEP_BODY_MAX`): a new buffer of a few hundred KiB per batch costs
+    /// a mapping and its page faults each time in a worker (see
+    /// `util::release_large_frees`).
+    body: Vec<u8>,
 }
+
+/// Largest control-frame buffer a reader keeps for the next batch.
+const KEEP_BODY_MAX: usize = 4 << 20;
 
 impl<R: Read> FrameReader<R> {
     pub fn new(r: R) -> Self {
-        FrameReader { inner: BufReader::with_capacity(256 << 10, r) }
+        FrameReader { inner: BufReader::with_capacity(256 << 10, r), body: Vec::new() }
     }
 
     fn header(&mut self) -> io::Result<Option<(u64, u8)>> {
@@ -312,10 +320,15 @@ impl<R: Read> FrameReader<R> {
         if !(4..=MAX_CONTROL_FRAME).contains(&len) {
             return Err(invalid(format!("control frame of {len} bytes is outside the allowed 4..={MAX_CONTROL_FRAME}")));
         }
-        let mut body = vec![0u8; len as usize];
+        let mut body = std::mem::take(&mut self.body);
+        body.clear();
+        body.resize(len as usize, 0);
         self.inner.read_exact(&mut body)?;
         let npayloads = u32::from_le_bytes(body[..4].try_into().unwrap());
         let msgs: Vec<T> = bincode::deserialize(&body[4..]).map_err(|e| invalid(format!("undecodable message batch: {e}")))?;
+        if body.capacity() <= KEEP_BODY_MAX {
+            self.body = body;
+        }
         let mut payloads = Vec::with_capacity(npayloads.min(1 << 16) as usize);
         for _ in 0..npayloads {
             let (plen, pkind) = self.header()?.ok_or_else(|| invalid("connection closed before a promised payload frame"))?;
