@@ -171,7 +171,7 @@ impl Graph {
         let mut built = Vec::with_capacity(map.len());
         let mut dep_ids = Vec::with_capacity(map.len());
         for (key, value) in &map {
-            let mut b = Builder { key, position: &position, is_function, deps: Vec::new(), dep_ids: Vec::new() };
+            let mut b = Builder { key, position: &position, is_function, deps: Vec::new(), dep_ids: Vec::new(), dep_lookup: hashbrown::HashMap::new() };
             let (expr, annotations) = b.task(value)?;
             let spec = bincode::serialize(&expr).expect("Expr always serialises");
             built.push((b.deps, spec, annotations));
@@ -343,7 +343,14 @@ struct Builder<'a> {
     deps: Vec<String>,
     /// Positions of `deps` in the graph.
     dep_ids: Vec<usize>,
+    /// Position in the graph -> reference number, once a task has more
+    /// dependencies than a linear search should scan (a task gathering
+    /// 100,000 keys took a second with the search alone).
+    dep_lookup: hashbrown::HashMap<usize, u32>,
 }
+
+/// Dependencies of one task up to which `dep_index` searches linearly.
+const LINEAR_DEPS: usize = 32;
 
 impl Builder<'_> {
     fn err(&self, message: impl Into<String>) -> GraphError {
@@ -353,14 +360,23 @@ impl Builder<'_> {
     /// The reference number of dependency `key` (at position `at` in the
     /// graph), adding it on first use.
     fn dep_index(&mut self, key: &str, at: usize) -> u32 {
-        match self.dep_ids.iter().position(|&d| d == at) {
-            Some(i) => i as u32,
-            None => {
-                self.deps.push(key.to_string());
-                self.dep_ids.push(at);
-                (self.deps.len() - 1) as u32
+        let found = if self.dep_ids.len() <= LINEAR_DEPS {
+            self.dep_ids.iter().position(|&d| d == at).map(|i| i as u32)
+        } else {
+            if self.dep_lookup.is_empty() {
+                self.dep_lookup.extend(self.dep_ids.iter().enumerate().map(|(i, &d)| (d, i as u32)));
             }
-        }
+            self.dep_lookup.get(&at).copied()
+        };
+        found.unwrap_or_else(|| {
+            let i = self.deps.len() as u32;
+            self.deps.push(key.to_string());
+            self.dep_ids.push(at);
+            if !self.dep_lookup.is_empty() {
+                self.dep_lookup.insert(at, i);
+            }
+            i
+        })
     }
 
     fn task(&mut self, v: &Json) -> Result<(Expr, Annotations), GraphError> {
@@ -527,6 +543,26 @@ mod tests {
 
     fn spec(g: &Graph, k: &str) -> Expr {
         bincode::deserialize(&g.get(k).unwrap().spec).unwrap()
+    }
+
+    #[test]
+    fn a_task_with_many_dependencies_numbers_each_once() {
+        let mut g = serde_json::Map::new();
+        let mut list = vec![Json::from("list")];
+        for i in 0..100 {
+            g.insert(format!("x{i}"), Json::from(i));
+            list.push(Json::from(format!("x{i}")));
+        }
+        // repeats, before and after the switch from linear search to lookup
+        list.extend(["x5", "x50", "x99", "x0"].map(Json::from));
+        g.insert("all".into(), Json::Array(list));
+        let g = parse(&Json::Object(g).to_string()).unwrap();
+        let all = g.get("all").unwrap();
+        assert_eq!(all.deps.len(), 100);
+        assert!(all.deps.iter().enumerate().all(|(i, d)| *d == format!("x{i}")));
+        let Expr::Call(_, items) = spec(&g, "all") else { panic!("a call of list") };
+        let refs: Vec<Expr> = items[100..].to_vec();
+        assert_eq!(refs, vec![Expr::Ref(5), Expr::Ref(50), Expr::Ref(99), Expr::Ref(0)]);
     }
 
     #[test]
