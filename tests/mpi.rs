@@ -127,7 +127,8 @@ fn worker_that_never_starts_fails_the_job_in_bounded_time(l: Launcher) {
         format!("if [ \"${rank_var}\" = 2 ]; then sleep 1; exit 0; fi; exec {} mpi --scheduler-file {} --death-timeout 2s -- true", bin(), file.display())
     } else {
         format!(
-            "f={file}; if [ \"${rank_var}\" = 2 ]; then f={file}.elsewhere; fi; exec {bin} mpi --scheduler-file $f --death-timeout 2s -- true",
+            // Rank 2 waits longer than rank 1, so rank 1's report comes first.
+            "f={file}; t=2s; if [ \"${rank_var}\" = 2 ]; then f={file}.elsewhere; t=10s; fi; exec {bin} mpi --scheduler-file $f --death-timeout $t -- true",
             bin = bin(),
             file = file.display()
         )
@@ -142,6 +143,57 @@ fn worker_that_never_starts_fails_the_job_in_bounded_time(l: Launcher) {
         assert!(text.contains("only 0 of 1 workers registered within 2 s"), "{text}");
     }
     assert!(start.elapsed() < Duration::from_secs(45), "took {:?}", start.elapsed());
+}
+
+/// Two batch jobs on one scheduler-file path, the second started while the
+/// first is starting (as job arrays and a fixed `$HOME/.taskfarm/s.json` do):
+/// each job's workers join only its own scheduler, each gets its own result,
+/// neither shuts the other down, and nothing is left running.
+fn jobs_sharing_a_scheduler_file_path(l: Launcher, rounds: u32) {
+    let d = TempDir::new("mpishare");
+    let file = d.join("s.json");
+    for round in 0..rounds {
+        let mut jobs = Vec::new();
+        for (tag, add) in [("a", 100), ("b", 200)] {
+            // A 0.3 s task keeps both jobs alive together; the command then
+            // lists the workers its scheduler has.
+            let g = d.write(&format!("g-{tag}.json"), &format!(r#"{{"s": ["sleep", 0.3], "z": ["add", {add}, 1], "done": {{"task": ["add", "z", 0], "deps": ["s"]}}}}"#));
+            let mut c = launcher(l, 4);
+            let script = format!("{bin} submit {g} && {bin} status --json", bin = bin(), g = g.display());
+            c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap(), "--name", tag, "--death-timeout", "60s", "--", "sh", "-c", &script]);
+            let child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            jobs.push((tag, add, child));
+            if tag == "a" {
+                // The second job starts once the first one's file is there (within 1 s of it).
+                wait_for("job a's scheduler file", Duration::from_secs(60), || file.exists());
+            }
+        }
+        for (tag, add, child) in jobs {
+            let o = child.wait_with_output().unwrap();
+            let (out, err) = (stdout(&o), stderr(&o));
+            assert_eq!(o.status.code(), Some(0), "round {round}, job {tag}:\n{out}\n{err}");
+            assert!(out.contains(&format!("{{\"done\": {}}}", add + 1)), "round {round}, job {tag}: {out}");
+            let status_text = &out[out.find("{\n").unwrap_or_else(|| panic!("round {round}, job {tag}: no status in {out}"))..];
+            let status: serde_json::Value = serde_json::from_str(status_text).unwrap_or_else(|e| panic!("{e}: {status_text}"));
+            let mut names: Vec<&str> = status["workers"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+            names.sort();
+            assert_eq!(names, [format!("{tag}-2"), format!("{tag}-3")], "round {round}: job {tag}'s scheduler had other workers");
+        }
+        let left = Command::new("pgrep").args(["-f", d.path().to_str().unwrap()]).output().unwrap();
+        assert!(left.stdout.is_empty(), "round {round}: processes left running: {}", stdout(&left));
+    }
+}
+
+#[test]
+fn open_mpi_jobs_sharing_a_scheduler_file_path_stay_apart() {
+    jobs_sharing_a_scheduler_file_path(Launcher::OpenMpi, 10);
+}
+
+#[test]
+fn mpich_jobs_sharing_a_scheduler_file_path_stay_apart() {
+    if !LINKED_TO_MPI {
+        jobs_sharing_a_scheduler_file_path(Launcher::Mpich, 10);
+    }
 }
 
 #[test]

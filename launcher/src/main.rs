@@ -645,6 +645,7 @@ fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
         contact: contact.map(|c| c.to_string()),
         secret: util::random_bytes(32),
         scheduler_file: Some(path.clone()),
+        job: None,
         idle_timeout: a.idle_timeout,
         state: SchedulerConfig { worker_timeout: a.worker_timeout.as_secs_f64(), allowed_failures: a.allowed_failures, ..Default::default() },
     })

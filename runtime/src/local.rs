@@ -28,6 +28,7 @@ impl LocalCluster {
             contact: None,
             secret: secret.clone(),
             scheduler_file: None,
+            job: None,
             idle_timeout: None,
             state: SchedulerConfig::default(),
         })?;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,10 @@ pub struct SchedulerFile {
     pub pid: u32,
     /// Hex-encoded shared secret; never share this file.
     pub secret: String,
+    /// The launch that started this scheduler (`taskfarm mpi`): the ranks of
+    /// one job accept only their own job's file ([`crate::mpi::launch_id`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl SchedulerFile {
@@ -47,6 +51,7 @@ impl SchedulerFile {
             host: util::hostname(),
             pid: std::process::id(),
             secret: util::hex(secret),
+            job: None,
         }
     }
 
@@ -56,30 +61,22 @@ impl SchedulerFile {
 
     /// Write atomically (temporary file in the same directory, then rename)
     /// with mode 0600.
+    ///
+    /// Refuses a directory that every user may write to without the sticky
+    /// bit (anyone could replace the file), and warns about one that other
+    /// users may write to or that belongs to someone else.
     pub fn write(&self, path: &Path) -> io::Result<()> {
+        check_directory(path)?;
         let mut text = serde_json::to_vec_pretty(self).expect("serialisable");
         text.push(b'\n');
         util::write_file_atomic(path, &text, 0o600)
     }
 
+    /// Read and check a scheduler file. A file that another user owns or may
+    /// write to is refused: whoever wrote it would get our workers (and run
+    /// their commands as us) or our graphs.
     pub fn read(path: &Path) -> Result<SchedulerFile, String> {
-        let text = fs::read_to_string(path).map_err(|e| format!("cannot read scheduler file {}: {e}", path.display()))?;
-        let f: SchedulerFile = serde_json::from_str(&text).map_err(|e| {
-            format!("scheduler file {} is not valid (line {}, column {}): {e}; was it written by taskfarm?", path.display(), e.line(), e.column())
-        })?;
-        if f.format_version > FORMAT_VERSION {
-            return Err(format!(
-                "scheduler file {} has format version {}, newer than this taskfarm understands ({FORMAT_VERSION}); use the same release everywhere",
-                path.display(),
-                f.format_version
-            ));
-        }
-        if let Ok(meta) = fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                crate::log_at!(1, "schedfile", "{} is readable by other users (mode {:o}); its secret should be private: chmod 600 it", path.display(), meta.permissions().mode() & 0o777);
-            }
-        }
-        Ok(f)
+        read_file(path).map_err(|e| e.to_string())
     }
 
     /// Remove the file if it is still ours (a newer scheduler may have
@@ -92,6 +89,138 @@ impl SchedulerFile {
         }
     }
 }
+
+/// Why a scheduler file could not be used.
+#[derive(Debug)]
+pub enum FileError {
+    /// No such file (yet).
+    Missing(PathBuf),
+    /// Unreadable, not JSON, or not a scheduler file: it may still be replaced.
+    Invalid(String),
+    /// Owned by another user or writable by others: never trusted, however long one waits.
+    Untrusted(String),
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileError::Missing(p) => write!(f, "scheduler file {} does not exist yet", p.display()),
+            FileError::Invalid(m) | FileError::Untrusted(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Open, check who may have written it (on the opened file, so a rename in
+/// between cannot swap it), then parse.
+pub fn read_file(path: &Path) -> Result<SchedulerFile, FileError> {
+    use std::io::Read;
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(FileError::Missing(path.to_path_buf())),
+        Err(e) => return Err(FileError::Invalid(format!("cannot read scheduler file {}: {e}", path.display()))),
+    };
+    let meta = file.metadata().map_err(|e| FileError::Invalid(format!("cannot read scheduler file {}: {e}", path.display())))?;
+    check_trusted(path, &meta, util::effective_uid()).map_err(FileError::Untrusted)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| FileError::Invalid(format!("cannot read scheduler file {}: {e}", path.display())))?;
+    let f: SchedulerFile = serde_json::from_str(&text).map_err(|e| {
+        FileError::Invalid(format!(
+            "scheduler file {} is not valid (line {}, column {}): {e}; was it written by taskfarm?",
+            path.display(),
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if f.format_version > FORMAT_VERSION {
+        return Err(FileError::Invalid(format!(
+            "scheduler file {} has format version {}, newer than this taskfarm understands ({FORMAT_VERSION}); use the same release everywhere",
+            path.display(),
+            f.format_version
+        )));
+    }
+    if meta.mode() & 0o044 != 0 {
+        crate::log_at!(1, "schedfile", "{} is readable by other users (mode {:o}); its secret should be private: chmod 600 it", path.display(), meta.mode() & 0o777);
+    }
+    Ok(f)
+}
+
+/// A scheduler file is believed only if it is a regular file that the
+/// reading user owns (root too reads only its own) and nobody else may write.
+fn check_trusted(path: &Path, meta: &fs::Metadata, me: u32) -> Result<(), String> {
+    if !meta.is_file() {
+        return Err(format!("scheduler file {} is not a regular file; remove it and restart the scheduler", path.display()));
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "refusing scheduler file {}: it belongs to {}, not to you ({}). Whoever wrote it could make your workers run \
+             their tasks as you, or receive your graphs. Keep scheduler files in a directory only you can write to \
+             (e.g. $HOME/.taskfarm, mode 700), or remove this file if you know where it came from, and restart your scheduler",
+            path.display(),
+            util::user_name(meta.uid()),
+            util::user_name(me)
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "refusing scheduler file {}: other users may write to it (mode {:o}), so anyone could point your workers at \
+             their scheduler. taskfarm writes it with mode 600: if you made it writable, restart the scheduler (or chmod 600 it)",
+            path.display(),
+            meta.mode() & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// Before writing into `path`'s directory: in one that others may write to
+/// without the sticky bit, another user can replace the file (readers would
+/// then refuse it, but the scheduler would be unreachable). Every user: refuse;
+/// a group, or another owner: warn.
+fn check_directory(path: &Path) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(meta) = fs::metadata(dir) else { return Ok(()) }; // the write reports a missing directory
+    let mode = meta.mode();
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o002 != 0 && !sticky {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "directory {} may be written by every user (mode {:o}, no sticky bit): anyone could replace the scheduler file. \
+                 Use a directory only you can write to, e.g. $HOME/.taskfarm (mkdir -m 700)",
+                dir.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    if !sticky && (mode & 0o020 != 0 || (meta.uid() != util::effective_uid() && meta.uid() != 0)) {
+        crate::log_at!(
+            1,
+            "schedfile",
+            "WARNING: directory {} (owner {}, mode {:o}) may be written by other users, who could replace the scheduler file; \
+             readers refuse a file they do not own, but prefer a directory only you can write to",
+            dir.display(),
+            util::user_name(meta.uid()),
+            mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// A file next to the scheduler file: its name plus `suffix`.
+pub fn beside(scheduler_file: &Path, suffix: &str) -> PathBuf {
+    let mut name = scheduler_file.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| DEFAULT_FILE.into());
+    name.push(suffix);
+    scheduler_file.with_file_name(name)
+}
+
+/// The copy of the scheduler file that only the ranks of launch `job` read
+/// (`s.json.job-<id>`): another job on the same path cannot replace it.
+pub fn job_path(scheduler_file: &Path, job: &str) -> PathBuf {
+    beside(scheduler_file, &format!(".job-{job}"))
+}
+
+/// Set by `taskfarm mpi` for its batch command: the launch whose scheduler
+/// the command's clients want ([`wait_and_connect`] prefers its job copy).
+pub const JOB_ENV: &str = "TASKFARM_MPI_JOB";
 
 /// Where the scheduler file is: the flag, else `TASKFARM_SCHEDULER_FILE`,
 /// else `taskfarm-scheduler.json` in the current directory.
@@ -124,7 +253,17 @@ pub enum ConnectError {
 /// to answer; returns the file and an authenticated connection. A file whose
 /// scheduler does not answer is treated as stale: keep waiting (it is often
 /// yesterday's file about to be replaced), then fail saying so.
+///
+/// Inside the batch command of `taskfarm mpi` (where [`JOB_ENV`] is set), the
+/// job's own copy of the file is read when it exists, so that another job
+/// writing the same path cannot capture this one's clients.
 pub fn wait_and_connect(path: &Path, timeout: Duration, role: Role) -> Result<(SchedulerFile, TcpStream), String> {
+    if let Some(job) = std::env::var(JOB_ENV).ok().filter(|j| !j.is_empty()) {
+        let own = job_path(path, &job);
+        if own.exists() {
+            return wait_and_connect_with(&own, timeout, role, &WaitPolicy { job: Some(job), ..WaitPolicy::default() });
+        }
+    }
     wait_and_connect_with(path, timeout, role, &WaitPolicy::default())
 }
 
@@ -136,6 +275,8 @@ pub struct WaitPolicy {
     /// Treat a scheduler that rejects the file's secret as stale (a leftover
     /// file whose port another scheduler now uses) instead of failing.
     pub auth_failure_is_stale: bool,
+    /// Accept only the file of this launch ([`SchedulerFile::job`]).
+    pub job: Option<String>,
 }
 
 pub fn wait_and_connect_with(path: &Path, timeout: Duration, role: Role, policy: &WaitPolicy) -> Result<(SchedulerFile, TcpStream), String> {
@@ -145,15 +286,23 @@ pub fn wait_and_connect_with(path: &Path, timeout: Duration, role: Role, policy:
     let mut last_problem: Option<String> = None;
     loop {
         let waited = start.elapsed();
-        let problem = match SchedulerFile::read(path) {
-            Err(_) if !path.exists() => format!("scheduler file {} does not exist yet", path.display()),
-            Err(e) => e,
+        let problem = match read_file(path) {
+            Err(FileError::Untrusted(e)) => return Err(e),
+            Err(e) => e.to_string(),
             Ok(file) if policy.not_before.is_some_and(|t| file.started < t) => format!(
                 "scheduler file {} is from an earlier run (its scheduler, pid {} on {}, started {}); waiting for this job's scheduler to replace it",
                 path.display(),
                 file.pid,
                 file.host,
                 format_age(file.started)
+            ),
+            Ok(file) if policy.job.is_some() && file.job != policy.job => format!(
+                "scheduler file {} belongs to another launch (job {}, pid {} on {}); waiting for this job's scheduler (job {})",
+                path.display(),
+                file.job.as_deref().unwrap_or("unknown"),
+                file.pid,
+                file.host,
+                policy.job.as_deref().unwrap_or_default()
             ),
             Ok(file) => match file.secret_bytes() {
                 Err(e) => return Err(format!("scheduler file {}: {e}", path.display())),
@@ -210,6 +359,8 @@ mod tests {
         d
     }
 
+    use std::os::unix::fs::PermissionsExt;
+
     #[test]
     fn written_atomically_private_and_has_dask_fields() {
         let d = tmpdir();
@@ -240,6 +391,56 @@ mod tests {
         assert!(SchedulerFile::read(&p).unwrap_err().contains("is not valid (line 1"));
         let e = wait_and_connect(&d.join("absent.json"), Duration::from_millis(50), Role::Client).unwrap_err();
         assert!(e.contains("does not exist yet") && e.contains("gave up"), "{e}");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn files_others_wrote_or_may_write_are_refused_at_once() {
+        let d = tmpdir();
+        let p = d.join("s.json");
+        SchedulerFile::new("tcp://127.0.0.1:1", b"abc").write(&p).unwrap();
+        let meta = fs::metadata(&p).unwrap();
+        // Owned by someone else (as the file would look to another uid).
+        let e = check_trusted(&p, &meta, meta.uid() + 1).unwrap_err();
+        assert!(e.contains("refusing scheduler file") && e.contains("not to you"), "{e}");
+        // Writable by others: refused by read and at once by the wait loop.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o622)).unwrap();
+        let e = SchedulerFile::read(&p).unwrap_err();
+        assert!(e.contains("other users may write to it (mode 622)"), "{e}");
+        let start = Instant::now();
+        let e = wait_and_connect(&p, Duration::from_secs(30), Role::Client).unwrap_err();
+        assert!(e.contains("mode 622") && start.elapsed() < Duration::from_secs(10), "{e}");
+        // A directory: not a regular file.
+        let e = SchedulerFile::read(&d).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_directory_everyone_may_write_without_sticky_bit_is_refused_for_writing() {
+        let d = tmpdir();
+        let f = SchedulerFile::new("tcp://127.0.0.1:1", b"abc");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = f.write(&d.join("s.json")).unwrap_err();
+        assert!(e.to_string().contains("may be written by every user (mode 777"), "{e}");
+        assert_eq!(fs::read_dir(&d).unwrap().count(), 0, "nothing written");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o1777)).unwrap();
+        f.write(&d.join("s.json")).unwrap();
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_launch_accepts_only_its_own_file() {
+        let d = tmpdir();
+        let p = d.join("s.json");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut f = SchedulerFile::new(&format!("tcp://{}", listener.local_addr().unwrap()), b"abc");
+        f.job = Some("aaaa".into());
+        f.write(&p).unwrap();
+        let policy = WaitPolicy { job: Some("bbbb".into()), ..WaitPolicy::default() };
+        let e = wait_and_connect_with(&p, Duration::from_millis(100), Role::Client, &policy).unwrap_err();
+        assert!(e.contains("belongs to another launch (job aaaa") && e.contains("this job's scheduler (job bbbb)"), "{e}");
+        assert_eq!(job_path(&p, "bbbb"), d.join("s.json.job-bbbb"));
         fs::remove_dir_all(d).unwrap();
     }
 

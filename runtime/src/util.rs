@@ -39,9 +39,11 @@ pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std
         return Err(Error::new(ErrorKind::NotFound, format!("directory {} does not exist", dir.display())));
     }
     let name = path.file_name().ok_or_else(|| Error::new(ErrorKind::InvalidInput, format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    // A fresh, unguessable name created exclusively, never through a link:
+    // in a shared directory another user cannot make us write elsewhere.
+    let tmp = dir.join(format!(".{}.{}.{}.tmp", name.to_string_lossy(), std::process::id(), hex(&random_bytes(6))));
     let written = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).mode(mode).open(&tmp)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -173,6 +175,27 @@ pub fn default_ip() -> IpAddr {
         }
     }
     IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+
+/// This process's effective user id.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// "name (uid N)" for a user id, or "uid N" where the name is unknown.
+pub fn user_name(uid: u32) -> String {
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 4096];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getpwuid_r writes into `pw` and `buf` only.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr() as *mut libc::c_char, buf.len(), &mut out) };
+    if rc == 0 && !out.is_null() {
+        // SAFETY: on success pw_name points at a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) }.to_string_lossy().into_owned();
+        return format!("user {name} (uid {uid})");
+    }
+    format!("uid {uid}")
 }
 
 pub fn unix_time() -> f64 {

@@ -102,12 +102,7 @@ impl FromStr for System {
     }
 }
 
-/// A file next to the scheduler file: its name plus `suffix`.
-fn beside(scheduler_file: &Path, suffix: &str) -> PathBuf {
-    let mut name = scheduler_file.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "taskfarm-scheduler.json".into());
-    name.push(suffix);
-    scheduler_file.with_file_name(name)
-}
+use crate::schedfile::beside;
 
 /// The job's id and system when this process runs inside a batch job.
 pub fn detect_job() -> Option<(System, String)> {

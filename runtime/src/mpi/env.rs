@@ -96,6 +96,52 @@ pub fn detect(get: Lookup<'_>) -> Result<Option<RankInfo>, String> {
     Ok(Some(first))
 }
 
+/// An identity that every rank of one launch shares and that no other launch
+/// running at the same time has, from the launcher's environment: Open MPI's
+/// HNP contact (job id and mpirun's address) or PMIx namespace, a SLURM job
+/// step, or — MPICH's Hydra sets nothing of the kind — the `hydra_pmi_proxy`
+/// process that started the ranks of a single-node job (`hydra_proxy`, host,
+/// pid and start time), qualified by the batch job when there is one. Hashed,
+/// so it is short and safe in a file name. `None` when nothing identifies
+/// the launch (Hydra across nodes outside a batch job).
+pub fn launch_id(get: Lookup<'_>, hydra_proxy: &dyn Fn() -> Option<String>) -> Option<String> {
+    let batch_job = ["SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID"].iter().find_map(|k| get(k).map(|v| format!("{k}={v}")));
+    let raw = if let Some(hnp) = get("OMPI_MCA_orte_hnp_uri") {
+        format!("ompi:{hnp}")
+    } else if let Some(ns) = get("PMIX_NAMESPACE") {
+        format!("pmix:{ns}:{}", get("PMIX_SERVER_URI41").or_else(|| get("PMIX_SERVER_URI4")).unwrap_or_default())
+    } else if get("PMI_RANK").is_some() {
+        let single_node = get("MPI_LOCALNRANKS").is_some() && get("MPI_LOCALNRANKS") == get("PMI_SIZE");
+        match (single_node.then(hydra_proxy).flatten(), &batch_job) {
+            (Some(proxy), _) => format!("hydra:{proxy}:{}", batch_job.clone().unwrap_or_default()),
+            (None, Some(job)) => format!("hydra:{job}:{}", get("SLURM_STEP_ID").unwrap_or_default()),
+            (None, None) => return None,
+        }
+    } else if let (Some(job), Some(step)) = (get("SLURM_JOB_ID"), get("SLURM_STEP_ID").or_else(|| get("SLURM_STEPID"))) {
+        format!("slurm:{job}.{step}")
+    } else {
+        return None;
+    };
+    use sha2::Digest;
+    Some(crate::util::hex(&sha2::Sha256::digest(raw.as_bytes())[..8]))
+}
+
+/// The `hydra_pmi_proxy` among this process's ancestors, as "host:pid:start".
+pub fn hydra_proxy_ancestor() -> Option<String> {
+    let mut pid = std::process::id();
+    for _ in 0..16 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if comm.starts_with("hydra_pmi_prox") {
+            return Some(format!("{}:{pid}:{}", crate::util::hostname(), fields.get(19)?));
+        }
+        pid = fields.get(1)?.parse().ok().filter(|&p: &u32| p > 1)?;
+    }
+    None
+}
+
 /// SLURM's tasks on this node: `SLURM_TASKS_PER_NODE` (e.g. `2(x3),1`)
 /// expanded, indexed by `SLURM_NODEID`.
 fn slurm_local_size(get: Lookup<'_>) -> Result<Option<u32>, String> {
@@ -189,6 +235,30 @@ mod tests {
             let e = detect(&env(pairs)).unwrap_err();
             assert!(e.contains(want), "{pairs:?}: {e}");
         }
+    }
+
+    #[test]
+    fn launch_ids_are_shared_by_one_launch_and_differ_between_launches() {
+        let none = || None;
+        let proxy = || Some("node1:4242:777".to_string());
+        let a = launch_id(&env(&[("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_MCA_orte_hnp_uri", "1153695744.0;tcp://10.0.0.1:34967")]), &none);
+        let a1 = launch_id(&env(&[("OMPI_COMM_WORLD_RANK", "1"), ("OMPI_MCA_orte_hnp_uri", "1153695744.0;tcp://10.0.0.1:34967")]), &none);
+        let b = launch_id(&env(&[("OMPI_MCA_orte_hnp_uri", "1153695744.0;tcp://10.0.0.1:34968")]), &none);
+        assert!(a.is_some() && a == a1 && a != b, "{a:?} {a1:?} {b:?}");
+        assert_eq!(a.unwrap().len(), 16);
+        let s1 = launch_id(&env(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "0"), ("SLURM_PROCID", "0")]), &none);
+        let s2 = launch_id(&env(&[("SLURM_JOB_ID", "7"), ("SLURM_STEP_ID", "1"), ("SLURM_PROCID", "0")]), &none);
+        assert!(s1.is_some() && s1 != s2);
+        // Hydra: the proxy on one node; the batch job across nodes; else unknown.
+        let local = [("PMI_RANK", "0"), ("PMI_SIZE", "3"), ("MPI_LOCALNRANKS", "3")];
+        assert!(launch_id(&env(&local), &proxy).is_some());
+        assert_ne!(launch_id(&env(&local), &proxy), launch_id(&env(&local), &|| Some("node1:4243:778".to_string())));
+        let spread = [("PMI_RANK", "0"), ("PMI_SIZE", "3"), ("MPI_LOCALNRANKS", "1")];
+        assert_eq!(launch_id(&env(&spread), &proxy), None);
+        let mut in_job = spread.to_vec();
+        in_job.push(("PBS_JOBID", "12.pbs"));
+        assert!(launch_id(&env(&in_job), &proxy).is_some());
+        assert_eq!(launch_id(&env(&[]), &proxy), None);
     }
 
     #[test]

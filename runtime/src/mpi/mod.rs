@@ -43,6 +43,10 @@ pub struct MpiOptions {
     pub death_timeout: Duration,
     /// `None`: cores when several ranks share a node, else none.
     pub bind: Option<BindPolicy>,
+    /// This launch's identity ([`env::launch_id`]), which its ranks use to
+    /// find only their own scheduler; [`MpiOptions::new`] reads it from the
+    /// environment.
+    pub job: Option<String>,
 }
 
 impl MpiOptions {
@@ -59,6 +63,21 @@ impl MpiOptions {
             name: "worker".into(),
             death_timeout: Duration::from_secs(60),
             bind: None,
+            job: env::launch_id(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()), &env::hydra_proxy_ancestor),
+        }
+    }
+
+    /// The names the worker ranks of a batch-mode job of `size` ranks register with.
+    pub fn worker_names(&self, size: u32) -> Vec<String> {
+        (2..size).map(|r| format!("{}-{r}", self.name)).collect()
+    }
+
+    /// The scheduler file this launch's ranks read: the job's own copy when
+    /// the launch is known, else the named file.
+    pub fn rank_file(&self) -> PathBuf {
+        match &self.job {
+            Some(job) => schedfile::job_path(&self.scheduler_file, job),
+            None => self.scheduler_file.clone(),
         }
     }
 }
@@ -213,7 +232,15 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
     let share = bind(opts.bind, info)?;
     let (listen, contact) = addresses(opts)?;
     let role = role_of(info.rank, batch.is_some());
-    log_at!(2, "mpi", "rank {} of {} ({}): {:?}", info.rank, info.size, info.launcher, role);
+    log_at!(2, "mpi", "rank {} of {} ({}, launch {}): {:?}", info.rank, info.size, info.launcher, opts.job.as_deref().unwrap_or("unknown"), role);
+    if opts.job.is_none() && info.rank == 0 {
+        log_at!(
+            1,
+            "mpi",
+            "the launcher's environment does not identify this launch: give each concurrent job its own --scheduler-file, \
+             or ranks of another job started at the same time on the same path may join this one"
+        );
+    }
     match role {
         RankRole::Scheduler => {
             crate::alloc::small_blocks_from_mimalloc();
@@ -222,8 +249,8 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
         RankRole::Client => {
             crate::alloc::small_blocks_from_mimalloc();
             let (mut client, _) = connect_client(opts, handle)?;
-            wait_for_workers(&mut client, info.size - 2, opts.death_timeout)?;
-            let code = run_command(batch.expect("client role only in batch mode"), &opts.scheduler_file)?;
+            wait_for_workers(&mut client, &opts.worker_names(info.size), opts.death_timeout)?;
+            let code = run_command(batch.expect("client role only in batch mode"), &opts.rank_file(), opts.job.as_deref())?;
             log_at!(2, "mpi", "batch command exited with status {code}; shutting the cluster down");
             let _ = client.shutdown();
             Ok(code)
@@ -272,6 +299,7 @@ fn run_scheduler(opts: &MpiOptions, listen: Option<IpAddr>, contact: Option<IpAd
         contact: contact.map(|c| c.to_string()),
         secret: secret.clone(),
         scheduler_file: Some(opts.scheduler_file.clone()),
+        job: opts.job.clone(),
         idle_timeout: None,
         state: SchedulerConfig::default(),
     })
@@ -303,11 +331,15 @@ fn share_address(_h: &MpiHandle, _mine: Option<(&str, &[u8])>) -> Option<(String
     None
 }
 
-/// Within one job the scheduler file must be this job's: a file written
-/// well before this process started, or one whose scheduler rejects our
-/// secret, is a leftover from an earlier job; keep waiting for ours.
-fn job_file_policy() -> schedfile::WaitPolicy {
-    schedfile::WaitPolicy { not_before: Some(process_start_time() - 30.0), auth_failure_is_stale: true }
+/// Within one job the scheduler file must be this job's. With the launch
+/// known, the job's own copy is read and its `job` must match. Without it, a
+/// file written well before this process started, or one whose scheduler
+/// rejects our secret, is a leftover from an earlier job; keep waiting for ours.
+fn job_file_policy(opts: &MpiOptions) -> schedfile::WaitPolicy {
+    match &opts.job {
+        Some(job) => schedfile::WaitPolicy { not_before: None, auth_failure_is_stale: true, job: Some(job.clone()) },
+        None => schedfile::WaitPolicy { not_before: Some(process_start_time() - 30.0), auth_failure_is_stale: true, job: None },
+    }
 }
 
 /// When this process started (Unix time), from /proc.
@@ -329,7 +361,7 @@ fn connect_worker(opts: &MpiOptions, handle: Option<&MpiHandle>) -> Result<(Vec<
         let s = schedfile::connect(&addr, &secret, Role::Worker).map_err(|e| format!("cannot reach the scheduler at {addr}: {e:?}"))?;
         return Ok((secret, s));
     }
-    let (file, stream) = schedfile::wait_and_connect_with(&opts.scheduler_file, opts.death_timeout, Role::Worker, &job_file_policy())?;
+    let (file, stream) = schedfile::wait_and_connect_with(&opts.rank_file(), opts.death_timeout, Role::Worker, &job_file_policy(opts))?;
     Ok((file.secret_bytes()?, stream))
 }
 
@@ -337,27 +369,33 @@ fn connect_client(opts: &MpiOptions, handle: Option<&MpiHandle>) -> Result<(Clie
     if let Some((addr, secret)) = handle.and_then(|h| share_address(h, None)) {
         return Ok((Client::connect(&addr, &secret).map_err(|e| e.to_string())?, secret));
     }
-    let (file, stream) = schedfile::wait_and_connect_with(&opts.scheduler_file, opts.death_timeout, Role::Client, &job_file_policy())?;
+    let (file, stream) = schedfile::wait_and_connect_with(&opts.rank_file(), opts.death_timeout, Role::Client, &job_file_policy(opts))?;
     let secret = file.secret_bytes()?;
     let client = Client::from_connected(stream, &file.address, &secret).map_err(|e| e.to_string())?;
     Ok((client, secret))
 }
 
-/// Wait (bounded) until `n` workers have registered.
-fn wait_for_workers(client: &mut Client, n: u32, timeout: Duration) -> Result<(), String> {
+/// Wait (bounded) until the workers of this job's ranks (`names`) have
+/// registered; other workers that joined (e.g. `taskfarm worker` started by
+/// hand) do not count.
+fn wait_for_workers(client: &mut Client, names: &[String], timeout: Duration) -> Result<(), String> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(2);
     loop {
-        let have = client.status().map_err(|e| e.to_string())?.workers.len() as u32;
-        if have >= n {
-            log_at!(2, "mpi", "all {n} workers registered after {:.2} s", start.elapsed().as_secs_f64());
+        let status = client.status().map_err(|e| e.to_string())?;
+        let have = names.iter().filter(|n| status.workers.iter().any(|w| &w.name == *n)).count();
+        if have >= names.len() {
+            log_at!(2, "mpi", "all {} workers registered after {:.2} s", names.len(), start.elapsed().as_secs_f64());
             return Ok(());
         }
         if start.elapsed() >= timeout {
             let _ = client.shutdown();
+            let missing: Vec<&str> = names.iter().filter(|n| !status.workers.iter().any(|w| &w.name == *n)).map(String::as_str).collect();
             return Err(format!(
-                "only {have} of {n} workers registered within {:.0} s (--death-timeout): a rank failed to start or cannot reach the scheduler; see its log",
-                timeout.as_secs_f64()
+                "only {have} of {} workers registered within {:.0} s (--death-timeout; missing: {}): a rank failed to start or cannot reach the scheduler; see its log",
+                names.len(),
+                timeout.as_secs_f64(),
+                missing.join(", ")
             ));
         }
         std::thread::sleep(pause);
@@ -367,9 +405,15 @@ fn wait_for_workers(client: &mut Client, n: u32, timeout: Duration) -> Result<()
 
 /// Run the batch command with the scheduler file in its environment;
 /// returns its exit status (128 + signal if killed).
-fn run_command(argv: &[String], scheduler_file: &std::path::Path) -> Result<i32, String> {
+/// With the launch known, that is the job's own copy of the file, and
+/// [`schedfile::JOB_ENV`] makes clients given the shared path prefer it.
+fn run_command(argv: &[String], scheduler_file: &std::path::Path, job: Option<&str>) -> Result<i32, String> {
     let (program, args) = argv.split_first().ok_or("no command given after --")?;
-    let status = std::process::Command::new(program)
+    let mut command = std::process::Command::new(program);
+    if let Some(job) = job {
+        command.env(schedfile::JOB_ENV, job);
+    }
+    let status = command
         .args(args)
         .env("TASKFARM_SCHEDULER_FILE", scheduler_file)
         .status()
@@ -468,7 +512,7 @@ pub fn initialize(opts: MpiOptions, registry: Registry) -> Result<MpiClient, Str
         RankRole::Client => {
             bind(opts.bind, &info)?;
             let (mut client, _) = connect_client(&opts, handle.as_ref())?;
-            wait_for_workers(&mut client, info.size - 2, opts.death_timeout)?;
+            wait_for_workers(&mut client, &opts.worker_names(info.size), opts.death_timeout)?;
             Ok(MpiClient { client: Some(client), info, _mpi: handle })
         }
         _ => {

@@ -27,6 +27,10 @@ pub struct ServerConfig {
     pub contact: Option<String>,
     pub secret: Vec<u8>,
     pub scheduler_file: Option<PathBuf>,
+    /// The launch this scheduler belongs to (`taskfarm mpi`): written in the
+    /// file, and a second copy only that launch's ranks read
+    /// ([`crate::schedfile::job_path`]).
+    pub job: Option<String>,
     /// Exit after this long with no clients and no work.
     pub idle_timeout: Option<Duration>,
     pub state: SchedulerConfig,
@@ -114,8 +118,14 @@ pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
         }
         None => util::format_address(&local),
     };
-    let file = SchedulerFile::new(&address, &cfg.secret);
-    if let Some(path) = &cfg.scheduler_file {
+    let mut file = SchedulerFile::new(&address, &cfg.secret);
+    file.job = cfg.job.clone();
+    let paths: Vec<PathBuf> = match (&cfg.scheduler_file, &cfg.job) {
+        (Some(p), Some(job)) => vec![crate::schedfile::job_path(p, job), p.clone()],
+        (Some(p), None) => vec![p.clone()],
+        (None, _) => Vec::new(),
+    };
+    for path in &paths {
         file.write(path).map_err(|e| std::io::Error::new(e.kind(), format!("cannot write scheduler file {}: {e}", path.display())))?;
         log_at!(2, "scheduler", "scheduler file written to {}", path.display());
     }
@@ -136,7 +146,7 @@ pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
         stopping.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees `stopping`.
         let _ = TcpStream::connect_timeout(&local, Duration::from_millis(200));
-        if let Some(path) = &core.cfg.scheduler_file {
+        for path in &paths {
             file.remove_if_ours(path);
         }
     })?;
