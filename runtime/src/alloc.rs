@@ -114,17 +114,17 @@ mod tests {
         let l = Layout::from_size_align(1000, align).unwrap();
         unsafe {
             let p = a.alloc(l);
-            assert!(!p.is_null() && p as usize % align == 0);
+            assert!(!p.is_null() && (p as usize).is_multiple_of(align));
             for i in 0..1000 {
                 *p.add(i) = (i % 251) as u8;
             }
             let q = a.realloc(p, l, SMALL_MAX + 1);
-            assert!(!q.is_null() && q as usize % align == 0);
+            assert!(!q.is_null() && (q as usize).is_multiple_of(align));
             let l2 = Layout::from_size_align(SMALL_MAX + 1, align).unwrap();
             let r = a.realloc(q, l2, 4 * SMALL_MAX);
             let l3 = Layout::from_size_align(4 * SMALL_MAX, align).unwrap();
             let s = a.realloc(r, l3, 500);
-            assert!(s as usize % align == 0);
+            assert!((s as usize).is_multiple_of(align));
             for i in 0..500 {
                 assert_eq!(*s.add(i), (i % 251) as u8, "byte {i} (align {align})");
             }

@@ -333,10 +333,10 @@ mod ready_tests {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             // Mostly increasing, with some out-of-order ones.
-            let p = if rng % 5 == 0 { (rng % 1000) as i64 } else { i as i64 };
+            let p = if rng.is_multiple_of(5) { (rng % 1000) as i64 } else { i as i64 };
             q.push(p, i);
             all.push((p, i));
-            if rng % 7 == 0 {
+            if rng.is_multiple_of(7) {
                 let got = q.pop().unwrap();
                 all.sort_unstable();
                 assert_eq!(got, all.remove(0));

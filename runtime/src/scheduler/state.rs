@@ -843,8 +843,8 @@ impl SchedulerState {
         }
         let alive = self.workers.contains_key(&w);
         match self.tasks.get(t as usize) {
-            Some(task) if task.state == TaskState::Memory && alive => {
-                if !task.who_has.contains(&w) {
+            Some(task) if task.state == TaskState::Memory && alive
+                && !task.who_has.contains(&w) => {
                     self.tasks[t as usize].who_has.push(w);
                     self.tasks[t as usize].nbytes = self.tasks[t as usize].nbytes.max(nbytes);
                     self.workers.get_mut(&w).expect("alive").has_what.insert(t);
@@ -852,7 +852,6 @@ impl SchedulerState {
                         self.stats.values_replicated += 1;
                     }
                 }
-            }
             _ if alive => self.frees.entry(w).or_default().push(t),
             _ => {}
         }

@@ -585,7 +585,7 @@ fn idle_workers_steal_unstarted_tasks_when_inputs_are_cheap_to_move() {
     // w1 gives it up; it goes to w2.
     sim.s.stolen(w1, &asked, &[], 0.0);
     sim.ok();
-    assert_eq!(sim.s.processing_on(&sim.s.key(asked[0]).to_string()), Some(w2));
+    assert_eq!(sim.s.processing_on(sim.s.key(asked[0])), Some(w2));
     assert_eq!(sim.s.stats.tasks_stolen, 1);
     // A task that already started is kept where it is.
     sim.s.balance();
