@@ -196,6 +196,47 @@ fn mpich_jobs_sharing_a_scheduler_file_path_stay_apart() {
     }
 }
 
+/// The workers of `taskfarm mpi` take `--resources` and `--lifetime` as
+/// `taskfarm worker` does: a task needing a GPU runs on them, and they
+/// retire gracefully when their lifetime ends (the scheduler stays).
+fn worker_ranks_honour_resources_and_lifetime(l: Launcher) {
+    let d = TempDir::new("mpileave");
+    let file = d.join("s.json");
+    let two_workers = || status(&file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(2));
+    let mut c = launcher(l, 3);
+    c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap(), "--resources", "gpus=1"]);
+    let mut job = spawn_logged(c, d.join("mpirun-resources.log"));
+    wait_for("2 workers to register", Duration::from_secs(60), two_workers);
+    let g = d.write("g.json", r#"{"g": {"task": ["inc", 1], "resources": {"gpus": 1}}}"#);
+    let o = taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--timeout", "30s"]);
+    assert_eq!(stdout(&o), "{\"g\": 2}\n", "a task needing a GPU runs on the ranks that offer one: {}", stderr(&o));
+    let o = taskfarm(&["shutdown", "--scheduler-file", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
+
+    let mut c = launcher(l, 3);
+    c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap(), "--lifetime", "2s"]);
+    let mut job = spawn_logged(c, d.join("mpirun-lifetime.log"));
+    wait_for("both workers to retire at the end of their lifetime", Duration::from_secs(60), || {
+        status(&file).is_some_and(|s| s["stats"]["workers_retired"].as_u64() == Some(2) && s["workers"].as_array().map(|w| w.len()) == Some(0))
+    });
+    assert_eq!(status(&file).unwrap()["stats"]["workers_lost"].as_u64(), Some(0), "retired, not lost");
+    let o = taskfarm(&["shutdown", "--scheduler-file", file.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
+    assert!(job.log_text().contains("reached its lifetime"), "{}", job.log_text());
+}
+
+#[test]
+fn open_mpi_worker_ranks_honour_resources_and_lifetime() {
+    worker_ranks_honour_resources_and_lifetime(Launcher::OpenMpi);
+}
+
+#[test]
+fn mpich_worker_ranks_honour_resources_and_lifetime() {
+    under_mpich(worker_ranks_honour_resources_and_lifetime);
+}
+
 #[test]
 fn open_mpi_serve_mode() {
     serve_mode(Launcher::OpenMpi);

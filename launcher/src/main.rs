@@ -312,6 +312,16 @@ struct WorkerArgs {
     memory: MemoryArgs,
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    leave: LeaveArgs,
+    /// The batch job this worker belongs to (adaptive scaling retires whole jobs) [default: from $SLURM_JOB_ID, $PBS_JOBID, $LSB_JOBID or Grid Engine's $JOB_ID].
+    #[arg(long, value_name = "ID")]
+    job_id: Option<String>,
+}
+
+/// When a worker leaves gracefully (`taskfarm worker` and `taskfarm mpi`).
+#[derive(Args)]
+struct LeaveArgs {
     /// Retire gracefully (unique results moved to other workers, then exit 0) this long after starting, e.g. a few minutes less than the job's walltime.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     lifetime: Option<Duration>,
@@ -320,15 +330,24 @@ struct WorkerArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     lifetime_stagger: Option<Duration>,
     /// The job's walltime (HH:MM:SS or e.g. 90m), counted from this worker's start: it retires --walltime-margin before the end.
-    /// Without --lifetime or --walltime, a worker inside a SLURM or Torque job asks the batch system for the time left.
+    /// Without --lifetime or --walltime, a `taskfarm worker` inside a SLURM or Torque job asks the batch system for the time left.
     #[arg(long, value_name = "TIME", conflicts_with = "lifetime")]
     walltime: Option<String>,
     /// How long before the walltime to retire [default: 10% of the walltime, between 5 s and 5 min].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     walltime_margin: Option<Duration>,
-    /// The batch job this worker belongs to (adaptive scaling retires whole jobs) [default: from $SLURM_JOB_ID, $PBS_JOBID, $LSB_JOBID or Grid Engine's $JOB_ID].
-    #[arg(long, value_name = "ID")]
-    job_id: Option<String>,
+}
+
+impl LeaveArgs {
+    fn request(&self, ask_batch_system: bool) -> taskfarm::worker::lifetime::LifetimeRequest {
+        taskfarm::worker::lifetime::LifetimeRequest {
+            lifetime: self.lifetime,
+            stagger: self.lifetime_stagger,
+            walltime: self.walltime.clone(),
+            walltime_margin: self.walltime_margin,
+            ask_batch_system,
+        }
+    }
 }
 
 /// Thresholds as fractions of --memory-limit (Dask's defaults); `off` disables one.
@@ -397,6 +416,11 @@ struct MpiArgs {
     /// Prefix of worker names; worker names are PREFIX-RANK.
     #[arg(long, default_value = "worker", value_name = "PREFIX")]
     name: String,
+    /// Abstract resources each worker offers, e.g. "GPU=1 MEM=10e9" (cpus = threads).
+    #[arg(long, value_name = "\"NAME=AMOUNT ...\"")]
+    resources: Option<String>,
+    #[command(flatten)]
+    leave: LeaveArgs,
     /// Port of the scheduler on rank 0; 0 picks a free one.
     #[arg(long, default_value_t = 0, value_name = "P")]
     scheduler_port: u16,
@@ -672,24 +696,16 @@ fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
     Ok(0)
 }
 
-fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, Fail> {
-    s.split(|c: char| c.is_whitespace() || c == ',')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (name, amount) = p.split_once('=').ok_or_else(|| Fail(EXIT_USAGE, format!("--resources: '{p}' is not NAME=AMOUNT")))?;
-            let x: f64 = amount.parse().map_err(|_| Fail(EXIT_USAGE, format!("--resources: amount '{amount}' of '{name}' is not a number")))?;
-            if !(x >= 0.0 && x.is_finite()) {
-                return Err(Fail(EXIT_USAGE, format!("--resources: amount of '{name}' must be a non-negative number")));
-            }
-            Ok((name.to_string(), x))
-        })
-        .collect()
-}
-
 fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
-    let lifetime = worker_lifetime(&a)?;
+    let leave = a.leave.request(true);
+    leave.validate().map_err(|e| Fail(EXIT_USAGE, e))?;
+    let nthreads = a.nthreads.unwrap_or_else(available_cpus);
+    if nthreads == 0 {
+        return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
+    }
+    let lifetime = leave.plan().map_err(|e| Fail(EXIT_USAGE, e))?;
     let _pid = PidFile::create(a.pid_file)?;
-    let resources = a.resources.as_deref().map(parse_resources).transpose()?.unwrap_or_default();
+    let resources = a.resources.as_deref().map(util::parse_resources).transpose().map_err(|e| Fail(EXIT_USAGE, e))?.unwrap_or_default();
     let memory_limit = util::parse_memory(&a.memory_limit, util::node_memory()).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
     let (listen_ip, contact_ip) = a.net.resolve()?;
     let (secret, stream) = match &a.address {
@@ -708,10 +724,6 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
             (file.secret_bytes().map_err(|e| Fail(EXIT_USAGE, e))?, stream)
         }
     };
-    let nthreads = a.nthreads.unwrap_or_else(available_cpus);
-    if nthreads == 0 {
-        return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
-    }
     // Until connected, a signal ends the worker at once; from now on the first
     // SIGTERM/SIGINT retires it gracefully and a second one ends it.
     let retire = taskfarm::mpi::retire_on_signals();
@@ -739,33 +751,6 @@ fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         Ok(WorkerExit::MemoryLimit(_)) => Ok(3),
         Err(e) => Err(Fail(EXIT_USAGE, e.to_string())),
     }
-}
-
-/// How long the worker stays: --lifetime, else the walltime (given, or
-/// asked of the batch system) minus the margin; minus a random stagger.
-fn worker_lifetime(a: &WorkerArgs) -> Result<Option<Duration>, Fail> {
-    use taskfarm::jobqueue;
-    let walltime = match (&a.lifetime, &a.walltime) {
-        (Some(_), _) => None,
-        (None, Some(w)) => Some((jobqueue::parse_walltime(w).map_err(|e| Fail(EXIT_USAGE, format!("--walltime: {e}")))?, "--walltime".to_string())),
-        (None, None) => jobqueue::walltime_left().map(|(sys, left)| (left, format!("the time left in this {sys} job"))),
-    };
-    let (base, default_stagger) = match (a.lifetime, walltime) {
-        (Some(l), _) => (l, Duration::ZERO),
-        (None, Some((secs, source))) => {
-            let margin = a.walltime_margin.unwrap_or_else(|| Duration::from_secs(jobqueue::default_margin(secs)));
-            let total = Duration::from_secs(secs);
-            if margin >= total {
-                return Err(Fail(EXIT_USAGE, format!("--walltime-margin ({:.0} s) leaves no time of the walltime ({secs} s)", margin.as_secs_f64())));
-            }
-            log_at!(2, "worker", "walltime {secs} s (from {source}): retiring {:.0} s before the end", margin.as_secs_f64());
-            (total - margin, margin / 2)
-        }
-        (None, None) => return Ok(None),
-    };
-    let stagger = a.lifetime_stagger.unwrap_or(default_stagger).min(base).as_secs_f64();
-    let r = u64::from_le_bytes(util::random_bytes(8).try_into().expect("8 bytes")) as f64 / u64::MAX as f64;
-    Ok(Some(base - Duration::from_secs_f64(stagger * r)))
 }
 
 fn connect_with_retry(addr: &str, secret: &[u8], timeout: Duration) -> Result<std::net::TcpStream, Fail> {
@@ -877,6 +862,9 @@ fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
     opts.name = a.name;
     opts.death_timeout = a.death_timeout;
     opts.bind = a.bind;
+    opts.resources = a.resources.as_deref().map(util::parse_resources).transpose().map_err(|e| Fail(EXIT_USAGE, e))?.unwrap_or_default();
+    opts.lifetime = a.leave.request(false);
+    opts.lifetime.validate().map_err(|e| Fail(EXIT_USAGE, e))?;
     let code = taskfarm::mpi::run(&opts, &info, handle.as_ref(), batch, Registry::with_builtins())
         .map_err(|e| Fail(EXIT_USAGE, format!("rank {}: {e}", info.rank)))?;
     drop(handle);

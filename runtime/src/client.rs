@@ -7,7 +7,7 @@ use crate::graph::Graph;
 use crate::protocol::{FrameReader, FrameWriter, Role, StatusReport, TaskId, ToClient, ToScheduler};
 use crate::schedfile::{self, ConnectError};
 use crate::value::Data;
-use crate::{log_at, worker};
+use crate::log_at;
 use std::collections::HashMap;
 use std::net::TcpStream;
 use std::path::Path;
@@ -279,7 +279,7 @@ impl Client {
         let mut w = FrameWriter::new(s);
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(50_000) {
-            for (id, stored) in worker::fetch_values(&mut r, &mut w, chunk)? {
+            for (id, stored) in crate::dataplane::fetch_values(&mut r, &mut w, chunk)? {
                 let data = std::sync::Arc::try_unwrap(stored).map(|s| s.data).unwrap_or_else(|a| a.data.clone());
                 out.push((id, data));
             }

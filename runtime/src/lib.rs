@@ -17,6 +17,7 @@
 pub mod alloc;
 pub mod bufpool;
 pub mod client;
+pub mod dataplane;
 pub mod functions;
 pub mod graph;
 pub mod jobqueue;

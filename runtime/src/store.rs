@@ -156,6 +156,12 @@ impl Store {
         self.lock().memory.contains_key(&id)
     }
 
+    /// Size of a held value (in memory or spilled), without reading it back.
+    pub fn nbytes(&self, id: TaskId) -> Option<u64> {
+        let s = self.lock();
+        s.memory.get(&id).map(|e| e.nbytes).or_else(|| s.disk.get(&id).copied())
+    }
+
     /// The value, read back from disk if it was spilled.
     pub fn get(&self, id: TaskId) -> io::Result<Option<Arc<Value>>> {
         let mut s = self.lock();
@@ -312,5 +318,17 @@ mod tests {
         assert_eq!((tag, body), (Data::TAG_BYTES, &[1u8, 2, 3][..]));
         assert!(std::ptr::eq(body.as_ptr(), match &v.data { Data::Bytes(b) => b.as_ptr(), _ => unreachable!() }));
         assert!(Value::from_wire(b'?', vec![]).is_err());
+    }
+}
+
+impl crate::worker::state::Held for Store {
+    fn contains(&self, id: TaskId) -> bool {
+        Store::contains(self, id)
+    }
+    fn in_memory(&self, id: TaskId) -> bool {
+        Store::in_memory(self, id)
+    }
+    fn nbytes(&self, id: TaskId) -> Option<u64> {
+        Store::nbytes(self, id)
     }
 }

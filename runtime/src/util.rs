@@ -56,6 +56,21 @@ pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std
     written
 }
 
+/// Parse resources a worker offers: "GPU=2 MEM=10e9" (or comma-separated).
+pub fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, String> {
+    s.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (name, amount) = p.split_once('=').ok_or_else(|| format!("--resources: '{p}' is not NAME=AMOUNT"))?;
+            let x: f64 = amount.parse().map_err(|_| format!("--resources: amount '{amount}' of '{name}' is not a number"))?;
+            if !(x >= 0.0 && x.is_finite()) {
+                return Err(format!("--resources: amount of '{name}' must be a non-negative number"));
+            }
+            Ok((name.to_string(), x))
+        })
+        .collect()
+}
+
 /// Parse a memory size: `5GB` (10^9), `5GiB` (2^30), `5000M`, `123456`
 /// (bytes), a fraction of `total` (`0.5`), `auto` (`total`), or `0`/`none`
 /// for no limit. Returns bytes, `None` for no limit.

@@ -43,6 +43,10 @@ pub struct MpiOptions {
     pub death_timeout: Duration,
     /// `None`: cores when several ranks share a node, else none.
     pub bind: Option<BindPolicy>,
+    /// Resources each worker offers besides its threads (`--resources`).
+    pub resources: Vec<(String, f64)>,
+    /// When the workers leave gracefully (`--lifetime`, `--walltime`).
+    pub lifetime: crate::worker::lifetime::LifetimeRequest,
     /// This launch's identity ([`env::launch_id`]), which its ranks use to
     /// find only their own scheduler; [`MpiOptions::new`] reads it from the
     /// environment.
@@ -63,6 +67,8 @@ impl MpiOptions {
             name: "worker".into(),
             death_timeout: Duration::from_secs(60),
             bind: None,
+            resources: Vec::new(),
+            lifetime: Default::default(),
             job: env::launch_id(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()), &env::hydra_proxy_ancestor),
         }
     }
@@ -265,13 +271,13 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
                 local_directory: node::choose_local_directory(opts.local_directory.as_deref()),
                 listen_ip: listen,
                 contact_ip: contact,
-                resources: Vec::new(),
+                resources: opts.resources.clone(),
                 secret: file_secret,
                 heartbeat: Duration::from_secs(1),
                 registry,
                 memory: opts.memory.clone(),
                 retire_requests: Some(retire),
-                lifetime: None,
+                lifetime: opts.lifetime.plan()?,
                 job: crate::jobqueue::detect_job().map(|(_, id)| id).unwrap_or_default(),
             };
             match worker::run(cfg, stream).map_err(|e| e.to_string())? {

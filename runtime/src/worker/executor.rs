@@ -1,0 +1,186 @@
+//! The executors: a pool of threads that evaluate tasks (built-in and
+//! registered functions, commands), one task at a time each. The worker's
+//! loop hands them [`Job`]s and hears back through [`Report`]s. This is the
+//! one interface an executor of another kind (e.g. Python processes)
+//! implements: take jobs, report starts and results.
+
+use crate::functions::{evaluate, Registry, TaskContext};
+use crate::graph::Expr;
+use crate::protocol::TaskId;
+use crate::store::Value;
+use crate::value::Data;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A task ready to run, with its dependencies' values loaded.
+pub struct Job {
+    pub id: TaskId,
+    pub key: String,
+    pub expr: Expr,
+    pub args: Vec<Arc<Value>>,
+    pub timeout: Option<f64>,
+}
+
+/// What executors tell the worker's loop.
+pub enum Report {
+    /// Executor `exec` is about to run task `id`; a non-zero `ticket` means
+    /// it waits until the scheduler has been told (see [`Pool::acknowledge`]).
+    Started {
+        id: TaskId,
+        exec: usize,
+        ticket: u64,
+    },
+    Done {
+        id: TaskId,
+        result: Result<Data, String>,
+        duration: Duration,
+    },
+}
+
+/// Before running a command, an executor waits (up to this long) until the
+/// worker has sent its start to the scheduler, together with the results of
+/// the tasks it ran before: if the command kills the worker, the scheduler
+/// suspects that command, not a task that had just finished without the
+/// worker getting to report it. Commands take milliseconds to start anyway;
+/// functions do not wait.
+const START_ACK_WAIT: Duration = Duration::from_millis(200);
+
+/// Where executors learn that the scheduler was told a task started.
+struct StartAcks {
+    /// Per executor: the last ticket whose start was sent.
+    acked: Vec<AtomicU64>,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+/// The thread pool.
+pub struct Pool {
+    jobs: Sender<Job>,
+    acks: Arc<StartAcks>,
+}
+
+impl Pool {
+    /// Start `nthreads` executors evaluating with `registry` in `dir`;
+    /// `report` is called from the executor threads (false: the worker is gone).
+    pub fn start(
+        nthreads: u32,
+        registry: Registry,
+        dir: PathBuf,
+        report: impl Fn(Report) -> bool + Clone + Send + 'static,
+    ) -> std::io::Result<Pool> {
+        let n = nthreads.max(1);
+        let (jobs, rx) = unbounded::<Job>();
+        let acks = Arc::new(StartAcks {
+            acked: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            lock: Mutex::new(()),
+            cv: Condvar::new(),
+        });
+        for i in 0..n {
+            let (rx, report, reg, dir, acks) = (
+                rx.clone(),
+                report.clone(),
+                registry.clone(),
+                dir.clone(),
+                acks.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("tf-exec-{i}"))
+                .spawn(move || executor(i as usize, rx, report, reg, dir, acks))?;
+        }
+        Ok(Pool { jobs, acks })
+    }
+
+    /// Queue a job; false if the executors are gone.
+    pub fn submit(&self, job: Job) -> bool {
+        self.jobs.send(job).is_ok()
+    }
+
+    /// These starts (and every result before them) have been sent to the
+    /// scheduler: let the executors waiting on them run their tasks.
+    pub fn acknowledge(&self, acks: impl IntoIterator<Item = (usize, u64)>) {
+        for (exec, ticket) in acks {
+            self.acks.acked[exec].store(ticket, Ordering::Release);
+        }
+        let _guard = self.acks.lock.lock().expect("ack lock");
+        self.acks.cv.notify_all();
+    }
+}
+
+fn executor(
+    index: usize,
+    rx: Receiver<Job>,
+    report: impl Fn(Report) -> bool,
+    reg: Registry,
+    dir: PathBuf,
+    acks: Arc<StartAcks>,
+) {
+    let mut tickets = 0u64;
+    while let Ok(job) = rx.recv() {
+        let wait = matches!(job.expr, Expr::Cmd(_));
+        let ticket = if wait {
+            tickets += 1;
+            tickets
+        } else {
+            0
+        };
+        if !report(Report::Started {
+            id: job.id,
+            exec: index,
+            ticket,
+        }) {
+            return;
+        }
+        if wait {
+            let guard = acks.lock.lock().expect("ack lock");
+            let _ = acks.cv.wait_timeout_while(guard, START_ACK_WAIT, |_| {
+                acks.acked[index].load(Ordering::Acquire) < ticket
+            });
+        }
+        let start = Instant::now();
+        let result = run_job(&job, &reg, &dir, start);
+        if !report(Report::Done {
+            id: job.id,
+            result,
+            duration: start.elapsed(),
+        }) {
+            return;
+        }
+    }
+}
+
+/// Evaluate one job; a panic in a function and a timeout are task errors.
+fn run_job(
+    job: &Job,
+    reg: &Registry,
+    dir: &std::path::Path,
+    start: Instant,
+) -> Result<Data, String> {
+    let deadline = job.timeout.map(|t| start + Duration::from_secs_f64(t));
+    let ctx = TaskContext {
+        key: &job.key,
+        local_directory: dir,
+        deadline,
+    };
+    let refs: Vec<&Data> = job.args.iter().map(|s| &s.data).collect();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        evaluate(&job.expr, &refs, reg, &ctx).map(|v| v.into_owned())
+    }))
+    .unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(format!("the task's function panicked: {msg}"))
+    });
+    match (result, deadline) {
+        (Ok(_), Some(d)) if Instant::now() > d => Err(format!(
+            "timed out: ran {:.1} s, longer than its timeout",
+            start.elapsed().as_secs_f64()
+        )),
+        (r, _) => r,
+    }
+}
