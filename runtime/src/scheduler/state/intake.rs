@@ -1,0 +1,236 @@
+//! Clients and their graphs: submissions (validation, interning, priorities),
+//! released keys, clients leaving.
+
+use super::*;
+
+impl SchedulerState {
+
+    // ---- clients ---------------------------------------------------------
+
+    pub fn add_client(&mut self, name: String) -> ClientId {
+        let id = self.next_client;
+        self.next_client += 1;
+        self.clients.insert(id, name);
+        self.to_client.push((id, ToClient::Welcome { client_id: id }));
+        id
+    }
+
+    /// A client left: everything only it wanted is released.
+    pub fn remove_client(&mut self, c: ClientId) {
+        if self.clients.remove(&c).is_none() {
+            return;
+        }
+        let wanted: Vec<TaskId> =
+            self.tasks.iter().enumerate().filter(|(_, t)| t.wanted_by.contains(&c)).map(|(i, _)| i as TaskId).collect();
+        for t in wanted {
+            self.tasks[t as usize].wanted_by.retain(|&x| x != c);
+            self.check.push(t);
+        }
+        self.settle();
+    }
+
+    pub fn release_keys(&mut self, c: ClientId, keys: &[String]) {
+        for k in keys {
+            if let Some(t) = self.task_id(k) {
+                self.tasks[t as usize].wanted_by.retain(|&x| x != c);
+                self.check.push(t);
+            }
+        }
+        self.settle();
+    }
+
+    /// Add tasks and mark `wanted` keys as wanted by client `c`. The whole
+    /// update is rejected (nothing changes) if it refers to unknown keys or
+    /// contains a cycle. Keys that already exist keep their existing task.
+    pub fn update_graph(&mut self, c: ClientId, defs: Vec<TaskDef>, wanted: &[String]) -> Result<(), String> {
+        if !self.clients.contains_key(&c) {
+            return Err("unknown client".into());
+        }
+        // Validate first, change nothing until the update is known good.
+        // Every key is looked up once: as a position among `defs` (a new
+        // task) or as an existing task.
+        let mut new_index: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::with_capacity(defs.len());
+        let mut existing: Vec<Option<TaskId>> = Vec::with_capacity(defs.len());
+        for (i, d) in defs.iter().enumerate() {
+            let e = self.task_id(&d.key);
+            if e.is_none() && new_index.insert(d.key.as_str(), i).is_some() {
+                return Err(format!("task '{}' is defined twice", d.key));
+            }
+            existing.push(e);
+        }
+        let locate = |k: &str| new_index.get(k).map(|&j| Loc::New(j as u32)).or_else(|| self.task_id(k).map(Loc::Old));
+        // The dependencies of new tasks, flat: those of defs[i] are
+        // dep_locs[dep_start[i]..dep_start[i + 1]] (none for existing keys).
+        let mut dep_locs: Vec<Loc> = Vec::new();
+        let mut dep_start: Vec<u32> = Vec::with_capacity(defs.len() + 1);
+        for (d, e) in defs.iter().zip(&existing) {
+            dep_start.push(dep_locs.len() as u32);
+            if e.is_some() {
+                continue;
+            }
+            for dep in &d.deps {
+                let Some(loc) = locate(dep) else {
+                    return Err(format!("task '{}' depends on '{dep}', which is neither in the graph nor known to the scheduler", d.key));
+                };
+                dep_locs.push(loc);
+            }
+        }
+        dep_start.push(dep_locs.len() as u32);
+        let mut wanted_locs = Vec::with_capacity(wanted.len());
+        for k in wanted {
+            let Some(loc) = locate(k) else {
+                return Err(format!("requested key '{k}' is not in the graph"));
+            };
+            wanted_locs.push(loc);
+        }
+        if let Some(cycle) = find_cycle(&defs, &dep_start, &dep_locs) {
+            return Err(format!("the graph has a cycle: {}", cycle.join(" -> ")));
+        }
+
+        let n_new = new_index.len();
+        drop(new_index);
+        let new_key_bytes: usize = defs.iter().zip(&existing).filter(|(_, e)| e.is_none()).map(|(d, _)| d.key.len()).sum();
+        if self.key_bytes.len() + new_key_bytes > u32::MAX as usize {
+            return Err("the scheduler has stored 4 GiB of task keys since it started and cannot take more; restart it".into());
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        // The task id of every def, new or existing.
+        let mut def_id: Vec<TaskId> = Vec::with_capacity(defs.len());
+        let mut added = Vec::with_capacity(n_new);
+        self.tasks.reserve(n_new);
+        {
+            let (tasks, bytes) = (&self.tasks, &self.key_bytes);
+            self.keys.reserve(n_new, |x| key_at(bytes, tasks[x as usize].key));
+        }
+        self.key_bytes.reserve(new_key_bytes);
+        for (i, (d, e)) in defs.into_iter().zip(existing).enumerate() {
+            if let Some(t) = e {
+                def_id.push(t);
+                continue;
+            }
+            let id = self.tasks.len() as TaskId;
+            def_id.push(id);
+            let a = d.annotations;
+            let extra = if a.workers.is_empty() && a.resources.is_empty() && a.timeout.is_none() {
+                None
+            } else {
+                Some(Box::new(Extra { workers: a.workers, resources: a.resources, timeout: a.timeout, error: None }))
+            };
+            let spec = self.intern_spec(d.spec);
+            let key = KeyRef { off: self.key_bytes.len() as u32, len: d.key.len() as u32 };
+            self.key_bytes.push_str(&d.key);
+            self.tasks.push(Task {
+                key,
+                state: TaskState::Released,
+                spec,
+                deps: Ids::EMPTY,
+                dependents: Ids::EMPTY,
+                waiting_on: 0,
+                waiters: 0,
+                live_dependents: 0,
+                who_has: Ids::EMPTY,
+                processing_on: 0,
+                wanted_by: Ids::EMPTY,
+                priority: (priority_rank(a.priority), generation, d.order),
+                retries_left: a.retries,
+                suspicious: 0,
+                started: false,
+                nbytes: 0,
+                extra,
+            });
+            let (tasks, bytes) = (&self.tasks, &self.key_bytes);
+            self.keys.insert(key_at(bytes, key), id, |x| key_at(bytes, tasks[x as usize].key));
+            self.counts[TaskState::Released as usize] += 1;
+            added.push((id, i));
+        }
+        let resolve = |l: Loc| match l {
+            Loc::New(j) => def_id[j as usize],
+            Loc::Old(t) => t,
+        };
+        for &(id, i) in &added {
+            let dep_ids: Vec<TaskId> = dep_locs[dep_start[i] as usize..dep_start[i + 1] as usize].iter().map(|&l| resolve(l)).collect();
+            for &d in &dep_ids {
+                let dt = &mut self.tasks[d as usize];
+                dt.dependents.push(id);
+                dt.live_dependents += 1;
+            }
+            self.tasks[id as usize].deps = dep_ids.into();
+        }
+        for (k, loc) in wanted.iter().zip(wanted_locs) {
+            let t = resolve(loc);
+            let task = &mut self.tasks[t as usize];
+            if !task.wanted_by.contains(&c) {
+                task.wanted_by.push(c);
+            }
+            match task.state {
+                TaskState::Memory => {
+                    let msg = self.key_in_memory_msg(t, None);
+                    self.to_client.push((c, msg));
+                }
+                TaskState::Erred => {
+                    let error = task.error().unwrap_or("failed").to_string();
+                    self.to_client.push((c, ToClient::KeyErred { key: k.clone(), error }));
+                }
+                _ => self.ensure_computing(t),
+            }
+        }
+        // New tasks nobody needs are culled right away.
+        for (id, _) in added {
+            self.check.push(id);
+        }
+        self.to_client.push((c, ToClient::GraphAccepted { total: wanted.len() as u64 }));
+        self.settle();
+        self.fill_all();
+        Ok(())
+    }
+}
+
+/// Where a key of an update is: a new task (position among the update's
+/// definitions) or a task the scheduler already has.
+#[derive(Clone, Copy)]
+enum Loc {
+    New(u32),
+    Old(TaskId),
+}
+
+/// A cycle among the new tasks of an update (existing tasks cannot depend
+/// on new ones), as keys; the dependencies of `defs[i]` are
+/// `dep_locs[dep_start[i]..dep_start[i + 1]]`.
+fn find_cycle(defs: &[TaskDef], dep_start: &[u32], dep_locs: &[Loc]) -> Option<Vec<String>> {
+    let deps_of = |i: usize| &dep_locs[dep_start[i] as usize..dep_start[i + 1] as usize];
+    let mut colour = vec![0u8; defs.len()];
+    for root in 0..defs.len() {
+        if colour[root] != 0 || deps_of(root).is_empty() {
+            continue;
+        }
+        colour[root] = 1;
+        let mut stack = vec![(root, 0usize)];
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let deps = deps_of(node);
+            if *next < deps.len() {
+                let dep = deps[*next];
+                *next += 1;
+                let Loc::New(d) = dep else { continue };
+                let d = d as usize;
+                match colour[d] {
+                    0 => {
+                        colour[d] = 1;
+                        stack.push((d, 0));
+                    }
+                    1 => {
+                        let start = stack.iter().position(|&(x, _)| x == d).unwrap_or(0);
+                        let mut cycle: Vec<String> = stack[start..].iter().map(|&(x, _)| defs[x].key.clone()).collect();
+                        cycle.push(defs[d].key.clone());
+                        return Some(cycle);
+                    }
+                    _ => {}
+                }
+            } else {
+                colour[node] = 2;
+                stack.pop();
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,166 @@
+//! Workers joining, reporting and leaving: registration, heartbeats, timeouts,
+//! the loss of a worker (rescheduling, recomputation, suspicion), start reports.
+
+use super::*;
+
+impl SchedulerState {
+
+    // ---- workers ---------------------------------------------------------
+
+    pub fn add_worker(&mut self, info: WorkerInfo, now: f64) -> WorkerId {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        self.logs.push(format!("worker '{}' joined from {} with {} threads", info.name, info.address, info.nthreads));
+        self.workers.insert(
+            id,
+            Worker {
+                info,
+                processing: IdSet::default(),
+                has_what: IdSet::default(),
+                last_seen: now,
+                metrics: WorkerMetrics::default(),
+                retiring: false,
+                retired: false,
+            },
+        );
+        self.to_worker.push((id, ToWorker::Welcome { worker_id: id }));
+        // Tasks no worker could run may fit the newcomer.
+        let stuck = std::mem::take(&mut self.no_worker);
+        for t in stuck {
+            if self.tasks[t as usize].state == TaskState::NoWorker {
+                self.make_ready(t);
+            }
+        }
+        self.settle();
+        self.fill_worker(id);
+        id
+    }
+
+    pub fn heartbeat(&mut self, w: WorkerId, metrics: WorkerMetrics, now: f64) {
+        let Some(worker) = self.workers.get_mut(&w) else { return };
+        worker.last_seen = now;
+        let resumed = worker.metrics.paused && !metrics.paused;
+        if metrics.paused && !worker.metrics.paused {
+            self.logs.push(format!("worker '{}' paused: over its memory pause threshold; sending it no new tasks", worker.info.name));
+        }
+        worker.metrics = metrics;
+        if resumed {
+            self.logs.push(format!("worker '{}' resumed", self.workers[&w].info.name));
+            self.fill_worker(w);
+        }
+    }
+
+    /// Any message from a worker proves it alive.
+    pub fn touch(&mut self, w: WorkerId, now: f64) {
+        if let Some(worker) = self.workers.get_mut(&w) {
+            worker.last_seen = now;
+        }
+    }
+
+    /// Remove workers that have been silent for longer than the timeout.
+    /// Returns the ids removed.
+    pub fn check_timeouts(&mut self, now: f64) -> Vec<WorkerId> {
+        let timeout = self.config.worker_timeout;
+        let silent: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| now - w.last_seen > timeout).map(|(&id, _)| id).collect();
+        for &w in &silent {
+            self.remove_worker(w, &format!("no message for {timeout:.0} s"));
+        }
+        silent
+    }
+
+    /// A worker left or was lost: reschedule what it was running, recompute
+    /// what only it held and is still needed.
+    pub fn remove_worker(&mut self, w: WorkerId, reason: &str) {
+        let Some(worker) = self.workers.remove(&w) else { return };
+        let name = worker.info.name.clone();
+        if worker.retiring && !worker.retired {
+            self.retiring_count -= 1;
+        }
+        if worker.retired {
+            self.stats.workers_retired += 1;
+            self.logs.push(format!("worker '{name}' ({}) retired", worker.info.address));
+        } else {
+            self.stats.workers_lost += 1;
+            self.logs.push(format!("worker '{name}' ({}) removed: {reason}", worker.info.address));
+        }
+        // Copies this worker was making are retried elsewhere.
+        self.replicating.retain(|_, target| *target != w);
+        self.stealing.retain(|_, (victim, thief)| *victim != w && *thief != w);
+        self.frees.remove(&w);
+        self.to_worker.retain(|(id, _)| *id != w);
+
+        let mut held: Vec<TaskId> = worker.has_what.into_iter().collect();
+        held.sort_unstable();
+        let mut lost = Vec::new();
+        for t in held {
+            let task = &mut self.tasks[t as usize];
+            task.who_has.retain(|&h| h != w);
+            if task.who_has.is_empty() && task.state == TaskState::Memory {
+                self.lose_value(t);
+                lost.push(t);
+            }
+        }
+        let mut processing: Vec<TaskId> = worker.processing.into_iter().collect();
+        processing.sort_unstable();
+        // Suspect the tasks it had begun running, not those queued behind
+        // them; if it reported none (it died before it could say), all.
+        let any_started = processing.iter().any(|&t| self.tasks[t as usize].started);
+        let mut suspected = Vec::new();
+        for t in processing {
+            let task = &mut self.tasks[t as usize];
+            task.set_on(None);
+            if task.started || !any_started {
+                task.suspicious += 1;
+                suspected.push(key_at(&self.key_bytes, task.key).to_string());
+            }
+            if task.suspicious > self.config.allowed_failures {
+                let msg = format!(
+                    "task was running on {} workers that died (last: '{name}'); it may be crashing its worker (allowed failures: {})",
+                    task.suspicious, self.config.allowed_failures
+                );
+                self.logs.push(format!("task '{}' marked erred: {msg}", key_at(&self.key_bytes, task.key)));
+                self.mark_erred(t, msg);
+            } else {
+                self.stats.tasks_rescheduled += 1;
+                self.back_to_waiting(t);
+            }
+        }
+
+        if !suspected.is_empty() {
+            self.debug_logs.push(format!("tasks running on '{name}' when it was lost: {}", suspected.join(", ")));
+        }
+        let mut recomputed = Vec::new();
+        for t in lost {
+            if self.is_needed(t) {
+                recomputed.push(self.key(t).to_string());
+                self.stats.tasks_recomputed += 1;
+                self.ensure_computing(t);
+            } else {
+                self.check.push(t);
+            }
+        }
+        if !recomputed.is_empty() {
+            let shown: Vec<&str> = recomputed.iter().take(20).map(String::as_str).collect();
+            let more = if recomputed.len() > 20 { format!(" and {} more", recomputed.len() - 20) } else { String::new() };
+            self.logs.push(format!("recomputing {} lost keys held only by '{name}': {}{more}", recomputed.len(), shown.join(", ")));
+            if recomputed.len() > 20 {
+                self.debug_logs.push(format!("all lost keys recomputed after '{name}' left: {}", recomputed.join(", ")));
+            }
+        }
+        self.settle();
+        self.fill_all();
+        self.progress_retirements();
+    }
+
+    /// Worker `w` began running `ids`.
+    pub fn started(&mut self, w: WorkerId, ids: &[TaskId], now: f64) {
+        self.touch(w, now);
+        for &t in ids {
+            if let Some(task) = self.tasks.get_mut(t as usize) {
+                if task.state == TaskState::Processing && task.on() == Some(w) {
+                    task.started = true;
+                }
+            }
+        }
+    }
+}
