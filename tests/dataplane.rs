@@ -101,6 +101,45 @@ fn copies_fetched_from_peers_are_freed_with_the_value() {
     });
 }
 
+/// A scheduler started with TASKFARM_RECORD=FILE records every event; the
+/// log of a run in which a worker is killed -9 replays to the same final
+/// state, invariants holding after every event.
+#[test]
+fn a_recorded_run_with_a_killed_worker_replays_to_the_same_final_state() {
+    let record_dir = TempDir::new("record");
+    let record = record_dir.join("events.bin");
+    let mut c = Cluster::start_env("recorded", &[("w1", 2), ("w2", 2)], &[("TASKFARM_RECORD", record.to_str().unwrap())]);
+    let open = c.dir.join("open");
+    let mut g = serde_json::Map::new();
+    let mut parts = vec![serde_json::json!("list")];
+    for i in 0..200 {
+        g.insert(format!("leaf-{i}"), serde_json::json!(["mul", i, 2]));
+        g.insert(format!("held-{i}"), serde_json::json!({"task": ["identity", format!("leaf-{i}")], "deps": ["open"]}));
+        parts.push(serde_json::json!(format!("held-{i}")));
+    }
+    g.insert("open".into(), gate(&open));
+    g.insert("total".into(), serde_json::json!(["sum", parts]));
+    let graph = c.dir.write("g.json", &json_graph(g));
+    let file = c.file.clone();
+    let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"]));
+    wait_for("leaves held on w1", Duration::from_secs(60), || c.worker_status("w1")["in_memory"].as_u64() >= Some(1));
+    c.workers[0].child.kill().unwrap(); // SIGKILL
+    wait_for("w1 to be removed", Duration::from_secs(20), || status(&c.file).unwrap()["workers"].as_array().unwrap().len() == 1);
+    std::fs::write(&open, "").unwrap();
+    let o = submit.join().unwrap();
+    assert_eq!(stdout(&o), format!("{{\"total\": {}}}\n", (0..200u64).map(|i| i * 2).sum::<u64>()), "{}", stderr(&o));
+    let o = taskfarm(&["shutdown", "--scheduler-file", c.file_arg()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(c.scheduler.wait_exit(Duration::from_secs(20)), Some(0), "{}", c.scheduler.log_text());
+
+    let replay = taskfarm::scheduler::state::replay(&record).unwrap_or_else(|e| panic!("{e}"));
+    let recorded = replay.recorded_digest.expect("a clean stop records the final digest");
+    assert!(replay.events > 200, "{} events", replay.events);
+    assert_eq!(replay.state.digest(), recorded, "the replay ends in the recorded state");
+    assert_eq!(replay.state.stats.workers_lost, 1);
+    assert!(recorded.contains(" w2 processing=0") && !recorded.contains(" w1 processing="), "only w2 is left: {recorded}");
+}
+
 #[test]
 fn kill_9_mid_graph_recomputes_lost_results_and_matches_a_clean_run() {
     let mut c = Cluster::start("kill9", &[("w1", 2), ("w2", 2)]);

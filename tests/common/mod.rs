@@ -59,9 +59,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], log: PathBuf) -> Proc {
+        Proc::spawn_env(args, log, &[])
+    }
+    pub fn spawn_env(args: &[&str], log: PathBuf, env: &[(&str, &str)]) -> Proc {
         let f = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin())
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("TASKFARM_SCHEDULER_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -128,9 +132,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(tag: &str, workers: &[(&str, u32)]) -> Cluster {
+        Cluster::start_env(tag, workers, &[])
+    }
+
+    /// As `start`, with extra environment variables for the scheduler.
+    pub fn start_env(tag: &str, workers: &[(&str, u32)], scheduler_env: &[(&str, &str)]) -> Cluster {
         let dir = TempDir::new(tag);
         let file = dir.join("sched.json");
-        let scheduler = Proc::spawn(&["scheduler", "--scheduler-file", file.to_str().unwrap(), "--host", "127.0.0.1"], dir.join("scheduler.log"));
+        let scheduler = Proc::spawn_env(&["scheduler", "--scheduler-file", file.to_str().unwrap(), "--host", "127.0.0.1"], dir.join("scheduler.log"), scheduler_env);
         let mut c = Cluster { dir, file, scheduler, workers: Vec::new() };
         for (name, threads) in workers {
             c.add_worker(name, *threads);

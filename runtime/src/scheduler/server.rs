@@ -3,7 +3,7 @@
 //! produces, batched per connection. One thread owns the state; each
 //! connection has a reader thread and a writer thread.
 
-use super::state::{ClientId, SchedulerConfig, SchedulerState, WorkerInfo};
+use super::state::{ClientId, Event as StateEvent, Outcome, Recorder, SchedulerConfig, SchedulerState, WorkerInfo};
 use crate::log_at;
 use crate::protocol::{server_handshake, FrameReader, FrameWriter, Role, StatusReport, ToClient, ToScheduler, ToWorker, WorkerId};
 use crate::schedfile::SchedulerFile;
@@ -277,11 +277,26 @@ struct Core {
     idle_since: Instant,
     stop: Option<String>,
     _self_tx: Sender<Event>,
+    /// `TASKFARM_RECORD=FILE`: every event given to the state, for replay.
+    recorder: Option<Recorder>,
 }
 
 impl Core {
     fn new(cfg: ServerConfig, address: String, self_tx: Sender<Event>) -> Core {
         let state = SchedulerState::new(cfg.state.clone());
+        let recorder = std::env::var_os("TASKFARM_RECORD").filter(|p| !p.is_empty()).and_then(|p| {
+            let path = std::path::PathBuf::from(p);
+            match Recorder::create(&path, &cfg.state) {
+                Ok(r) => {
+                    log_at!(2, "scheduler", "recording every event to {} (TASKFARM_RECORD)", path.display());
+                    Some(r)
+                }
+                Err(e) => {
+                    log_at!(0, "scheduler", "cannot record events to {} (TASKFARM_RECORD): {e}", path.display());
+                    None
+                }
+            }
+        });
         Core {
             cfg,
             address,
@@ -294,7 +309,19 @@ impl Core {
             idle_since: Instant::now(),
             stop: None,
             _self_tx: self_tx,
+            recorder,
         }
+    }
+
+    /// Give the state an event (recording it first, when recording).
+    fn apply(&mut self, event: StateEvent, now: f64) -> Outcome {
+        if let Some(r) = &mut self.recorder {
+            if let Err(e) = r.event(now, &event) {
+                log_at!(0, "scheduler", "event recording stopped: {e}");
+                self.recorder = None;
+            }
+        }
+        self.state.handle(event, now)
     }
 
     fn now(&self) -> f64 {
@@ -324,16 +351,23 @@ impl Core {
             if last_tick.elapsed() >= tick {
                 last_tick = Instant::now();
                 let now = self.now();
-                for w in self.state.check_timeouts(now) {
-                    self.drop_worker_conn(w);
+                if let Outcome::TimedOut(lost) = self.apply(StateEvent::CheckTimeouts, now) {
+                    for w in lost {
+                        self.drop_worker_conn(w);
+                    }
                 }
-                self.state.balance();
+                self.apply(StateEvent::Balance, now);
                 self.check_idle();
             }
             self.flush();
         }
         let reason = self.stop.clone().unwrap_or_else(|| "stopped".into());
         log_at!(2, "scheduler", "shutting down: {reason}");
+        if let Some(r) = self.recorder.take() {
+            if let Err(e) = r.finish(&self.state) {
+                log_at!(0, "scheduler", "cannot finish the event recording: {e}");
+            }
+        }
         for peer in self.conns.values() {
             match peer {
                 Peer::Worker { tx, .. } => {
@@ -379,23 +413,23 @@ impl Core {
         let now = self.now();
         match ev {
             Event::Worker { conn, info, tx, stream } => {
-                let id = self.state.add_worker(info, now);
+                let Outcome::Worker(id) = self.apply(StateEvent::AddWorker(info), now) else { unreachable!("AddWorker answers with the worker") };
                 self.worker_conn.insert(id, conn);
                 self.conns.insert(conn, Peer::Worker { id, tx, stream });
             }
             Event::Client { conn, name, tx, stream } => {
-                let id = self.state.add_client(name);
+                let Outcome::Client(id) = self.apply(StateEvent::AddClient { name }, now) else { unreachable!("AddClient answers with the client") };
                 self.client_conn.insert(id, conn);
                 self.conns.insert(conn, Peer::Client { id, tx, stream });
             }
             Event::Closed { conn, reason } => match self.conns.remove(&conn) {
                 Some(Peer::Worker { id, .. }) => {
                     self.worker_conn.remove(&id);
-                    self.state.remove_worker(id, &reason);
+                    self.apply(StateEvent::RemoveWorker { worker: id, reason }, now);
                 }
                 Some(Peer::Client { id, .. }) => {
                     self.client_conn.remove(&id);
-                    self.state.remove_client(id);
+                    self.apply(StateEvent::RemoveClient { client: id }, now);
                 }
                 None => {}
             },
@@ -419,50 +453,58 @@ impl Core {
                 let _ = reply.send(self.state.status(now, &self.address, self.started));
             }
             Event::Retire { names, reply } => {
-                let _ = reply.send(self.state.retire_workers(&names, false));
+                if let Outcome::Retiring(names) = self.apply(StateEvent::RetireWorkers { names, all_idle: false }, now) {
+                    let _ = reply.send(names);
+                }
             }
         }
     }
 
     fn worker_message(&mut self, w: WorkerId, m: ToScheduler, now: f64) {
-        match m {
-            ToScheduler::TaskFinished { id, nbytes, duration_us, value } => self.state.task_finished_with(w, id, nbytes, duration_us as f64 * 1e-6, value, now),
-            ToScheduler::TaskErred { id, error, .. } => self.state.task_erred(w, id, error, now),
-            ToScheduler::MissingData { id, dep, tried } => self.state.missing_data(w, id, dep, &tried, now),
-            ToScheduler::Heartbeat(metrics) => self.state.heartbeat(w, metrics, now),
-            ToScheduler::RetireMe => self.state.retire_me(w, now),
-            ToScheduler::Started { ids } => self.state.started(w, &ids, now),
-            ToScheduler::Replicated { id, nbytes } => self.state.replicated(w, id, nbytes, now),
-            ToScheduler::ReplicateFailed { id } => self.state.replicate_failed(w, id, now),
-            ToScheduler::Stolen { ids, kept } => self.state.stolen(w, &ids, &kept, now),
-            other => log_at!(1, "scheduler", "worker {w} sent a message only clients may send; ignored: {}", short(&other)),
-        }
+        let event = match m {
+            ToScheduler::TaskFinished { id, nbytes, duration_us, value } => StateEvent::TaskFinished { worker: w, id, nbytes, duration: duration_us as f64 * 1e-6, value },
+            ToScheduler::TaskErred { id, error, .. } => StateEvent::TaskErred { worker: w, id, error },
+            ToScheduler::MissingData { id, dep, tried } => StateEvent::MissingData { worker: w, id, dep, tried },
+            ToScheduler::Heartbeat(metrics) => StateEvent::Heartbeat { worker: w, metrics },
+            ToScheduler::RetireMe => StateEvent::RetireMe { worker: w },
+            ToScheduler::Started { ids } => StateEvent::Started { worker: w, ids },
+            ToScheduler::Replicated { id, nbytes } => StateEvent::Replicated { worker: w, id, nbytes },
+            ToScheduler::ReplicateFailed { id } => StateEvent::ReplicateFailed { worker: w, id },
+            ToScheduler::Stolen { ids, kept } => StateEvent::Stolen { worker: w, ids, kept },
+            other => {
+                log_at!(1, "scheduler", "worker {w} sent a message only clients may send; ignored: {}", short(&other));
+                return;
+            }
+        };
+        self.apply(event, now);
     }
 
     fn client_message(&mut self, c: ClientId, m: ToScheduler, now: f64) {
         match m {
             ToScheduler::UpdateGraph { tasks, wanted } => {
-                let n = tasks.len();
-                if let Err(error) = self.state.update_graph(c, tasks, &wanted) {
+                let (n, n_wanted) = (tasks.len(), wanted.len());
+                if let Outcome::Graph(Err(error)) = self.apply(StateEvent::UpdateGraph { client: c, tasks, wanted }, now) {
                     log_at!(1, "scheduler", "rejected a graph of {n} tasks from client {c}: {error}");
                     self.send_client(c, ToClient::GraphRejected { error });
                 } else {
-                    log_at!(3, "scheduler", "client {c} submitted {n} tasks, wants {} keys", wanted.len());
+                    log_at!(3, "scheduler", "client {c} submitted {n} tasks, wants {n_wanted} keys");
                 }
-                drop(wanted);
                 if n >= 10_000 {
                     crate::alloc::release_freed_memory();
                 }
             }
-            ToScheduler::ReleaseKeys { keys } => self.state.release_keys(c, &keys),
+            ToScheduler::ReleaseKeys { keys } => {
+                self.apply(StateEvent::ReleaseKeys { client: c, keys }, now);
+            }
             ToScheduler::StatusRequest => {
                 let report: StatusReport = self.state.status(now, &self.address, self.started);
                 self.send_client(c, ToClient::Status(report));
             }
             ToScheduler::Shutdown => self.stop = Some(format!("shutdown requested by client {c}")),
             ToScheduler::RetireWorkers { names, all_idle } => {
-                let names = self.state.retire_workers(&names, all_idle);
-                self.send_client(c, ToClient::Retiring { names });
+                if let Outcome::Retiring(names) = self.apply(StateEvent::RetireWorkers { names, all_idle }, now) {
+                    self.send_client(c, ToClient::Retiring { names });
+                }
             }
             other => log_at!(1, "scheduler", "client {c} sent a message only workers may send; ignored: {}", short(&other)),
         }

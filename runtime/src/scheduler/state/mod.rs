@@ -1,10 +1,12 @@
 //! The scheduler as a pure state machine.
 //!
-//! Calls in (a worker joined, a task finished, a client submitted a graph,
-//! ...), messages out (queued in [`SchedulerState::take_outgoing`]). Nothing in
-//! here touches a socket, a thread or the clock: time is passed in as `now`
-//! (seconds). Every public method leaves the state satisfying
-//! [`SchedulerState::check_invariants`], which the tests call after every event.
+//! Events in through one entry point, [`SchedulerState::handle`] (a worker
+//! joined, a task finished, a client submitted a graph, ...; see
+//! [`events`]), messages out (queued in [`SchedulerState::take_outgoing`]).
+//! Nothing in here touches a socket, a thread or the clock: time is passed
+//! in as `now` (seconds). Every event leaves the state satisfying
+//! [`SchedulerState::check_invariants`], which the tests call after every
+//! event. A run's events can be recorded and replayed ([`Recorder`], [`replay`]).
 //!
 //! Task states follow Dask's: `Released` (known, not needed or not started),
 //! `Waiting` (needed, some dependency not in memory), `Queued` (ready root
@@ -17,6 +19,8 @@ use crate::graph::TaskDef;
 use crate::protocol::{ComputeTask, Payload, StatusReport, TaskId, ToClient, ToWorker, WorkerId, WorkerMetrics, WorkerStatus};
 use super::ids::{Ids, KeyIndex, ReadyQueue};
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+pub use events::{replay, Event, Outcome, Record, Recorder, Replay};
 
 pub type ClientId = u32;
 
@@ -119,7 +123,7 @@ impl TaskState {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SchedulerConfig {
     /// A task that was running on this many workers when they died is erred.
     pub allowed_failures: u32,
@@ -146,7 +150,7 @@ impl Default for SchedulerConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
     pub name: String,
     pub address: String,
@@ -496,6 +500,7 @@ fn key_at(bytes: &str, k: KeyRef) -> &str {
     &bytes[k.off as usize..(k.off + k.len) as usize]
 }
 
+mod events;
 mod intake;
 mod invariants;
 mod placement;
