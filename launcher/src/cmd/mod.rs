@@ -1,0 +1,8 @@
+//! One module per command.
+
+pub(crate) mod client;
+pub(crate) mod jobqueue;
+pub(crate) mod mpi;
+pub(crate) mod run;
+pub(crate) mod scheduler;
+pub(crate) mod worker;

@@ -1,0 +1,111 @@
+//! `taskfarm mpi` and `taskfarm topology`.
+
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use taskfarm::{schedfile, util, Registry};
+use crate::*;
+use crate::args::*;
+
+#[derive(Args)]
+pub(crate) struct MpiArgs {
+    #[command(flatten)]
+    pub(crate) file: SchedulerFileArg,
+    #[command(flatten)]
+    pub(crate) net: NetArgs,
+    /// Transport; only tcp is supported.
+    #[arg(long, default_value = "tcp", value_parser = ["tcp"])]
+    pub(crate) protocol: String,
+    /// Threads per worker [default: the CPUs of the worker's core share].
+    #[arg(long, value_name = "T")]
+    pub(crate) nthreads: Option<u32>,
+    /// Memory limit per worker: 5GB, 5GiB, 5000M, a fraction of the node, auto (the node's memory divided among its ranks), 0 (none).
+    #[arg(long, default_value = "auto", value_name = "SIZE")]
+    pub(crate) memory_limit: String,
+    #[command(flatten)]
+    pub(crate) memory: MemoryArgs,
+    /// Parent of the workers' scratch directories: use node-local disk [default: $TMPDIR, else the job's scratch, else /tmp].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) local_directory: Option<PathBuf>,
+    /// Prefix of worker names; worker names are PREFIX-RANK.
+    #[arg(long, default_value = "worker", value_name = "PREFIX")]
+    pub(crate) name: String,
+    /// Abstract resources each worker offers, e.g. "GPU=1 MEM=10e9" (cpus = threads).
+    #[arg(long, value_name = "\"NAME=AMOUNT ...\"")]
+    pub(crate) resources: Option<String>,
+    #[command(flatten)]
+    pub(crate) leave: LeaveArgs,
+    /// Port of the scheduler on rank 0; 0 picks a free one.
+    #[arg(long, default_value_t = 0, value_name = "P")]
+    pub(crate) scheduler_port: u16,
+    /// How long each rank waits for the others (the scheduler file; all workers registering in batch mode) before the job fails.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) death_timeout: Duration,
+    /// Pin each rank's threads to a disjoint share of its node: cores, numa, or none (leave as the launcher set it) [default: cores when several ranks share a node].
+    #[arg(long, value_name = "POLICY")]
+    pub(crate) bind: Option<taskfarm::node::BindPolicy>,
+    /// Batch mode: rank 1 runs this command (with TASKFARM_SCHEDULER_FILE set) instead of a worker; when it exits, the cluster shuts down and the job exits with its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct TopologyArgs {
+    /// Show the plan for this many processes on the node.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) local_size: u32,
+    /// Binding policy to plan for: cores, numa or none.
+    #[arg(long, default_value = "cores", value_name = "POLICY")]
+    pub(crate) bind: taskfarm::node::BindPolicy,
+}
+
+pub(crate) fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
+    let (info, handle) = taskfarm::mpi::discover().map_err(|e| Fail(EXIT_USAGE, e))?;
+    let batch = if a.command.is_empty() { None } else { Some(a.command.as_slice()) };
+    let per_rank_total = util::node_memory() / info.local_size.unwrap_or(1).max(1) as u64;
+    let memory_limit = util::parse_memory(&a.memory_limit, per_rank_total).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
+    let mut opts = taskfarm::mpi::MpiOptions::new(schedfile::resolve_path(a.file.scheduler_file.as_deref()));
+    opts.interface = a.net.interface;
+    opts.listen_address = a.net.listen_address;
+    opts.contact_address = a.net.contact_address;
+    opts.scheduler_port = a.scheduler_port;
+    opts.nthreads = a.nthreads;
+    opts.memory = a.memory.policy(memory_limit);
+    opts.local_directory = a.local_directory;
+    opts.name = a.name;
+    opts.death_timeout = a.death_timeout;
+    opts.bind = a.bind;
+    opts.resources = a.resources.as_deref().map(util::parse_resources).transpose().map_err(|e| Fail(EXIT_USAGE, e))?.unwrap_or_default();
+    opts.lifetime = a.leave.request(false);
+    opts.lifetime.validate().map_err(|e| Fail(EXIT_USAGE, e))?;
+    let code = taskfarm::mpi::run(&opts, &info, handle.as_ref(), batch, Registry::with_builtins())
+        .map_err(|e| Fail(EXIT_USAGE, format!("rank {}: {e}", info.rank)))?;
+    drop(handle);
+    Ok(code.clamp(0, 255) as u8)
+}
+
+pub(crate) fn cmd_topology(a: TopologyArgs) -> Result<u8, Fail> {
+    use taskfarm::node::{format_cpu_list, Topology};
+    let t = Topology::detect().map_err(|e| Fail(EXIT_USAGE, e))?;
+    println!("source: {}", t.source);
+    println!("cores: {}", t.cores.len());
+    for (i, c) in t.cores.iter().enumerate() {
+        println!("  core {i}: CPUs {}", format_cpu_list(c));
+    }
+    println!("NUMA nodes: {}", t.numa.len());
+    for (i, n) in t.numa.iter().enumerate() {
+        println!("  node {i}: CPUs {}", format_cpu_list(n));
+    }
+    println!("allowed for this job: CPUs {}", format_cpu_list(&t.allowed));
+    if let Ok(now) = taskfarm::node::current_affinity() {
+        println!("this process is bound to: CPUs {}", format_cpu_list(&now));
+    }
+    println!("plan for {} processes on this node with --bind {}:", a.local_size, a.bind);
+    for r in 0..a.local_size.max(1) {
+        match t.plan(a.bind, r, a.local_size.max(1)) {
+            Some(p) => println!("  local rank {r}: CPUs {} ({} threads)", format_cpu_list(&p), p.len()),
+            None => println!("  local rank {r}: not bound"),
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,104 @@
+//! `taskfarm run`: a graph on this machine, with an in-process cluster.
+
+use clap::Args;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use taskfarm::{util, ClientError, Graph, Registry, Results};
+use crate::*;
+use crate::args::*;
+
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// The graph file (JSON; see docs/graph-format.md). `-` reads standard input.
+    pub(crate) graph: PathBuf,
+    /// Number of in-process workers.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) workers: u32,
+    /// Threads per worker [default: the CPUs available divided among the workers].
+    #[arg(long, value_name = "T")]
+    pub(crate) nthreads: Option<u32>,
+    #[command(flatten)]
+    pub(crate) keys: KeysArg,
+    /// Parent directory for the workers' scratch directories [default: $TMPDIR or /tmp].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) local_directory: Option<PathBuf>,
+}
+
+pub(crate) fn available_cpus() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+pub(crate) fn default_local_directory() -> PathBuf {
+    std::env::var_os("TMPDIR").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// Read and validate a graph and the keys to compute; exit 2 on any problem.
+pub(crate) fn load_graph(path: &Path, keys: Vec<String>) -> Result<(Graph, Vec<String>), Fail> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| Fail(EXIT_USAGE, format!("cannot read the graph from standard input: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| Fail(EXIT_USAGE, format!("cannot read graph file {}: {e}", path.display())))?
+    };
+    let reg = Registry::with_builtins();
+    let graph = Graph::from_json(&text, &|f| reg.contains(f)).map_err(|e| Fail(EXIT_USAGE, format!("{}: {e}", path.display())))?;
+    if graph.is_empty() {
+        return Err(Fail(EXIT_USAGE, format!("{}: the graph has no tasks", path.display())));
+    }
+    if keys.is_empty() {
+        let outputs = graph.output_keys();
+        return Ok((graph, outputs));
+    }
+    graph.check_keys(&keys).map_err(|e| Fail(EXIT_USAGE, format!("{e} (see --keys)")))?;
+    Ok((graph, keys))
+}
+
+/// Print results as one JSON object and report errors; exit 1 if any task failed.
+pub(crate) fn report(results: Results, keys: &[String]) -> Result<u8, Fail> {
+    let printed: Vec<(&str, &taskfarm::Data)> = results.values.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", taskfarm::value::format_results(printed));
+    let _ = out.flush();
+    if results.errors.is_empty() {
+        // The process ends right after: freeing every result one by one
+        // would only delay the exit.
+        std::mem::forget(results);
+        return Ok(0);
+    }
+    for (key, error) in &results.errors {
+        eprintln!("taskfarm: task '{key}' failed: {error}");
+    }
+    eprintln!("taskfarm: {} of {} requested keys failed", results.errors.len(), keys.len());
+    Ok(EXIT_TASK_FAILED)
+}
+
+pub(crate) fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
+    let (graph, keys) = load_graph(&a.graph, a.keys.keys)?;
+    if a.workers == 0 {
+        return Err(Fail(EXIT_USAGE, "--workers must be at least 1".into()));
+    }
+    let nthreads = a.nthreads.unwrap_or_else(|| (available_cpus() / a.workers).max(1));
+    if nthreads == 0 {
+        return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
+    }
+    if !log_enabled_info_requested() {
+        util::set_log_level(1);
+    }
+    let dir = a.local_directory.unwrap_or_else(default_local_directory);
+    let cluster = taskfarm::local::LocalCluster::start(a.workers, nthreads, dir, Registry::with_builtins())
+        .map_err(|e| Fail(EXIT_USAGE, format!("cannot start the local cluster: {e}")))?;
+    let mut client = cluster.client()?;
+    let results = client.compute(graph, &keys).map_err(|e| match e {
+        ClientError::Stuck(m) => Fail(EXIT_TASK_FAILED, format!("{m} (taskfarm run's workers offer only cpus; use scheduler + workers with --resources)")),
+        other => Fail::from(other),
+    })?;
+    drop(client);
+    cluster.shutdown();
+    report(results, &keys)
+}
+
+/// `run` is quiet unless the user asked for logs.
+pub(crate) fn log_enabled_info_requested() -> bool {
+    std::env::var_os("TASKFARM_LOG").is_some()
+}

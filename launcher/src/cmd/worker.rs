@@ -1,0 +1,119 @@
+//! `taskfarm worker`.
+
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use taskfarm::protocol::Role;
+use taskfarm::worker::{self, WorkerConfig, WorkerExit};
+use taskfarm::{log_at, schedfile, util, Registry};
+use crate::*;
+use crate::args::*;
+
+#[derive(Args)]
+pub(crate) struct WorkerArgs {
+    /// Scheduler address tcp://HOST:PORT; needs the secret in $TASKFARM_SECRET. Prefer --scheduler-file.
+    pub(crate) address: Option<String>,
+    #[command(flatten)]
+    pub(crate) file: SchedulerFileArg,
+    /// Number of threads running tasks [default: the CPUs available to this process].
+    #[arg(long, value_name = "T")]
+    pub(crate) nthreads: Option<u32>,
+    /// Worker name, shown in status and usable in a task's "workers" restriction [default: HOST-PID].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+    /// Where the worker's scratch directory (cwd of command tasks; removed at exit) goes [default: $TMPDIR or /tmp].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) local_directory: Option<PathBuf>,
+    /// How long to wait for the scheduler (file to appear and answer) before giving up.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) death_timeout: Duration,
+    /// Write this process's id to FILE (removed at exit).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pid_file: Option<PathBuf>,
+    /// Abstract resources this worker offers, e.g. "GPU=2 MEM=10e9" (cpus = threads).
+    #[arg(long, value_name = "\"NAME=AMOUNT ...\"")]
+    pub(crate) resources: Option<String>,
+    /// Memory limit of the worker process: 5GB, 5GiB, 5000M, 0.5 (of the node), auto (the node's memory or cgroup limit), 0 (none).
+    #[arg(long, default_value = "0", value_name = "SIZE")]
+    pub(crate) memory_limit: String,
+    #[command(flatten)]
+    pub(crate) memory: MemoryArgs,
+    #[command(flatten)]
+    pub(crate) net: NetArgs,
+    #[command(flatten)]
+    pub(crate) leave: LeaveArgs,
+    /// The batch job this worker belongs to (adaptive scaling retires whole jobs) [default: from $SLURM_JOB_ID, $PBS_JOBID, $LSB_JOBID or Grid Engine's $JOB_ID].
+    #[arg(long, value_name = "ID")]
+    pub(crate) job_id: Option<String>,
+}
+
+pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
+    let leave = a.leave.request(true);
+    leave.validate().map_err(|e| Fail(EXIT_USAGE, e))?;
+    let nthreads = a.nthreads.unwrap_or_else(available_cpus);
+    if nthreads == 0 {
+        return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
+    }
+    let lifetime = leave.plan().map_err(|e| Fail(EXIT_USAGE, e))?;
+    let _pid = PidFile::create(a.pid_file)?;
+    let resources = a.resources.as_deref().map(util::parse_resources).transpose().map_err(|e| Fail(EXIT_USAGE, e))?.unwrap_or_default();
+    let memory_limit = util::parse_memory(&a.memory_limit, util::node_memory()).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
+    let (listen_ip, contact_ip) = a.net.resolve()?;
+    let (secret, stream) = match &a.address {
+        Some(addr) => {
+            let secret = std::env::var("TASKFARM_SECRET")
+                .ok()
+                .and_then(|s| util::unhex(s.trim()))
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Fail(EXIT_USAGE, format!("connecting to {addr} needs the scheduler's secret in $TASKFARM_SECRET (hex); or use --scheduler-file")))?;
+            let stream = connect_with_retry(addr, &secret, a.death_timeout)?;
+            (secret, stream)
+        }
+        None => {
+            let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
+            let (file, stream) = schedfile::wait_and_connect(&path, a.death_timeout, Role::Worker).map_err(|e| Fail(EXIT_USAGE, e))?;
+            (file.secret_bytes().map_err(|e| Fail(EXIT_USAGE, e))?, stream)
+        }
+    };
+    // Until connected, a signal ends the worker at once; from now on the first
+    // SIGTERM/SIGINT retires it gracefully and a second one ends it.
+    let retire = taskfarm::mpi::retire_on_signals();
+    let cfg = WorkerConfig {
+        name: a.name.unwrap_or_else(|| format!("{}-{}", util::hostname(), std::process::id())),
+        nthreads,
+        local_directory: taskfarm::node::choose_local_directory(a.local_directory.as_deref()),
+        listen_ip,
+        contact_ip,
+        resources,
+        secret,
+        heartbeat: Duration::from_secs(1),
+        registry: Registry::with_builtins(),
+        memory: a.memory.policy(memory_limit),
+        retire_requests: Some(retire),
+        lifetime,
+        job: a.job_id.clone().or_else(|| taskfarm::jobqueue::detect_job().map(|(_, id)| id)).unwrap_or_default(),
+    };
+    match worker::run(cfg, stream) {
+        Ok(WorkerExit::Shutdown(_)) => Ok(0),
+        Ok(WorkerExit::SchedulerLost(reason)) => {
+            log_at!(1, "worker", "exiting: {reason}");
+            Ok(1)
+        }
+        Ok(WorkerExit::MemoryLimit(_)) => Ok(3),
+        Err(e) => Err(Fail(EXIT_USAGE, e.to_string())),
+    }
+}
+
+pub(crate) fn connect_with_retry(addr: &str, secret: &[u8], timeout: Duration) -> Result<std::net::TcpStream, Fail> {
+    let start = std::time::Instant::now();
+    loop {
+        match schedfile::connect(addr, secret, Role::Worker) {
+            Ok(s) => return Ok(s),
+            Err(schedfile::ConnectError::Fatal(m)) => return Err(Fail(EXIT_USAGE, m)),
+            Err(schedfile::ConnectError::Unreachable(e)) if start.elapsed() >= timeout => {
+                return Err(Fail(EXIT_USAGE, format!("scheduler at {addr} did not answer within {:.0} s: {e}", timeout.as_secs_f64())))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
