@@ -39,6 +39,33 @@ pub enum ClientError {
     Stuck(String),
 }
 
+/// Why [`Client::retire_and_wait`] failed.
+#[derive(Debug)]
+pub enum RetireError {
+    NoSuchWorker { asked: Vec<String>, known: Vec<String> },
+    NoIdleWorker,
+    /// These workers had not left when the timeout ran out.
+    StillRetiring { after: Duration, names: Vec<String> },
+    Client(ClientError),
+}
+
+impl From<ClientError> for RetireError {
+    fn from(e: ClientError) -> Self {
+        RetireError::Client(e)
+    }
+}
+
+impl std::fmt::Display for RetireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetireError::NoSuchWorker { asked, known } => write!(f, "no such worker: {} (workers: {})", asked.join(", "), known.join(", ")),
+            RetireError::NoIdleWorker => f.write_str("no idle worker to retire"),
+            RetireError::StillRetiring { after, names } => write!(f, "still retiring after {:.0} s: {}", after.as_secs_f64(), names.join(", ")),
+            RetireError::Client(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -305,6 +332,31 @@ impl Client {
             if let ToClient::Retiring { names } = self.next()? {
                 return Ok(names);
             }
+        }
+    }
+
+    /// Retire workers (by name or address, or every idle one) and wait,
+    /// up to `timeout`, until they have left; `retiring` is told the names
+    /// once the scheduler accepted them. Returns the names.
+    pub fn retire_and_wait(&mut self, names: &[String], all_idle: bool, timeout: Duration, retiring: impl FnOnce(&[String])) -> Result<Vec<String>, RetireError> {
+        let known: Vec<String> = self.status()?.workers.iter().map(|w| w.name.clone()).collect();
+        let names_now = self.retire(names, all_idle)?;
+        if names_now.is_empty() {
+            return Err(if all_idle { RetireError::NoIdleWorker } else { RetireError::NoSuchWorker { asked: names.to_vec(), known } });
+        }
+        retiring(&names_now);
+        let start = std::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let present: Vec<String> = self.status()?.workers.iter().map(|w| w.name.clone()).filter(|n| names_now.contains(n)).collect();
+            if present.is_empty() {
+                return Ok(names_now);
+            }
+            if start.elapsed() >= timeout {
+                return Err(RetireError::StillRetiring { after: timeout, names: present });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 

@@ -28,6 +28,7 @@ pub mod protocol;
 pub mod schedfile;
 pub mod store;
 pub mod scheduler;
+pub mod status;
 pub mod util;
 pub mod value;
 pub mod worker;

@@ -10,7 +10,6 @@ use crate::worker::{self, WorkerConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 pub struct LocalCluster {
     scheduler: Option<Scheduler>,
@@ -36,19 +35,10 @@ impl LocalCluster {
         for i in 0..n_workers {
             let stream = schedfile::connect(&sched.address, &secret, Role::Worker).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
             let cfg = WorkerConfig {
-                name: format!("local-{i}"),
-                nthreads,
                 local_directory: local_directory.clone(),
-                listen_ip: None,
-                contact_ip: None,
-                resources: Vec::new(),
-                secret: secret.clone(),
-                heartbeat: Duration::from_secs(1),
                 registry: registry.clone(),
-                memory: crate::worker::MemoryPolicy::default(),
-                retire_requests: None,
-                lifetime: None,
                 job: String::new(),
+                ..WorkerConfig::new(format!("local-{i}"), nthreads, secret.clone())
             };
             workers.push(std::thread::Builder::new().name(format!("tf-worker-{i}")).spawn(move || {
                 if let Err(e) = worker::run(cfg, stream) {

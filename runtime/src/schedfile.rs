@@ -241,6 +241,22 @@ pub fn connect(address: &str, secret: &[u8], role: Role) -> Result<TcpStream, Co
     Ok(s)
 }
 
+/// Connect to `address` (no scheduler file), retrying while nothing answers,
+/// for up to `timeout`; an authentication or version failure ends at once.
+pub fn connect_with_retry(address: &str, secret: &[u8], role: Role, timeout: Duration) -> Result<TcpStream, String> {
+    let start = Instant::now();
+    loop {
+        match connect(address, secret, role) {
+            Ok(s) => return Ok(s),
+            Err(ConnectError::Fatal(m)) => return Err(m),
+            Err(ConnectError::Unreachable(e)) if start.elapsed() >= timeout => {
+                return Err(format!("scheduler at {address} did not answer within {:.0} s: {e}", timeout.as_secs_f64()))
+            }
+            Err(ConnectError::Unreachable(_)) => std::thread::sleep(Duration::from_millis(200).min(timeout.saturating_sub(start.elapsed()))),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum ConnectError {
     /// Nothing answered (yet): worth retrying.

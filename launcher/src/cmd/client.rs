@@ -75,56 +75,11 @@ pub(crate) fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
     let mut client = client_from(a.file, a.timeout)?;
     let r = client.status()?;
     if a.json {
-        let workers: Vec<serde_json::Value> = r
-            .workers
-            .iter()
-            .map(|w| {
-                serde_json::json!({
-                    "id": w.id, "name": w.name, "address": w.address, "host": w.host, "pid": w.pid, "job": w.job,
-                    "nthreads": w.nthreads, "processing": w.processing, "in_memory": w.in_memory,
-                    "memory": w.metrics.rss, "stored_bytes": w.metrics.stored_bytes, "stored_count": w.metrics.stored_count,
-                    "executing": w.metrics.executing,
-                    "fetched_from_peers": w.metrics.fetched_from_peers, "fetched_bytes": w.metrics.fetched_bytes,
-                    "served_to_peers": w.metrics.served_to_peers, "served_bytes": w.metrics.served_bytes,
-                    "data_connections_from": w.metrics.data_connections_from,
-                    "spilled_bytes": w.metrics.spilled_bytes, "spilled_count": w.metrics.spilled_count,
-                    "paused": w.metrics.paused, "memory_limit": w.metrics.memory_limit,
-                    "spilled_total": w.metrics.spilled_total, "unspilled_total": w.metrics.unspilled_total,
-                    "spilled_bytes_total": w.metrics.spilled_bytes_total, "unspilled_bytes_total": w.metrics.unspilled_bytes_total,
-                    "spill_seconds": w.metrics.spill_us as f64 * 1e-6, "unspill_seconds": w.metrics.unspill_us as f64 * 1e-6,
-                    "fetch_seconds": w.metrics.fetch_us as f64 * 1e-6,
-                    "last_seen_seconds": w.last_seen_secs,
-                })
-            })
-            .collect();
-        let tasks: serde_json::Map<String, serde_json::Value> = r.tasks.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
-        let stats: serde_json::Map<String, serde_json::Value> = r.stats.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
-        let j = serde_json::json!({"address": r.address, "started": r.started, "clients": r.clients, "workers": workers, "tasks": tasks, "stats": stats});
-        println!("{}", serde_json::to_string_pretty(&j).expect("serialisable"));
-        return Ok(0);
+        let j = serde_json::to_string_pretty(&taskfarm::status::StatusJson::from(&r)).expect("serialisable");
+        println!("{j}");
+    } else {
+        print!("{}", taskfarm::status::table(&r, util::unix_time()));
     }
-    println!("scheduler {}  up {:.0} s  clients {}", r.address, util::unix_time() - r.started, r.clients);
-    println!("workers: {}", r.workers.len());
-    if !r.workers.is_empty() {
-        println!("  {:<20} {:<24} {:>7} {:>6} {:>7} {:>10} {:>10} {:>10}  STATE", "NAME", "ADDRESS", "THREADS", "TASKS", "HELD", "MEMORY", "LIMIT", "SPILLED");
-        for w in &r.workers {
-            let limit = if w.metrics.memory_limit == 0 { "-".to_string() } else { util::format_bytes(w.metrics.memory_limit) };
-            println!(
-                "  {:<20} {:<24} {:>7} {:>6} {:>7} {:>10} {:>10} {:>10}  {}",
-                w.name,
-                w.address,
-                w.nthreads,
-                w.processing,
-                w.in_memory,
-                util::format_bytes(w.metrics.rss),
-                limit,
-                util::format_bytes(w.metrics.spilled_bytes),
-                if w.metrics.paused { "paused" } else { "running" }
-            );
-        }
-    }
-    let counts: Vec<String> = r.tasks.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    println!("tasks: {}", counts.join(", "));
     Ok(0)
 }
 
@@ -136,28 +91,15 @@ pub(crate) fn cmd_shutdown(a: ShutdownArgs) -> Result<u8, Fail> {
 }
 
 pub(crate) fn cmd_retire(a: RetireArgs) -> Result<u8, Fail> {
+    use taskfarm::client::RetireError;
     let mut client = client_from(a.file, a.timeout)?;
-    let known: Vec<String> = client.status()?.workers.iter().map(|w| w.name.clone()).collect();
-    let names = client.retire(&a.workers, a.all_idle)?;
-    if names.is_empty() {
-        return Err(Fail(
-            EXIT_USAGE,
-            if a.all_idle { "no idle worker to retire".to_string() } else { format!("no such worker: {} (workers: {})", a.workers.join(", "), known.join(", ")) },
-        ));
-    }
-    eprintln!("taskfarm: retiring {}", names.join(", "));
-    let start = std::time::Instant::now();
-    let mut pause = Duration::from_millis(5);
-    loop {
-        let present: Vec<String> = client.status()?.workers.iter().map(|w| w.name.clone()).filter(|n| names.contains(n)).collect();
-        if present.is_empty() {
-            eprintln!("taskfarm: retired {}", names.join(", "));
-            return Ok(0);
-        }
-        if start.elapsed() >= a.timeout {
-            return Err(Fail(EXIT_TASK_FAILED, format!("still retiring after {:.0} s: {}", a.timeout.as_secs_f64(), present.join(", "))));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
+    let names = client
+        .retire_and_wait(&a.workers, a.all_idle, a.timeout, |names| eprintln!("taskfarm: retiring {}", names.join(", ")))
+        .map_err(|e| match e {
+            RetireError::StillRetiring { .. } => Fail(EXIT_TASK_FAILED, e.to_string()),
+            RetireError::Client(c) => Fail::from(c),
+            other => Fail(EXIT_USAGE, other.to_string()),
+        })?;
+    eprintln!("taskfarm: retired {}", names.join(", "));
+    Ok(0)
 }

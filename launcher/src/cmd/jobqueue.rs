@@ -84,13 +84,13 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             let record = Record::for_scheduler_file(&opts.scheduler_file);
             let mut ids = Vec::new();
             for i in 0..a.jobs {
-                match jobqueue::submit(s.system, &script) {
+                match jobqueue::submit_recorded(s.system, &script, &record, "submit", opts.processes) {
                     Ok(id) => {
-                        record.add(s.system.name(), std::slice::from_ref(&id), "submit", opts.processes).map_err(|e| Fail(EXIT_USAGE, e))?;
                         println!("{id}");
                         ids.push(id);
                     }
-                    Err(e) => {
+                    Err(e @ jobqueue::SubmitError::Record { .. }) => return Err(Fail(EXIT_USAGE, e.to_string())),
+                    Err(jobqueue::SubmitError::Submit(e)) => {
                         let done = if i == 0 { String::new() } else { format!(" ({i} of {} submitted: {})", a.jobs, ids.join(" ")) };
                         return Err(Fail(EXIT_TASK_FAILED, format!("{e}{done}; job script: {}", script.display())));
                     }

@@ -28,10 +28,6 @@ pub(crate) fn available_cpus() -> u32 {
     std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
 }
 
-pub(crate) fn default_local_directory() -> PathBuf {
-    std::env::var_os("TMPDIR").filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"))
-}
-
 /// Read and validate a graph and the keys to compute; exit 2 on any problem.
 pub(crate) fn load_graph(path: &Path, keys: Vec<String>) -> Result<(Graph, Vec<String>), Fail> {
     let text = if path.as_os_str() == "-" {
@@ -85,7 +81,7 @@ pub(crate) fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
     if !log_enabled_info_requested() {
         util::set_log_level(1);
     }
-    let dir = a.local_directory.unwrap_or_else(default_local_directory);
+    let dir = taskfarm::node::choose_local_directory(a.local_directory.as_deref());
     let cluster = taskfarm::local::LocalCluster::start(a.workers, nthreads, dir, Registry::with_builtins())
         .map_err(|e| Fail(EXIT_USAGE, format!("cannot start the local cluster: {e}")))?;
     let mut client = cluster.client()?;

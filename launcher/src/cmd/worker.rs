@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use taskfarm::protocol::Role;
 use taskfarm::worker::{self, WorkerConfig, WorkerExit};
-use taskfarm::{log_at, schedfile, util, Registry};
+use taskfarm::{log_at, schedfile, util};
 use crate::*;
 use crate::args::*;
 
@@ -66,7 +66,7 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
                 .and_then(|s| util::unhex(s.trim()))
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| Fail(EXIT_USAGE, format!("connecting to {addr} needs the scheduler's secret in $TASKFARM_SECRET (hex); or use --scheduler-file")))?;
-            let stream = connect_with_retry(addr, &secret, a.death_timeout)?;
+            let stream = schedfile::connect_with_retry(addr, &secret, Role::Worker, a.death_timeout).map_err(|e| Fail(EXIT_USAGE, e))?;
             (secret, stream)
         }
         None => {
@@ -78,21 +78,20 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
     // Until connected, a signal ends the worker at once; from now on the first
     // SIGTERM/SIGINT retires it gracefully and a second one ends it.
     let retire = taskfarm::mpi::retire_on_signals();
-    let cfg = WorkerConfig {
-        name: a.name.unwrap_or_else(|| format!("{}-{}", util::hostname(), std::process::id())),
-        nthreads,
+    let name = a.name.unwrap_or_else(|| format!("{}-{}", util::hostname(), std::process::id()));
+    let mut cfg = WorkerConfig {
         local_directory: taskfarm::node::choose_local_directory(a.local_directory.as_deref()),
         listen_ip,
         contact_ip,
         resources,
-        secret,
-        heartbeat: Duration::from_secs(1),
-        registry: Registry::with_builtins(),
         memory: a.memory.policy(memory_limit),
         retire_requests: Some(retire),
         lifetime,
-        job: a.job_id.clone().or_else(|| taskfarm::jobqueue::detect_job().map(|(_, id)| id)).unwrap_or_default(),
+        ..WorkerConfig::new(name, nthreads, secret)
     };
+    if let Some(job) = a.job_id {
+        cfg.job = job;
+    }
     match worker::run(cfg, stream) {
         Ok(WorkerExit::Shutdown(_)) => Ok(0),
         Ok(WorkerExit::SchedulerLost(reason)) => {
@@ -104,16 +103,3 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
     }
 }
 
-pub(crate) fn connect_with_retry(addr: &str, secret: &[u8], timeout: Duration) -> Result<std::net::TcpStream, Fail> {
-    let start = std::time::Instant::now();
-    loop {
-        match schedfile::connect(addr, secret, Role::Worker) {
-            Ok(s) => return Ok(s),
-            Err(schedfile::ConnectError::Fatal(m)) => return Err(Fail(EXIT_USAGE, m)),
-            Err(schedfile::ConnectError::Unreachable(e)) if start.elapsed() >= timeout => {
-                return Err(Fail(EXIT_USAGE, format!("scheduler at {addr} did not answer within {:.0} s: {e}", timeout.as_secs_f64())))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}

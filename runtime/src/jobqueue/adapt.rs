@@ -364,13 +364,16 @@ pub fn spawn(controller: Controller, opts: JobOptions, cfg: AdaptConfig) -> Resu
                     match action {
                         Action::Submit(n) => {
                             for _ in 0..n {
-                                match super::submit(system, &script) {
+                                match super::submit_recorded(system, &script, &record, "adapt", workers_per_job) {
                                     Ok(id) => {
                                         log_at!(2, "adapt", "submitted worker job {id}");
-                                        let _ = record.add(system.name(), std::slice::from_ref(&id), "adapt", workers_per_job).map_err(|e| log_at!(1, "adapt", "{e}"));
                                         adaptor.submitted(id, now);
                                     }
-                                    Err(e) => {
+                                    Err(super::SubmitError::Record { id, error }) => {
+                                        log_at!(1, "adapt", "submitted worker job {id}, but could not record it: {error}");
+                                        adaptor.submitted(id, now);
+                                    }
+                                    Err(super::SubmitError::Submit(e)) => {
                                         adaptor.submit_failed(&e, now);
                                         break;
                                     }

@@ -610,6 +610,33 @@ fn describe_failure(program: &str, code: i32, stdout: &str, stderr: &str) -> Str
 }
 
 /// Submit the job script at `script`; returns the job id.
+/// Why [`submit_recorded`] failed.
+#[derive(Debug, PartialEq)]
+pub enum SubmitError {
+    /// The batch system refused the job.
+    Submit(String),
+    /// The job `id` was submitted but could not be recorded.
+    Record { id: String, error: String },
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::Submit(e) => f.write_str(e),
+            SubmitError::Record { id, error } => write!(f, "job {id} was submitted but not recorded: {error}"),
+        }
+    }
+}
+
+/// Submit one worker job and record it next to the scheduler file (`by`:
+/// who submitted it, "submit" or "adapt"; `workers`: worker processes per
+/// job), so that `jobqueue list|cancel` and adaptive scaling know it.
+pub fn submit_recorded(system: System, script: &Path, record: &record::Record, by: &str, workers: u32) -> Result<String, SubmitError> {
+    let id = submit(system, script).map_err(SubmitError::Submit)?;
+    record.add(system.name(), std::slice::from_ref(&id), by, workers).map_err(|error| SubmitError::Record { id: id.clone(), error })?;
+    Ok(id)
+}
+
 pub fn submit(system: System, script: &Path) -> Result<String, String> {
     let program = system.submit_command();
     let path = script.display().to_string();

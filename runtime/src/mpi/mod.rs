@@ -266,19 +266,15 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
             let retire = retire_on_signals();
             let nthreads = opts.nthreads.unwrap_or_else(|| share.as_ref().map(|s| s.len() as u32).unwrap_or_else(cpus)).max(1);
             let cfg = WorkerConfig {
-                name: format!("{}-{}", opts.name, info.rank),
-                nthreads,
                 local_directory: node::choose_local_directory(opts.local_directory.as_deref()),
                 listen_ip: listen,
                 contact_ip: contact,
                 resources: opts.resources.clone(),
-                secret: file_secret,
-                heartbeat: Duration::from_secs(1),
                 registry,
                 memory: opts.memory.clone(),
                 retire_requests: Some(retire),
                 lifetime: opts.lifetime.plan()?,
-                job: crate::jobqueue::detect_job().map(|(_, id)| id).unwrap_or_default(),
+                ..WorkerConfig::new(format!("{}-{}", opts.name, info.rank), nthreads, file_secret)
             };
             match worker::run(cfg, stream).map_err(|e| e.to_string())? {
                 WorkerExit::Shutdown(_) => Ok(0),

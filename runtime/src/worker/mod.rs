@@ -59,6 +59,33 @@ pub struct WorkerConfig {
     pub job: String,
 }
 
+impl WorkerConfig {
+    /// A worker called `name` with `nthreads` threads that authenticates
+    /// with `secret`, with the defaults of `taskfarm worker`: the built-in
+    /// functions, scratch under [`crate::node::choose_local_directory`]
+    /// (`$TMPDIR`, the job's scratch, else `/tmp`), the data server on the
+    /// interface that reaches the scheduler, a heartbeat every second, Dask's
+    /// memory thresholds without a limit, no resources besides its threads,
+    /// no lifetime, no signals, the batch job it runs in (if any).
+    pub fn new(name: impl Into<String>, nthreads: u32, secret: Vec<u8>) -> WorkerConfig {
+        WorkerConfig {
+            name: name.into(),
+            nthreads,
+            local_directory: crate::node::choose_local_directory(None),
+            listen_ip: None,
+            contact_ip: None,
+            resources: Vec::new(),
+            secret,
+            heartbeat: Duration::from_secs(1),
+            registry: Registry::with_builtins(),
+            memory: MemoryPolicy::default(),
+            retire_requests: None,
+            lifetime: None,
+            job: crate::jobqueue::detect_job().map(|(_, id)| id).unwrap_or_default(),
+        }
+    }
+}
+
 /// Pooled receive buffers not reused for this long are freed.
 const POOL_IDLE: Duration = Duration::from_secs(30);
 
