@@ -44,13 +44,27 @@ echo "== build (default, and with mpi,hwloc)"
 cargo build --workspace --all-targets --locked 2>&1 | tail -n 1
 cargo build --workspace --all-targets --locked "${features[@]}" 2>&1 | tail -n 1
 
+echo "== clippy, both builds (warnings are errors; clippy's incompatible_msrv checks std APIs against rust-version)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked "${features[@]}" -- -D warnings
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+if command -v rustup > /dev/null && rustup toolchain list 2>/dev/null | grep -q "^$msrv"; then
+  echo "== build with the declared minimum Rust ($msrv)"
+  cargo "+$msrv" check --workspace --all-targets --locked
+else
+  echo "== Rust $msrv (rust-version) is not installed here and toolchains cannot be downloaded: the minimum is checked by clippy's incompatible_msrv lint above"
+fi
+
 echo "== benchmark smoke runs (tiny sizes; real numbers: docs/benchmarks.md)"
 bench/run.sh --smoke
 
+# Tests that need MPI launchers, the batch systems or root are marked
+# #[ignore] (so a plain `cargo test` passes and names them); this script has
+# all of those, so it runs them too.
 if cargo nextest --version > /dev/null 2>&1; then
-  run_tests() { cargo nextest run --workspace --locked --no-fail-fast "$@"; }
+  run_tests() { cargo nextest run --workspace --locked --no-fail-fast --run-ignored all "$@"; }
 else
-  run_tests() { cargo test --workspace --locked --no-fail-fast "$@"; }
+  run_tests() { cargo test --workspace --locked --no-fail-fast "$@" -- --include-ignored; }
 fi
 echo "== tests, built without optional features"
 run_tests

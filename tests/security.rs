@@ -32,6 +32,7 @@ fn run_bounded(mut c: Command, dir: &TempDir, tag: &str, timeout: Duration) -> (
 }
 
 #[test]
+#[ignore = "needs root and setpriv to act as a second user: tests/run-all.sh runs this"]
 fn a_scheduler_file_planted_by_another_user_is_refused() {
     require_root();
     let d = TempDir::new("planted");
@@ -83,6 +84,7 @@ fn a_scheduler_file_planted_by_another_user_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root and setpriv to act as a second user: tests/run-all.sh runs this"]
 fn the_other_user_refuses_our_file_too_and_a_shared_directory_is_refused_for_writing() {
     require_root();
     let d = TempDir::new("notmine");

@@ -273,6 +273,18 @@ fn read_spilled(path: &Path) -> io::Result<Value> {
     Value::from_wire(tag[0], body)
 }
 
+impl crate::worker::state::Held for Store {
+    fn contains(&self, id: TaskId) -> bool {
+        Store::contains(self, id)
+    }
+    fn in_memory(&self, id: TaskId) -> bool {
+        Store::in_memory(self, id)
+    }
+    fn nbytes(&self, id: TaskId) -> Option<u64> {
+        Store::nbytes(self, id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,17 +330,5 @@ mod tests {
         assert_eq!((tag, body), (Data::TAG_BYTES, &[1u8, 2, 3][..]));
         assert!(std::ptr::eq(body.as_ptr(), match &v.data { Data::Bytes(b) => b.as_ptr(), _ => unreachable!() }));
         assert!(Value::from_wire(b'?', vec![]).is_err());
-    }
-}
-
-impl crate::worker::state::Held for Store {
-    fn contains(&self, id: TaskId) -> bool {
-        Store::contains(self, id)
-    }
-    fn in_memory(&self, id: TaskId) -> bool {
-        Store::in_memory(self, id)
-    }
-    fn nbytes(&self, id: TaskId) -> Option<u64> {
-        Store::nbytes(self, id)
     }
 }

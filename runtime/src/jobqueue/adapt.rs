@@ -336,8 +336,7 @@ pub fn spawn(controller: Controller, opts: JobOptions, cfg: AdaptConfig) -> Resu
             let mut adaptor = Adaptor::new(cfg.clone());
             let mut query_failing = false;
             let mut last_target = None;
-            loop {
-                let Some(status) = controller.status() else { break };
+            while let Some(status) = controller.status() {
                 let now = t0.elapsed().as_secs_f64();
                 let ids = adaptor.live_jobs();
                 let states = match super::query(system, &ids) {

@@ -525,6 +525,8 @@ pub fn initialize(opts: MpiOptions, registry: Registry) -> Result<MpiClient, Str
                     2
                 }
             };
+            // Finalises MPI in the build with the `mpi` feature (a no-op without).
+            #[allow(clippy::drop_non_drop)]
             drop(handle);
             std::process::exit(code)
         }

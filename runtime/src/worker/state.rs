@@ -33,6 +33,9 @@ pub const MAX_FETCH_BYTES_IN_FLIGHT: u64 = 512 << 20;
 /// How long a retiring worker waits for the scheduler before leaving anyway.
 pub const RETIRE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The scheduler's order for a task (lower first), as it sends it.
+type Priority = (u32, u32, u32);
+
 /// What the worker's store holds, as far as decisions need to know.
 pub trait Held {
     fn contains(&self, id: TaskId) -> bool;
@@ -168,7 +171,7 @@ pub struct Shape {
 pub struct WorkerState {
     shape: Shape,
     tasks: HashMap<TaskId, LocalTask>,
-    ready: BinaryHeap<Reverse<((u32, u32, u32), TaskId)>>,
+    ready: BinaryHeap<Reverse<(Priority, TaskId)>>,
     executing: u32,
     fetching: HashMap<TaskId, Fetching>,
     /// Fetches waiting for room under the transfer limits.

@@ -156,7 +156,7 @@ fn task(id: TaskId, deps: &[(TaskId, &[&str])]) -> ComputeTask {
             .map(|(d, h)| (*d, h.iter().map(|s| s.to_string()).collect()))
             .collect(),
         dep_nbytes: deps.iter().map(|_| 8).collect(),
-        priority: (0, 0, id as u32),
+        priority: (0, 0, id),
         timeout: None,
         resources: Vec::new(),
         inline_result: false,

@@ -24,6 +24,9 @@ pub use events::{replay, Event, Outcome, Record, Recorder, Replay};
 
 pub type ClientId = u32;
 
+/// Messages taken from the state: to workers, then to clients.
+pub type Outgoing = (Vec<(WorkerId, ToWorker)>, Vec<(ClientId, ToClient)>);
+
 /// Up to this many workers, placing a task looks at every one of them.
 const SCAN_ALL_WORKERS: usize = 32;
 /// With more, a task with dependencies considers their holders and this
@@ -466,7 +469,7 @@ impl SchedulerState {
     }
 
     /// Messages produced since the last call: to workers, then to clients.
-    pub fn take_outgoing(&mut self) -> (Vec<(WorkerId, ToWorker)>, Vec<(ClientId, ToClient)>) {
+    pub fn take_outgoing(&mut self) -> Outgoing {
         let mut w = std::mem::take(&mut self.to_worker);
         for (wid, mut ids) in std::mem::take(&mut self.frees) {
             // Frees go out after this round's other messages, and a worker

@@ -30,7 +30,7 @@ impl Sim {
         let (w, _) = self.s.take_outgoing();
         w.into_iter().filter_map(|(wid, m)| if let ToWorker::Compute(c) = m { Some((wid, c.id, c.key)) } else { None }).collect()
     }
-    fn outgoing(&mut self) -> (Vec<(WorkerId, ToWorker)>, Vec<(ClientId, ToClient)>) {
+    fn outgoing(&mut self) -> Outgoing {
         self.s.take_outgoing()
     }
     fn id(&self, k: &str) -> TaskId {
