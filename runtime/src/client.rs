@@ -157,142 +157,27 @@ impl Client {
 
     /// Wait for keys already submitted, then fetch their values and release them.
     fn gather(&mut self, keys: &[String]) -> Result<Results, ClientError> {
-        enum Slot {
-            Pending,
-            At(TaskId, Vec<String>),
-            Value(Data),
-            Failed(String),
-        }
-        // Each distinct key once, by position; messages are matched by key
-        // once, everything after works on positions.
-        let mut position: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::with_capacity(keys.len());
-        let mut distinct: Vec<&str> = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let hashbrown::hash_map::Entry::Vacant(v) = position.entry(k.as_str()) {
-                v.insert(distinct.len() as u32);
-                distinct.push(k);
-            }
-        }
-        // Results mostly come in the order asked (the scheduler runs tasks
-        // by priority, then graph order): try the key after the last one
-        // matched before looking it up.
-        let mut cursor = 0usize;
-        let mut locate = |key: &str| -> Option<usize> {
-            let i = if distinct.get(cursor) == Some(&key) { cursor } else { *position.get(key)? as usize };
-            cursor = i + 1;
-            Some(i)
-        };
-        let mut slots: Vec<Slot> = (0..distinct.len()).map(|_| Slot::Pending).collect();
-        let mut unresolved = slots.len();
-        let mut pending = slots.len();
-        let mut fetch_failures = 0u32;
-        while unresolved > 0 {
+        let mut g = Gather::new(keys);
+        while g.unresolved > 0 {
             // Wait until every key is located or failed.
-            while pending > 0 {
-                match self.next()? {
-                    ToClient::GraphRejected { error } => return Err(ClientError::Rejected(error)),
-                    ToClient::KeyInMemory { key, id, holders, value } => {
-                        if let Some(i) = locate(&key) {
-                            let s = &mut slots[i];
-                            let was_pending = matches!(s, Slot::Pending);
-                            if was_pending || matches!(s, Slot::At(..)) {
-                                // A small result comes inline (then without
-                                // holders); a larger one is fetched.
-                                match value.map(|(tag, body)| crate::store::Value::from_wire(tag, body)) {
-                                    Some(Ok(v)) => {
-                                        *s = Slot::Value(v.data);
-                                        unresolved -= 1;
-                                    }
-                                    Some(Err(e)) => {
-                                        *s = Slot::Failed(format!("its result arrived but cannot be decoded: {e}"));
-                                        unresolved -= 1;
-                                    }
-                                    None => *s = Slot::At(id, holders),
-                                }
-                                if was_pending {
-                                    pending -= 1;
-                                }
-                            }
-                        }
-                    }
-                    ToClient::KeyErred { key, error } => {
-                        if let Some(i) = locate(&key) {
-                            let s = &mut slots[i];
-                            if matches!(s, Slot::Pending | Slot::At(..)) {
-                                if matches!(s, Slot::Pending) {
-                                    pending -= 1;
-                                }
-                                *s = Slot::Failed(error);
-                                unresolved -= 1;
-                            }
-                        }
-                    }
-                    ToClient::ShuttingDown { reason } => return Err(ClientError::Lost(format!("the scheduler is shutting down: {reason}"))),
-                    ToClient::KeyStuck { key, reason } => {
-                        if self.fail_when_stuck {
-                            return Err(ClientError::Stuck(format!("task '{key}' cannot run: {reason}")));
-                        }
-                        log_at!(1, "client", "task '{key}' cannot run on any connected worker yet: {reason}; waiting for one to join");
-                    }
-                    _ => {}
-                }
+            while g.pending > 0 {
+                let m = self.next()?;
+                g.message(m, self.fail_when_stuck)?;
             }
             // Fetch from the holders, one request per holder.
-            let mut by_holder: HashMap<&str, Vec<(u32, TaskId)>> = HashMap::new();
-            for (i, s) in slots.iter().enumerate() {
-                if let Slot::At(id, holders) = s {
-                    if let Some(h) = holders.first() {
-                        by_holder.entry(h.as_str()).or_default().push((i as u32, *id));
-                    }
-                }
-            }
-            let by_holder: Vec<(String, Vec<(u32, TaskId)>)> = by_holder.into_iter().map(|(h, items)| (h.to_string(), items)).collect();
-            for (holder, items) in by_holder {
+            for (holder, items) in g.by_holder() {
                 let ids: Vec<TaskId> = items.iter().map(|&(_, id)| id).collect();
-                let mut got = match self.fetch_from(&holder, &ids) {
-                    Ok(v) => v.into_iter().peekable(),
-                    Err(e) => {
-                        log_at!(1, "client", "cannot fetch results from {holder}: {e}; waiting for the scheduler to recompute them");
-                        Vec::new().into_iter().peekable()
-                    }
-                };
-                // The holder answers in the order asked, leaving out what
-                // it does not have.
-                for (i, id) in items {
-                    let slot = &mut slots[i as usize];
-                    match got.next_if(|(g, _)| *g == id) {
-                        Some((_, v)) => {
-                            *slot = Slot::Value(v);
-                            unresolved -= 1;
-                        }
-                        None => {
-                            // Drop this holder and wait for a new location.
-                            if let Slot::At(_, hs) = slot {
-                                hs.retain(|h| *h != holder);
-                                if hs.is_empty() {
-                                    *slot = Slot::Pending;
-                                    pending += 1;
-                                    fetch_failures += 1;
-                                }
-                            }
-                        }
-                    }
-                }
+                let got = self.fetch_from(&holder, &ids).unwrap_or_else(|e| {
+                    log_at!(1, "client", "cannot fetch results from {holder}: {e}; waiting for the scheduler to recompute them");
+                    Vec::new()
+                });
+                g.fetched(&holder, items, got);
             }
-            if fetch_failures > 100 {
+            if g.fetch_failures > 100 {
                 return Err(ClientError::Lost("results could not be fetched from any worker after many attempts".into()));
             }
         }
-        let mut results = Results::default();
-        for k in keys {
-            // A key asked twice is answered once, like a map.
-            let i = position[k.as_str()] as usize;
-            match std::mem::replace(&mut slots[i], Slot::Pending) {
-                Slot::Value(v) => results.values.push((k.clone(), v)),
-                Slot::Failed(e) => results.errors.push((k.clone(), e)),
-                _ => {}
-            }
-        }
+        let results = g.results(keys);
         self.send(ToScheduler::ReleaseKeys { keys: keys.to_vec() })?;
         Ok(results)
     }
@@ -370,5 +255,154 @@ impl Client {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+/// Where each wanted key stands while results come in ([`Client::gather`]).
+/// Each distinct key once, by position: messages are matched by key once,
+/// everything after works on positions.
+struct Gather<'k> {
+    position: hashbrown::HashMap<&'k str, u32>,
+    distinct: Vec<&'k str>,
+    /// Results mostly come in the order asked (the scheduler runs tasks by
+    /// priority, then graph order): the key after the last one matched is
+    /// tried before looking it up.
+    cursor: usize,
+    slots: Vec<Slot>,
+    /// Keys without a value or an error yet.
+    unresolved: usize,
+    /// Keys not located (or failed) yet.
+    pending: usize,
+    fetch_failures: u32,
+}
+
+enum Slot {
+    Pending,
+    At(TaskId, Vec<String>),
+    Value(Data),
+    Failed(String),
+}
+
+impl<'k> Gather<'k> {
+    fn new(keys: &'k [String]) -> Gather<'k> {
+        let mut position: hashbrown::HashMap<&str, u32> = hashbrown::HashMap::with_capacity(keys.len());
+        let mut distinct: Vec<&str> = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let hashbrown::hash_map::Entry::Vacant(v) = position.entry(k.as_str()) {
+                v.insert(distinct.len() as u32);
+                distinct.push(k);
+            }
+        }
+        let n = distinct.len();
+        Gather { position, distinct, cursor: 0, slots: (0..n).map(|_| Slot::Pending).collect(), unresolved: n, pending: n, fetch_failures: 0 }
+    }
+
+    fn locate(&mut self, key: &str) -> Option<usize> {
+        let i = if self.distinct.get(self.cursor) == Some(&key) { self.cursor } else { *self.position.get(key)? as usize };
+        self.cursor = i + 1;
+        Some(i)
+    }
+
+    /// One message from the scheduler.
+    fn message(&mut self, m: ToClient, fail_when_stuck: bool) -> Result<(), ClientError> {
+        match m {
+            ToClient::GraphRejected { error } => return Err(ClientError::Rejected(error)),
+            ToClient::KeyInMemory { key, id, holders, value } => {
+                let Some(i) = self.locate(&key) else { return Ok(()) };
+                let s = &mut self.slots[i];
+                let was_pending = matches!(s, Slot::Pending);
+                if was_pending || matches!(s, Slot::At(..)) {
+                    // A small result comes inline (then without holders); a
+                    // larger one is fetched.
+                    match value.map(|(tag, body)| crate::store::Value::from_wire(tag, body)) {
+                        Some(Ok(v)) => {
+                            *s = Slot::Value(v.data);
+                            self.unresolved -= 1;
+                        }
+                        Some(Err(e)) => {
+                            *s = Slot::Failed(format!("its result arrived but cannot be decoded: {e}"));
+                            self.unresolved -= 1;
+                        }
+                        None => *s = Slot::At(id, holders),
+                    }
+                    if was_pending {
+                        self.pending -= 1;
+                    }
+                }
+            }
+            ToClient::KeyErred { key, error } => {
+                let Some(i) = self.locate(&key) else { return Ok(()) };
+                let s = &mut self.slots[i];
+                if matches!(s, Slot::Pending | Slot::At(..)) {
+                    if matches!(s, Slot::Pending) {
+                        self.pending -= 1;
+                    }
+                    *s = Slot::Failed(error);
+                    self.unresolved -= 1;
+                }
+            }
+            ToClient::ShuttingDown { reason } => return Err(ClientError::Lost(format!("the scheduler is shutting down: {reason}"))),
+            ToClient::KeyStuck { key, reason } => {
+                if fail_when_stuck {
+                    return Err(ClientError::Stuck(format!("task '{key}' cannot run: {reason}")));
+                }
+                log_at!(1, "client", "task '{key}' cannot run on any connected worker yet: {reason}; waiting for one to join");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The located keys to fetch, grouped by the holder to ask: (position, task).
+    fn by_holder(&self) -> Vec<(String, Vec<(u32, TaskId)>)> {
+        let mut by_holder: HashMap<&str, Vec<(u32, TaskId)>> = HashMap::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if let Slot::At(id, holders) = s {
+                if let Some(h) = holders.first() {
+                    by_holder.entry(h.as_str()).or_default().push((i as u32, *id));
+                }
+            }
+        }
+        by_holder.into_iter().map(|(h, items)| (h.to_string(), items)).collect()
+    }
+
+    /// What `holder` answered for `items`: in the order asked, leaving out
+    /// what it does not have (those wait for a new location).
+    fn fetched(&mut self, holder: &str, items: Vec<(u32, TaskId)>, got: Vec<(TaskId, Data)>) {
+        let mut got = got.into_iter().peekable();
+        for (i, id) in items {
+            let slot = &mut self.slots[i as usize];
+            match got.next_if(|(g, _)| *g == id) {
+                Some((_, v)) => {
+                    *slot = Slot::Value(v);
+                    self.unresolved -= 1;
+                }
+                None => {
+                    if let Slot::At(_, hs) = slot {
+                        hs.retain(|h| h != holder);
+                        if hs.is_empty() {
+                            *slot = Slot::Pending;
+                            self.pending += 1;
+                            self.fetch_failures += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The values and errors, in the order of `keys` (a key asked twice is
+    /// answered once, like a map).
+    fn results(mut self, keys: &[String]) -> Results {
+        let mut results = Results::default();
+        for k in keys {
+            let i = self.position[k.as_str()] as usize;
+            match std::mem::replace(&mut self.slots[i], Slot::Pending) {
+                Slot::Value(v) => results.values.push((k.clone(), v)),
+                Slot::Failed(e) => results.errors.push((k.clone(), e)),
+                _ => {}
+            }
+        }
+        results
     }
 }

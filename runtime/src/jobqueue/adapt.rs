@@ -169,16 +169,24 @@ impl Adaptor {
     }
 
     pub fn step(&mut self, obs: &Observation) -> Vec<Action> {
-        let now = obs.now;
-        let mut actions = Vec::new();
-        let mut per_job: HashMap<&str, Vec<&WorkerView>> = HashMap::new();
+        let mut per_job: PerJob = HashMap::new();
         for w in &obs.workers {
             if !w.job.is_empty() {
                 per_job.entry(w.job.as_str()).or_default().push(w);
             }
         }
+        self.refresh_jobs(obs, &per_job);
+        let mut to_cancel = self.finished_retirements(obs.now, &per_job);
+        let mut actions = self.match_target(obs, &per_job, &mut to_cancel);
+        if !to_cancel.is_empty() {
+            actions.push(Action::Cancel(to_cancel));
+        }
+        actions
+    }
 
-        // 1. Bring each job up to date; drop the ones that are gone.
+    /// 1. Bring each job up to date; drop the ones that are gone.
+    fn refresh_jobs(&mut self, obs: &Observation, per_job: &PerJob) {
+        let now = obs.now;
         let mut gone_early = Vec::new();
         let mut latency_samples = Vec::new();
         for j in &mut self.jobs {
@@ -216,7 +224,11 @@ impl Adaptor {
         }
         self.jobs.retain(|j| !matches!(j.state, Some(JobState::Gone(_))));
 
-        // 2. Retired jobs whose workers have all left (or that overstay) are cancelled.
+    }
+
+    /// 2. Retired jobs whose workers have all left (or that overstay) are
+    /// cancelled: their ids.
+    fn finished_retirements(&mut self, now: f64, per_job: &PerJob) -> Vec<String> {
         let mut to_cancel = Vec::new();
         for j in &mut self.jobs {
             if j.cancelled {
@@ -231,7 +243,14 @@ impl Adaptor {
             }
         }
 
-        // 3. Compare what is there with what the work needs.
+        to_cancel
+    }
+
+    /// 3. Compare what is there with what the work needs: submit, or cancel
+    /// pending jobs and retire idle ones.
+    fn match_target(&mut self, obs: &Observation, per_job: &PerJob, to_cancel: &mut Vec<String>) -> Vec<Action> {
+        let now = obs.now;
+        let mut actions = Vec::new();
         let lead = self.lead();
         let lifetime = self.cfg.lifetime;
         let counts = |j: &Job| -> bool {
@@ -286,12 +305,12 @@ impl Adaptor {
                 actions.push(Action::Retire { job: j.id.clone(), workers: workers.iter().map(|w| w.name.clone()).collect() });
             }
         }
-        if !to_cancel.is_empty() {
-            actions.push(Action::Cancel(to_cancel));
-        }
         actions
     }
 }
+
+/// The workers of each batch job, by job id.
+type PerJob<'a> = HashMap<&'a str, Vec<&'a WorkerView>>;
 
 /// Running adaptive scaling; [`AdaptHandle::shutdown`] stops it and cancels
 /// the jobs it submitted that are still there.

@@ -152,16 +152,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
     )?;
     spawn_scheduler_reader(scheduler.try_clone()?, tx.clone())?;
     if let Some(requests) = cfg.retire_requests.clone() {
-        let tx = tx.clone();
-        std::thread::Builder::new()
-            .name("tf-retire".into())
-            .spawn(move || {
-                while requests.recv().is_ok() {
-                    if tx.send(Event::RetireRequested).is_err() {
-                        return;
-                    }
-                }
-            })?;
+        spawn_retire_forwarder(requests, tx.clone())?;
     }
     let pool = {
         let tx = tx.clone();
@@ -217,6 +208,18 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
     drop(scratch_dir);
     exit
+}
+
+/// Pass each retirement request (a signal) on to the worker's loop.
+fn spawn_retire_forwarder(requests: Receiver<()>, tx: Sender<Event>) -> io::Result<()> {
+    std::thread::Builder::new().name("tf-retire".into()).spawn(move || {
+        while requests.recv().is_ok() {
+            if tx.send(Event::RetireRequested).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(())
 }
 
 fn spawn_scheduler_reader(stream: TcpStream, tx: Sender<Event>) -> io::Result<()> {

@@ -46,9 +46,40 @@ impl SchedulerState {
         if !self.clients.contains_key(&c) {
             return Err("unknown client".into());
         }
-        // Validate first, change nothing until the update is known good.
-        // Every key is looked up once: as a position among `defs` (a new
-        // task) or as an existing task.
+        let plan = self.plan_update(&defs, wanted)?;
+        if self.key_bytes.len() + plan.new_key_bytes > u32::MAX as usize {
+            return Err("the scheduler has stored 4 GiB of task keys since it started and cannot take more; restart it".into());
+        }
+        let (def_id, added) = self.add_tasks(defs, &plan);
+        let resolve = |l: Loc| match l {
+            Loc::New(j) => def_id[j as usize],
+            Loc::Old(t) => t,
+        };
+        for &(id, i) in &added {
+            let dep_ids: Vec<TaskId> = plan.deps_of(i).iter().map(|&l| resolve(l)).collect();
+            for &d in &dep_ids {
+                let dt = &mut self.tasks[d as usize];
+                dt.dependents.push(id);
+                dt.live_dependents += 1;
+            }
+            self.tasks[id as usize].deps = dep_ids.into();
+        }
+        for (k, &loc) in wanted.iter().zip(&plan.wanted_locs) {
+            self.want(c, k, resolve(loc));
+        }
+        // New tasks nobody needs are culled right away.
+        for (id, _) in added {
+            self.check.push(id);
+        }
+        self.to_client.push((c, ToClient::GraphAccepted { total: wanted.len() as u64 }));
+        self.settle();
+        self.fill_all();
+        Ok(())
+    }
+
+    /// Check an update without changing anything. Every key is looked up
+    /// once: as a position among `defs` (a new task) or as an existing task.
+    fn plan_update(&self, defs: &[TaskDef], wanted: &[String]) -> Result<Plan, String> {
         let mut new_index: hashbrown::HashMap<&str, usize> = hashbrown::HashMap::with_capacity(defs.len());
         let mut existing: Vec<Option<TaskId>> = Vec::with_capacity(defs.len());
         for (i, d) in defs.iter().enumerate() {
@@ -59,8 +90,6 @@ impl SchedulerState {
             existing.push(e);
         }
         let locate = |k: &str| new_index.get(k).map(|&j| Loc::New(j as u32)).or_else(|| self.task_id(k).map(Loc::Old));
-        // The dependencies of new tasks, flat: those of defs[i] are
-        // dep_locs[dep_start[i]..dep_start[i + 1]] (none for existing keys).
         let mut dep_locs: Vec<Loc> = Vec::new();
         let mut dep_start: Vec<u32> = Vec::with_capacity(defs.len() + 1);
         for (d, e) in defs.iter().zip(&existing) {
@@ -83,29 +112,29 @@ impl SchedulerState {
             };
             wanted_locs.push(loc);
         }
-        if let Some(cycle) = find_cycle(&defs, &dep_start, &dep_locs) {
+        if let Some(cycle) = find_cycle(defs, &dep_start, &dep_locs) {
             return Err(format!("the graph has a cycle: {}", cycle.join(" -> ")));
         }
+        let new_key_bytes = defs.iter().zip(&existing).filter(|(_, e)| e.is_none()).map(|(d, _)| d.key.len()).sum();
+        Ok(Plan { n_new: new_index.len(), existing, dep_locs, dep_start, wanted_locs, new_key_bytes })
+    }
 
-        let n_new = new_index.len();
-        drop(new_index);
-        let new_key_bytes: usize = defs.iter().zip(&existing).filter(|(_, e)| e.is_none()).map(|(d, _)| d.key.len()).sum();
-        if self.key_bytes.len() + new_key_bytes > u32::MAX as usize {
-            return Err("the scheduler has stored 4 GiB of task keys since it started and cannot take more; restart it".into());
-        }
+    /// Create the tasks of the new definitions (released, no links yet).
+    /// Returns the task id of every definition, new or existing, and the
+    /// new tasks as (id, position among the definitions).
+    fn add_tasks(&mut self, defs: Vec<TaskDef>, plan: &Plan) -> (Vec<TaskId>, Vec<(TaskId, usize)>) {
         self.generation += 1;
         let generation = self.generation;
-        // The task id of every def, new or existing.
         let mut def_id: Vec<TaskId> = Vec::with_capacity(defs.len());
-        let mut added = Vec::with_capacity(n_new);
-        self.tasks.reserve(n_new);
+        let mut added = Vec::with_capacity(plan.n_new);
+        self.tasks.reserve(plan.n_new);
         {
             let (tasks, bytes) = (&self.tasks, &self.key_bytes);
-            self.keys.reserve(n_new, |x| key_at(bytes, tasks[x as usize].key));
+            self.keys.reserve(plan.n_new, |x| key_at(bytes, tasks[x as usize].key));
         }
-        self.key_bytes.reserve(new_key_bytes);
-        for (i, (d, e)) in defs.into_iter().zip(existing).enumerate() {
-            if let Some(t) = e {
+        self.key_bytes.reserve(plan.new_key_bytes);
+        for (i, (d, e)) in defs.into_iter().zip(&plan.existing).enumerate() {
+            if let Some(t) = *e {
                 def_id.push(t);
                 continue;
             }
@@ -144,45 +173,46 @@ impl SchedulerState {
             self.counts[TaskState::Released as usize] += 1;
             added.push((id, i));
         }
-        let resolve = |l: Loc| match l {
-            Loc::New(j) => def_id[j as usize],
-            Loc::Old(t) => t,
-        };
-        for &(id, i) in &added {
-            let dep_ids: Vec<TaskId> = dep_locs[dep_start[i] as usize..dep_start[i + 1] as usize].iter().map(|&l| resolve(l)).collect();
-            for &d in &dep_ids {
-                let dt = &mut self.tasks[d as usize];
-                dt.dependents.push(id);
-                dt.live_dependents += 1;
-            }
-            self.tasks[id as usize].deps = dep_ids.into();
+        (def_id, added)
+    }
+
+    /// Client `c` wants task `t` (key `k`): tell it at once if the value is
+    /// there or the task failed, else make sure it gets computed.
+    fn want(&mut self, c: ClientId, k: &str, t: TaskId) {
+        let task = &mut self.tasks[t as usize];
+        if !task.wanted_by.contains(&c) {
+            task.wanted_by.push(c);
         }
-        for (k, loc) in wanted.iter().zip(wanted_locs) {
-            let t = resolve(loc);
-            let task = &mut self.tasks[t as usize];
-            if !task.wanted_by.contains(&c) {
-                task.wanted_by.push(c);
+        match task.state {
+            TaskState::Memory => {
+                let msg = self.key_in_memory_msg(t, None);
+                self.to_client.push((c, msg));
             }
-            match task.state {
-                TaskState::Memory => {
-                    let msg = self.key_in_memory_msg(t, None);
-                    self.to_client.push((c, msg));
-                }
-                TaskState::Erred => {
-                    let error = task.error().unwrap_or("failed").to_string();
-                    self.to_client.push((c, ToClient::KeyErred { key: k.clone(), error }));
-                }
-                _ => self.ensure_computing(t),
+            TaskState::Erred => {
+                let error = task.error().unwrap_or("failed").to_string();
+                self.to_client.push((c, ToClient::KeyErred { key: k.to_string(), error }));
             }
+            _ => self.ensure_computing(t),
         }
-        // New tasks nobody needs are culled right away.
-        for (id, _) in added {
-            self.check.push(id);
-        }
-        self.to_client.push((c, ToClient::GraphAccepted { total: wanted.len() as u64 }));
-        self.settle();
-        self.fill_all();
-        Ok(())
+    }
+}
+
+/// An update checked against the state, before anything changes.
+struct Plan {
+    /// Per definition: the existing task with its key, if any.
+    existing: Vec<Option<TaskId>>,
+    /// The dependencies of new tasks, flat: those of definition `i` are
+    /// `dep_locs[dep_start[i]..dep_start[i + 1]]` (none for existing keys).
+    dep_locs: Vec<Loc>,
+    dep_start: Vec<u32>,
+    wanted_locs: Vec<Loc>,
+    n_new: usize,
+    new_key_bytes: usize,
+}
+
+impl Plan {
+    fn deps_of(&self, i: usize) -> &[Loc] {
+        &self.dep_locs[self.dep_start[i] as usize..self.dep_start[i + 1] as usize]
     }
 }
 
