@@ -454,161 +454,166 @@ fn an_undecodable_spec_is_a_task_error() {
     );
 }
 
-/// Random scheduler messages, results, fetch answers, spills, pauses and
-/// ticks; invariants after every input. At the end, with everything
-/// answered, every task the worker was given has been accounted for.
-#[test]
-fn random_walk_keeps_the_invariants_and_loses_no_task() {
-    // How often each outcome happened over all seeds: the walk must reach them all.
-    let mut seen: HashMap<&str, u64> = HashMap::new();
-    for seed in 1..=300u64 {
-        let mut rng = seed.wrapping_mul(0x9E3779B97F4A7C15);
-        let mut next = |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n.max(1)
+const PEERS: [&str; 3] = ["tcp://a:1", "tcp://b:1", "tcp://c:1"];
+
+/// One seeded random walk over a worker state.
+struct Walk {
+    rng: u64,
+    sim: Sim,
+    /// Every task id the worker was given.
+    given: HashSet<TaskId>,
+    next_id: TaskId,
+}
+
+impl Walk {
+    fn new(seed: u64) -> Walk {
+        let mut w = Walk { rng: seed.wrapping_mul(0x9E3779B97F4A7C15), sim: Sim::new(1, &[]), given: HashSet::new(), next_id: 1 };
+        let nthreads = 1 + w.next(3) as u32;
+        w.sim = Sim::new(nthreads, &[("gpu", 1.0)]);
+        w
+    }
+
+    fn next(&mut self, n: u64) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng % n.max(1)
+    }
+
+    /// A new task (sometimes an id seen before) with 0-3 inputs.
+    fn new_task(&mut self) {
+        let id = if self.next(5) == 0 && self.next_id > 1 {
+            1 + self.next(self.next_id as u64 - 1) as TaskId
+        } else {
+            self.next_id
         };
-        let peers = ["tcp://a:1", "tcp://b:1", "tcp://c:1"];
-        let nthreads = 1 + next(3) as u32;
-        let mut sim = Sim::new(nthreads, &[("gpu", 1.0)]);
-        let mut given: HashSet<TaskId> = HashSet::new();
-        let mut next_id: TaskId = 1;
-        for step in 0..400 {
-            match next(14) {
-                0..=3 => {
-                    // A new task (sometimes an id seen before) with 0-3 inputs.
-                    let id = if next(5) == 0 && next_id > 1 {
-                        1 + next(next_id as u64 - 1) as TaskId
-                    } else {
-                        next_id
-                    };
-                    next_id = next_id.max(id + 1);
-                    let deps: Vec<(TaskId, Vec<&str>)> = (0..next(4))
-                        .map(|_| {
-                            let d = 10_000 + next(20) as TaskId;
-                            let holders = (0..next(3)).map(|_| peers[next(3) as usize]).collect();
-                            (d, holders)
-                        })
-                        .collect();
-                    let deps_ref: Vec<(TaskId, &[&str])> =
-                        deps.iter().map(|(d, h)| (*d, &h[..])).collect();
-                    let mut t = task(id, &deps_ref);
-                    t.dep_nbytes = deps.iter().map(|_| 1 + next(300 << 20)).collect();
-                    if next(4) == 0 {
-                        t.resources = vec![("gpu".into(), 1.0)];
-                    }
-                    if next(6) == 0 {
-                        t.spec = bincode::serialize(&Expr::Cmd(Box::new(CmdSpec {
-                            argv: vec![Expr::Lit("\"true\"".into())],
-                            cwd: None,
-                            env: vec![],
-                            stdin: None,
-                        })))
-                        .unwrap();
-                    }
-                    given.insert(id);
-                    sim.compute(t);
-                }
-                4 if !sim.running.is_empty() => {
-                    let x = sim.running.remove(next(sim.running.len() as u64) as usize);
-                    let duration = Duration::from_micros(next(3000));
-                    if next(4) == 0 {
-                        sim.input(Input::Erred {
-                            id: x.id,
-                            error: "boom".into(),
-                            duration,
-                        });
-                    } else {
-                        sim.running.push(x);
-                        let id = sim.running.last().unwrap().id;
-                        sim.finish(id, next(1000), duration);
-                    }
-                }
-                5 if !sim.fetches.is_empty() => {
-                    let dep = sim.fetches[next(sim.fetches.len() as u64) as usize].1;
-                    if next(3) == 0 {
-                        sim.fetch_failed(dep);
-                    } else {
-                        sim.fetched(dep, 1 + next(1000));
-                    }
-                }
-                6 => {
-                    let ids: Vec<TaskId> = (0..1 + next(3))
-                        .map(|_| {
-                            if next(2) == 0 {
-                                1 + next(next_id as u64) as TaskId
-                            } else {
-                                10_000 + next(20) as TaskId
-                            }
-                        })
-                        .collect();
-                    sim.input(Input::Scheduler(ToWorker::Free { ids }));
-                }
-                7 => {
-                    let ids: Vec<TaskId> = (0..1 + next(3))
-                        .map(|_| 1 + next(next_id as u64) as TaskId)
-                        .collect();
-                    sim.input(Input::Scheduler(ToWorker::Steal { ids }));
-                }
-                8 => {
-                    let id = 10_000 + next(20) as TaskId;
-                    sim.input(Input::Scheduler(ToWorker::Replicate {
-                        id,
-                        holders: vec![peers[next(3) as usize].into()],
-                    }));
-                }
-                9 => {
-                    // The store spills a value, or reads one back.
-                    if let Some((&id, v)) = sim.held.0.iter_mut().nth(next(20) as usize) {
-                        v.1 = !v.1;
-                        let _ = id;
-                    }
-                }
-                10 => sim.input(Input::Paused(next(3) == 0)),
-                _ => {
-                    sim.now += Duration::from_millis(next(50));
-                    sim.tick();
+        self.next_id = self.next_id.max(id + 1);
+        let deps: Vec<(TaskId, Vec<&str>)> = (0..self.next(4))
+            .map(|_| {
+                let d = 10_000 + self.next(20) as TaskId;
+                let holders = (0..self.next(3)).map(|_| PEERS[self.next(3) as usize]).collect();
+                (d, holders)
+            })
+            .collect();
+        let deps_ref: Vec<(TaskId, &[&str])> =
+            deps.iter().map(|(d, h)| (*d, &h[..])).collect();
+        let mut t = task(id, &deps_ref);
+        t.dep_nbytes = deps.iter().map(|_| 1 + self.next(300 << 20)).collect();
+        if self.next(4) == 0 {
+            t.resources = vec![("gpu".into(), 1.0)];
+        }
+        if self.next(6) == 0 {
+            t.spec = bincode::serialize(&Expr::Cmd(Box::new(CmdSpec {
+                argv: vec![Expr::Lit("\"true\"".into())],
+                cwd: None,
+                env: vec![],
+                stdin: None,
+            })))
+            .unwrap();
+        }
+        self.given.insert(id);
+        self.sim.compute(t);
+    }
+
+    /// One random input.
+    fn step(&mut self) {
+        match self.next(14) {
+            0..=3 => self.new_task(),
+            4 if !self.sim.running.is_empty() => {
+                let pick = self.next(self.sim.running.len() as u64) as usize;
+                let x = self.sim.running.remove(pick);
+                let duration = Duration::from_micros(self.next(3000));
+                if self.next(4) == 0 {
+                    self.sim.input(Input::Erred {
+                        id: x.id,
+                        error: "boom".into(),
+                        duration,
+                    });
+                } else {
+                    self.sim.running.push(x);
+                    let id = self.sim.running.last().unwrap().id;
+                    let nbytes = self.next(1000);
+                    self.sim.finish(id, nbytes, duration);
                 }
             }
-            assert!(
-                sim.exit.is_none(),
-                "seed {seed} step {step}: unexpected exit {:?}",
-                sim.exit
-            );
-        }
-        // Answer everything until nothing is left to do.
-        sim.input(Input::Paused(false));
-        for _ in 0..10_000 {
-            sim.tick();
-            if let Some(x) = sim.running.pop() {
-                let id = x.id;
-                sim.running.push(x);
-                sim.finish(id, 8, Duration::from_millis(2));
-            } else if let Some(&(_, dep)) = sim.fetches.first() {
-                if next(2) == 0 {
-                    sim.fetched(dep, 8);
+            5 if !self.sim.fetches.is_empty() => {
+                let pick = self.next(self.sim.fetches.len() as u64) as usize;
+                let dep = self.sim.fetches[pick].1;
+                if self.next(3) == 0 {
+                    self.sim.fetch_failed(dep);
                 } else {
-                    sim.fetch_failed(dep);
+                    let nbytes = 1 + self.next(1000);
+                    self.sim.fetched(dep, nbytes);
+                }
+            }
+            6 => {
+                let ids: Vec<TaskId> = (0..1 + self.next(3))
+                    .map(|_| {
+                        if self.next(2) == 0 {
+                            1 + self.next(self.next_id as u64) as TaskId
+                        } else {
+                            10_000 + self.next(20) as TaskId
+                        }
+                    })
+                    .collect();
+                self.sim.input(Input::Scheduler(ToWorker::Free { ids }));
+            }
+            7 => {
+                let ids: Vec<TaskId> = (0..1 + self.next(3))
+                    .map(|_| 1 + self.next(self.next_id as u64) as TaskId)
+                    .collect();
+                self.sim.input(Input::Scheduler(ToWorker::Steal { ids }));
+            }
+            8 => {
+                let id = 10_000 + self.next(20) as TaskId;
+                let holder = PEERS[self.next(3) as usize];
+                self.sim.input(Input::Scheduler(ToWorker::Replicate { id, holders: vec![holder.into()] }));
+            }
+            9 => {
+                // The store spills a value, or reads one back.
+                let pick = self.next(20) as usize;
+                if let Some(v) = self.sim.held.0.values_mut().nth(pick) {
+                    v.1 = !v.1;
+                }
+            }
+            10 => {
+                let paused = self.next(3) == 0;
+                self.sim.input(Input::Paused(paused));
+            }
+            _ => {
+                let ms = self.next(50);
+                self.sim.now += Duration::from_millis(ms);
+                self.sim.tick();
+            }
+        }
+    }
+
+    /// Answer every fetch and task until nothing is left to do.
+    fn drain(&mut self) {
+        self.sim.input(Input::Paused(false));
+        for _ in 0..10_000 {
+            self.sim.tick();
+            if let Some(x) = self.sim.running.pop() {
+                let id = x.id;
+                self.sim.running.push(x);
+                self.sim.finish(id, 8, Duration::from_millis(2));
+            } else if let Some(&(_, dep)) = self.sim.fetches.first() {
+                if self.next(2) == 0 {
+                    self.sim.fetched(dep, 8);
+                } else {
+                    self.sim.fetch_failed(dep);
                 }
             } else {
                 break;
             }
         }
-        assert!(
-            sim.running.is_empty() && sim.fetches.is_empty(),
-            "seed {seed}: still busy"
-        );
-        assert!(
-            sim.s.tasks.is_empty(),
-            "seed {seed}: tasks left waiting for ever: {:?}",
-            sim.s.tasks.keys().collect::<Vec<_>>()
-        );
-        assert_eq!(sim.s.executing(), 0);
-        // Every task given was finished, failed, reported missing inputs,
-        // stolen or freed: none vanished without a word.
+    }
+
+    /// Every task given was finished, failed, reported missing inputs,
+    /// stolen or freed: none vanished without a word. Counts the outcomes in `seen`.
+    fn lost(&self, seen: &mut HashMap<&'static str, u64>) -> Vec<TaskId> {
         let mut told: HashSet<TaskId> = HashSet::new();
-        for m in &sim.sent {
+        for m in &self.sim.sent {
             let kind = match m {
                 ToScheduler::TaskFinished { .. } => "finished",
                 ToScheduler::TaskErred { .. } => "erred",
@@ -630,26 +635,34 @@ fn random_walk_keeps_the_invariants_and_loses_no_task() {
                 _ => {}
             }
         }
-        told.extend(&sim.dropped);
-        let lost: Vec<&TaskId> = given.iter().filter(|id| !told.contains(id)).collect();
-        assert!(
-            lost.is_empty(),
-            "seed {seed}: tasks never accounted for: {lost:?}"
-        );
+        told.extend(&self.sim.dropped);
+        self.given.iter().filter(|id| !told.contains(id)).copied().collect()
     }
-    for kind in [
-        "finished",
-        "erred",
-        "missing at start",
-        "missing after fetches",
-        "stolen",
-        "replicated",
-        "replicate failed",
-    ] {
-        assert!(
-            seen.get(kind).copied().unwrap_or(0) >= 10,
-            "the walk rarely reaches '{kind}': {seen:?}"
-        );
+}
+
+/// Random scheduler messages, results, fetch answers, spills, pauses and
+/// ticks; invariants after every input. At the end, with everything
+/// answered, every task the worker was given has been accounted for.
+#[test]
+fn random_walk_keeps_the_invariants_and_loses_no_task() {
+    // How often each outcome happened over all seeds: the walk must reach them all.
+    let mut seen: HashMap<&'static str, u64> = HashMap::new();
+    for seed in 1..=300u64 {
+        let mut walk = Walk::new(seed);
+        for step in 0..400 {
+            walk.step();
+            assert!(walk.sim.exit.is_none(), "seed {seed} step {step}: unexpected exit {:?}", walk.sim.exit);
+        }
+        walk.drain();
+        let sim = &walk.sim;
+        assert!(sim.running.is_empty() && sim.fetches.is_empty(), "seed {seed}: still busy");
+        assert!(sim.s.tasks.is_empty(), "seed {seed}: tasks left waiting for ever: {:?}", sim.s.tasks.keys().collect::<Vec<_>>());
+        assert_eq!(sim.s.executing(), 0);
+        let lost = walk.lost(&mut seen);
+        assert!(lost.is_empty(), "seed {seed}: tasks never accounted for: {lost:?}");
+    }
+    for kind in ["finished", "erred", "missing at start", "missing after fetches", "stolen", "replicated", "replicate failed"] {
+        assert!(seen.get(kind).copied().unwrap_or(0) >= 10, "the walk rarely reaches '{kind}': {seen:?}");
     }
 }
 
