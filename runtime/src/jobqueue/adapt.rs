@@ -184,7 +184,7 @@ impl Adaptor {
         actions
     }
 
-    /// 1. Bring each job up to date; drop the ones that are gone.
+    /// Step 1: bring each job up to date; drop the ones that are gone.
     fn refresh_jobs(&mut self, obs: &Observation, per_job: &PerJob) {
         let now = obs.now;
         let mut gone_early = Vec::new();
@@ -226,7 +226,7 @@ impl Adaptor {
 
     }
 
-    /// 2. Retired jobs whose workers have all left (or that overstay) are
+    /// Step 2: retired jobs whose workers have all left (or that overstay) are
     /// cancelled: their ids.
     fn finished_retirements(&mut self, now: f64, per_job: &PerJob) -> Vec<String> {
         let mut to_cancel = Vec::new();
@@ -246,7 +246,7 @@ impl Adaptor {
         to_cancel
     }
 
-    /// 3. Compare what is there with what the work needs: submit, or cancel
+    /// Step 3: compare what is there with what the work needs: submit, or cancel
     /// pending jobs and retire idle ones.
     fn match_target(&mut self, obs: &Observation, per_job: &PerJob, to_cancel: &mut Vec<String>) -> Vec<Action> {
         let now = obs.now;
