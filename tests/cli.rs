@@ -177,3 +177,23 @@ fn topology_shows_cores_and_a_plan() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a binding policy"));
 }
+
+#[test]
+fn environment_failures_exit_4_and_say_what_failed() {
+    let d = TempDir::new("env4");
+    // A scheduler file that cannot be written.
+    let o = taskfarm(&["scheduler", "--scheduler-file", d.join("no/such/dir/s.json").to_str().unwrap(), "--host", "127.0.0.1"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cannot write scheduler file") && stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let o = taskfarm(&["scheduler", "--scheduler-file", d.join("s.json").to_str().unwrap(), "--host", "127.0.0.1", "--port", &port]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("cannot listen on 127.0.0.1:{port}")), "{}", stderr(&o));
+    // A flag checked before connecting is a usage error, at once.
+    let start = std::time::Instant::now();
+    let o = taskfarm(&["worker", "--scheduler-file", d.join("none.json").to_str().unwrap(), "--nthreads", "0", "--death-timeout", "60s"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--nthreads must be at least 1") && start.elapsed() < std::time::Duration::from_secs(30), "{}", stderr(&o));
+}

@@ -80,7 +80,7 @@ fn wrong_secret_is_refused_with_authentication_error() {
     let forged = c.dir.write("forged.json", &j.to_string());
     let g = c.dir.write("g.json", SEED);
     let o = taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", forged.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(4), "an environment failure");
     assert!(stderr(&o).contains("authentication failed"), "{}", stderr(&o));
     let o = taskfarm(&["status", "--scheduler-file", forged.to_str().unwrap()]);
     assert!(stderr(&o).contains("authentication failed"));
@@ -170,10 +170,10 @@ fn stale_scheduler_file_is_reported_as_stale() {
     f.write(&p).unwrap();
     let g = d.write("g.json", SEED);
     let o = taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", p.to_str().unwrap(), "--timeout", "1s"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(4), "an environment failure");
     assert!(stderr(&o).contains("is stale") && stderr(&o).contains("does not answer"), "{}", stderr(&o));
     let o = taskfarm(&["worker", "--scheduler-file", d.join("never.json").to_str().unwrap(), "--death-timeout", "300ms"]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(4), "an environment failure");
     assert!(stderr(&o).contains("does not exist yet") && stderr(&o).contains("gave up"), "{}", stderr(&o));
 }
 

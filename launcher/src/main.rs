@@ -18,6 +18,10 @@ static ALLOC: taskfarm::alloc::TaskfarmAlloc = taskfarm::alloc::TaskfarmAlloc;
 const EXIT_TASK_FAILED: u8 = 1;
 
 const EXIT_USAGE: u8 = 2;
+/// The environment failed: the scheduler is unreachable, stale or not this
+/// one's, a port is in use, a file cannot be written (3 is a worker's exit
+/// over its memory limit).
+const EXIT_ENVIRONMENT: u8 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +34,8 @@ const EXIT_USAGE: u8 = 2;
         \x20                           taskfarm worker --scheduler-file S &\n\
         \x20                           taskfarm submit graph.json --scheduler-file S\n\n\
         Exit status: 0 all requested keys computed; 1 a task failed; 2 usage or validation error \
-        (bad flags, malformed graph, unreachable scheduler).",
+        (bad flags, malformed graph); 3 a worker over its memory limit; 4 the environment failed \
+        (scheduler unreachable or stale, port in use, file not writable).",
     after_help = "Logging: set TASKFARM_LOG=error|warn|info|debug (default info). Docs: docs/guide.md, docs/cli.md."
 )]
 struct Cli {
@@ -71,7 +76,19 @@ struct Fail(u8, String);
 
 impl From<ClientError> for Fail {
     fn from(e: ClientError) -> Fail {
-        Fail(EXIT_USAGE, e.to_string())
+        let code = match &e {
+            ClientError::Rejected(_) => EXIT_USAGE,
+            ClientError::Stuck(_) => EXIT_TASK_FAILED,
+            ClientError::Connect(_) | ClientError::Lost(_) => EXIT_ENVIRONMENT,
+        };
+        Fail(code, e.to_string())
+    }
+}
+
+impl Fail {
+    /// The environment failed (see [`EXIT_ENVIRONMENT`]).
+    fn env(msg: impl Into<String>) -> Fail {
+        Fail(EXIT_ENVIRONMENT, msg.into())
     }
 }
 

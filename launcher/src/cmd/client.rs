@@ -66,6 +66,7 @@ pub(crate) fn cmd_submit(a: SubmitArgs) -> Result<u8, Fail> {
     let mut client = client_from(a.file, a.timeout)?;
     let results = client.compute(graph, &keys).map_err(|e| match e {
         ClientError::Rejected(m) => Fail(EXIT_USAGE, format!("the scheduler rejected the graph: {m}")),
+        e @ ClientError::Connect(_) => Fail::from(e),
         other => Fail(EXIT_TASK_FAILED, other.to_string()),
     })?;
     report(results, &keys)

@@ -80,7 +80,7 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             let path = schedfile::resolve_path(s.file.scheduler_file.as_deref());
             let opts = s.job.options(s.system, &path, s.interface.clone())?;
             let script = adapt::script_path(&opts.scheduler_file, "submit");
-            adapt::write_script(&script, &opts.render()).map_err(|e| Fail(EXIT_USAGE, e))?;
+            adapt::write_script(&script, &opts.render()).map_err(Fail::env)?;
             let record = Record::for_scheduler_file(&opts.scheduler_file);
             let mut ids = Vec::new();
             for i in 0..a.jobs {
@@ -89,7 +89,7 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
                         println!("{id}");
                         ids.push(id);
                     }
-                    Err(e @ jobqueue::SubmitError::Record { .. }) => return Err(Fail(EXIT_USAGE, e.to_string())),
+                    Err(e @ jobqueue::SubmitError::Record { .. }) => return Err(Fail::env(e.to_string())),
                     Err(jobqueue::SubmitError::Submit(e)) => {
                         let done = if i == 0 { String::new() } else { format!(" ({i} of {} submitted: {})", a.jobs, ids.join(" ")) };
                         return Err(Fail(EXIT_TASK_FAILED, format!("{e}{done}; job script: {}", script.display())));
@@ -102,7 +102,7 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
         JobqueueCommand::List(a) => {
             let (path, record) = job_record(&a.file)?;
             refresh_states(&record)?;
-            let jobs: Vec<_> = record.load().map_err(|e| Fail(EXIT_USAGE, e))?.into_iter().filter(|j| a.all || j.ended.is_none()).collect();
+            let jobs: Vec<_> = record.load().map_err(Fail::env)?.into_iter().filter(|j| a.all || j.ended.is_none()).collect();
             // Workers per job, if the scheduler answers.
             let joined: std::collections::HashMap<String, u32> = (if path.exists() { Client::from_scheduler_file(&path, Duration::from_secs(2)).ok() } else { None })
                 .and_then(|mut c| c.status().ok())
@@ -133,7 +133,7 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
         }
         JobqueueCommand::Cancel(a) => {
             let (_, record) = job_record(&a.file)?;
-            let jobs = record.load().map_err(|e| Fail(EXIT_USAGE, e))?;
+            let jobs = record.load().map_err(Fail::env)?;
             if let Some(unknown) = a.jobs.iter().find(|id| !jobs.iter().any(|j| &j.id == *id)) {
                 return Err(Fail(EXIT_USAGE, format!("job {unknown} is not in {} (see taskfarm jobqueue list --all)", record.path().display())));
             }
@@ -145,7 +145,7 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             for (system, ids) in by_system(&chosen)? {
                 jobqueue::cancel(system, &ids).map_err(|e| Fail(EXIT_TASK_FAILED, e))?;
                 let states = ids.iter().map(|id| (id.clone(), jobqueue::JobState::Gone("cancelled".into()))).collect();
-                record.set_states(&states).map_err(|e| Fail(EXIT_USAGE, e))?;
+                record.set_states(&states).map_err(Fail::env)?;
                 eprintln!("taskfarm: cancelled {} job(s): {}", ids.len(), ids.join(" "));
             }
             Ok(0)
@@ -175,10 +175,10 @@ pub(crate) fn by_system(jobs: &[taskfarm::jobqueue::record::JobRecord]) -> Resul
 
 /// Ask the batch system(s) for the states of the recorded live jobs.
 pub(crate) fn refresh_states(record: &taskfarm::jobqueue::record::Record) -> Result<(), Fail> {
-    let live: Vec<_> = record.load().map_err(|e| Fail(EXIT_USAGE, e))?.into_iter().filter(|j| j.ended.is_none()).collect();
+    let live: Vec<_> = record.load().map_err(Fail::env)?.into_iter().filter(|j| j.ended.is_none()).collect();
     for (system, ids) in by_system(&live)? {
         match taskfarm::jobqueue::query(system, &ids) {
-            Ok(states) => record.set_states(&states).map_err(|e| Fail(EXIT_USAGE, e))?,
+            Ok(states) => record.set_states(&states).map_err(Fail::env)?,
             Err(e) => eprintln!("taskfarm: warning: cannot query {system} job states: {e}"),
         }
     }

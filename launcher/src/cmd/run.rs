@@ -83,7 +83,7 @@ pub(crate) fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
     }
     let dir = taskfarm::node::choose_local_directory(a.local_directory.as_deref());
     let cluster = taskfarm::local::LocalCluster::start(a.workers, nthreads, dir, Registry::with_builtins())
-        .map_err(|e| Fail(EXIT_USAGE, format!("cannot start the local cluster: {e}")))?;
+        .map_err(|e| Fail::env(format!("cannot start the local cluster: {e}")))?;
     let mut client = cluster.client()?;
     let results = client.compute(graph, &keys).map_err(|e| match e {
         ClientError::Stuck(m) => Fail(EXIT_TASK_FAILED, format!("{m} (taskfarm run's workers offer only cpus; use scheduler + workers with --resources)")),

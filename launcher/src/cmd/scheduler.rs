@@ -65,7 +65,7 @@ pub(crate) struct PidFile(pub(crate) Option<PathBuf>);
 impl PidFile {
     pub(crate) fn create(path: Option<PathBuf>) -> Result<PidFile, Fail> {
         if let Some(p) = &path {
-            std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| Fail(EXIT_USAGE, format!("cannot write pid file {}: {e}", p.display())))?;
+            std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| Fail::env(format!("cannot write pid file {}: {e}", p.display())))?;
         }
         Ok(PidFile(path))
     }
@@ -112,17 +112,17 @@ pub(crate) fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
         idle_timeout: a.idle_timeout,
         state: SchedulerConfig { worker_timeout: a.worker_timeout.as_secs_f64(), allowed_failures: a.allowed_failures, ..Default::default() },
     })
-    .map_err(|e| Fail(EXIT_USAGE, e.to_string()))?;
+    .map_err(|e| Fail::env(e.to_string()))?;
     let adapt = match adapt_plan {
         Some((opts, cfg)) => Some(taskfarm::jobqueue::adapt::spawn(sched.controller(), opts, cfg).map_err(|e| {
             sched.stop("adaptive scaling could not start");
-            Fail(EXIT_USAGE, e)
+            Fail::env(e)
         })?),
         None => None,
     };
     let stop = sched.stopper();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .map_err(|e| Fail(EXIT_USAGE, format!("cannot install signal handlers: {e}")))?;
+        .map_err(|e| Fail::env(format!("cannot install signal handlers: {e}")))?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             stop(&format!("received signal {sig}"));

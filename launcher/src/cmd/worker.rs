@@ -66,13 +66,13 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
                 .and_then(|s| util::unhex(s.trim()))
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| Fail(EXIT_USAGE, format!("connecting to {addr} needs the scheduler's secret in $TASKFARM_SECRET (hex); or use --scheduler-file")))?;
-            let stream = schedfile::connect_with_retry(addr, &secret, Role::Worker, a.death_timeout).map_err(|e| Fail(EXIT_USAGE, e))?;
+            let stream = schedfile::connect_with_retry(addr, &secret, Role::Worker, a.death_timeout).map_err(Fail::env)?;
             (secret, stream)
         }
         None => {
             let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
-            let (file, stream) = schedfile::wait_and_connect(&path, a.death_timeout, Role::Worker).map_err(|e| Fail(EXIT_USAGE, e))?;
-            (file.secret_bytes().map_err(|e| Fail(EXIT_USAGE, e))?, stream)
+            let (file, stream) = schedfile::wait_and_connect(&path, a.death_timeout, Role::Worker).map_err(Fail::env)?;
+            (file.secret_bytes().map_err(Fail::env)?, stream)
         }
     };
     // Until connected, a signal ends the worker at once; from now on the first
@@ -99,7 +99,7 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
             Ok(1)
         }
         Ok(WorkerExit::MemoryLimit(_)) => Ok(3),
-        Err(e) => Err(Fail(EXIT_USAGE, e.to_string())),
+        Err(e) => Err(Fail::env(e.to_string())),
     }
 }
 
