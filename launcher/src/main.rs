@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use taskfarm::{util, ClientError, Registry};
+use taskfarm::{ClientError, Registry};
 
 mod args;
 mod cmd;
@@ -92,9 +92,25 @@ impl Fail {
     }
 }
 
+/// Print the library's log events on stderr: `TASKFARM_LOG` = error, warn,
+/// info (the default; `run` is quiet: warn) or debug. A log line that cannot
+/// be written (stderr closed) is dropped; it never stops the process.
+fn init_logging(quiet: bool) {
+    use tracing::Level;
+    let level = match std::env::var("TASKFARM_LOG").map(|v| v.to_ascii_lowercase()).as_deref() {
+        Ok("error") => Level::ERROR,
+        Ok("warn" | "warning") => Level::WARN,
+        Ok("debug" | "trace") => Level::DEBUG,
+        Ok(_) => Level::INFO,
+        Err(_) if quiet => Level::WARN,
+        Err(_) => Level::INFO,
+    };
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).log_internal_errors(false).init();
+}
+
 fn main() -> ExitCode {
-    util::init_log_from_env();
     let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Run(_)));
     // Workers keep glibc for everything (their memory limit relies on it);
     // `taskfarm mpi` switches on its scheduler rank only.
     if !matches!(cli.command, Command::Worker(_) | Command::Mpi(_)) {

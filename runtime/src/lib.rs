@@ -14,6 +14,9 @@
 //!
 //! See docs/ARCHITECTURE.md for the code map and the scheduler's invariants.
 
+#[doc(hidden)]
+pub use tracing as __tracing;
+
 pub mod alloc;
 pub mod bufpool;
 pub mod client;

@@ -3,7 +3,6 @@
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Parse a duration: `90`, `90s`, `1.5m`, `2h`, `500ms`, `1d`. A bare number
@@ -264,44 +263,18 @@ pub fn format_bytes(n: u64) -> String {
 
 // ---- logging ---------------------------------------------------------------
 
-static LEVEL: AtomicU8 = AtomicU8::new(2);
-
-/// 0 error, 1 warn, 2 info, 3 debug. Set from `TASKFARM_LOG` (error, warn,
-/// info, debug) or by the CLI's `--quiet`/`--verbose`.
-pub fn set_log_level(level: u8) {
-    LEVEL.store(level, Ordering::Relaxed);
-}
-
-pub fn init_log_from_env() {
-    if let Ok(v) = std::env::var("TASKFARM_LOG") {
-        let l = match v.to_ascii_lowercase().as_str() {
-            "error" => 0,
-            "warn" | "warning" => 1,
-            "debug" | "trace" => 3,
-            _ => 2,
-        };
-        set_log_level(l);
-    }
-}
-
-pub fn log_enabled(level: u8) -> bool {
-    level <= LEVEL.load(Ordering::Relaxed)
-}
-
-pub fn log_line(level: u8, component: &str, msg: std::fmt::Arguments<'_>) {
-    let name = ["ERROR", "WARN", "INFO", "DEBUG"][level.min(3) as usize];
-    let t = unix_time();
-    let secs = t as u64;
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let ms = ((t - secs as f64) * 1000.0) as u32;
-    eprintln!("{h:02}:{m:02}:{s:02}.{ms:03} {name:5} taskfarm.{component}: {msg}");
-}
-
+/// Log through `tracing`, at level 0 (error), 1 (warn), 2 (info) or 3
+/// (debug), with target `taskfarm.COMPONENT`. The library only emits events;
+/// whoever embeds it installs a subscriber (the `taskfarm` binary prints
+/// them to stderr, filtered by `TASKFARM_LOG`).
 #[macro_export]
 macro_rules! log_at {
-    ($level:expr, $comp:expr, $($arg:tt)*) => {
-        if $crate::util::log_enabled($level) {
-            $crate::util::log_line($level, $comp, format_args!($($arg)*));
+    ($level:expr, $comp:literal, $($arg:tt)*) => {
+        match $level {
+            0 => $crate::__tracing::error!(target: concat!("taskfarm.", $comp), $($arg)*),
+            1 => $crate::__tracing::warn!(target: concat!("taskfarm.", $comp), $($arg)*),
+            2 => $crate::__tracing::info!(target: concat!("taskfarm.", $comp), $($arg)*),
+            _ => $crate::__tracing::debug!(target: concat!("taskfarm.", $comp), $($arg)*),
         }
     };
 }

@@ -3,7 +3,7 @@
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use taskfarm::{util, ClientError, Graph, Registry, Results};
+use taskfarm::{ClientError, Graph, Registry, Results};
 use crate::*;
 use crate::args::*;
 
@@ -78,9 +78,6 @@ pub(crate) fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
     if nthreads == 0 {
         return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
     }
-    if !log_enabled_info_requested() {
-        util::set_log_level(1);
-    }
     let dir = taskfarm::node::choose_local_directory(a.local_directory.as_deref());
     let cluster = taskfarm::local::LocalCluster::start(a.workers, nthreads, dir, Registry::with_builtins())
         .map_err(|e| Fail::env(format!("cannot start the local cluster: {e}")))?;
@@ -94,7 +91,3 @@ pub(crate) fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
     report(results, &keys)
 }
 
-/// `run` is quiet unless the user asked for logs.
-pub(crate) fn log_enabled_info_requested() -> bool {
-    std::env::var_os("TASKFARM_LOG").is_some()
-}
