@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
-use crate::scheduler::ids::KeyIndex;
+use crate::keys::KeyIndex;
 use std::fmt;
 
 /// A task's computation, shipped opaque to the scheduler and evaluated on a
@@ -60,33 +60,7 @@ pub struct CmdSpec {
     pub stdin: Option<Expr>,
 }
 
-/// Per-task annotations, as given in the long form.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Annotations {
-    /// Higher runs earlier among ready tasks.
-    pub priority: i32,
-    /// How many times an erred task is run again.
-    pub retries: u32,
-    /// Abstract resources needed while running, e.g. `cpus`, `gpus`.
-    pub resources: Vec<(String, f64)>,
-    /// Names or addresses of the workers allowed to run it (empty: any).
-    pub workers: Vec<String>,
-    /// Seconds after which a running task fails.
-    pub timeout: Option<f64>,
-}
-
-/// One task as sent by a client to the scheduler.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TaskDef {
-    pub key: String,
-    /// Keys this task needs, in the order `Expr::Ref` indexes them.
-    pub deps: Vec<String>,
-    /// `bincode` encoding of the `Expr`.
-    pub spec: Vec<u8>,
-    pub annotations: Annotations,
-    /// Position in the memory-friendly execution order (lower first).
-    pub order: u32,
-}
+pub use crate::protocol::{Annotations, TaskDef};
 
 /// A validated graph, in file order.
 #[derive(Clone, Debug)]
@@ -223,40 +197,12 @@ impl Graph {
         Ok(())
     }
 
-    /// Iterative three-colour DFS; reports the keys on the first cycle found.
+    /// Reports the keys on the first cycle found.
     fn check_acyclic(&self) -> Result<(), GraphError> {
-        let n = self.tasks.len();
-        let dep_ids = &self.dep_ids;
-        let mut colour = vec![0u8; n]; // 0 new, 1 on stack, 2 done
-        for root in 0..n {
-            if colour[root] != 0 {
-                continue;
-            }
-            let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
-            colour[root] = 1;
-            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-                if let Some(&dep) = dep_ids[node].get(*next) {
-                    *next += 1;
-                    match colour[dep] {
-                        0 => {
-                            colour[dep] = 1;
-                            stack.push((dep, 0));
-                        }
-                        1 => {
-                            let start = stack.iter().position(|&(t, _)| t == dep).expect("grey node is on the stack");
-                            let mut cycle: Vec<String> = stack[start..].iter().map(|&(t, _)| self.tasks[t].key.clone()).collect();
-                            cycle.push(self.tasks[dep].key.clone());
-                            return Err(GraphError::Cycle(cycle));
-                        }
-                        _ => {}
-                    }
-                } else {
-                    colour[node] = 2;
-                    stack.pop();
-                }
-            }
+        match crate::dag::find_cycle(self.tasks.len(), |i, k| self.dep_ids[i].get(k).map(|&d| Some(d))) {
+            Some(cycle) => Err(GraphError::Cycle(cycle.into_iter().map(|t| self.tasks[t].key.clone()).collect())),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Depth-first post-order from the outputs: a task's dependencies come

@@ -10,7 +10,6 @@
 //! a batch of messages, and is followed by that many payload frames (kind 1)
 //! whose bodies are raw value bytes, never re-encoded.
 
-use crate::graph::TaskDef;
 use hmac::{Hmac, Mac};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -19,6 +18,34 @@ use std::fmt;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
+
+/// Per-task annotations, as given in the long form.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Annotations {
+    /// Higher runs earlier among ready tasks.
+    pub priority: i32,
+    /// How many times an erred task is run again.
+    pub retries: u32,
+    /// Abstract resources needed while running, e.g. `cpus`, `gpus`.
+    pub resources: Vec<(String, f64)>,
+    /// Names or addresses of the workers allowed to run it (empty: any).
+    pub workers: Vec<String>,
+    /// Seconds after which a running task fails.
+    pub timeout: Option<f64>,
+}
+
+/// One task as sent by a client to the scheduler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskDef {
+    pub key: String,
+    /// Keys this task needs, in the order `Expr::Ref` indexes them.
+    pub deps: Vec<String>,
+    /// `bincode` encoding of the `Expr`.
+    pub spec: Vec<u8>,
+    pub annotations: Annotations,
+    /// Position in the memory-friendly execution order (lower first).
+    pub order: u32,
+}
 
 pub type TaskId = u32;
 /// A value payload as it travels: tag byte and body.

@@ -273,18 +273,6 @@ fn read_spilled(path: &Path) -> io::Result<Value> {
     Value::from_wire(tag[0], body)
 }
 
-impl crate::worker::state::Held for Store {
-    fn contains(&self, id: TaskId) -> bool {
-        Store::contains(self, id)
-    }
-    fn in_memory(&self, id: TaskId) -> bool {
-        Store::in_memory(self, id)
-    }
-    fn nbytes(&self, id: TaskId) -> Option<u64> {
-        Store::nbytes(self, id)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

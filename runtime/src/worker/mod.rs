@@ -639,3 +639,16 @@ impl memory::Probe for StoreProbe<'_> {
         crate::bufpool::clear()
     }
 }
+
+/// The decisions ask the store what it holds.
+impl state::Held for Store {
+    fn contains(&self, id: TaskId) -> bool {
+        Store::contains(self, id)
+    }
+    fn in_memory(&self, id: TaskId) -> bool {
+        Store::in_memory(self, id)
+    }
+    fn nbytes(&self, id: TaskId) -> Option<u64> {
+        Store::nbytes(self, id)
+    }
+}

@@ -228,39 +228,12 @@ enum Loc {
 /// on new ones), as keys; the dependencies of `defs[i]` are
 /// `dep_locs[dep_start[i]..dep_start[i + 1]]`.
 fn find_cycle(defs: &[TaskDef], dep_start: &[u32], dep_locs: &[Loc]) -> Option<Vec<String>> {
-    let deps_of = |i: usize| &dep_locs[dep_start[i] as usize..dep_start[i + 1] as usize];
-    let mut colour = vec![0u8; defs.len()];
-    for root in 0..defs.len() {
-        if colour[root] != 0 || deps_of(root).is_empty() {
-            continue;
-        }
-        colour[root] = 1;
-        let mut stack = vec![(root, 0usize)];
-        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
-            let deps = deps_of(node);
-            if *next < deps.len() {
-                let dep = deps[*next];
-                *next += 1;
-                let Loc::New(d) = dep else { continue };
-                let d = d as usize;
-                match colour[d] {
-                    0 => {
-                        colour[d] = 1;
-                        stack.push((d, 0));
-                    }
-                    1 => {
-                        let start = stack.iter().position(|&(x, _)| x == d).unwrap_or(0);
-                        let mut cycle: Vec<String> = stack[start..].iter().map(|&(x, _)| defs[x].key.clone()).collect();
-                        cycle.push(defs[d].key.clone());
-                        return Some(cycle);
-                    }
-                    _ => {}
-                }
-            } else {
-                colour[node] = 2;
-                stack.pop();
-            }
-        }
-    }
-    None
+    let cycle = crate::dag::find_cycle(defs.len(), |i, k| {
+        dep_locs[dep_start[i] as usize..dep_start[i + 1] as usize].get(k).map(|l| match l {
+            Loc::New(d) => Some(*d as usize),
+            Loc::Old(_) => None,
+        })
+    })?;
+
+    Some(cycle.into_iter().map(|x| defs[x].key.clone()).collect())
 }

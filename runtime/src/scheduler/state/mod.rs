@@ -17,7 +17,8 @@
 
 use crate::graph::TaskDef;
 use crate::protocol::{ComputeTask, Payload, StatusReport, TaskId, ToClient, ToWorker, WorkerId, WorkerMetrics, WorkerStatus};
-use super::ids::{Ids, KeyIndex, ReadyQueue};
+use super::ids::{Ids, ReadyQueue};
+use crate::keys::KeyIndex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub use events::{replay, Event, Outcome, Record, Recorder, Replay};
