@@ -101,6 +101,7 @@ pub fn trim(idle: Duration) {
 }
 
 /// Bytes held in the pool, and how many buffers were reused so far.
+#[cfg(test)]
 pub fn stats() -> (u64, u64) {
     let p = pool();
     (p.held as u64, p.reused)

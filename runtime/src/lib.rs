@@ -18,10 +18,10 @@
 pub use tracing as __tracing;
 
 pub mod alloc;
-pub mod bufpool;
+pub(crate) mod bufpool;
 pub mod client;
 pub(crate) mod dag;
-pub mod dataplane;
+pub(crate) mod dataplane;
 pub mod functions;
 pub mod graph;
 pub mod jobqueue;
@@ -31,7 +31,7 @@ pub mod mpi;
 pub mod node;
 pub mod protocol;
 pub mod schedfile;
-pub mod store;
+pub(crate) mod store;
 pub mod scheduler;
 pub mod status;
 pub mod util;

@@ -8,10 +8,10 @@
 //! scheduler connection's reader, the executors ([`executor`]) and the peer
 //! fetchers ([`crate::dataplane`]) talk to it over one channel.
 
-pub mod executor;
+pub(crate) mod executor;
 pub mod lifetime;
 pub mod memory;
-pub mod state;
+pub(crate) mod state;
 
 use crate::dataplane::{self, Counters, FetchOutcome};
 use crate::functions::Registry;
@@ -412,11 +412,7 @@ impl WorkerLoop {
             }
             Event::Fetch(FetchOutcome::Failed { ids, from, error }) => {
                 log_at!(1, "worker", "fetch from {from} failed: {error}");
-                self.input(Input::FetchFailed {
-                    deps: ids,
-                    from,
-                    error,
-                })
+                self.input(Input::FetchFailed { deps: ids, from })
             }
             Event::RetireRequested => self.input(Input::RetireRequested),
         }
@@ -498,11 +494,8 @@ impl WorkerLoop {
             )
         });
         if sender.send(vec![dep]).is_err() {
-            return Some(Input::FetchFailed {
-                deps: vec![dep],
-                from: peer,
-                error: "the fetcher for this peer stopped".into(),
-            });
+            log_at!(1, "worker", "fetch from {peer} failed: its fetcher stopped");
+            return Some(Input::FetchFailed { deps: vec![dep], from: peer });
         }
         None
     }

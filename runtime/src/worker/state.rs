@@ -70,7 +70,6 @@ pub enum Input {
     FetchFailed {
         deps: Vec<TaskId>,
         from: String,
-        error: String,
     },
     /// An [`Execute`]'s dependency `dep` could not be loaded (freed meanwhile,
     /// or its spill file is unreadable).
@@ -242,11 +241,7 @@ impl WorkerState {
                 }
             }
             Input::Fetched { dep, nbytes } => self.fetched(dep, nbytes),
-            Input::FetchFailed {
-                deps,
-                from,
-                error: _,
-            } => {
+            Input::FetchFailed { deps, from } => {
                 self.out.push(Instruction::ForgetPeer(from));
                 for dep in deps {
                     self.retry_fetch(dep);
@@ -291,6 +286,7 @@ impl WorkerState {
         }
     }
 
+    #[cfg(test)]
     pub fn take_instructions(&mut self) -> std::vec::Drain<'_, Instruction> {
         self.out.drain(..)
     }
@@ -328,10 +324,6 @@ impl WorkerState {
     /// The `--lifetime` runs out at this tick (the next `Tick` retires).
     pub fn lifetime_reached(&self, now: Instant) -> bool {
         self.shape.retire_at.is_some_and(|t| now >= t)
-    }
-
-    pub fn retiring(&self) -> bool {
-        self.retire_deadline.is_some()
     }
 
     fn send(&mut self, m: ToScheduler) {
@@ -668,6 +660,7 @@ impl WorkerState {
 
     /// Check every invariant in the module documentation; `Err` names the
     /// first one broken. O(size of the state): for tests.
+    #[cfg(test)]
     pub fn check_invariants(&self) -> Result<(), String> {
         let running = self.tasks.values().filter(|t| t.running).count() as u32;
         if running != self.executing {

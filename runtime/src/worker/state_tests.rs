@@ -132,11 +132,7 @@ impl Sim {
             .position(|f| f.1 == dep)
             .expect("fetch under way");
         let (from, _) = self.fetches.remove(pos);
-        self.input(Input::FetchFailed {
-            deps: vec![dep],
-            from,
-            error: "refused".into(),
-        });
+        self.input(Input::FetchFailed { deps: vec![dep], from });
     }
 
     fn take_sent(&mut self) -> Vec<ToScheduler> {
