@@ -85,6 +85,12 @@ impl From<ClientError> for Fail {
     }
 }
 
+impl From<taskfarm::Error> for Fail {
+    fn from(e: taskfarm::Error) -> Fail {
+        Fail(e.exit_code(), e.to_string())
+    }
+}
+
 impl Fail {
     /// The environment failed (see [`EXIT_ENVIRONMENT`]).
     fn env(msg: impl Into<String>) -> Fail {

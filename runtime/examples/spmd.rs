@@ -27,7 +27,7 @@ fn main() {
     // Only rank 1 returns from here; the other ranks serve and then exit.
     let mut client = initialize(MpiOptions::new(scheduler_file.into()), registry).unwrap_or_else(|e| {
         eprintln!("spmd: {e}");
-        std::process::exit(2)
+        std::process::exit(e.exit_code().into())
     });
 
     let mut graph = serde_json::Map::new();

@@ -103,7 +103,7 @@ impl Client {
 
     /// Find the scheduler through its file, waiting up to `timeout` for it.
     pub fn from_scheduler_file(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
-        let (file, stream) = schedfile::wait_and_connect(path, timeout, Role::Client).map_err(ClientError::Connect)?;
+        let (file, stream) = schedfile::wait_and_connect(path, timeout, Role::Client).map_err(|e| ClientError::Connect(e.to_string()))?;
         let secret = file.secret_bytes().map_err(ClientError::Connect)?;
         Client::from_stream(stream, &file.address, &secret)
     }

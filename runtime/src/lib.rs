@@ -21,6 +21,7 @@ pub mod alloc;
 pub(crate) mod bufpool;
 pub mod client;
 pub(crate) mod dag;
+pub mod error;
 pub(crate) mod dataplane;
 pub mod functions;
 pub mod graph;
@@ -39,6 +40,7 @@ pub mod value;
 pub mod worker;
 
 pub use client::{Client, ClientError, Results};
+pub use error::Error;
 pub use functions::{Registry, TaskContext};
 pub use graph::{Graph, GraphError};
 pub use value::Data;

@@ -243,7 +243,11 @@ pub fn connect(address: &str, secret: &[u8], role: Role) -> Result<TcpStream, Co
 
 /// Connect to `address` (no scheduler file), retrying while nothing answers,
 /// for up to `timeout`; an authentication or version failure ends at once.
-pub fn connect_with_retry(address: &str, secret: &[u8], role: Role, timeout: Duration) -> Result<TcpStream, String> {
+pub fn connect_with_retry(address: &str, secret: &[u8], role: Role, timeout: Duration) -> Result<TcpStream, crate::Error> {
+    connect_with_retry_inner(address, secret, role, timeout).map_err(crate::Error::Environment)
+}
+
+fn connect_with_retry_inner(address: &str, secret: &[u8], role: Role, timeout: Duration) -> Result<TcpStream, String> {
     let start = Instant::now();
     loop {
         match connect(address, secret, role) {
@@ -273,7 +277,7 @@ pub enum ConnectError {
 /// Inside the batch command of `taskfarm mpi` (where [`JOB_ENV`] is set), the
 /// job's own copy of the file is read when it exists, so that another job
 /// writing the same path cannot capture this one's clients.
-pub fn wait_and_connect(path: &Path, timeout: Duration, role: Role) -> Result<(SchedulerFile, TcpStream), String> {
+pub fn wait_and_connect(path: &Path, timeout: Duration, role: Role) -> Result<(SchedulerFile, TcpStream), crate::Error> {
     if let Some(job) = std::env::var(JOB_ENV).ok().filter(|j| !j.is_empty()) {
         let own = job_path(path, &job);
         if own.exists() {
@@ -295,7 +299,11 @@ pub struct WaitPolicy {
     pub job: Option<String>,
 }
 
-pub fn wait_and_connect_with(path: &Path, timeout: Duration, role: Role, policy: &WaitPolicy) -> Result<(SchedulerFile, TcpStream), String> {
+pub fn wait_and_connect_with(path: &Path, timeout: Duration, role: Role, policy: &WaitPolicy) -> Result<(SchedulerFile, TcpStream), crate::Error> {
+    wait_and_connect_inner(path, timeout, role, policy).map_err(crate::Error::Environment)
+}
+
+fn wait_and_connect_inner(path: &Path, timeout: Duration, role: Role, policy: &WaitPolicy) -> Result<(SchedulerFile, TcpStream), String> {
     let start = Instant::now();
     let mut last_note = Instant::now();
     let mut pause = Duration::from_millis(5);
@@ -405,7 +413,7 @@ mod tests {
         let p = d.join("s.json");
         fs::write(&p, "{not json").unwrap();
         assert!(SchedulerFile::read(&p).unwrap_err().contains("is not valid (line 1"));
-        let e = wait_and_connect(&d.join("absent.json"), Duration::from_millis(50), Role::Client).unwrap_err();
+        let e = wait_and_connect(&d.join("absent.json"), Duration::from_millis(50), Role::Client).unwrap_err().to_string();
         assert!(e.contains("does not exist yet") && e.contains("gave up"), "{e}");
         fs::remove_dir_all(d).unwrap();
     }
@@ -424,7 +432,7 @@ mod tests {
         let e = SchedulerFile::read(&p).unwrap_err();
         assert!(e.contains("other users may write to it (mode 622)"), "{e}");
         let start = Instant::now();
-        let e = wait_and_connect(&p, Duration::from_secs(30), Role::Client).unwrap_err();
+        let e = wait_and_connect(&p, Duration::from_secs(30), Role::Client).unwrap_err().to_string();
         assert!(e.contains("mode 622") && start.elapsed() < Duration::from_secs(10), "{e}");
         // A directory: not a regular file.
         let e = SchedulerFile::read(&d).unwrap_err();
@@ -454,7 +462,7 @@ mod tests {
         f.job = Some("aaaa".into());
         f.write(&p).unwrap();
         let policy = WaitPolicy { job: Some("bbbb".into()), ..WaitPolicy::default() };
-        let e = wait_and_connect_with(&p, Duration::from_millis(100), Role::Client, &policy).unwrap_err();
+        let e = wait_and_connect_with(&p, Duration::from_millis(100), Role::Client, &policy).unwrap_err().to_string();
         assert!(e.contains("belongs to another launch (job aaaa") && e.contains("this job's scheduler (job bbbb)"), "{e}");
         assert_eq!(job_path(&p, "bbbb"), d.join("s.json.job-bbbb"));
         fs::remove_dir_all(d).unwrap();
@@ -469,7 +477,7 @@ mod tests {
         let mut f = SchedulerFile::new(&format!("tcp://127.0.0.1:{port}"), b"abc");
         f.started -= 86400.0;
         f.write(&p).unwrap();
-        let e = wait_and_connect(&p, Duration::from_millis(100), Role::Client).unwrap_err();
+        let e = wait_and_connect(&p, Duration::from_millis(100), Role::Client).unwrap_err().to_string();
         assert!(e.contains("is stale") && e.contains("24.0 h ago"), "{e}");
         fs::remove_dir_all(d).unwrap();
     }

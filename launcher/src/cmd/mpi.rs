@@ -78,14 +78,7 @@ pub(crate) fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
     opts.resources = a.resources.as_deref().map(util::parse_resources).transpose().map_err(|e| Fail(EXIT_USAGE, e))?.unwrap_or_default();
     opts.lifetime = a.leave.request(false);
     opts.lifetime.validate().map_err(|e| Fail(EXIT_USAGE, e))?;
-    // Usage errors first, before anything listens or connects; what fails
-    // after that is the environment.
-    let usage = |e: String| Fail(EXIT_USAGE, format!("rank {}: {e}", info.rank));
-    taskfarm::mpi::check_size(info.size, batch.is_some()).map_err(usage)?;
-    if let Some(name) = &opts.interface {
-        taskfarm::node::interface_address(name).map_err(usage)?;
-    }
-    let code = taskfarm::mpi::run(&opts, &info, handle.as_ref(), batch, Registry::with_builtins()).map_err(|e| Fail::env(format!("rank {}: {e}", info.rank)))?;
+    let code = taskfarm::mpi::run(&opts, &info, handle.as_ref(), batch, Registry::with_builtins()).map_err(|e| Fail::from(e.context(format!("rank {}", info.rank))))?;
     // Finalises MPI in the build with the `mpi` feature (a no-op without).
     #[allow(clippy::drop_non_drop)]
     drop(handle);

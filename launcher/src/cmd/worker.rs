@@ -66,12 +66,12 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
                 .and_then(|s| util::unhex(s.trim()))
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| Fail(EXIT_USAGE, format!("connecting to {addr} needs the scheduler's secret in $TASKFARM_SECRET (hex); or use --scheduler-file")))?;
-            let stream = schedfile::connect_with_retry(addr, &secret, Role::Worker, a.death_timeout).map_err(Fail::env)?;
+            let stream = schedfile::connect_with_retry(addr, &secret, Role::Worker, a.death_timeout)?;
             (secret, stream)
         }
         None => {
             let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
-            let (file, stream) = schedfile::wait_and_connect(&path, a.death_timeout, Role::Worker).map_err(Fail::env)?;
+            let (file, stream) = schedfile::wait_and_connect(&path, a.death_timeout, Role::Worker)?;
             (file.secret_bytes().map_err(Fail::env)?, stream)
         }
     };

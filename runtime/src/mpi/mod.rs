@@ -14,6 +14,7 @@ use crate::node::{self, BindPolicy};
 use crate::protocol::Role;
 use crate::scheduler::{self, SchedulerConfig, ServerConfig};
 use crate::worker::{self, WorkerConfig, WorkerExit};
+use crate::error::{environment, usage, Error};
 use crate::{log_at, schedfile, util};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -233,10 +234,10 @@ fn addresses(opts: &MpiOptions) -> Result<(Option<IpAddr>, Option<IpAddr>), Stri
 
 /// Run this rank's part. `batch` is the client command (argv) for batch
 /// mode. Returns the process exit status.
-pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch: Option<&[String]>, registry: Registry) -> Result<i32, String> {
-    check_size(info.size, batch.is_some())?;
-    let share = bind(opts.bind, info)?;
-    let (listen, contact) = addresses(opts)?;
+pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch: Option<&[String]>, registry: Registry) -> Result<i32, Error> {
+    check_size(info.size, batch.is_some()).map_err(usage)?;
+    let share = bind(opts.bind, info).map_err(environment)?;
+    let (listen, contact) = addresses(opts).map_err(usage)?;
     let role = role_of(info.rank, batch.is_some());
     log_at!(2, "mpi", "rank {} of {} ({}, launch {}): {:?}", info.rank, info.size, info.launcher, opts.job.as_deref().unwrap_or("unknown"), role);
     if opts.job.is_none() && info.rank == 0 {
@@ -250,19 +251,19 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
     match role {
         RankRole::Scheduler => {
             crate::alloc::small_blocks_from_mimalloc();
-            run_scheduler(opts, listen, contact, handle)
+            run_scheduler(opts, listen, contact, handle).map_err(environment)
         }
         RankRole::Client => {
             crate::alloc::small_blocks_from_mimalloc();
-            let (mut client, _) = connect_client(opts, handle)?;
-            wait_for_workers(&mut client, &opts.worker_names(info.size), opts.death_timeout)?;
-            let code = run_command(batch.expect("client role only in batch mode"), &opts.rank_file(), opts.job.as_deref())?;
+            let (mut client, _) = connect_client(opts, handle).map_err(environment)?;
+            wait_for_workers(&mut client, &opts.worker_names(info.size), opts.death_timeout).map_err(environment)?;
+            let code = run_command(batch.expect("client role only in batch mode"), &opts.rank_file(), opts.job.as_deref()).map_err(usage)?;
             log_at!(2, "mpi", "batch command exited with status {code}; shutting the cluster down");
             let _ = client.shutdown();
             Ok(code)
         }
         RankRole::Worker => {
-            let (file_secret, stream) = connect_worker(opts, handle)?;
+            let (file_secret, stream) = connect_worker(opts, handle).map_err(environment)?;
             let retire = retire_on_signals();
             let nthreads = opts.nthreads.unwrap_or_else(|| share.as_ref().map(|s| s.len() as u32).unwrap_or_else(cpus)).max(1);
             let cfg = WorkerConfig {
@@ -273,10 +274,10 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
                 registry,
                 memory: opts.memory.clone(),
                 retire_requests: Some(retire),
-                lifetime: opts.lifetime.plan()?,
+                lifetime: opts.lifetime.plan().map_err(usage)?,
                 ..WorkerConfig::new(format!("{}-{}", opts.name, info.rank), nthreads, file_secret)
             };
-            match worker::run(cfg, stream).map_err(|e| e.to_string())? {
+            match worker::run(cfg, stream).map_err(|e| environment(e.to_string()))? {
                 WorkerExit::Shutdown(_) => Ok(0),
                 WorkerExit::SchedulerLost(reason) => {
                     log_at!(1, "mpi", "rank {}: {reason}; exiting", info.rank);
@@ -363,7 +364,7 @@ fn connect_worker(opts: &MpiOptions, handle: Option<&MpiHandle>) -> Result<(Vec<
         let s = schedfile::connect(&addr, &secret, Role::Worker).map_err(|e| format!("cannot reach the scheduler at {addr}: {e:?}"))?;
         return Ok((secret, s));
     }
-    let (file, stream) = schedfile::wait_and_connect_with(&opts.rank_file(), opts.death_timeout, Role::Worker, &job_file_policy(opts))?;
+    let (file, stream) = schedfile::wait_and_connect_with(&opts.rank_file(), opts.death_timeout, Role::Worker, &job_file_policy(opts)).map_err(|e| e.to_string())?;
     Ok((file.secret_bytes()?, stream))
 }
 
@@ -371,7 +372,7 @@ fn connect_client(opts: &MpiOptions, handle: Option<&MpiHandle>) -> Result<(Clie
     if let Some((addr, secret)) = handle.and_then(|h| share_address(h, None)) {
         return Ok((Client::connect(&addr, &secret).map_err(|e| e.to_string())?, secret));
     }
-    let (file, stream) = schedfile::wait_and_connect_with(&opts.rank_file(), opts.death_timeout, Role::Client, &job_file_policy(opts))?;
+    let (file, stream) = schedfile::wait_and_connect_with(&opts.rank_file(), opts.death_timeout, Role::Client, &job_file_policy(opts)).map_err(|e| e.to_string())?;
     let secret = file.secret_bytes()?;
     let client = Client::from_connected(stream, &file.address, &secret).map_err(|e| e.to_string())?;
     Ok((client, secret))
@@ -507,14 +508,14 @@ impl Drop for MpiClient {
 /// the cluster shuts down). On rank 1 it returns a client for the rest of
 /// `main`, once every worker has registered; dropping it shuts the cluster
 /// down.
-pub fn initialize(opts: MpiOptions, registry: Registry) -> Result<MpiClient, String> {
-    let (info, handle) = discover()?;
-    check_size(info.size, true)?;
+pub fn initialize(opts: MpiOptions, registry: Registry) -> Result<MpiClient, Error> {
+    let (info, handle) = discover().map_err(usage)?;
+    check_size(info.size, true).map_err(usage)?;
     match role_of(info.rank, true) {
         RankRole::Client => {
-            bind(opts.bind, &info)?;
-            let (mut client, _) = connect_client(&opts, handle.as_ref())?;
-            wait_for_workers(&mut client, &opts.worker_names(info.size), opts.death_timeout)?;
+            bind(opts.bind, &info).map_err(environment)?;
+            let (mut client, _) = connect_client(&opts, handle.as_ref()).map_err(environment)?;
+            wait_for_workers(&mut client, &opts.worker_names(info.size), opts.death_timeout).map_err(environment)?;
             Ok(MpiClient { client: Some(client), info, _mpi: handle })
         }
         _ => {
@@ -522,7 +523,7 @@ pub fn initialize(opts: MpiOptions, registry: Registry) -> Result<MpiClient, Str
                 Ok(c) => c,
                 Err(e) => {
                     log_at!(0, "mpi", "rank {}: {e}", info.rank);
-                    2
+                    e.exit_code() as i32
                 }
             };
             // Finalises MPI in the build with the `mpi` feature (a no-op without).
