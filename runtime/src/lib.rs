@@ -25,6 +25,7 @@ pub mod error;
 pub(crate) mod dataplane;
 pub mod functions;
 pub mod graph;
+pub(crate) mod idmap;
 pub mod jobqueue;
 pub(crate) mod keys;
 pub mod local;

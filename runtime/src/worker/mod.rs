@@ -361,7 +361,7 @@ impl WorkerLoop {
                 if let ToWorker::Welcome { worker_id } = &m {
                     log_at!(3, "worker", "registered as worker {worker_id}");
                 }
-                self.input(Input::Scheduler(m))
+                self.message(m)
             }),
             Event::SchedulerClosed(reason) => Some(WorkerExit::SchedulerLost(reason)),
             Event::Exec(Report::Started { id, exec, ticket }) => {
@@ -438,9 +438,26 @@ impl WorkerLoop {
     /// Feed the state and carry out its instructions (which may feed it
     /// again: a task whose inputs cannot be loaded).
     fn input_at(&mut self, input: Input, now: Instant) -> Option<WorkerExit> {
-        let mut next = Some(input);
-        while let Some(input) = next.take().or_else(|| self.pending.pop()) {
-            self.state.handle(input, now, &*self.store);
+        self.state.handle(input, now, &*self.store);
+        self.after_state(now)
+    }
+
+    /// A message from the scheduler, straight to the state.
+    fn message(&mut self, m: ToWorker) -> Option<WorkerExit> {
+        self.state.message(m, &*self.store);
+        self.after_state(self.now)
+    }
+
+    /// Take what the state produced: its messages go to the scheduler's
+    /// batch, its instructions are carried out, and the inputs those cause
+    /// (a task whose inputs cannot be loaded) are fed back until none is left.
+    fn after_state(&mut self, now: Instant) -> Option<WorkerExit> {
+        loop {
+            let from = self.out.len();
+            self.state.take_messages_into(&mut self.out);
+            if self.out[from..].iter().any(|m| matches!(m, ToScheduler::RetireMe)) {
+                log_at!(2, "worker", "worker '{}' retiring (signal or --lifetime): asking the scheduler to move its data and let it go", self.cfg.name);
+            }
             let mut instructions = std::mem::take(&mut self.instructions);
             self.state.take_instructions_into(&mut instructions);
             let exit = self.carry_out(&mut instructions);
@@ -449,20 +466,15 @@ impl WorkerLoop {
                 self.pending.clear();
                 return exit;
             }
+            let input = self.pending.pop()?;
+            self.state.handle(input, now, &*self.store);
         }
-        None
     }
 
     /// Carry out (and empty) `instructions`; inputs they cause go on `pending`.
     fn carry_out(&mut self, instructions: &mut Vec<Instruction>) -> Option<WorkerExit> {
         for ins in instructions.drain(..) {
             match ins {
-                Instruction::Send(m) => {
-                    if matches!(m, ToScheduler::RetireMe) {
-                        log_at!(2, "worker", "worker '{}' retiring (signal or --lifetime): asking the scheduler to move its data and let it go", self.cfg.name);
-                    }
-                    self.out.push(m)
-                }
                 Instruction::Fetch { peer, dep } => {
                     if let Some(failed) = self.fetch(peer, dep) {
                         self.pending.push(failed);

@@ -1,7 +1,9 @@
 //! The worker's decisions as a pure state machine, as the scheduler's are:
-//! inputs in ([`Input`]: the scheduler's messages, tasks done, values
-//! fetched, fetches failed, ticks of the clock), [`Instruction`]s out (send
-//! to the scheduler, fetch from a peer, execute, drop a value, exit). No
+//! the scheduler's messages in through [`WorkerState::message`], everything
+//! else ([`Input`]: tasks done, values fetched, fetches failed, ticks of the
+//! clock) through [`WorkerState::handle`]; out come messages for the
+//! scheduler ([`WorkerState::take_messages_into`]) and [`Instruction`]s
+//! (fetch from a peer, execute, drop a value, forget a peer, exit). No
 //! sockets, threads or clocks it is not handed; what the store holds is
 //! asked through [`Held`]. The IO around it is `worker::run`.
 //!
@@ -23,6 +25,7 @@ use super::WorkerExit;
 use crate::graph::Expr;
 use crate::protocol::{ComputeTask, TaskId, ToScheduler, ToWorker};
 use std::cmp::Reverse;
+use crate::idmap::IdMap;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -48,7 +51,6 @@ pub trait Held {
 /// What happens to the worker.
 #[derive(Debug)]
 pub enum Input {
-    Scheduler(ToWorker),
     /// A task ran and its value is now in the store.
     Finished {
         id: TaskId,
@@ -88,7 +90,6 @@ pub enum Input {
 /// What the worker's IO is to do.
 #[derive(Debug, PartialEq)]
 pub enum Instruction {
-    Send(ToScheduler),
     /// Ask the peer at `peer` for the value of `dep` (answered by
     /// `Fetched` or `FetchFailed`).
     Fetch {
@@ -169,10 +170,10 @@ pub struct Shape {
 
 pub struct WorkerState {
     shape: Shape,
-    tasks: HashMap<TaskId, LocalTask>,
+    tasks: IdMap<LocalTask>,
     ready: BinaryHeap<Reverse<(Priority, TaskId)>>,
     executing: u32,
-    fetching: HashMap<TaskId, Fetching>,
+    fetching: IdMap<Fetching>,
     /// Fetches waiting for room under the transfer limits.
     fetch_queue: VecDeque<TaskId>,
     fetches_in_flight: usize,
@@ -186,16 +187,18 @@ pub struct WorkerState {
     /// Asked to retire: leave by then even if the scheduler does not answer.
     retire_deadline: Option<Instant>,
     out: Vec<Instruction>,
+    /// Messages for the scheduler, in order.
+    sent: Vec<ToScheduler>,
 }
 
 impl WorkerState {
     pub fn new(shape: Shape) -> WorkerState {
         WorkerState {
             shape,
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             ready: BinaryHeap::new(),
             executing: 0,
-            fetching: HashMap::new(),
+            fetching: IdMap::default(),
             fetch_queue: VecDeque::new(),
             fetches_in_flight: 0,
             fetch_bytes_in_flight: 0,
@@ -204,6 +207,7 @@ impl WorkerState {
             paused: false,
             retire_deadline: None,
             out: Vec::new(),
+            sent: Vec::new(),
         }
     }
 
@@ -211,7 +215,6 @@ impl WorkerState {
     /// it produced are taken with [`WorkerState::take_instructions`].
     pub fn handle(&mut self, input: Input, now: Instant, held: &dyn Held) {
         match input {
-            Input::Scheduler(m) => self.scheduler_message(m, held),
             Input::Finished {
                 id,
                 nbytes,
@@ -293,6 +296,16 @@ impl WorkerState {
 
     /// Move the instructions produced so far to the end of `buf` (which
     /// keeps its allocation from one input to the next).
+    /// Move the messages for the scheduler produced so far to the end of `buf`.
+    pub fn take_messages_into(&mut self, buf: &mut Vec<ToScheduler>) {
+        buf.append(&mut self.sent);
+    }
+
+    /// A message from the scheduler (the other entry point, beside [`handle`](Self::handle)).
+    pub fn message(&mut self, m: ToWorker, held: &dyn Held) {
+        self.scheduler_message(m, held);
+    }
+
     pub fn take_instructions_into(&mut self, buf: &mut Vec<Instruction>) {
         buf.append(&mut self.out);
     }
@@ -327,7 +340,7 @@ impl WorkerState {
     }
 
     fn send(&mut self, m: ToScheduler) {
-        self.out.push(Instruction::Send(m));
+        self.sent.push(m);
     }
 
     fn scheduler_message(&mut self, m: ToWorker, held: &dyn Held) {

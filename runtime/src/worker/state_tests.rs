@@ -56,15 +56,26 @@ impl Sim {
         }
     }
 
+    /// A message from the scheduler, as the worker's IO gives it.
+    fn message(&mut self, m: ToWorker) {
+        self.s.message(m, &self.held);
+        self.carry_out(Vec::new());
+    }
+
     /// Apply an input as the worker's IO does, then check the invariants.
     fn input(&mut self, input: Input) {
-        let mut pending = vec![input];
-        while let Some(i) = pending.pop() {
-            self.s.handle(i, self.now, &self.held);
+        self.s.handle(input, self.now, &self.held);
+        self.carry_out(Vec::new());
+    }
+
+    /// Carry out what the state produced, feeding back the inputs that
+    /// causes, checking the invariants after each.
+    fn carry_out(&mut self, mut pending: Vec<Input>) {
+        loop {
+            self.s.take_messages_into(&mut self.sent);
             let out: Vec<Instruction> = self.s.take_instructions().collect();
             for ins in out {
                 match ins {
-                    Instruction::Send(m) => self.sent.push(m),
                     Instruction::Fetch { peer, dep } => self.fetches.push((peer, dep)),
                     Instruction::Execute(x) => {
                         match self.s.inputs(x.id).find(|d| !self.held.contains(**d)) {
@@ -83,11 +94,13 @@ impl Sim {
             if let Err(e) = self.s.check_invariants() {
                 panic!("invariant broken: {e}");
             }
+            let Some(i) = pending.pop() else { return };
+            self.s.handle(i, self.now, &self.held);
         }
     }
 
     fn compute(&mut self, ct: ComputeTask) {
-        self.input(Input::Scheduler(ToWorker::Compute(ct)));
+        self.message(ToWorker::Compute(ct));
     }
 
     fn tick(&mut self) {
@@ -236,7 +249,7 @@ fn steal_gives_up_only_what_has_not_started() {
     sim.compute(task(2, &[]));
     sim.tick();
     assert_eq!(ids_running(&sim), vec![1]);
-    sim.input(Input::Scheduler(ToWorker::Steal { ids: vec![1, 2, 3] }));
+    sim.message(ToWorker::Steal { ids: vec![1, 2, 3] });
     assert_eq!(
         sim.take_sent(),
         vec![ToScheduler::Stolen {
@@ -255,7 +268,7 @@ fn a_task_sent_again_after_being_stolen_waits_for_its_new_inputs() {
     // start the second one, which lacks an input.
     let mut sim = Sim::new(1, &[]);
     sim.compute(task(7, &[]));
-    sim.input(Input::Scheduler(ToWorker::Steal { ids: vec![7] }));
+    sim.message(ToWorker::Steal { ids: vec![7] });
     sim.compute(task(7, &[(5, &["tcp://a:1"])]));
     sim.tick();
     assert!(sim.running.is_empty());
@@ -393,18 +406,18 @@ fn an_input_that_vanished_before_the_start_is_reported_and_frees_the_thread() {
 fn replication_reports_a_copy_or_its_failure() {
     let mut sim = Sim::new(1, &[]);
     sim.held.0.insert(5, (42, false));
-    sim.input(Input::Scheduler(ToWorker::Replicate {
+    sim.message(ToWorker::Replicate {
         id: 5,
         holders: vec!["tcp://a:1".into()],
-    }));
+    });
     assert_eq!(
         sim.take_sent(),
         vec![ToScheduler::Replicated { id: 5, nbytes: 42 }]
     );
-    sim.input(Input::Scheduler(ToWorker::Replicate {
+    sim.message(ToWorker::Replicate {
         id: 6,
         holders: vec!["tcp://a:1".into()],
-    }));
+    });
     assert_eq!(sim.fetches, vec![("tcp://a:1".to_string(), 6)]);
     sim.fetch_failed(6);
     assert_eq!(
@@ -419,7 +432,7 @@ fn freeing_drops_values_and_waiting_tasks_but_not_running_ones() {
     sim.compute(task(1, &[]));
     sim.compute(task(2, &[]));
     sim.tick();
-    sim.input(Input::Scheduler(ToWorker::Free { ids: vec![1, 2] }));
+    sim.message(ToWorker::Free { ids: vec![1, 2] });
     assert_eq!(sim.dropped, vec![1, 2]);
     sim.finish(1, 8, Duration::from_millis(1));
     assert!(matches!(
@@ -433,9 +446,9 @@ fn freeing_drops_values_and_waiting_tasks_but_not_running_ones() {
 #[test]
 fn shutdown_exits() {
     let mut sim = Sim::new(1, &[]);
-    sim.input(Input::Scheduler(ToWorker::Shutdown {
+    sim.message(ToWorker::Shutdown {
         reason: "done".into(),
-    }));
+    });
     assert_eq!(sim.exit, Some(WorkerExit::Shutdown("done".into())));
 }
 
@@ -552,18 +565,18 @@ impl Walk {
                         }
                     })
                     .collect();
-                self.sim.input(Input::Scheduler(ToWorker::Free { ids }));
+                self.sim.message(ToWorker::Free { ids });
             }
             7 => {
                 let ids: Vec<TaskId> = (0..1 + self.next(3))
                     .map(|_| 1 + self.next(self.next_id as u64) as TaskId)
                     .collect();
-                self.sim.input(Input::Scheduler(ToWorker::Steal { ids }));
+                self.sim.message(ToWorker::Steal { ids });
             }
             8 => {
                 let id = 10_000 + self.next(20) as TaskId;
                 let holder = PEERS[self.next(3) as usize];
-                self.sim.input(Input::Scheduler(ToWorker::Replicate { id, holders: vec![holder.into()] }));
+                self.sim.message(ToWorker::Replicate { id, holders: vec![holder.into()] });
             }
             9 => {
                 // The store spills a value, or reads one back.

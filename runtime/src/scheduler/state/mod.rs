@@ -19,7 +19,7 @@ use crate::graph::TaskDef;
 use crate::protocol::{ComputeTask, Payload, StatusReport, TaskId, ToClient, ToWorker, WorkerId, WorkerMetrics, WorkerStatus};
 use super::ids::{Ids, ReadyQueue};
 use crate::keys::KeyIndex;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 pub use events::{replay, Event, Outcome, Record, Recorder, Replay};
 
@@ -40,39 +40,7 @@ const MAX_SHARED_SPEC: usize = 256;
 /// Seconds between work-stealing passes triggered by finished tasks.
 const BALANCE_INTERVAL: f64 = 0.005;
 
-/// Sets and maps keyed by task id. Ids are handed out by the scheduler
-/// itself (no one else chooses them), so a fast fixed hash is safe here;
-/// keys chosen by clients keep the randomly seeded default hasher.
-type IdSet = HashSet<TaskId, IdHash>;
-type IdMap<V> = HashMap<TaskId, V, IdHash>;
-
-/// Multiplicative (Fibonacci) hashing of a 32-bit id.
-#[derive(Clone, Copy, Default)]
-struct IdHash;
-
-impl std::hash::BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-#[derive(Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (self.0 ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+use crate::idmap::{IdMap, IdSet};
 
 /// Lower runs first: (rank of the user priority, highest first; submission
 /// generation; graph order).
