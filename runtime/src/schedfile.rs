@@ -95,7 +95,8 @@ impl SchedulerFile {
 pub enum FileError {
     /// No such file (yet).
     Missing(PathBuf),
-    /// Unreadable, not JSON, or not a scheduler file: it may still be replaced.
+    /// Unreadable, not JSON, or not a scheduler file (permanent: files are
+    /// replaced atomically, never seen half written).
     Invalid(String),
     /// Owned by another user or writable by others: never trusted, however long one waits.
     Untrusted(String),
@@ -312,6 +313,12 @@ fn wait_and_connect_inner(path: &Path, timeout: Duration, role: Role, policy: &W
         let waited = start.elapsed();
         let problem = match read_file(path) {
             Err(FileError::Untrusted(e)) => return Err(e),
+            // Files are replaced atomically, so an invalid one is not half
+            // written: waiting will not mend it (unless this job's rank 0 is
+            // about to replace a leftover, as `not_before` says).
+            Err(FileError::Invalid(e)) if policy.not_before.is_none() => {
+                return Err(format!("{e}; remove it, or start the scheduler that writes it"))
+            }
             Err(e) => e.to_string(),
             Ok(file) if policy.not_before.is_some_and(|t| file.started < t) => format!(
                 "scheduler file {} is from an earlier run (its scheduler, pid {} on {}, started {}); waiting for this job's scheduler to replace it",
@@ -413,6 +420,10 @@ mod tests {
         let p = d.join("s.json");
         fs::write(&p, "{not json").unwrap();
         assert!(SchedulerFile::read(&p).unwrap_err().contains("is not valid (line 1"));
+        // Waiting will not mend it: refused at once, not at the timeout.
+        let start = Instant::now();
+        let e = wait_and_connect(&p, Duration::from_secs(60), Role::Client).unwrap_err().to_string();
+        assert!(e.contains("is not valid") && e.contains("remove it") && start.elapsed() < Duration::from_secs(10), "{e}");
         let e = wait_and_connect(&d.join("absent.json"), Duration::from_millis(50), Role::Client).unwrap_err().to_string();
         assert!(e.contains("does not exist yet") && e.contains("gave up"), "{e}");
         fs::remove_dir_all(d).unwrap();
