@@ -197,3 +197,20 @@ fn environment_failures_exit_4_and_say_what_failed() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--nthreads must be at least 1") && start.elapsed() < std::time::Duration::from_secs(30), "{}", stderr(&o));
 }
+
+#[test]
+fn output_that_cannot_be_written_is_an_error_and_a_closed_stderr_stops_nothing() {
+    let d = TempDir::new("full");
+    let g = d.write("g.json", r#"{"x": 1, "y": ["inc", "x"], "z": ["add", "y", 10]}"#);
+    for args in [vec!["run", g.to_str().unwrap()], vec!["functions"]] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let o = std::process::Command::new(bin()).args(&args).stdout(full).output().unwrap();
+        assert_eq!(o.status.code(), Some(4), "{args:?}: a lost result must not look like success: {}", stderr(&o));
+        assert!(stderr(&o).contains("cannot write to standard output"), "{}", stderr(&o));
+    }
+    // Logging at debug with stderr closed: the run completes, prints its result, exits 0.
+    let script = format!("exec 2>&-; TASKFARM_LOG=debug {} run {}", bin(), g.display());
+    let o = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(stdout(&o), "{\"z\": 12}\n");
+}

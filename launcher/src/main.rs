@@ -5,8 +5,39 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 use taskfarm::{ClientError, Registry};
 
+/// Write a line to standard output; a failed write (a full disk, a closed
+/// pipe) ends the command with an error instead of silently losing output.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
+/// Like [`outln!`] without the newline.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*))?
+    };
+}
+
+/// A note on standard error; if it cannot be written it is dropped (a
+/// closed stderr must never stop or crash the command).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod args;
 mod cmd;
+
+/// Standard output, written through and flushed; errors become [`Fail`].
+fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), Fail> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args).and_then(|_| out.flush()).map_err(|e| Fail::env(format!("cannot write to standard output: {e}")))
+}
 
 use cmd::{client::*, jobqueue::*, mpi::*, run::*, scheduler::*, worker::*};
 
@@ -114,6 +145,13 @@ fn init_logging(quiet: bool) {
     tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).log_internal_errors(false).init();
 }
 
+fn cmd_functions() -> Result<u8, Fail> {
+    for (name, help) in Registry::with_builtins().describe() {
+        outln!("{name:10} {help}");
+    }
+    Ok(0)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Run(_)));
@@ -133,17 +171,12 @@ fn main() -> ExitCode {
         Command::Mpi(a) => cmd_mpi(a),
         Command::Topology(a) => cmd_topology(a),
         Command::Jobqueue(c) => cmd_jobqueue(c),
-        Command::Functions => {
-            for (name, help) in Registry::with_builtins().describe() {
-                println!("{name:10} {help}");
-            }
-            Ok(0)
-        }
+        Command::Functions => cmd_functions(),
     };
     match result {
         Ok(code) => ExitCode::from(code),
         Err(Fail(code, msg)) => {
-            eprintln!("taskfarm: error: {msg}");
+            note!("taskfarm: error: {msg}");
             ExitCode::from(code)
         }
     }

@@ -77,9 +77,9 @@ pub(crate) fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
     let r = client.status()?;
     if a.json {
         let j = serde_json::to_string_pretty(&taskfarm::status::StatusJson::from(&r)).expect("serialisable");
-        println!("{j}");
+        outln!("{j}");
     } else {
-        print!("{}", taskfarm::status::table(&r, util::unix_time()));
+        out!("{}", taskfarm::status::table(&r, util::unix_time()));
     }
     Ok(0)
 }
@@ -87,7 +87,7 @@ pub(crate) fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
 pub(crate) fn cmd_shutdown(a: ShutdownArgs) -> Result<u8, Fail> {
     let mut client = client_from(a.file, a.timeout)?;
     client.shutdown()?;
-    eprintln!("taskfarm: scheduler at {} is shutting down", client.address);
+    note!("taskfarm: scheduler at {} is shutting down", client.address);
     Ok(0)
 }
 
@@ -95,12 +95,12 @@ pub(crate) fn cmd_retire(a: RetireArgs) -> Result<u8, Fail> {
     use taskfarm::client::RetireError;
     let mut client = client_from(a.file, a.timeout)?;
     let names = client
-        .retire_and_wait(&a.workers, a.all_idle, a.timeout, |names| eprintln!("taskfarm: retiring {}", names.join(", ")))
+        .retire_and_wait(&a.workers, a.all_idle, a.timeout, |names| note!("taskfarm: retiring {}", names.join(", ")))
         .map_err(|e| match e {
             RetireError::StillRetiring { .. } => Fail(EXIT_TASK_FAILED, e.to_string()),
             RetireError::Client(c) => Fail::from(c),
             other => Fail(EXIT_USAGE, other.to_string()),
         })?;
-    eprintln!("taskfarm: retired {}", names.join(", "));
+    note!("taskfarm: retired {}", names.join(", "));
     Ok(0)
 }

@@ -69,7 +69,7 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
         JobqueueCommand::Script(a) => {
             let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
             let opts = a.job.options(a.system, &path, a.interface.clone())?;
-            print!("{}", opts.render());
+            out!("{}", opts.render());
             Ok(0)
         }
         JobqueueCommand::Submit(a) => {
@@ -86,7 +86,7 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             for i in 0..a.jobs {
                 match jobqueue::submit_recorded(s.system, &script, &record, "submit", opts.processes) {
                     Ok(id) => {
-                        println!("{id}");
+                        outln!("{id}");
                         ids.push(id);
                     }
                     Err(e @ jobqueue::SubmitError::Record { .. }) => return Err(Fail::env(e.to_string())),
@@ -96,7 +96,7 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
                     }
                 }
             }
-            eprintln!("taskfarm: submitted {} {} job(s) (script {}; record {})", ids.len(), s.system, script.display(), record.path().display());
+            note!("taskfarm: submitted {} {} job(s) (script {}; record {})", ids.len(), s.system, script.display(), record.path().display());
             Ok(0)
         }
         JobqueueCommand::List(a) => {
@@ -118,16 +118,16 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
                     .map(|j| serde_json::json!({"id": j.id, "system": j.system, "state": j.state, "submitted": j.submitted, "by": j.by,
                         "workers": j.workers, "workers_joined": joined.get(&j.id).copied().unwrap_or(0), "ended": j.ended}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&list).expect("serialisable"));
+                outln!("{}", serde_json::to_string_pretty(&list).expect("serialisable"));
                 return Ok(0);
             }
             if jobs.is_empty() {
-                eprintln!("taskfarm: no {}jobs recorded in {}", if a.all { "" } else { "live " }, record.path().display());
+                note!("taskfarm: no {}jobs recorded in {}", if a.all { "" } else { "live " }, record.path().display());
                 return Ok(0);
             }
-            println!("{:<16} {:<7} {:<11} {:>8} {:<7} WORKERS", "JOB", "SYSTEM", "STATE", "AGE", "BY");
+            outln!("{:<16} {:<7} {:<11} {:>8} {:<7} WORKERS", "JOB", "SYSTEM", "STATE", "AGE", "BY");
             for j in &jobs {
-                println!("{:<16} {:<7} {:<11} {:>8} {:<7} {}/{}", j.id, j.system, j.state, format_age(now - j.submitted), j.by, joined.get(&j.id).copied().unwrap_or(0), j.workers);
+                outln!("{:<16} {:<7} {:<11} {:>8} {:<7} {}/{}", j.id, j.system, j.state, format_age(now - j.submitted), j.by, joined.get(&j.id).copied().unwrap_or(0), j.workers);
             }
             Ok(0)
         }
@@ -139,14 +139,14 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             }
             let chosen: Vec<_> = jobs.into_iter().filter(|j| if a.jobs.is_empty() { j.ended.is_none() } else { a.jobs.contains(&j.id) }).collect();
             if chosen.is_empty() {
-                eprintln!("taskfarm: no live jobs to cancel");
+                note!("taskfarm: no live jobs to cancel");
                 return Ok(0);
             }
             for (system, ids) in by_system(&chosen)? {
                 jobqueue::cancel(system, &ids).map_err(|e| Fail(EXIT_TASK_FAILED, e))?;
                 let states = ids.iter().map(|id| (id.clone(), jobqueue::JobState::Gone("cancelled".into()))).collect();
                 record.set_states(&states).map_err(Fail::env)?;
-                eprintln!("taskfarm: cancelled {} job(s): {}", ids.len(), ids.join(" "));
+                note!("taskfarm: cancelled {} job(s): {}", ids.len(), ids.join(" "));
             }
             Ok(0)
         }
@@ -179,7 +179,7 @@ pub(crate) fn refresh_states(record: &taskfarm::jobqueue::record::Record) -> Res
     for (system, ids) in by_system(&live)? {
         match taskfarm::jobqueue::query(system, &ids) {
             Ok(states) => record.set_states(&states).map_err(Fail::env)?,
-            Err(e) => eprintln!("taskfarm: warning: cannot query {system} job states: {e}"),
+            Err(e) => note!("taskfarm: warning: cannot query {system} job states: {e}"),
         }
     }
     Ok(())

@@ -88,24 +88,24 @@ pub(crate) fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
 pub(crate) fn cmd_topology(a: TopologyArgs) -> Result<u8, Fail> {
     use taskfarm::node::{format_cpu_list, Topology};
     let t = Topology::detect().map_err(Fail::env)?;
-    println!("source: {}", t.source);
-    println!("cores: {}", t.cores.len());
+    outln!("source: {}", t.source);
+    outln!("cores: {}", t.cores.len());
     for (i, c) in t.cores.iter().enumerate() {
-        println!("  core {i}: CPUs {}", format_cpu_list(c));
+        outln!("  core {i}: CPUs {}", format_cpu_list(c));
     }
-    println!("NUMA nodes: {}", t.numa.len());
+    outln!("NUMA nodes: {}", t.numa.len());
     for (i, n) in t.numa.iter().enumerate() {
-        println!("  node {i}: CPUs {}", format_cpu_list(n));
+        outln!("  node {i}: CPUs {}", format_cpu_list(n));
     }
-    println!("allowed for this job: CPUs {}", format_cpu_list(&t.allowed));
+    outln!("allowed for this job: CPUs {}", format_cpu_list(&t.allowed));
     if let Ok(now) = taskfarm::node::current_affinity() {
-        println!("this process is bound to: CPUs {}", format_cpu_list(&now));
+        outln!("this process is bound to: CPUs {}", format_cpu_list(&now));
     }
-    println!("plan for {} processes on this node with --bind {}:", a.local_size, a.bind);
+    outln!("plan for {} processes on this node with --bind {}:", a.local_size, a.bind);
     for r in 0..a.local_size.max(1) {
         match t.plan(a.bind, r, a.local_size.max(1)) {
-            Some(p) => println!("  local rank {r}: CPUs {} ({} threads)", format_cpu_list(&p), p.len()),
-            None => println!("  local rank {r}: not bound"),
+            Some(p) => outln!("  local rank {r}: CPUs {} ({} threads)", format_cpu_list(&p), p.len()),
+            None => outln!("  local rank {r}: not bound"),
         }
     }
     Ok(0)

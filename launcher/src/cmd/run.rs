@@ -1,7 +1,6 @@
 //! `taskfarm run`: a graph on this machine, with an in-process cluster.
 
 use clap::Args;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use taskfarm::{ClientError, Graph, Registry, Results};
 use crate::*;
@@ -53,9 +52,7 @@ pub(crate) fn load_graph(path: &Path, keys: Vec<String>) -> Result<(Graph, Vec<S
 /// Print results as one JSON object and report errors; exit 1 if any task failed.
 pub(crate) fn report(results: Results, keys: &[String]) -> Result<u8, Fail> {
     let printed: Vec<(&str, &taskfarm::Data)> = results.values.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", taskfarm::value::format_results(printed));
-    let _ = out.flush();
+    outln!("{}", taskfarm::value::format_results(printed));
     if results.errors.is_empty() {
         // The process ends right after: freeing every result one by one
         // would only delay the exit.
@@ -63,9 +60,9 @@ pub(crate) fn report(results: Results, keys: &[String]) -> Result<u8, Fail> {
         return Ok(0);
     }
     for (key, error) in &results.errors {
-        eprintln!("taskfarm: task '{key}' failed: {error}");
+        note!("taskfarm: task '{key}' failed: {error}");
     }
-    eprintln!("taskfarm: {} of {} requested keys failed", results.errors.len(), keys.len());
+    note!("taskfarm: {} of {} requested keys failed", results.errors.len(), keys.len());
     Ok(EXIT_TASK_FAILED)
 }
 
