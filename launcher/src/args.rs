@@ -157,6 +157,14 @@ impl MemoryArgs {
     }
 }
 
+/// A memory limit this small is almost surely a mistake (a missing unit):
+/// say so, but honour it (tests and experiments use tiny limits).
+pub(crate) fn warn_tiny_memory_limit(limit: Option<u64>) {
+    if let Some(l) = limit.filter(|&l| l < 16 << 20) {
+        taskfarm::log_at!(1, "worker", "--memory-limit is only {} ({l} bytes): the worker will spill and pause almost at once; did you mean MB or GB?", taskfarm::util::format_bytes(l));
+    }
+}
+
 /// A fraction in (0, 1], or none (`off`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Fraction(pub(crate) Option<f64>);

@@ -87,6 +87,9 @@ pub fn parse_memory(s: &str, total: u64) -> Result<Option<u64>, String> {
     let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a memory size; use e.g. 5GB, 5GiB, 5000M, 0.5 (of the node) or auto"))?;
     let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" if n > 0.0 && n <= 1.0 && num.contains('.') => return Ok(Some((n * total as f64) as u64)),
+        "" if num.contains('.') && !num.contains(['e', 'E']) => {
+            return Err(format!("'{s}': a bare number with a point is a fraction of the node's memory and must be at most 1; for a size give a unit, e.g. {s}GB or {s}GiB"))
+        }
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
         "m" | "mb" => 1e6,
@@ -305,6 +308,8 @@ mod tests {
         assert_eq!(parse_memory("123456", g).unwrap(), Some(123456));
         assert!(parse_memory("5 parsecs", g).unwrap_err().contains("unknown unit"));
         assert!(parse_memory("lots", g).is_err());
+        assert!(parse_memory("1.5", g).unwrap_err().contains("must be at most 1; for a size give a unit, e.g. 1.5GB"));
+        assert_eq!(parse_memory("2e9", g).unwrap(), Some(2_000_000_000), "scientific notation is bytes");
         assert!(node_memory() > 0);
     }
 

@@ -64,6 +64,7 @@ pub(crate) fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
     let batch = if a.command.is_empty() { None } else { Some(a.command.as_slice()) };
     let per_rank_total = util::node_memory() / info.local_size.unwrap_or(1).max(1) as u64;
     let memory_limit = util::parse_memory(&a.memory_limit, per_rank_total).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
+    warn_tiny_memory_limit(memory_limit);
     let mut opts = taskfarm::mpi::MpiOptions::new(schedfile::resolve_path(a.file.scheduler_file.as_deref()));
     opts.interface = a.net.interface;
     opts.listen_address = a.net.listen_address;

@@ -58,6 +58,7 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
     let _pid = PidFile::create(a.pid_file)?;
     let resources = a.resources.as_deref().map(util::parse_resources).transpose().map_err(|e| Fail(EXIT_USAGE, e))?.unwrap_or_default();
     let memory_limit = util::parse_memory(&a.memory_limit, util::node_memory()).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
+    warn_tiny_memory_limit(memory_limit);
     let (listen_ip, contact_ip) = a.net.resolve()?;
     let (secret, stream) = match &a.address {
         Some(addr) => {
