@@ -146,6 +146,22 @@ fn slurm_three_jobs_run_a_graph_then_cancel_removes_them() {
 
 #[test]
 #[ignore = "needs the SLURM cluster and Grid Engine cell that tests/run-all.sh starts"]
+fn slurm_jobs_with_a_log_directory_that_does_not_exist_yet_start_and_write_there() {
+    require("slurm");
+    let dir = TempDir::new("jq-logdir");
+    let (_sched, file) = scheduler(&dir, &[]);
+    let _guard = JobGuard(&file);
+    let logs = dir.join("logs/not/yet");
+    let o = jq(&["submit", "--system", "slurm", "--scheduler-file", file.to_str().unwrap(), "--walltime", "10m", "--log-directory", logs.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    wait_for_job_workers(&file, &ids, Duration::from_secs(60));
+    let out = logs.join(format!("taskfarm-worker-{}.out", ids[0]));
+    wait_for("the job's output file in the new log directory", Duration::from_secs(30), || out.exists());
+}
+
+#[test]
+#[ignore = "needs the SLURM cluster and Grid Engine cell that tests/run-all.sh starts"]
 fn slurm_adapt_grows_from_zero_for_a_backlog_and_removes_idle_jobs() {
     require("slurm");
     let dir = TempDir::new("jq-adapt");

@@ -80,6 +80,7 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             let path = schedfile::resolve_path(s.file.scheduler_file.as_deref());
             let opts = s.job.options(s.system, &path, s.interface.clone())?;
             let script = adapt::script_path(&opts.scheduler_file, "submit");
+            opts.create_log_directory().map_err(Fail::env)?;
             adapt::write_script(&script, &opts.render()).map_err(Fail::env)?;
             let record = Record::for_scheduler_file(&opts.scheduler_file);
             let mut ids = Vec::new();

@@ -334,6 +334,7 @@ pub fn spawn(controller: Controller, opts: JobOptions, cfg: AdaptConfig) -> Resu
     opts.validate()?;
     let record = Record::for_scheduler_file(&opts.scheduler_file);
     let script = script_path(&opts.scheduler_file, "adapt");
+    opts.create_log_directory()?;
     write_script(&script, &opts.render())?;
     log_at!(
         2,

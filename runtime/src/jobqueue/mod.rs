@@ -231,6 +231,18 @@ impl JobOptions {
     }
 
     /// Check what cannot work before anything is submitted.
+    /// Create `--log-directory` (mode 0700, parents too) unless it exists:
+    /// a batch system cannot write a job's output into a missing directory,
+    /// and the job then fails before it starts (SLURM: JobLaunchFailure).
+    pub fn create_log_directory(&self) -> Result<(), String> {
+        let Some(dir) = &self.log_directory else { return Ok(()) };
+        if dir.is_dir() {
+            return Ok(());
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| format!("cannot create --log-directory {}: {e}", dir.display()))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.cores == 0 {
             return Err("--cores must be at least 1".into());

@@ -239,3 +239,17 @@ fn systems_parse_by_name() {
     assert_eq!("OpenPBS".parse::<System>(), Ok(System::Pbs));
     assert!("condor".parse::<System>().unwrap_err().contains("slurm, pbs"));
 }
+
+#[test]
+fn a_missing_log_directory_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = std::env::temp_dir().join(format!("tf-logdir-{}", crate::util::hex(&crate::util::random_bytes(4))));
+    let mut o = JobOptions::new(System::Slurm, base.join("s.json"));
+    o.log_directory = Some(base.join("logs/nested"));
+    o.create_log_directory().unwrap();
+    let meta = std::fs::metadata(base.join("logs/nested")).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    o.create_log_directory().unwrap(); // exists: fine
+    std::fs::remove_dir_all(&base).unwrap();
+}
