@@ -241,6 +241,47 @@ fn mpich_worker_ranks_honour_resources_and_lifetime() {
     under_mpich(worker_ranks_honour_resources_and_lifetime);
 }
 
+/// A process that is gone (or a zombie nobody reaped yet).
+fn gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// `kill -9` of the launcher: no rank may go on running; each notices its
+/// parent is gone and exits within seconds.
+fn killed_launcher_leaves_no_rank_running(l: Launcher) {
+    let d = TempDir::new("mpilost");
+    let file = d.join("s.json");
+    let mut c = launcher(l, 3);
+    c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap()]);
+    let mut job = spawn_logged(c, d.join("mpirun.log"));
+    wait_for("2 workers to register", Duration::from_secs(60), || status(&file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(2)));
+    let mut ranks: Vec<u64> = status(&file).unwrap()["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+    ranks.push(taskfarm::schedfile::SchedulerFile::read(&file).unwrap().pid as u64);
+    assert!(Command::new("kill").args(["-KILL", &job.child.id().to_string()]).status().unwrap().success());
+    let _ = job.child.wait();
+    wait_for("every rank to exit after its launcher was killed", Duration::from_secs(10), || ranks.iter().all(|&p| gone(p)));
+    if matches!(l, Launcher::OpenMpi) {
+        // Open MPI leaves the ranks alone: they noticed and cleaned up. (Hydra's
+        // proxy kills its ranks itself when mpiexec goes.)
+        assert!(!file.exists(), "rank 0 removed its scheduler file");
+    }
+}
+
+#[test]
+#[ignore = "needs Open MPI and MPICH launchers (and root for the namespace hosts): tests/run-all.sh installs them and runs this"]
+fn open_mpi_killed_launcher_leaves_no_rank_running() {
+    killed_launcher_leaves_no_rank_running(Launcher::OpenMpi);
+}
+
+#[test]
+#[ignore = "needs Open MPI and MPICH launchers (and root for the namespace hosts): tests/run-all.sh installs them and runs this"]
+fn mpich_killed_launcher_leaves_no_rank_running() {
+    under_mpich(killed_launcher_leaves_no_rank_running);
+}
+
 #[test]
 #[ignore = "needs Open MPI and MPICH launchers (and root for the namespace hosts): tests/run-all.sh installs them and runs this"]
 fn open_mpi_serve_mode() {

@@ -248,6 +248,7 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
              or ranks of another job started at the same time on the same path may join this one"
         );
     }
+    exit_when_launcher_dies(info.rank, opts);
     match role {
         RankRole::Scheduler => {
             crate::alloc::small_blocks_from_mimalloc();
@@ -416,13 +417,53 @@ fn run_command(argv: &[String], scheduler_file: &std::path::Path, job: Option<&s
     if let Some(job) = job {
         command.env(schedfile::JOB_ENV, job);
     }
-    let status = command
+    let mut child = command
         .args(args)
         .env("TASKFARM_SCHEDULER_FILE", scheduler_file)
-        .status()
+        .spawn()
         .map_err(|e| format!("cannot start the batch command '{program}': {e}"))?;
+    BATCH_COMMAND.store(child.id(), std::sync::atomic::Ordering::SeqCst);
+    let status = child.wait().map_err(|e| format!("cannot wait for the batch command '{program}': {e}"))?;
+    BATCH_COMMAND.store(0, std::sync::atomic::Ordering::SeqCst);
     use std::os::unix::process::ExitStatusExt;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// The batch command rank 1 runs (0: none), for [`exit_when_launcher_dies`].
+static BATCH_COMMAND: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A rank whose launcher is killed (`kill -9 mpirun`, a lost node daemon)
+/// is reparented: its parent process changes. Then nothing will ever stop
+/// it, so it stops itself within a second: the batch command is ended, rank
+/// 0's scheduler files are removed, and the process exits with status 1.
+fn exit_when_launcher_dies(rank: u32, opts: &MpiOptions) {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let launcher = unsafe { libc::getppid() };
+    if launcher <= 1 {
+        return; // started by init: nothing to watch
+    }
+    let files: Vec<PathBuf> = if rank == 0 { vec![opts.scheduler_file.clone(), opts.rank_file()] } else { Vec::new() };
+    let _ = std::thread::Builder::new().name("tf-launcher-watch".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(250));
+        // SAFETY: as above.
+        if unsafe { libc::getppid() } == launcher {
+            continue;
+        }
+        log_at!(0, "mpi", "rank {rank}: the launcher (pid {launcher}) is gone; exiting");
+        let child = BATCH_COMMAND.load(std::sync::atomic::Ordering::SeqCst);
+        if child != 0 {
+            // SAFETY: kill with a pid we started; at worst ESRCH.
+            unsafe { libc::kill(child as i32, libc::SIGTERM) };
+        }
+        for f in &files {
+            if let Ok(file) = schedfile::SchedulerFile::read(f) {
+                if file.pid == std::process::id() {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+        }
+        std::process::exit(1);
+    });
 }
 
 /// SIGINT and SIGTERM, reported on the returned channel (process-wide
