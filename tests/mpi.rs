@@ -388,6 +388,106 @@ fn worker_pids(file: &std::path::Path) -> Vec<u64> {
     status(file).unwrap()["workers"].as_array().unwrap().iter().map(|w| w["pid"].as_u64().unwrap()).collect()
 }
 
+/// Under `taskset -c 1` (an inherited mask, as a batch system's binding or a
+/// cpuset gives it), every rank stays inside CPU 1, bound by default, and
+/// starts; with `--bind cores` too.
+fn ranks_stay_inside_an_inherited_cpu_mask(l: Launcher) {
+    let online = taskfarm::node::parse_cpu_list(&std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap()).unwrap();
+    assert!(online.contains(&1), "needs CPU 1");
+    for bind in [None, Some("cores")] {
+        let d = TempDir::new("taskset");
+        let file = d.join("s.json");
+        let inner = launcher(l, 3);
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1"]).arg(inner.get_program()).args(inner.get_args()).env_remove("TASKFARM_SCHEDULER_FILE");
+        c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap()]);
+        if let Some(b) = bind {
+            c.args(["--bind", b]);
+        }
+        let mut job = spawn_logged(c, d.join("mpirun.log"));
+        wait_for("2 workers", Duration::from_secs(60), || status(&file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(2)));
+        let mut pids = worker_pids(&file);
+        pids.push(taskfarm::schedfile::SchedulerFile::read(&file).unwrap().pid as u64);
+        for p in pids {
+            for t in thread_cpus(p) {
+                assert_eq!(t, vec![1], "{bind:?}: rank {p} runs outside the allowed CPU 1: {}", job.log_text());
+            }
+        }
+        assert!(!job.log_text().contains("cannot bind"), "{}", job.log_text());
+        taskfarm(&["shutdown", "--scheduler-file", file.to_str().unwrap()]);
+        assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
+    }
+}
+
+/// A cgroup-v1 cpuset holding CPU 1 only (removed when dropped).
+struct Cpuset(std::path::PathBuf);
+
+impl Cpuset {
+    fn new(tag: &str) -> Cpuset {
+        let root = std::path::Path::new("/sys/fs/cgroup/cpuset");
+        assert!(root.join("cpuset.cpus").exists(), "no cgroup-v1 cpuset hierarchy at {} (tests/run-all.sh excludes this test there)", root.display());
+        let dir = root.join(format!("tf-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("cpuset.cpus"), "1").unwrap();
+        std::fs::write(dir.join("cpuset.mems"), std::fs::read_to_string(root.join("cpuset.mems")).unwrap().trim()).unwrap();
+        Cpuset(dir)
+    }
+}
+
+impl Drop for Cpuset {
+    fn drop(&mut self) {
+        // The cgroup can go once its processes have (they are ended by now).
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Inside a cgroup-v1 cpuset of CPU 1 (a batch system's allocation), the
+/// default build binds inside it instead of aborting with "Invalid argument".
+#[test]
+#[ignore = "needs root, Open MPI and a cgroup-v1 cpuset hierarchy: tests/run-all.sh runs it where there is one"]
+fn open_mpi_ranks_stay_inside_a_cgroup_v1_cpuset() {
+    let set = Cpuset::new("cpuset");
+    let d = TempDir::new("cpuset");
+    let file = d.join("s.json");
+    let inner = launcher(Launcher::OpenMpi, 3);
+    let mut line = format!("echo $$ > {}/tasks && exec {}", set.0.display(), inner.get_program().to_str().unwrap());
+    for a in inner.get_args() {
+        line.push(' ');
+        line.push_str(a.to_str().unwrap());
+    }
+    line.push_str(&format!(" {} mpi --scheduler-file {}", bin(), file.display()));
+    let mut c = Command::new("sh");
+    c.args(["-c", &line]).env_remove("TASKFARM_SCHEDULER_FILE");
+    let mut job = spawn_logged(c, d.join("mpirun.log"));
+    wait_for("2 workers", Duration::from_secs(60), || status(&file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(2)));
+    let mut pids = worker_pids(&file);
+    pids.push(taskfarm::schedfile::SchedulerFile::read(&file).unwrap().pid as u64);
+    for p in pids {
+        for t in thread_cpus(p) {
+            assert_eq!(t, vec![1], "rank {p} runs outside the cpuset: {}", job.log_text());
+        }
+    }
+    taskfarm(&["shutdown", "--scheduler-file", file.to_str().unwrap()]);
+    assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
+}
+
+#[test]
+#[ignore = "needs Open MPI and MPICH launchers (and root for the namespace hosts): tests/run-all.sh installs them and runs this"]
+fn open_mpi_ranks_stay_inside_an_inherited_cpu_mask() {
+    ranks_stay_inside_an_inherited_cpu_mask(Launcher::OpenMpi);
+}
+
+#[test]
+#[ignore = "needs Open MPI and MPICH launchers (and root for the namespace hosts): tests/run-all.sh installs them and runs this"]
+fn mpich_ranks_stay_inside_an_inherited_cpu_mask() {
+    under_mpich(ranks_stay_inside_an_inherited_cpu_mask);
+}
+
 #[test]
 #[ignore = "needs Open MPI and MPICH launchers (and root for the namespace hosts): tests/run-all.sh installs them and runs this"]
 fn binding_gives_workers_disjoint_cpus_and_none_leaves_them() {

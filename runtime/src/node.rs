@@ -301,7 +301,7 @@ fn hwloc_topology() -> Result<Topology, String> {
     let cores = sets(ObjectType::Core);
     let numa = sets(ObjectType::NUMANode);
     let hw_allowed: Vec<u32> = topo.allowed_cpuset().iter_set().map(|i| usize::from(i) as u32).collect();
-    Ok(Topology { cores, numa, allowed: hw_allowed, source: "hwloc" })
+    Ok(Topology { cores, numa, allowed: within_affinity(hw_allowed), source: "hwloc" })
 }
 
 /// PU list syntax of sysfs and cgroups: `0-3,8,10-11`.
@@ -337,6 +337,24 @@ pub fn format_cpu_list(pus: &[u32]) -> String {
         i = j + 1;
     }
     parts.join(",")
+}
+
+/// Keep only the CPUs this process may run on now: an inherited affinity mask
+/// (`taskset -c 1 mpirun ...`, a launcher's binding) and a cgroup-v1 cpuset
+/// (which the kernel applies to the mask) narrow what the cgroup files or
+/// hwloc report. Never empty: if nothing is left, the mask wins.
+fn within_affinity(allowed: Vec<u32>) -> Vec<u32> {
+    match current_affinity() {
+        Ok(mask) if !mask.is_empty() => {
+            let both: Vec<u32> = allowed.iter().copied().filter(|p| mask.contains(p)).collect();
+            if both.is_empty() {
+                mask
+            } else {
+                both
+            }
+        }
+        _ => allowed,
+    }
 }
 
 /// The cpuset the batch system gives this job: the cgroup's effective
@@ -379,7 +397,7 @@ fn sysfs_topology() -> Result<Topology, String> {
     if numa.is_empty() {
         numa = vec![online.clone()];
     }
-    Ok(Topology { cores: cores.into_values().collect(), numa, allowed: allowed_by_batch_system(), source: "Linux sysfs" })
+    Ok(Topology { cores: cores.into_values().collect(), numa, allowed: within_affinity(allowed_by_batch_system()), source: "Linux sysfs" })
 }
 
 /// The PUs the calling thread may run on.

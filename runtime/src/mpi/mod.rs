@@ -205,6 +205,7 @@ pub fn bind(policy: Option<BindPolicy>, info: &RankInfo) -> Result<Option<Vec<u3
         }
         return Ok(None);
     };
+    let asked = policy.is_some();
     let policy = policy.unwrap_or(if ls > 1 { BindPolicy::Cores } else { BindPolicy::None });
     if policy == BindPolicy::None {
         return Ok(None);
@@ -212,7 +213,14 @@ pub fn bind(policy: Option<BindPolicy>, info: &RankInfo) -> Result<Option<Vec<u3
     let topo = node::Topology::detect()?;
     let Some(share) = topo.plan(policy, lr, ls) else { return Ok(None) };
     let before = node::current_affinity().map(|a| node::format_cpu_list(&a)).unwrap_or_default();
-    node::bind_process(&share).map_err(|e| format!("cannot bind to CPUs {}: {e}", node::format_cpu_list(&share)))?;
+    if let Err(e) = node::bind_process(&share) {
+        let msg = format!("cannot bind to CPUs {} (allowed: {before}): {e}", node::format_cpu_list(&share));
+        if asked {
+            return Err(format!("{msg}; --bind {policy} was asked for (use --bind none to run unbound)"));
+        }
+        log_at!(1, "mpi", "rank {}: {msg}; running unbound", info.rank);
+        return Ok(None);
+    }
     log_at!(
         2,
         "mpi",
