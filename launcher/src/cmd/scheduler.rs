@@ -97,7 +97,7 @@ pub(crate) fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
             cfg.interval = a.adapt_interval.max(Duration::from_millis(100));
             cfg.target_duration = a.target_duration.as_secs_f64().max(0.001);
             cfg.wait_count = a.wait_count.max(1);
-            cfg.lifetime = opts.worker_lifetime().map(|l| l as f64);
+            cfg.lifetime = opts.earliest_worker_leave().map(|l| l as f64);
             Some((opts, cfg))
         }
         None => None,

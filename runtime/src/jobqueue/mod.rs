@@ -10,6 +10,7 @@
 pub mod adapt;
 pub mod record;
 
+use std::time::Duration;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
@@ -167,6 +168,15 @@ pub fn format_hms(secs: u64) -> String {
 /// it, at least 5 s and at most 5 minutes.
 pub fn default_margin(walltime: u64) -> u64 {
     (walltime / 10).clamp(5, 300).min(walltime / 2)
+}
+
+/// How much earlier than `walltime - margin`, at most, a worker leaves by
+/// default (a random share of it, so workers started together do not all
+/// leave at once): half the margin. The one rule for workers (which pick
+/// their moment with it) and adaptive scaling (which must replace them
+/// before the earliest of those moments).
+pub fn default_stagger(margin: Duration) -> Duration {
+    margin / 2
 }
 
 /// What one worker job asks for and how its workers start.
@@ -369,10 +379,20 @@ impl JobOptions {
         d.into_iter().map(|x| format!("{} {x}", self.system.prefix())).collect()
     }
 
-    /// Seconds a worker of this job stays before retiring: the walltime
-    /// minus the margin (None without a walltime).
+    /// Seconds a worker of this job stays before retiring at the latest:
+    /// the walltime minus the margin (None without a walltime).
     pub fn worker_lifetime(&self) -> Option<u64> {
         self.walltime.map(|w| w.saturating_sub(self.margin(w)))
+    }
+
+    /// Seconds after which a worker of this job may already be leaving: the
+    /// latest moment minus the default stagger ([`default_stagger`]), which
+    /// the job's workers use. Adaptive scaling plans replacements before it.
+    pub fn earliest_worker_leave(&self) -> Option<u64> {
+        self.walltime.map(|w| {
+            let margin = self.margin(w);
+            w.saturating_sub(margin).saturating_sub(default_stagger(Duration::from_secs(margin)).as_secs())
+        })
     }
 
     fn margin(&self, walltime: u64) -> u64 {

@@ -253,3 +253,19 @@ fn a_missing_log_directory_is_created_private() {
     o.create_log_directory().unwrap(); // exists: fine
     std::fs::remove_dir_all(&base).unwrap();
 }
+
+#[test]
+fn adaptive_scaling_plans_for_the_earliest_moment_a_worker_leaves() {
+    // 10 min walltime: 60 s margin, workers leave 30 s earlier at most.
+    let mut o = JobOptions::new(System::Slurm, std::path::PathBuf::from("/s.json"));
+    o.walltime = Some(600);
+    assert_eq!(o.worker_lifetime(), Some(540));
+    assert_eq!(o.earliest_worker_leave(), Some(510));
+    // The workers of such a job (given --walltime 600 --walltime-margin 60)
+    // never leave before that moment, whatever their random stagger.
+    let req = crate::worker::lifetime::LifetimeRequest { walltime: Some("600".into()), walltime_margin: Some(std::time::Duration::from_secs(60)), ..Default::default() };
+    for r in [0.0, 0.5, 1.0] {
+        let at = req.plan_with(Some((600, "--walltime".into())), r).unwrap().unwrap().as_secs_f64();
+        assert!((510.0..=540.0).contains(&at), "leaves at {at}");
+    }
+}

@@ -56,7 +56,7 @@ impl LifetimeRequest {
                     return Err(format!("--walltime-margin ({:.0} s) leaves no time of the walltime ({secs} s)", margin.as_secs_f64()));
                 }
                 crate::log_at!(2, "worker", "walltime {secs} s (from {source}): retiring {:.0} s before the end", margin.as_secs_f64());
-                (total - margin, margin / 2)
+                (total - margin, jobqueue::default_stagger(margin))
             }
             (None, None) => return Ok(None),
         };
