@@ -257,6 +257,9 @@ fn sge_worker_jobs_join_and_run_a_graph() {
     let o = jq(&["cancel", "--scheduler-file", f]);
     assert!(o.status.success(), "{}", stderr(&o));
     wait_for("the workers to leave", Duration::from_secs(60), || workers(&file).is_empty());
+    // They retired before their jobs were deleted: left gracefully, not lost.
+    let stats = &status(&file).unwrap()["stats"];
+    assert_eq!((stats["workers_retired"].as_u64(), stats["workers_lost"].as_u64()), (Some(2), Some(0)), "{}", stderr(&o));
 }
 
 fn repo_file(rel: &str) -> String {

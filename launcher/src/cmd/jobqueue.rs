@@ -61,6 +61,10 @@ pub(crate) struct JobCancelArgs {
     /// Cancel only this job (repeatable) [default: every job of this scheduler that has not ended].
     #[arg(long = "job", value_name = "ID")]
     pub(crate) jobs: Vec<String>,
+    /// First retire the jobs' workers gracefully (their unique results move to other workers) for up to this long,
+    /// if the scheduler answers; then cancel the jobs. 0 cancels at once.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) retire_timeout: std::time::Duration,
 }
 
 pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
@@ -133,16 +137,20 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             Ok(0)
         }
         JobqueueCommand::Cancel(a) => {
-            let (_, record) = job_record(&a.file)?;
+            let (path, record) = job_record(&a.file)?;
+            // Jobs that ended meanwhile are not cancelled (nor said to be).
+            refresh_states(&record)?;
             let jobs = record.load().map_err(Fail::env)?;
             if let Some(unknown) = a.jobs.iter().find(|id| !jobs.iter().any(|j| &j.id == *id)) {
                 return Err(Fail(EXIT_USAGE, format!("job {unknown} is not in {} (see taskfarm jobqueue list --all)", record.path().display())));
             }
-            let chosen: Vec<_> = jobs.into_iter().filter(|j| if a.jobs.is_empty() { j.ended.is_none() } else { a.jobs.contains(&j.id) }).collect();
+            let chosen: Vec<_> = jobs.into_iter().filter(|j| j.ended.is_none() && (a.jobs.is_empty() || a.jobs.contains(&j.id))).collect();
             if chosen.is_empty() {
                 note!("taskfarm: no live jobs to cancel");
                 return Ok(0);
             }
+            let ids: Vec<String> = chosen.iter().map(|j| j.id.clone()).collect();
+            retire_job_workers(&path, &ids, a.retire_timeout);
             for (system, ids) in by_system(&chosen)? {
                 jobqueue::cancel(system, &ids).map_err(|e| Fail(EXIT_TASK_FAILED, e))?;
                 let states = ids.iter().map(|id| (id.clone(), jobqueue::JobState::Gone("cancelled".into()))).collect();
@@ -151,6 +159,30 @@ pub(crate) fn cmd_jobqueue(c: JobqueueCommand) -> Result<u8, Fail> {
             }
             Ok(0)
         }
+    }
+}
+
+/// Retire the workers of jobs `ids` through the scheduler and wait (up to
+/// `timeout`) for them to leave, so that cancelling loses nothing; without a
+/// scheduler that answers, the jobs are cancelled as they are.
+fn retire_job_workers(scheduler_file: &std::path::Path, ids: &[String], timeout: std::time::Duration) {
+    if timeout.is_zero() {
+        return;
+    }
+    let Ok(mut client) = taskfarm::Client::from_scheduler_file(scheduler_file, std::time::Duration::from_secs(5)) else {
+        note!("taskfarm: the scheduler does not answer; cancelling without retiring the workers first");
+        return;
+    };
+    let names: Vec<String> = match client.status() {
+        Ok(s) => s.workers.into_iter().filter(|w| ids.contains(&w.job)).map(|w| w.name).collect(),
+        Err(_) => return,
+    };
+    if names.is_empty() {
+        return;
+    }
+    match client.retire_and_wait(&names, false, timeout, |n| note!("taskfarm: retiring {} before cancelling", n.join(", "))) {
+        Ok(n) => note!("taskfarm: retired {}", n.join(", ")),
+        Err(e) => note!("taskfarm: warning: {e}; cancelling anyway"),
     }
 }
 
