@@ -405,17 +405,23 @@ fn ranks_stay_inside_an_inherited_cpu_mask(l: Launcher) {
             c.args(["--bind", b]);
         }
         let mut job = spawn_logged(c, d.join("mpirun.log"));
-        wait_for("2 workers", Duration::from_secs(60), || status(&file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(2)));
-        let mut pids = worker_pids(&file);
-        pids.push(taskfarm::schedfile::SchedulerFile::read(&file).unwrap().pid as u64);
-        for p in pids {
-            for t in thread_cpus(p) {
-                assert_eq!(t, vec![1], "{bind:?}: rank {p} runs outside the allowed CPU 1: {}", job.log_text());
-            }
-        }
+        assert_ranks_on_cpu_1(&file, &job, &format!("{bind:?}"));
         assert!(!job.log_text().contains("cannot bind"), "{}", job.log_text());
         taskfarm(&["shutdown", "--scheduler-file", file.to_str().unwrap()]);
         assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
+    }
+}
+
+/// Once both workers registered: every thread of every rank (the workers and
+/// the scheduler) may run on CPU 1 only.
+fn assert_ranks_on_cpu_1(file: &std::path::Path, job: &Proc, what: &str) {
+    wait_for("2 workers", Duration::from_secs(60), || status(file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(2)));
+    let mut pids = worker_pids(file);
+    pids.push(taskfarm::schedfile::SchedulerFile::read(file).unwrap().pid as u64);
+    for p in pids {
+        for t in thread_cpus(p) {
+            assert_eq!(t, vec![1], "{what}: rank {p} runs outside the allowed CPU 1: {}", job.log_text());
+        }
     }
 }
 
@@ -464,14 +470,7 @@ fn open_mpi_ranks_stay_inside_a_cgroup_v1_cpuset() {
     let mut c = Command::new("sh");
     c.args(["-c", &line]).env_remove("TASKFARM_SCHEDULER_FILE");
     let mut job = spawn_logged(c, d.join("mpirun.log"));
-    wait_for("2 workers", Duration::from_secs(60), || status(&file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(2)));
-    let mut pids = worker_pids(&file);
-    pids.push(taskfarm::schedfile::SchedulerFile::read(&file).unwrap().pid as u64);
-    for p in pids {
-        for t in thread_cpus(p) {
-            assert_eq!(t, vec![1], "rank {p} runs outside the cpuset: {}", job.log_text());
-        }
-    }
+    assert_ranks_on_cpu_1(&file, &job, "cgroup-v1 cpuset");
     taskfarm(&["shutdown", "--scheduler-file", file.to_str().unwrap()]);
     assert_eq!(job.wait_exit(Duration::from_secs(60)), Some(0), "{}", job.log_text());
 }
