@@ -22,6 +22,16 @@ fn as_other_user(bin: &std::path::Path, args: &[&str]) -> Command {
     c
 }
 
+/// A directory every user may enter, with a copy of the binary the other
+/// user may run.
+fn scratch_with_binary(tag: &str) -> (TempDir, std::path::PathBuf) {
+    let d = TempDir::new(tag);
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = d.join("taskfarm");
+    std::fs::copy(common::bin(), &bin).unwrap();
+    (d, bin)
+}
+
 /// Run to completion, but at most `timeout` (then killed): (exit code, stderr).
 fn run_bounded(mut c: Command, dir: &TempDir, tag: &str, timeout: Duration) -> (Option<i32>, String) {
     let log = dir.join(&format!("{tag}.log"));
@@ -35,10 +45,7 @@ fn run_bounded(mut c: Command, dir: &TempDir, tag: &str, timeout: Duration) -> (
 #[ignore = "needs root and setpriv to act as a second user: tests/run-all.sh runs this"]
 fn a_scheduler_file_planted_by_another_user_is_refused() {
     require_root();
-    let d = TempDir::new("planted");
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = d.join("taskfarm");
-    std::fs::copy(common::bin(), &bin).unwrap();
+    let (d, bin) = scratch_with_binary("planted");
     // The attacker's own private directory, and a shared one anyone may write (no sticky bit).
     let theirs = d.join("attacker");
     std::fs::create_dir(&theirs).unwrap();
@@ -87,10 +94,7 @@ fn a_scheduler_file_planted_by_another_user_is_refused() {
 #[ignore = "needs root and setpriv to act as a second user: tests/run-all.sh runs this"]
 fn the_other_user_refuses_our_file_too_and_a_shared_directory_is_refused_for_writing() {
     require_root();
-    let d = TempDir::new("notmine");
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bin = d.join("taskfarm");
-    std::fs::copy(common::bin(), &bin).unwrap();
+    let (d, bin) = scratch_with_binary("notmine");
     // A scheduler (root's) in a directory that every user may write to: refused.
     let shared = d.join("shared");
     std::fs::create_dir(&shared).unwrap();

@@ -136,36 +136,32 @@ mod tests {
         }
     }
 
+    /// A process of `base` other memory holding `held` bytes of values and `pool` pooled.
+    fn fake(base: u64, held: u64, pool: u64) -> Fake {
+        Fake { base, held, pool, spills: vec![] }
+    }
+
+    fn run(paused: bool, rss: u64) -> Option<Verdict> {
+        Some(Verdict::Run { paused, rss })
+    }
+
     fn policy(limit: u64) -> MemoryPolicy {
         MemoryPolicy::with_limit(Some(limit))
     }
 
     #[test]
     fn no_limit_no_management() {
-        let mut f = Fake {
-            base: 10,
-            held: 1 << 40,
-            pool: 0,
-            spills: vec![],
-        };
+        let mut f = fake(10, 1 << 40, 0);
         assert_eq!(check(&MemoryPolicy::default(), &mut f), None);
         assert!(f.spills.is_empty());
     }
 
     #[test]
     fn values_over_the_target_are_spilled_to_it() {
-        let mut f = Fake {
-            base: 0,
-            held: 700,
-            pool: 0,
-            spills: vec![],
-        };
+        let mut f = fake(0, 700, 0);
         assert_eq!(
             check(&policy(1000), &mut f),
-            Some(Verdict::Run {
-                paused: false,
-                rss: 600
-            })
+            run(false, 600)
         );
         assert_eq!(f.spills, [600]);
     }
@@ -174,58 +170,29 @@ mod tests {
     fn process_memory_over_spill_threshold_spills_the_excess_and_pool_goes_first() {
         // 500 of other memory + 250 held = 750 > 70 %: spill down to 60 % of
         // the process, i.e. hold 100.
-        let mut f = Fake {
-            base: 500,
-            held: 250,
-            pool: 0,
-            spills: vec![],
-        };
+        let mut f = fake(500, 250, 0);
         assert_eq!(
             check(&policy(1000), &mut f),
-            Some(Verdict::Run {
-                paused: false,
-                rss: 600
-            })
+            run(false, 600)
         );
         assert_eq!(f.spills, [100]);
         // Pooled buffers that bring it back under every threshold: no spill.
-        let mut f = Fake {
-            base: 500,
-            held: 100,
-            pool: 200,
-            spills: vec![],
-        };
+        let mut f = fake(500, 100, 200);
         assert_eq!(
             check(&policy(1000), &mut f),
-            Some(Verdict::Run {
-                paused: false,
-                rss: 600
-            })
+            run(false, 600)
         );
         assert!(f.spills.is_empty() && f.pool == 0);
     }
 
     #[test]
     fn pause_and_terminate_thresholds() {
-        let mut f = Fake {
-            base: 850,
-            held: 0,
-            pool: 0,
-            spills: vec![],
-        };
+        let mut f = fake(850, 0, 0);
         assert_eq!(
             check(&policy(1000), &mut f),
-            Some(Verdict::Run {
-                paused: true,
-                rss: 850
-            })
+            run(true, 850)
         );
-        let mut f = Fake {
-            base: 960,
-            held: 0,
-            pool: 0,
-            spills: vec![],
-        };
+        let mut f = fake(960, 0, 0);
         assert_eq!(
             check(&policy(1000), &mut f),
             Some(Verdict::Terminate { rss: 960 })
@@ -237,10 +204,7 @@ mod tests {
         };
         assert_eq!(
             check(&off, &mut f),
-            Some(Verdict::Run {
-                paused: false,
-                rss: 960
-            })
+            run(false, 960)
         );
     }
 }
