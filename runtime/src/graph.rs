@@ -35,13 +35,36 @@ pub enum Expr {
     List(Vec<Expr>),
     /// A command (subprocess).
     Cmd(Box<CmdSpec>),
+    /// A Python call, run by the worker's Python executor processes (see
+    /// `worker/python.rs`). Only ever a task's whole expression.
+    Py(Box<PyCall>),
+    /// A pickled Python object (data scattered by a Python client): the
+    /// task's value as it is, no Python needed to make it.
+    Pickled(Vec<u8>),
+}
+
+/// A Python call as a Python client ships it: opaque pickles the runtime
+/// never looks into. The task's dependencies are the pickle's persistent
+/// ids `0, 1, ...` in `args` (positions in the task's `deps`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PyCall {
+    /// Content hash of `func` (executors cache functions by it).
+    pub func_hash: Vec<u8>,
+    /// The callable, pickled with cloudpickle.
+    pub func: Vec<u8>,
+    /// `(args, kwargs)`, pickled, with dependencies as persistent ids.
+    pub args: Vec<u8>,
+    /// The interpreter the client runs (`sys.executable`): used by a worker
+    /// that was given none, when that path exists there.
+    pub python: String,
 }
 
 impl Expr {
     /// Call `f` on every dependency reference, in place (to read or renumber).
     pub fn for_each_ref(&mut self, f: &mut impl FnMut(&mut u32)) {
         match self {
-            Expr::Lit(_) => {}
+            Expr::Lit(_) | Expr::Pickled(_) => {}
+            Expr::Py(_) => {}
             Expr::Ref(i) => f(i),
             Expr::Call(_, args) | Expr::List(args) => args.iter_mut().for_each(|a| a.for_each_ref(f)),
             Expr::Cmd(c) => {

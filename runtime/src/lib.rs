@@ -5,6 +5,7 @@
 //! * [`worker`]: execution pool, value store, peer-to-peer data server;
 //! * [`protocol`]: messages, framing, handshake and authentication;
 //! * [`client`]: connect, submit, gather, status, shutdown;
+//! * [`session`]: an asynchronous client (many computations in flight: Python's futures);
 //! * [`functions`]: built-in and user-registered task functions, commands;
 //! * [`schedfile`]: the scheduler file;
 //! * [`local`]: the embedded one-machine cluster (`taskfarm run`);
@@ -35,6 +36,7 @@ pub mod protocol;
 pub mod schedfile;
 pub(crate) mod store;
 pub mod scheduler;
+pub mod session;
 pub mod status;
 pub mod util;
 pub mod value;

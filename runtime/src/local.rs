@@ -6,7 +6,8 @@ use crate::functions::Registry;
 use crate::scheduler::{self, Scheduler, SchedulerConfig, ServerConfig};
 use crate::schedfile;
 use crate::protocol::Role;
-use crate::worker::{self, WorkerConfig};
+use crate::worker::{self, PythonSettings, WorkerConfig};
+use std::sync::Arc;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -21,6 +22,11 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Start a scheduler and `n_workers` workers of `nthreads` threads each.
     pub fn start(n_workers: u32, nthreads: u32, local_directory: PathBuf, registry: Registry) -> std::io::Result<LocalCluster> {
+        LocalCluster::start_with(n_workers, nthreads, local_directory, registry, Arc::new(PythonSettings::default()))
+    }
+
+    /// [`LocalCluster::start`], with Python executors started as `python` says.
+    pub fn start_with(n_workers: u32, nthreads: u32, local_directory: PathBuf, registry: Registry, python: Arc<PythonSettings>) -> std::io::Result<LocalCluster> {
         let secret = crate::util::random_bytes(32);
         let sched = scheduler::start(ServerConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
@@ -38,6 +44,7 @@ impl LocalCluster {
                 local_directory: local_directory.clone(),
                 registry: registry.clone(),
                 job: String::new(),
+                python: python.clone(),
                 ..WorkerConfig::new(format!("local-{i}"), nthreads, secret.clone())
             };
             workers.push(std::thread::Builder::new().name(format!("tf-worker-{i}")).spawn(move || {
@@ -56,6 +63,11 @@ impl LocalCluster {
         let mut c = Client::connect(&self.address, &self.secret)?;
         c.fail_when_stuck = true;
         Ok(c)
+    }
+
+    /// The secret clients and workers authenticate with.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
     }
 
     /// Stop the scheduler and wait for every worker to exit.

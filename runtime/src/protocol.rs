@@ -47,12 +47,26 @@ pub struct TaskDef {
     pub order: u32,
 }
 
+/// The encoding of a task's `Expr` in [`TaskDef::spec`].
+pub fn encode_spec(e: &crate::graph::Expr) -> Vec<u8> {
+    bincode::serialize(e).expect("expressions always encode")
+}
+
 pub type TaskId = u32;
 /// A value payload as it travels: tag byte and body.
 pub type Payload = (u8, Vec<u8>);
 pub type WorkerId = u32;
 
 pub const MAGIC: &[u8; 8] = b"TASKFARM";
+/// Separates a task error's text from machine-readable detail after it (a
+/// Python task's pickled exception, base64): people see the text before
+/// it ([`error_text`]), Python clients re-raise the exception.
+pub const ERROR_DETAIL: &str = "\u{1e}taskfarm-python-exception:";
+
+/// The human part of a task error (without any [`ERROR_DETAIL`]).
+pub fn error_text(error: &str) -> &str {
+    error.split_once(ERROR_DETAIL).map_or(error, |(text, _)| text)
+}
 pub const PROTOCOL_VERSION: u16 = 2;
 /// Results up to this size (in their wire form) travel with the task's
 /// completion, through the scheduler, to the clients waiting for them, so

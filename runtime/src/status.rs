@@ -99,6 +99,11 @@ impl<'a> From<&'a StatusReport> for StatusJson<'a> {
     }
 }
 
+/// The report as the JSON text of `taskfarm status --json`.
+pub fn to_json_text(r: &StatusReport) -> Result<String, serde_json::Error> {
+    serde_json::to_string(&StatusJson::from(r))
+}
+
 /// The report as a table for a terminal; `now` is Unix time.
 pub fn table(r: &StatusReport, now: f64) -> String {
     use std::fmt::Write;

@@ -35,7 +35,7 @@ impl Value {
                 let _ = v.json.set(body);
                 v
             }
-            None => Value::new(Data::Bytes(body)),
+            None => Value::new(Data::opaque(tag, body)),
         })
     }
 
@@ -43,6 +43,7 @@ impl Value {
     pub fn wire(&self) -> (u8, &[u8]) {
         match &self.data {
             Data::Bytes(b) => (Data::TAG_BYTES, b),
+            Data::Pickle(b) => (Data::TAG_PICKLE, b),
             Data::Json(j) => (Data::TAG_JSON, self.json.get_or_init(|| serde_json::to_vec(j).expect("JSON values serialise"))),
         }
     }
@@ -203,7 +204,7 @@ impl Store {
         drop(s);
         // The buffer of a large bytes value nobody else holds is reused for
         // the next large value received (see bufpool).
-        if let Some(Ok(Value { data: Data::Bytes(b), .. })) = freed.map(Arc::try_unwrap) {
+        if let Some(Ok(Value { data: Data::Bytes(b) | Data::Pickle(b), .. })) = freed.map(Arc::try_unwrap) {
             crate::bufpool::give(b);
         }
     }

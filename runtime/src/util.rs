@@ -240,12 +240,58 @@ pub fn release_large_frees() {
 
 /// Resident set size of this process in bytes (0 if unknown).
 pub fn rss_bytes() -> u64 {
+    statm_rss("/proc/self/statm")
+}
+
+/// Resident set size of process `pid` in bytes (0 if unknown or gone).
+pub fn rss_bytes_of(pid: u32) -> u64 {
+    statm_rss(&format!("/proc/{pid}/statm"))
+}
+
+fn statm_rss(path: &str) -> u64 {
     let page = 4096u64;
-    std::fs::read_to_string("/proc/self/statm")
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map(|p| p * page)
         .unwrap_or(0)
+}
+
+/// Wait until `fd` is readable (or at its end, or in error), at most
+/// `timeout`; false when the time ran out.
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    loop {
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n >= 0 {
+            return n > 0;
+        }
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return true;
+        }
+    }
+}
+
+/// The name of a signal number (`SIGSEGV`), or `signal N`.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_string()
 }
 
 /// Human-readable bytes: `1.5 MiB`.

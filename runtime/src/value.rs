@@ -1,8 +1,9 @@
 //! Task values: what a task returns, what is stored on workers and moved
 //! between them.
 //!
-//! A value is either JSON (the common case: literals, built-in results,
-//! command output that is valid UTF-8) or raw bytes. On the wire a value is
+//! A value is JSON (the common case: literals, built-in results, command
+//! output that is valid UTF-8, plain Python results), raw bytes, or a pickled
+//! Python object (opaque here: only Python executors and clients unpickle it). On the wire a value is
 //! one payload frame: a tag byte followed by its bytes, so a value fetched from
 //! a peer is stored as it arrived and only decoded when a task uses it.
 
@@ -14,6 +15,9 @@ use std::io;
 pub enum Data {
     Json(Json),
     Bytes(Vec<u8>),
+    /// A Python object as pickle bytes (protocol 5), made by a Python task
+    /// or scattered by a Python client. Never unpickled by the runtime.
+    Pickle(Vec<u8>),
 }
 
 impl Data {
@@ -21,46 +25,60 @@ impl Data {
     pub const TAG_JSON: u8 = b'J';
     /// Payload tag of a bytes value (body: the bytes).
     pub const TAG_BYTES: u8 = b'B';
+    /// Payload tag of a pickled Python object (body: the pickle).
+    pub const TAG_PICKLE: u8 = b'P';
 
     pub fn null() -> Data {
         Data::Json(Json::Null)
     }
 
     /// Decode a JSON payload; `Ok(None)` when the tag says the body is raw
-    /// bytes (the caller keeps the body as the value, without copying).
+    /// bytes or a pickle (the caller keeps the body as the value, without
+    /// copying: see [`Data::opaque`]).
     pub fn from_parts(tag: u8, body: &[u8]) -> io::Result<Option<Data>> {
         match tag {
             Data::TAG_JSON => serde_json::from_slice(body)
                 .map(|j| Some(Data::Json(j)))
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad JSON value: {e}"))),
-            Data::TAG_BYTES => Ok(None),
+            Data::TAG_BYTES | Data::TAG_PICKLE => Ok(None),
             other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("value payload has unknown tag byte {other}"))),
+        }
+    }
+
+    /// The value of an opaque payload (tag `B` or `P`) whose body is kept as it is.
+    pub fn opaque(tag: u8, body: Vec<u8>) -> Data {
+        if tag == Data::TAG_PICKLE {
+            Data::Pickle(body)
+        } else {
+            Data::Bytes(body)
         }
     }
 
     /// Approximate memory size in bytes, used for placement and reporting.
     pub fn nbytes(&self) -> u64 {
         match self {
-            Data::Bytes(b) => b.len() as u64,
+            Data::Bytes(b) | Data::Pickle(b) => b.len() as u64,
             Data::Json(j) => json_size(j),
         }
     }
 
-    /// The value as JSON for output. Bytes become `{"$bytes": "<base64>"}`.
+    /// The value as JSON for output. Bytes become `{"$bytes": "<base64>"}`,
+    /// a pickled Python object `{"$pickle": "<base64>"}`.
     pub fn to_json(&self) -> Json {
         match self {
             Data::Json(j) => j.clone(),
             Data::Bytes(b) => serde_json::json!({ "$bytes": base64(b) }),
+            Data::Pickle(b) => serde_json::json!({ "$pickle": base64(b) }),
         }
     }
 
     /// The value as text for a command line or stdin: strings and bytes
-    /// as they are, everything else as compact JSON.
+    /// as they are, a pickle as its bytes, everything else as compact JSON.
     pub fn to_text_bytes(&self) -> Vec<u8> {
         match self {
             Data::Json(Json::String(s)) => s.as_bytes().to_vec(),
             Data::Json(j) => serde_json::to_vec(j).expect("JSON values always serialise"),
-            Data::Bytes(b) => b.clone(),
+            Data::Bytes(b) | Data::Pickle(b) => b.clone(),
         }
     }
 }
@@ -147,6 +165,9 @@ mod tests {
     fn payload_parts() {
         assert_eq!(Data::from_parts(Data::TAG_JSON, br#"{"a":[1,2.5]}"#).unwrap(), Some(Data::Json(json!({"a": [1, 2.5]}))));
         assert_eq!(Data::from_parts(Data::TAG_BYTES, b"\x00\xff").unwrap(), None);
+        assert_eq!(Data::from_parts(Data::TAG_PICKLE, b"\x80\x05N.").unwrap(), None);
+        assert_eq!(Data::opaque(Data::TAG_PICKLE, vec![1]), Data::Pickle(vec![1]));
+        assert_eq!(Data::opaque(Data::TAG_BYTES, vec![1]), Data::Bytes(vec![1]));
         assert!(Data::from_parts(b'X', b"").is_err());
         assert!(Data::from_parts(Data::TAG_JSON, b"{bad").is_err());
     }

@@ -1,9 +1,11 @@
 //! The executors: a pool of threads that evaluate tasks (built-in and
-//! registered functions, commands), one task at a time each. The worker's
+//! registered functions, commands; Python calls through each thread's own
+//! Python process, see [`super::python`]), one task at a time each. The worker's
 //! loop hands them [`Job`]s and hears back through [`Report`]s. This is the
 //! one interface an executor of another kind (e.g. Python processes)
 //! implements: take jobs, report starts and results.
 
+use super::python::{Python, PythonSettings};
 use crate::functions::{evaluate, Registry, TaskContext};
 use crate::graph::Expr;
 use crate::protocol::TaskId;
@@ -63,12 +65,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Start `nthreads` executors evaluating with `registry` in `dir`;
-    /// `report` is called from the executor threads (false: the worker is gone).
+    /// Start `nthreads` executors evaluating with `registry` in `dir`,
+    /// Python calls with interpreters started as `python` says; `report`
+    /// is called from the executor threads (false: the worker is gone).
     pub fn start(
         nthreads: u32,
         registry: Registry,
         dir: PathBuf,
+        python: Arc<PythonSettings>,
         report: impl Fn(Report) -> bool + Clone + Send + 'static,
     ) -> std::io::Result<Pool> {
         let n = nthreads.max(1);
@@ -86,9 +90,10 @@ impl Pool {
                 dir.clone(),
                 acks.clone(),
             );
+            let python = Python::new(python.clone());
             std::thread::Builder::new()
                 .name(format!("tf-exec-{i}"))
-                .spawn(move || executor(i as usize, rx, report, reg, dir, acks))?;
+                .spawn(move || executor(i as usize, rx, report, reg, dir, acks, python))?;
         }
         Ok(Pool { jobs, acks })
     }
@@ -116,6 +121,7 @@ fn executor(
     reg: Registry,
     dir: PathBuf,
     acks: Arc<StartAcks>,
+    mut python: Python,
 ) {
     let mut tickets = 0u64;
     while let Ok(job) = rx.recv() {
@@ -140,7 +146,7 @@ fn executor(
             });
         }
         let start = Instant::now();
-        let result = run_job(&job, &reg, &dir, start);
+        let result = run_job(&job, &reg, &dir, start, &mut python);
         if !report(Report::Done {
             id: job.id,
             result,
@@ -157,6 +163,7 @@ fn run_job(
     reg: &Registry,
     dir: &std::path::Path,
     start: Instant,
+    python: &mut Python,
 ) -> Result<Data, String> {
     let deadline = job.timeout.map(|t| start + Duration::from_secs_f64(t));
     let ctx = TaskContext {
@@ -165,6 +172,9 @@ fn run_job(
         deadline,
     };
     let refs: Vec<&Data> = job.args.iter().map(|s| &s.data).collect();
+    if let Expr::Py(call) = &job.expr {
+        return python.run(call, &refs, deadline);
+    }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         evaluate(&job.expr, &refs, reg, &ctx).map(|v| v.into_owned())
     }))

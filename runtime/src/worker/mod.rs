@@ -11,6 +11,7 @@
 pub(crate) mod executor;
 pub mod lifetime;
 pub mod memory;
+pub mod python;
 pub(crate) mod state;
 
 use crate::dataplane::{self, Counters, FetchOutcome};
@@ -21,6 +22,7 @@ use crate::store::{Store, Value};
 use crate::util;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use executor::{Job, Pool, Report};
+pub use python::PythonSettings;
 use state::{Input, Instruction, WorkerState};
 use std::collections::HashMap;
 use std::io;
@@ -57,6 +59,8 @@ pub struct WorkerConfig {
     /// The batch job this worker runs in ("" outside a job); adaptive
     /// scaling retires and cancels whole jobs.
     pub job: String,
+    /// How Python tasks' executor processes are started.
+    pub python: Arc<PythonSettings>,
 }
 
 impl WorkerConfig {
@@ -82,6 +86,7 @@ impl WorkerConfig {
             retire_requests: None,
             lifetime: None,
             job: crate::jobqueue::detect_job().map(|(_, id)| id).unwrap_or_default(),
+            python: Arc::new(PythonSettings::default()),
         }
     }
 }
@@ -160,6 +165,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
             cfg.nthreads,
             cfg.registry.clone(),
             scratch.clone(),
+            cfg.python.clone(),
             move |r| tx.send(Event::Exec(r)).is_ok(),
         )?
     };
@@ -543,7 +549,7 @@ impl WorkerLoop {
     }
 
     fn spill_to_target(&mut self) {
-        memory::spill_to_target(&self.cfg.memory, &mut StoreProbe(&self.store));
+        memory::spill_to_target(&self.cfg.memory, &mut StoreProbe(&self.store, &self.cfg.python));
     }
 
     /// Apply the memory policy ([`memory::check`]), reading the process's
@@ -559,7 +565,7 @@ impl WorkerLoop {
             return None;
         }
         self.last_memory_check = Some(Instant::now());
-        match memory::check(&self.cfg.memory, &mut StoreProbe(&self.store))? {
+        match memory::check(&self.cfg.memory, &mut StoreProbe(&self.store, &self.cfg.python))? {
             memory::Verdict::Terminate { rss } => {
                 log_at!(0, "worker", "worker '{}' uses {} of its {} memory limit (over {:.0} %): exiting so the node does not run out of memory",
                     self.cfg.name, util::format_bytes(rss), util::format_bytes(limit), self.cfg.memory.terminate.unwrap_or(1.0) * 100.0);
@@ -624,14 +630,15 @@ impl WorkerLoop {
 }
 
 /// The real process and store, for the memory policy.
-struct StoreProbe<'a>(&'a Store);
+/// The store, and the Python executors whose memory counts as the worker's.
+struct StoreProbe<'a>(&'a Store, &'a PythonSettings);
 
 impl memory::Probe for StoreProbe<'_> {
     fn held(&self) -> u64 {
         self.0.stats().memory_bytes
     }
     fn rss(&mut self) -> u64 {
-        util::rss_bytes()
+        util::rss_bytes() + self.1.executors_rss()
     }
     fn spill_until(&mut self, target: u64) {
         match self.0.spill_until(target) {

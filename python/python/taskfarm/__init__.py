@@ -1,0 +1,16 @@
+"""taskfarm: run Python task graphs on HPC machines with Dask's and joblib's APIs.
+
+>>> import taskfarm
+>>> client = taskfarm.Client()            # a local cluster in the background
+>>> client.submit(lambda x: x + 1, 1).result()
+2
+
+``Client(scheduler_file=...)`` joins a cluster started by ``taskfarm mpi``,
+``taskfarm scheduler`` or a job queue. See docs/python.md.
+"""
+
+from ._client import CancelledError, Client, Future, TaskError, as_completed, default_client, wait
+from ._native import VERSION as __version__
+from ._progress import progress
+
+__all__ = ["Client", "Future", "as_completed", "wait", "progress", "default_client", "TaskError", "CancelledError", "__version__"]

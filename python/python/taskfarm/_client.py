@@ -1,0 +1,651 @@
+"""The client: Dask's ``distributed.Client`` names and semantics on taskfarm."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import os
+import queue
+import sys
+import threading
+import uuid
+import weakref
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from . import _native
+from . import _serialize as ser
+
+__all__ = ["Client", "Future", "as_completed", "wait", "default_client", "TaskError", "CancelledError"]
+
+TaskError = ser.TaskError
+CancelledError = concurrent.futures.CancelledError
+
+_PENDING, _FINISHED, _ERROR, _CANCELLED, _LOST = "pending", "finished", "error", "cancelled", "lost"
+
+_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_default: list["Client"] = []
+
+
+def default_client() -> "Client":
+    """The most recently created client that is still open."""
+    for c in reversed(_default):
+        if not c._closed:
+            return c
+    raise ValueError("no taskfarm client: create one with taskfarm.Client()")
+
+
+class _Key:
+    """What the client knows of one key, shared by all its futures."""
+
+    __slots__ = ("refs", "status", "error", "event", "callbacks")
+
+    def __init__(self) -> None:
+        self.refs = 0
+        self.status = _PENDING
+        self.error: str | None = None
+        self.event = threading.Event()
+        self.callbacks: list[Callable[["Future"], Any]] = []
+
+
+class Future:
+    """A remote computation's result, as ``distributed.Future``.
+
+    Futures passed as arguments to ``submit``/``map`` become dependencies:
+    the value goes from worker to worker, never through the client. When no
+    future of a key is left (in this client), the cluster may forget it.
+    """
+
+    __slots__ = ("key", "client", "_info", "__weakref__")
+    # Dask may embed it in graphs (dask._task_spec treats it as a reference).
+    __dask_future__ = True
+
+    def __init__(self, key: str, client: "Client"):
+        self.key = key
+        self.client = client
+        self._info = client._ref(key)
+
+    @property
+    def status(self) -> str:
+        """``pending``, ``finished``, ``error``, ``cancelled`` or ``lost``."""
+        return self._info.status
+
+    def done(self) -> bool:
+        """Whether it finished, failed or was cancelled."""
+        return self._info.status != _PENDING
+
+    def cancelled(self) -> bool:
+        return self._info.status == _CANCELLED
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the value (up to ``timeout`` seconds) and return it; raise
+        the task's exception (same type, remote traceback in its notes)."""
+        return self.client._values([self.key], timeout)[0]
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception, or None if it succeeded."""
+        self._wait(timeout)
+        if self._info.status == _FINISHED:
+            return None
+        try:
+            self.client._values([self.key], timeout)
+        except BaseException as e:  # noqa: BLE001 - that is the point
+            return e
+        return None
+
+    def traceback(self, timeout: float | None = None) -> str | None:
+        """The remote traceback as text (taskfarm keeps it as text: there are
+        no frame objects of another process to give)."""
+        e = self.exception(timeout)
+        return None if e is None else getattr(e, "__taskfarm_traceback__", None)
+
+    def _wait(self, timeout: float | None) -> None:
+        if not self._info.event.wait(timeout):
+            raise TimeoutError(f"future {self.key} did not finish within {timeout} s")
+
+    def add_done_callback(self, fn: Callable[["Future"], Any]) -> None:
+        """Call ``fn(future)`` (in the client's event thread) once it is done."""
+        self.client._add_callback(self, fn)
+
+    def cancel(self) -> None:
+        """Cancel it (see :meth:`Client.cancel`)."""
+        self.client.cancel([self])
+
+    def release(self) -> None:
+        if self._info is not None:
+            self._info = None  # type: ignore[assignment]
+            self.client._unref(self.key)
+
+    def __del__(self) -> None:
+        try:
+            if self._info is not None:
+                self.client._unref(self.key)
+        except Exception:
+            pass
+
+    def __reduce__(self):
+        # Futures inside task arguments are dependencies (see _serialize);
+        # anywhere else they cannot be pickled.
+        raise ser._HasFuture()
+
+    def __repr__(self) -> str:
+        return f"<Future: {self.status}, key: {self.key}>"
+
+    def __await__(self):
+        raise TypeError("taskfarm futures are not awaitable; use .result() or taskfarm.as_completed")
+
+
+def _is_future(o: Any) -> bool:
+    return type(o) is Future
+
+
+def _funcname(fn: Any) -> str:
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    if name == "<lambda>":
+        return "lambda"
+    return str(name)
+
+
+def _local_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class Client:
+    """Connect to a taskfarm scheduler, or start a local cluster.
+
+    * ``Client()``: a scheduler and workers in this process (the embedded
+      default), Python tasks in executor processes of this interpreter.
+    * ``Client(scheduler_file="s.json")``: the scheduler that file names
+      (waiting up to ``timeout`` seconds for it to appear).
+    * ``Client("tcp://host:port")``: that scheduler, with the secret from
+      ``secret=`` or ``$TASKFARM_SECRET`` (hex, as in the scheduler file).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        scheduler_file: str | os.PathLike | None = None,
+        secret: bytes | str | None = None,
+        n_workers: int = 1,
+        threads_per_worker: int | None = None,
+        local_directory: str | os.PathLike | None = None,
+        python: str | os.PathLike | None = None,
+        preload: Sequence[str] = (),
+        timeout: float = 30.0,
+        set_as_default: bool = True,
+    ):
+        self._cluster = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._keys: dict[str, _Key] = {}
+        self._to_release: list[str] = []
+        self._functions: "collections.OrderedDict[int, tuple[Any, bytes, bytes]]" = collections.OrderedDict()
+        if address is None and scheduler_file is None:
+            import tempfile
+
+            threads = threads_per_worker or _local_threads()
+            directory = local_directory or tempfile.gettempdir()
+            self._cluster = _native.Cluster(n_workers, threads, os.fspath(directory), os.fspath(python or sys.executable), list(preload))
+            self._session = _native.Session.connect(self._cluster.address, bytes(self._cluster.secret))
+        elif scheduler_file is not None:
+            self._session = _native.Session.from_scheduler_file(os.fspath(scheduler_file), float(timeout))
+        else:
+            if secret is None:
+                secret = os.environ.get("TASKFARM_SECRET")
+            if secret is None:
+                raise ValueError(f"connecting to {address} needs the scheduler's secret: pass secret= or set $TASKFARM_SECRET (hex, as in the scheduler file); or use scheduler_file=")
+            if isinstance(secret, str):
+                secret = bytes.fromhex(secret)
+            self._session = _native.Session.connect(str(address), bytes(secret))
+        self._events = threading.Thread(target=self._event_loop, name="taskfarm-client-events", daemon=True)
+        self._events.start()
+        _clients.add(self)
+        if set_as_default:
+            _default.append(self)
+
+    # ---- context manager, closing ---------------------------------------
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Disconnect (the scheduler forgets what only this client wanted);
+        a local cluster is stopped, its executors with it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._events.join(timeout=5)
+        self._session.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        if self in _default:
+            _default.remove(self)
+
+    def shutdown(self) -> None:
+        """Stop the scheduler and all its workers, then close."""
+        if not self._closed:
+            try:
+                self._session.shutdown()
+            finally:
+                self.close()
+
+    @property
+    def scheduler_address(self) -> str:
+        return self._session.address
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._session.address
+        return f"<taskfarm.Client: {state}{' (local cluster)' if self._cluster else ''}>"
+
+    # ---- keys and references -------------------------------------------------
+
+    def _ref(self, key: str) -> _Key:
+        with self._lock:
+            info = self._keys.get(key)
+            if info is None:
+                info = self._keys[key] = _Key()
+            info.refs += 1
+            return info
+
+    def _unref(self, key: str) -> None:
+        with self._lock:
+            info = self._keys.get(key)
+            if info is None:
+                return
+            info.refs -= 1
+            if info.refs <= 0:
+                del self._keys[key]
+                self._to_release.append(key)
+
+    def _flush_releases(self) -> None:
+        with self._lock:
+            keys, self._to_release = self._to_release, []
+        if keys and not self._closed:
+            try:
+                self._session.release(keys)
+            except OSError:
+                pass
+
+    def _event_loop(self) -> None:
+        while not self._closed:
+            try:
+                events = self._session.events(0.2)
+            except Exception:
+                return
+            self._flush_releases()
+            for kind, key, text in events:
+                if kind == "lost":
+                    with self._lock:
+                        infos = [(k, i) for k, i in self._keys.items() if i.status == _PENDING]
+                    for k, i in infos:
+                        self._settle(k, i, _LOST, text)
+                    continue
+                if kind == "stuck":
+                    print(f"taskfarm: task {key} cannot run on any connected worker yet: {text}", file=sys.stderr)
+                    continue
+                with self._lock:
+                    info = self._keys.get(key)
+                if info is not None and info.status == _PENDING:
+                    self._settle(key, info, _FINISHED if kind == "finished" else _ERROR, text or None)
+
+    def _settle(self, key: str, info: _Key, status: str, error: str | None) -> None:
+        info.status, info.error = status, error
+        info.event.set()
+        callbacks, info.callbacks = info.callbacks, []
+        for cb in callbacks:
+            self._call_back(cb, key)
+
+    def _call_back(self, cb: Callable[[Future], Any], key: str) -> None:
+        try:
+            cb(Future(key, self))
+        except Exception as e:  # a callback's error must not stop the client
+            print(f"taskfarm: a done-callback of {key} raised {e!r}", file=sys.stderr)
+
+    def _add_callback(self, future: Future, fn: Callable[[Future], Any]) -> None:
+        info = future._info
+        with self._lock:
+            if info.status == _PENDING:
+                info.callbacks.append(fn)
+                return
+        self._call_back(fn, future.key)
+
+    # ---- submitting ------------------------------------------------------------
+
+    def _function(self, fn: Callable) -> tuple[bytes, bytes]:
+        entry = self._functions.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1], entry[2]
+        h, data = ser.function_payload(fn)
+        self._functions[id(fn)] = (fn, h, data)
+        if len(self._functions) > 100:
+            self._functions.popitem(last=False)
+        return h, data
+
+    def _task(self, fn, args, kwargs, key, pure, fh, fb, priority, resources, workers, retries, timeout, order):
+        payload, deps = ser.args_payload(args, kwargs, _is_future)
+        if key is None:
+            name = _funcname(fn)
+            if pure:
+                key = f"{name}-{ser.token(fh, payload, chr(0).join(deps).encode())}"
+            else:
+                key = f"{name}-{uuid.uuid4().hex}"
+        res = sorted((str(k), float(v)) for k, v in (resources or {}).items())
+        if workers is None:
+            ws = []
+        elif isinstance(workers, str):
+            ws = [workers]
+        else:
+            ws = [str(w) for w in workers]
+        return (key, deps, "call", fh, fb, payload, sys.executable,
+                (int(priority), int(retries or 0), res, ws, None if timeout is None else float(timeout), order))
+
+    def _send(self, tasks: list, keys: list[str]) -> None:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        self._session.submit(tasks, keys)
+
+    def submit(self, fn: Callable, *args, key: str | None = None, pure: bool = True, priority: int = 0,
+               resources: dict[str, float] | None = None, workers: str | Sequence[str] | None = None,
+               retries: int = 0, timeout: float | None = None, **kwargs) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the cluster; return its :class:`Future`.
+
+        ``pure=True`` (the default, as Dask) names the task by a hash of the
+        function and arguments, so the same call twice is computed once;
+        ``pure=False`` gives every call its own key. ``resources`` (e.g.
+        ``{"gpus": 1}``) must be offered by a worker; ``workers`` restricts
+        it to workers by name or address; ``retries`` reruns a failed task;
+        ``timeout`` (s) fails it when it runs longer.
+        """
+        if not callable(fn):
+            raise TypeError(f"submit needs a callable, got {type(fn).__name__}")
+        fh, fb = self._function(fn)
+        task = self._task(fn, args, kwargs, key, pure, fh, fb, priority, resources, workers, retries, timeout, 0)
+        k = task[0]
+        future = Future(k, self)
+        self._send([task], [k])
+        return future
+
+    def map(self, fn: Callable, *iterables: Iterable, key: str | Sequence[str] | None = None, pure: bool = True,
+            batch_size: int | None = None, priority: int = 0, resources: dict[str, float] | None = None,
+            workers: str | Sequence[str] | None = None, retries: int = 0, timeout: float | None = None,
+            **kwargs) -> list[Future]:
+        """``submit`` for each element of the iterables, as ``Client.map``:
+        one future per call, in order. ``key`` may be a list of keys or a
+        prefix; ``batch_size`` submits the tasks in batches of that many
+        (default: all in one message per 10,000)."""
+        if not callable(fn):
+            raise TypeError(f"map needs a callable, got {type(fn).__name__}")
+        items = list(zip(*iterables))
+        if isinstance(key, (list, tuple)) and len(key) != len(items):
+            raise ValueError(f"map got {len(key)} keys for {len(items)} calls")
+        fh, fb = self._function(fn)
+        futures: list[Future] = []
+        batch = max(1, batch_size or 10_000)
+        tasks, keys = [], []
+        for i, args in enumerate(items):
+            if isinstance(key, (list, tuple)):
+                k = key[i]
+            elif isinstance(key, str):
+                k = f"{key}-{i}" if not pure else None
+            else:
+                k = None
+            t = self._task(fn, args, kwargs, k, pure, fh, fb, priority, resources, workers, retries, timeout, i)
+            if isinstance(key, str) and pure:
+                t = (f"{key}-{t[0].rsplit('-', 1)[-1]}",) + t[1:]
+            futures.append(Future(t[0], self))
+            tasks.append(t)
+            keys.append(t[0])
+            if len(tasks) >= batch:
+                self._send(tasks, keys)
+                tasks, keys = [], []
+        if tasks:
+            self._send(tasks, keys)
+        return futures
+
+    def scatter(self, data: Any, broadcast: bool = False, hash: bool = True) -> Any:
+        """Put data on the cluster: a list, tuple or dict gives futures in
+        the same shape, anything else one future. ``broadcast`` is accepted
+        for Dask compatibility: taskfarm copies a value to each worker that
+        needs it, when it needs it."""
+        if isinstance(data, dict):
+            keys = list(data)
+            futures = self.scatter([data[k] for k in keys], broadcast=broadcast, hash=hash)
+            return dict(zip(keys, futures))
+        if isinstance(data, (list, tuple)):
+            items = list(data)
+            single = False
+        else:
+            items, single = [data], True
+        tasks, keys, futures = [], [], []
+        for x in items:
+            payload = ser.value_payload(x)
+            k = f"{type(x).__name__}-{ser.token(payload) if hash else uuid.uuid4().hex}"
+            tasks.append((k, [], "value", b"", b"", payload, "", (0, 0, [], [], None, 0)))
+            keys.append(k)
+            futures.append(Future(k, self))
+        self._send(tasks, keys)
+        if single:
+            return futures[0]
+        return type(data)(futures) if isinstance(data, tuple) else futures
+
+    # ---- results ---------------------------------------------------------------
+
+    def _values(self, keys: list[str], timeout: float | None, errors: str = "raise") -> list[Any]:
+        out = []
+        got = self._session.values(keys, timeout)
+        for k, (ok, tag, body) in zip(keys, got):
+            if ok:
+                out.append(ser.decode(tag, body))
+                continue
+            info = self._keys.get(k)
+            if info is not None and info.status == _CANCELLED:
+                exc: BaseException = CancelledError(k)
+            else:
+                exc = ser.exception_from(body, _native.error_parts)
+            if errors == "raise":
+                raise exc
+            out.append(exc if errors == "return" else _SKIP)
+        return out
+
+    def gather(self, futures: Any, errors: str = "raise") -> Any:
+        """The values of futures, in the same structure (a future, or lists,
+        tuples, sets and dicts of them). ``errors="raise"`` raises the first
+        failure; ``"skip"`` leaves failed ones out of lists."""
+        found: list[Future] = []
+
+        def collect(x):
+            if type(x) is Future:
+                found.append(x)
+            elif isinstance(x, (list, tuple, set, frozenset)):
+                for y in x:
+                    collect(y)
+            elif isinstance(x, dict):
+                for y in x.values():
+                    collect(y)
+
+        collect(futures)
+        distinct = list(dict.fromkeys(f.key for f in found))
+        values = dict(zip(distinct, self._values(distinct, None, "raise" if errors == "raise" else "skip")))
+
+        def build(x):
+            if type(x) is Future:
+                return values[x.key]
+            if isinstance(x, (list, tuple, set, frozenset)):
+                items = [build(y) for y in x]
+                items = [y for y in items if y is not _SKIP]
+                return type(x)(items) if not isinstance(x, list) else items
+            if isinstance(x, dict):
+                return {k: v for k, v in ((k, build(y)) for k, y in x.items()) if v is not _SKIP}
+            return x
+
+        return build(futures)
+
+    def cancel(self, futures: Iterable[Future] | Future, force: bool = False) -> None:
+        """Cancel futures: their results are not kept and waiting on them
+        raises ``CancelledError``. (A task that is already running runs to
+        its end on its worker.)"""
+        if isinstance(futures, Future):
+            futures = [futures]
+        keys = []
+        for f in futures:
+            info = f._info
+            if info is not None and info.status == _PENDING:
+                self._settle(f.key, info, _CANCELLED, "cancelled")
+                keys.append(f.key)
+        if keys:
+            self._session.release(keys)
+
+    # ---- cluster ---------------------------------------------------------------
+
+    def scheduler_info(self) -> dict:
+        """The scheduler's status (the fields of ``taskfarm status --json``)."""
+        import json
+
+        return json.loads(self._session.status_json())
+
+    def nthreads(self) -> dict[str, int]:
+        """Threads per worker, by worker name."""
+        return {w["name"]: w["nthreads"] for w in self.scheduler_info()["workers"]}
+
+    def wait_for_workers(self, n_workers: int = 1, timeout: float | None = None) -> None:
+        """Wait until at least ``n_workers`` workers are connected."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.01
+        while len(self.scheduler_info()["workers"]) < n_workers:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {n_workers} workers after {timeout} s")
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    # ---- dask ----------------------------------------------------------------------
+
+    def get(self, dsk: Any, keys: Any, **kwargs) -> Any:
+        """A Dask scheduler ``get``: ``dask.compute(x, scheduler=client.get)``."""
+        from ._dask import get
+
+        return get(self, dsk, keys, **kwargs)
+
+    def compute(self, collections: Any, sync: bool = False, **kwargs) -> Any:
+        """Futures of Dask collections (one per collection, or a list)."""
+        from ._dask import compute
+
+        return compute(self, collections, sync=sync, **kwargs)
+
+    def persist(self, collections: Any, **kwargs) -> Any:
+        """Dask collections whose data stays on the cluster, for later computations."""
+        from ._dask import persist
+
+        return persist(self, collections, **kwargs)
+
+
+_SKIP = object()
+
+
+class _DoneAndNotDone(collections.namedtuple("DoneAndNotDoneFutures", ["done", "not_done"])):
+    pass
+
+
+def wait(fs: Iterable[Future] | Future, timeout: float | None = None, return_when: str = "ALL_COMPLETED") -> _DoneAndNotDone:
+    """Wait for futures, as ``distributed.wait``: ``return_when`` is
+    ``ALL_COMPLETED`` or ``FIRST_COMPLETED``; raises ``TimeoutError`` when
+    ``timeout`` passes first. Returns ``(done, not_done)`` sets."""
+    if isinstance(fs, Future):
+        fs = [fs]
+    fs = list(fs)
+    if return_when not in ("ALL_COMPLETED", "FIRST_COMPLETED"):
+        raise ValueError(f"return_when must be ALL_COMPLETED or FIRST_COMPLETED, not {return_when!r}")
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if return_when == "ALL_COMPLETED":
+        for f in fs:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not f._info.event.wait(left):
+                raise TimeoutError(f"not every future finished within {timeout} s")
+    elif fs and not any(f.done() for f in fs):
+        first = threading.Event()
+        for f in fs:
+            f.add_done_callback(lambda _f: first.set())
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not first.wait(left):
+            raise TimeoutError(f"no future finished within {timeout} s")
+    done = {f for f in fs if f.done()}
+    return _DoneAndNotDone(done, {f for f in fs if f not in done})
+
+
+class as_completed(Iterator):
+    """Iterate over futures in the order they finish, as
+    ``distributed.as_completed``; ``with_results=True`` yields
+    ``(future, result)``. More futures can be added while iterating."""
+
+    def __init__(self, futures: Iterable[Future] = (), with_results: bool = False, raise_errors: bool = True):
+        self._queue: "queue.Queue[Future]" = queue.Queue()
+        self._count = 0
+        self._with_results = with_results
+        self._raise_errors = raise_errors
+        self._lock = threading.Lock()
+        for f in futures:
+            self.add(f)
+
+    def add(self, future: Future) -> None:
+        with self._lock:
+            self._count += 1
+        future.add_done_callback(lambda _f, f=future: self._queue.put(f))
+
+    def update(self, futures: Iterable[Future]) -> None:
+        for f in futures:
+            self.add(f)
+
+    def count(self) -> int:
+        return self._count
+
+    def is_empty(self) -> bool:
+        return self._count == 0
+
+    def __iter__(self) -> "as_completed":
+        return self
+
+    def __next__(self):
+        with self._lock:
+            if self._count == 0:
+                raise StopIteration
+            self._count -= 1
+        f = self._queue.get()
+        if self._with_results:
+            try:
+                return f, f.result()
+            except BaseException as e:
+                if self._raise_errors:
+                    raise
+                return f, e
+        return f
+
+    def next_batch(self, block: bool = True) -> list:
+        out = [next(self)] if block and self._count else []
+        while self._count:
+            try:
+                f = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            with self._lock:
+                self._count -= 1
+            out.append((f, f.result()) if self._with_results else f)
+        return out
+
+
+@atexit.register
+def _close_all() -> None:
+    for c in list(_clients):
+        try:
+            c.close()
+        except Exception:
+            pass

@@ -1,0 +1,379 @@
+//! An asynchronous client session, for clients that keep many computations
+//! in flight (the Python client's futures): submissions return at once; a
+//! reader thread follows the scheduler's messages and keeps, per wanted key,
+//! where it stands; callers wait for keys or for events, and fetch values
+//! (inline with the completion when small, else from a holder's data server).
+//!
+//! The synchronous [`crate::Client`] (submit one graph, wait for all of it)
+//! stays what the CLI uses.
+
+use crate::protocol::{FrameReader, FrameWriter, Payload, Role, StatusReport, TaskDef, TaskId, ToClient, ToScheduler};
+use crate::schedfile::{self, ConnectError};
+use std::collections::{HashMap, VecDeque};
+use std::net::{Shutdown, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Where a wanted key stands.
+#[derive(Clone, Debug)]
+enum KeyState {
+    Pending,
+    At { id: TaskId, holders: Vec<String> },
+    /// The value in its wire form.
+    Value(u8, Arc<Vec<u8>>),
+    Failed(String),
+}
+
+/// What happened to a wanted key (or to the session), in arrival order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Finished(String),
+    Erred(String, String),
+    /// The key cannot run on any connected worker now.
+    Stuck(String, String),
+    /// The connection is gone; every pending key failed with this reason.
+    Lost(String),
+}
+
+#[derive(Default)]
+struct State {
+    keys: HashMap<String, KeyState>,
+    events: Vec<Event>,
+    /// Wanted keys of each submission not yet accepted or rejected.
+    submissions: VecDeque<Vec<String>>,
+    status: Option<StatusReport>,
+    lost: Option<String>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A value or why there is none.
+pub type Outcome = Result<(u8, Arc<Vec<u8>>), String>;
+
+pub struct Session {
+    shared: Arc<Shared>,
+    writer: Mutex<FrameWriter<TcpStream>>,
+    stream: TcpStream,
+    secret: Vec<u8>,
+    pub address: String,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Session {
+    /// Connect to the scheduler at `address` (tcp://HOST:PORT) with `secret`.
+    pub fn connect(address: &str, secret: &[u8]) -> Result<Session, String> {
+        let stream = schedfile::connect(address, secret, Role::Client).map_err(|e| match e {
+            ConnectError::Fatal(m) => m,
+            ConnectError::Unreachable(e) => format!("cannot reach the scheduler at {address}: {e}"),
+        })?;
+        Session::start(stream, address, secret)
+    }
+
+    /// Find the scheduler through its file, waiting up to `timeout` for it.
+    pub fn from_scheduler_file(path: &Path, timeout: Duration) -> Result<Session, String> {
+        let (file, stream) = schedfile::wait_and_connect(path, timeout, Role::Client).map_err(|e| e.to_string())?;
+        let secret = file.secret_bytes()?;
+        Session::start(stream, &file.address, &secret)
+    }
+
+    fn start(stream: TcpStream, address: &str, secret: &[u8]) -> Result<Session, String> {
+        let lost = |e: std::io::Error| format!("lost the scheduler at {address}: {e}");
+        let _ = stream.set_nodelay(true);
+        let mut writer = FrameWriter::new(stream.try_clone().map_err(lost)?);
+        let name = format!("{}-{}-py", crate::util::hostname(), std::process::id());
+        writer.send(&[ToScheduler::RegisterClient { name }], &[]).map_err(lost)?;
+        let mut reader = FrameReader::new(stream.try_clone().map_err(lost)?);
+        match reader.read_batch::<ToClient>().map_err(lost)? {
+            Some((msgs, _)) if matches!(msgs.first(), Some(ToClient::Welcome { .. })) => {}
+            _ => return Err(format!("the scheduler at {address} did not welcome this client")),
+        }
+        let shared = Arc::new(Shared { state: Mutex::new(State::default()), cv: Condvar::new() });
+        let s2 = shared.clone();
+        let reader = std::thread::Builder::new().name("tf-session".into()).spawn(move || read_loop(reader, &s2)).map_err(|e| e.to_string())?;
+        Ok(Session { shared, writer: Mutex::new(writer), stream, secret: secret.to_vec(), address: address.to_string(), reader: Some(reader) })
+    }
+
+    fn send(&self, msgs: &[ToScheduler]) -> Result<(), String> {
+        if let Some(l) = &self.shared.lock().lost {
+            return Err(l.clone());
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.send(msgs, &[]).map_err(|e| format!("lost the scheduler at {}: {e}", self.address))
+    }
+
+    /// Submit tasks and want `wanted`; returns at once. A rejected
+    /// submission fails its wanted keys (an `Erred` event each).
+    pub fn submit(&self, tasks: Vec<TaskDef>, wanted: Vec<String>) -> Result<(), String> {
+        {
+            let mut st = self.shared.lock();
+            for k in &wanted {
+                let entry = st.keys.entry(k.clone()).or_insert(KeyState::Pending);
+                if matches!(entry, KeyState::Failed(_)) {
+                    *entry = KeyState::Pending;
+                }
+            }
+            st.submissions.push_back(wanted.clone());
+        }
+        self.send(&[ToScheduler::UpdateGraph { tasks, wanted }])
+    }
+
+    /// Stop wanting these keys (the cluster may forget them).
+    pub fn release(&self, keys: Vec<String>) -> Result<(), String> {
+        {
+            let mut st = self.shared.lock();
+            for k in &keys {
+                st.keys.remove(k);
+            }
+        }
+        self.send(&[ToScheduler::ReleaseKeys { keys }])
+    }
+
+    /// Events since the last call, waiting up to `timeout` for one.
+    pub fn events(&self, timeout: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        while st.events.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self.shared.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        std::mem::take(&mut st.events)
+    }
+
+    /// Whether every key has a value or an error (false if one is unknown).
+    pub fn done(&self, keys: &[String]) -> bool {
+        let st = self.shared.lock();
+        keys.iter().all(|k| matches!(st.keys.get(k), Some(KeyState::At { .. } | KeyState::Value(..) | KeyState::Failed(_))))
+    }
+
+    /// The values of `keys` (or why not), waiting up to `timeout` (`None`:
+    /// for ever) for them to be computed and fetching them as needed.
+    /// `Err` when the time ran out first; `interrupted` is asked between
+    /// waits (e.g. for Ctrl-C) and stops the wait when it answers true.
+    pub fn values(&self, keys: &[String], timeout: Option<Duration>, interrupted: &mut dyn FnMut() -> bool) -> Result<Vec<Outcome>, String> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let fetch = {
+                let mut st = self.shared.lock();
+                loop {
+                    let mut to_fetch: HashMap<String, Vec<(String, TaskId)>> = HashMap::new();
+                    let mut waiting = false;
+                    for k in keys {
+                        match st.keys.get(k) {
+                            Some(KeyState::Pending) => waiting = true,
+                            Some(KeyState::At { id, holders }) => match holders.first() {
+                                Some(h) => to_fetch.entry(h.clone()).or_default().push((k.clone(), *id)),
+                                None => waiting = true,
+                            },
+                            Some(_) => {}
+                            None => return Err(format!("key '{k}' is not wanted by this client (it was released or never submitted)")),
+                        }
+                    }
+                    if !to_fetch.is_empty() {
+                        break to_fetch;
+                    }
+                    if !waiting {
+                        let out = keys
+                            .iter()
+                            .map(|k| match &st.keys[k] {
+                                KeyState::Value(tag, body) => Ok((*tag, body.clone())),
+                                KeyState::Failed(e) => Err(e.clone()),
+                                _ => unreachable!("only finished keys are left"),
+                            })
+                            .collect();
+                        return Ok(out);
+                    }
+                    if let Some(l) = &st.lost {
+                        return Err(l.clone());
+                    }
+                    let step = Duration::from_millis(100);
+                    let wait = match deadline {
+                        Some(d) => {
+                            let left = d.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                return Err("timed out waiting for results".into());
+                            }
+                            left.min(step)
+                        }
+                        None => step,
+                    };
+                    st = self.shared.cv.wait_timeout(st, wait).unwrap_or_else(|p| p.into_inner()).0;
+                    drop(st);
+                    if interrupted() {
+                        return Err("interrupted".into());
+                    }
+                    st = self.shared.lock();
+                }
+            };
+            for (holder, items) in fetch {
+                self.fetch_from(&holder, &items);
+            }
+        }
+    }
+
+    /// Fetch `items` from `holder` into the key table; what it does not
+    /// have waits for the scheduler to say where it is now.
+    fn fetch_from(&self, holder: &str, items: &[(String, TaskId)]) {
+        let ids: Vec<TaskId> = items.iter().map(|(_, id)| *id).collect();
+        let got = fetch_values(holder, &self.secret, &ids).unwrap_or_else(|e| {
+            crate::log_at!(1, "client", "cannot fetch results from {holder}: {e}; waiting for the scheduler to recompute them");
+            Vec::new()
+        });
+        let mut got: HashMap<TaskId, Payload> = got.into_iter().collect();
+        let mut st = self.shared.lock();
+        for (k, id) in items {
+            let Some(state) = st.keys.get_mut(k) else { continue };
+            match got.remove(id) {
+                Some((tag, body)) => *state = KeyState::Value(tag, Arc::new(body)),
+                None => {
+                    if let KeyState::At { holders, .. } = state {
+                        holders.retain(|h| h != holder);
+                        if holders.is_empty() {
+                            *state = KeyState::Pending;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The scheduler's status report.
+    pub fn status(&self, timeout: Duration) -> Result<StatusReport, String> {
+        self.shared.lock().status = None;
+        self.send(&[ToScheduler::StatusRequest])?;
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(s) = st.status.take() {
+                return Ok(s);
+            }
+            if let Some(l) = &st.lost {
+                return Err(l.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("the scheduler did not answer a status request".into());
+            }
+            st = self.shared.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Ask the scheduler and its workers to exit.
+    pub fn shutdown(&self) -> Result<(), String> {
+        self.send(&[ToScheduler::Shutdown])
+    }
+
+    /// Close the connection (the scheduler releases what only this client wanted).
+    pub fn close(&mut self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn fetch_values(holder: &str, secret: &[u8], ids: &[TaskId]) -> std::io::Result<Vec<(TaskId, Payload)>> {
+    let s = schedfile::connect(holder, secret, Role::Peer).map_err(|e| match e {
+        ConnectError::Unreachable(e) => e,
+        ConnectError::Fatal(m) => std::io::Error::other(m),
+    })?;
+    let mut r = FrameReader::new(s.try_clone()?);
+    let mut w = FrameWriter::new(s);
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(50_000) {
+        for (id, stored) in crate::dataplane::fetch_values(&mut r, &mut w, chunk)? {
+            let (tag, body) = stored.wire();
+            out.push((id, (tag, body.to_vec())));
+        }
+    }
+    Ok(out)
+}
+
+fn read_loop(mut reader: FrameReader<TcpStream>, shared: &Shared) {
+    let reason = loop {
+        match reader.read_batch::<ToClient>() {
+            Ok(Some((msgs, _))) => {
+                let mut st = shared.lock();
+                for m in msgs {
+                    message(&mut st, m);
+                }
+                drop(st);
+                shared.cv.notify_all();
+            }
+            Ok(None) => break "the scheduler closed the connection".to_string(),
+            Err(e) => break format!("lost the scheduler: {e}"),
+        }
+    };
+    let mut st = shared.lock();
+    let st = &mut *st;
+    for state in st.keys.values_mut() {
+        if matches!(state, KeyState::Pending | KeyState::At { .. }) {
+            *state = KeyState::Failed(reason.clone());
+        }
+    }
+    st.events.push(Event::Lost(reason.clone()));
+    st.lost = Some(reason);
+    shared.cv.notify_all();
+}
+
+/// One scheduler message into the key table and the events.
+fn message(st: &mut State, m: ToClient) {
+    match m {
+        ToClient::GraphAccepted { .. } => {
+            st.submissions.pop_front();
+        }
+        ToClient::GraphRejected { error } => {
+            for k in st.submissions.pop_front().unwrap_or_default() {
+                if let Some(s) = st.keys.get_mut(&k) {
+                    if matches!(s, KeyState::Pending) {
+                        *s = KeyState::Failed(format!("the graph was rejected: {error}"));
+                        st.events.push(Event::Erred(k, format!("the graph was rejected: {error}")));
+                    }
+                }
+            }
+        }
+        ToClient::KeyInMemory { key, id, holders, value } => {
+            let Some(s) = st.keys.get_mut(&key) else { return };
+            if matches!(s, KeyState::Value(..)) {
+                return;
+            }
+            let was_pending = matches!(s, KeyState::Pending | KeyState::Failed(_));
+            *s = match value {
+                Some((tag, body)) => KeyState::Value(tag, Arc::new(body)),
+                None => KeyState::At { id, holders },
+            };
+            if was_pending {
+                st.events.push(Event::Finished(key));
+            }
+        }
+        ToClient::KeyErred { key, error } => {
+            let Some(s) = st.keys.get_mut(&key) else { return };
+            if matches!(s, KeyState::Value(..) | KeyState::Failed(_)) {
+                return;
+            }
+            *s = KeyState::Failed(error.clone());
+            st.events.push(Event::Erred(key, error));
+        }
+        ToClient::KeyStuck { key, reason } => st.events.push(Event::Stuck(key, reason)),
+        ToClient::Status(r) => st.status = Some(r),
+        ToClient::ShuttingDown { .. } | ToClient::Welcome { .. } | ToClient::Retiring { .. } => {}
+    }
+}

@@ -1,0 +1,219 @@
+# taskfarm's Python executor: one persistent process per worker thread that
+# runs Python tasks. Started by the worker (runtime/src/worker/python.rs) as
+# `python -c <this file>`, so it needs no taskfarm package, only cloudpickle.
+#
+# Pipe protocol, both directions: a u8 kind, a u64 little-endian body length,
+# the body.
+#   worker -> executor  b"T": one task (see `run_task`)
+#                       b"S": a setup function to run now and in no task
+#   executor -> worker  b"H": ready (body: Python version), or
+#                       b"X": cannot start (body: the reason, UTF-8)
+#                       b"O": a result: u8 value tag (J, B, P) + the value
+#                       b"E": an error: u32 text length, traceback text,
+#                             then the pickled exception (may be empty)
+import os
+import sys
+
+
+def _main():
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    # What tasks print goes to the worker's stderr, never into the protocol;
+    # tasks read nothing from the worker's stdin.
+    os.dup2(2, 1)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    rf = os.fdopen(proto_in, "rb", buffering=1 << 16)
+    wf = os.fdopen(proto_out, "wb", buffering=1 << 16)
+    import struct
+
+    header = struct.Struct("<cQ")
+
+    def send(kind, *parts):
+        wf.write(header.pack(kind, sum(len(p) for p in parts)))
+        for p in parts:
+            wf.write(p)
+        wf.flush()
+
+    try:
+        import io
+        import json
+        import pickle
+        import threading
+        import time
+        import traceback
+        import importlib
+
+        import cloudpickle
+    except ImportError as e:
+        send(b"X", f"{e}; this Python ({sys.executable}) needs cloudpickle: pip install cloudpickle, "
+                   f"or point the worker at another interpreter with --python or TASKFARM_PYTHON".encode())
+        return
+
+    # Die with the worker: a worker killed with SIGKILL cannot stop us, so
+    # notice that our parent changed and leave.
+    parent = os.getppid()
+
+    def watchdog():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watchdog, daemon=True, name="taskfarm-watchdog").start()
+
+    for name in filter(None, os.environ.get("TASKFARM_PRELOAD", "").split(",")):
+        try:
+            module = importlib.import_module(name)
+            setup = getattr(module, "taskfarm_setup", None)
+            if callable(setup):
+                setup()
+        except BaseException:
+            send(b"X", f"--preload {name} failed:\n{traceback.format_exc()}".encode())
+            return
+
+    plain_scalars = (str, bool, float, type(None))
+
+    def is_plain(v, budget):
+        """Whether v is exactly representable as JSON (and back): None, bool,
+        str, 64-bit int, finite float, and lists / str-keyed dicts of them."""
+        stack = [v]
+        while stack:
+            budget[0] -= 1
+            if budget[0] < 0:
+                return False
+            x = stack.pop()
+            t = type(x)
+            if t is int:
+                if not -(1 << 63) <= x < (1 << 63):
+                    return False
+            elif t is float:
+                if x != x or x in (float("inf"), float("-inf")):
+                    return False
+            elif t in plain_scalars:
+                pass
+            elif t is list:
+                stack.extend(x)
+            elif t is dict:
+                for k, item in x.items():
+                    if type(k) is not str:
+                        return False
+                    stack.append(item)
+            else:
+                return False
+        return True
+
+    def encode(v):
+        if v is None:
+            return b"J", b"null"
+        t = type(v)
+        if t is bytes:
+            return b"B", v
+        if (t in plain_scalars or t is int or t is list or t is dict) and is_plain(v, [10000]):
+            return b"J", json.dumps(v, separators=(",", ":")).encode()
+        try:
+            return b"P", pickle.dumps(v, protocol=5)
+        except Exception:
+            return b"P", cloudpickle.dumps(v, protocol=5)
+
+    def decode(tag, body):
+        if tag == b"J":
+            return json.loads(body)
+        if tag == b"B":
+            return body
+        return pickle.loads(body)
+
+    funcs = {}
+
+    class ArgsUnpickler(pickle.Unpickler):
+        def __init__(self, data, deps):
+            super().__init__(io.BytesIO(data))
+            self.deps = deps
+            self.done = {}
+
+        def persistent_load(self, pid):
+            if pid not in self.done:
+                tag, body = self.deps[pid]
+                self.done[pid] = decode(tag, body)
+            return self.done[pid]
+
+    def read_exact(n):
+        data = rf.read(n)
+        if len(data) != n:
+            raise EOFError
+        return data
+
+    u32 = struct.Struct("<I")
+    u64 = struct.Struct("<Q")
+
+    def field(body, at):
+        (n,) = u32.unpack_from(body, at)
+        at += 4
+        return body[at:at + n], at + n
+
+    def run_task(body):
+        # u32+hash, u32+func (empty: cached), u32+args, u32 ndeps, then
+        # per dependency u8 tag + u64 length + bytes
+        mv = memoryview(body)
+        fhash, at = field(mv, 0)
+        func, at = field(mv, at)
+        args, at = field(mv, at)
+        (ndeps,) = u32.unpack_from(mv, at)
+        at += 4
+        deps = []
+        for _ in range(ndeps):
+            tag = bytes(mv[at:at + 1])
+            (n,) = u64.unpack_from(mv, at + 1)
+            at += 9
+            deps.append((tag, mv[at:at + n]))
+            at += n
+        key = bytes(fhash)
+        fn = funcs.get(key)
+        if fn is None:
+            fn = pickle.loads(func)
+            if len(funcs) > 1000:
+                funcs.clear()
+            funcs[key] = fn
+        if ndeps:
+            a, kw = ArgsUnpickler(args, deps).load()
+        else:
+            a, kw = pickle.loads(args)
+        return fn(*a, **kw)
+
+    def report_error(e):
+        tb = e.__traceback__
+        # Leave out this file's frames: the traceback starts in the task.
+        while tb is not None and tb.tb_frame.f_code in own_code and tb.tb_next is not None:
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(e), e, tb))
+        try:
+            blob = cloudpickle.dumps(e, protocol=5)
+            pickle.loads(blob)
+        except Exception:
+            blob = b""
+        text_bytes = text.encode("utf-8", "replace")
+        send(b"E", u32.pack(len(text_bytes)), text_bytes, blob)
+
+    own_code = (sys._getframe().f_code, run_task.__code__)
+    send(b"H", sys.version.encode())
+    while True:
+        try:
+            kind, n = header.unpack(read_exact(header.size))
+            body = read_exact(n)
+        except EOFError:
+            return
+        try:
+            if kind == b"T":
+                result = run_task(body)
+                tag, data = encode(result)
+                del result
+                send(b"O", tag, data)
+            elif kind == b"S":
+                pickle.loads(body)()
+                send(b"O", b"J", b"null")
+        except BaseException as e:
+            report_error(e)
+
+
+_main()

@@ -1,0 +1,274 @@
+//! Python tasks: each executor thread of a worker drives one persistent
+//! Python process (started on its first Python task, kept warm), feeding it
+//! tasks over a pipe and reading back values or errors. The process runs
+//! `executor.py` (embedded in the binary: workers need no taskfarm Python
+//! package, only an interpreter with cloudpickle).
+//!
+//! Processes are started with `posix_spawn` (Rust's `Command` without
+//! `pre_exec`), never a plain fork, so they are safe under MPI. They die
+//! with their worker: killed when the worker drops them, and they exit by
+//! themselves when their parent process is gone (a watchdog thread) or their
+//! pipe closes. Values cross the pipe in their wire form (tag + bytes):
+//! pickles stay opaque here.
+
+use crate::graph::PyCall;
+use crate::value::Data;
+use std::collections::HashSet;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SCRIPT: &str = include_str!("executor.py");
+/// How long an executor may take to start (imports on a shared file system
+/// can be slow) before the task fails.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How a worker's Python executors are started; shared by its executor threads.
+#[derive(Debug, Default)]
+pub struct PythonSettings {
+    /// The interpreter (`--python`); else `$TASKFARM_PYTHON`, else the
+    /// client's interpreter if that path exists here, else `python3`.
+    pub interpreter: Option<PathBuf>,
+    /// Modules imported in every executor when it starts (`--preload`).
+    pub preload: Vec<String>,
+    /// Pids of the executors alive now (their memory counts against the
+    /// worker's limit).
+    pids: Mutex<Vec<u32>>,
+}
+
+impl PythonSettings {
+    pub fn new(interpreter: Option<PathBuf>, preload: Vec<String>) -> PythonSettings {
+        PythonSettings { interpreter, preload, pids: Mutex::new(Vec::new()) }
+    }
+
+    /// Resident bytes of the live executor processes.
+    pub fn executors_rss(&self) -> u64 {
+        let pids = self.pids.lock().expect("pids").clone();
+        pids.iter().map(|&p| crate::util::rss_bytes_of(p)).sum()
+    }
+
+    fn choose(&self, call: &PyCall) -> PathBuf {
+        if let Some(p) = &self.interpreter {
+            return p.clone();
+        }
+        if let Some(p) = std::env::var_os("TASKFARM_PYTHON").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        if !call.python.is_empty() && std::path::Path::new(&call.python).is_file() {
+            return PathBuf::from(&call.python);
+        }
+        PathBuf::from("python3")
+    }
+}
+
+/// One executor thread's Python process (none until its first Python task).
+pub struct Python {
+    settings: Arc<PythonSettings>,
+    proc: Option<Proc>,
+}
+
+struct Proc {
+    child: Child,
+    w: BufWriter<ChildStdin>,
+    r: BufReader<ChildStdout>,
+    /// Hashes of the functions this process has been sent.
+    funcs: HashSet<Vec<u8>>,
+    interpreter: PathBuf,
+    settings: Arc<PythonSettings>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let pid = self.child.id();
+        self.settings.pids.lock().expect("pids").retain(|&p| p != pid);
+    }
+}
+
+/// Why reading from the executor stopped.
+enum Fail {
+    Died,
+    TimedOut,
+}
+
+impl Python {
+    pub fn new(settings: Arc<PythonSettings>) -> Python {
+        Python { settings, proc: None }
+    }
+
+    /// Run a Python call with its dependencies' values.
+    pub fn run(&mut self, call: &PyCall, deps: &[&Data], deadline: Option<Instant>) -> Result<Data, String> {
+        if self.proc.is_none() {
+            self.proc = Some(self.start(call)?);
+        }
+        let p = self.proc.as_mut().expect("started");
+        let send_func = !p.funcs.contains(&call.func_hash);
+        if let Err(e) = write_task(&mut p.w, call, send_func, deps) {
+            return Err(self.died(&format!("could not be sent the task ({e})")));
+        }
+        if send_func {
+            p.funcs.insert(call.func_hash.clone());
+        }
+        match read_message(p, deadline) {
+            Ok((b'O', body)) => decode_value(body),
+            Ok((b'E', body)) => Err(decode_error(&body)),
+            Ok((kind, _)) => Err(self.died(&format!("sent an unknown message kind {kind}"))),
+            Err(Fail::TimedOut) => {
+                self.proc = None;
+                Err("timed out: the Python task ran longer than its timeout (its executor process was stopped and is replaced)".into())
+            }
+            Err(Fail::Died) => Err(self.died("died while running this task")),
+        }
+    }
+
+    /// The process is gone or unusable: say how it ended, drop it (the next
+    /// task starts a new one).
+    fn died(&mut self, what: &str) -> String {
+        let Some(mut p) = self.proc.take() else { return format!("the Python executor {what}") };
+        let pid = p.child.id();
+        // Give a crashing process a moment to be reaped, then describe it.
+        let mut status = None;
+        for _ in 0..50 {
+            if let Ok(Some(s)) = p.child.try_wait() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let how = match status {
+            Some(s) => describe_exit(s),
+            None => "it stopped answering".to_string(),
+        };
+        format!("the Python executor process (pid {pid}, {}) {what}: {how}; a new executor runs the next task", p.interpreter.display())
+    }
+
+    fn start(&self, call: &PyCall) -> Result<Proc, String> {
+        let interpreter = self.settings.choose(call);
+        let mut cmd = Command::new(&interpreter);
+        cmd.arg("-c").arg(SCRIPT).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.env("TASKFARM_PRELOAD", self.settings.preload.join(","));
+        let mut child = cmd.spawn().map_err(|e| {
+            format!("cannot start the Python executor '{}': {e} (choose the interpreter with --python or TASKFARM_PYTHON)", interpreter.display())
+        })?;
+        let pid = child.id();
+        self.settings.pids.lock().expect("pids").push(pid);
+        let w = BufWriter::with_capacity(1 << 16, child.stdin.take().expect("piped"));
+        let r = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
+        let mut p = Proc { child, w, r, funcs: HashSet::new(), interpreter: interpreter.clone(), settings: self.settings.clone() };
+        match read_message(&mut p, Some(Instant::now() + START_TIMEOUT)) {
+            Ok((b'H', _)) => {
+                crate::log_at!(3, "worker", "Python executor pid {pid} ({}) started", interpreter.display());
+                Ok(p)
+            }
+            Ok((b'X', why)) => Err(format!("the Python executor ({}) cannot start: {}", interpreter.display(), String::from_utf8_lossy(&why))),
+            Ok((kind, _)) => Err(format!("the Python executor ({}) sent an unknown message kind {kind} at start", interpreter.display())),
+            Err(Fail::TimedOut) => Err(format!("the Python executor ({}) did not start within {} s", interpreter.display(), START_TIMEOUT.as_secs())),
+            Err(Fail::Died) => {
+                let how = p.child.wait().map(describe_exit).unwrap_or_else(|e| e.to_string());
+                Err(format!("the Python executor ({}) ended at start: {how} (is this a Python 3 interpreter?)", interpreter.display()))
+            }
+        }
+    }
+}
+
+fn describe_exit(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig} ({})", crate::util::signal_name(sig)),
+        _ => s.to_string(),
+    }
+}
+
+fn write_task(w: &mut impl Write, call: &PyCall, send_func: bool, deps: &[&Data]) -> io::Result<()> {
+    let func: &[u8] = if send_func { &call.func } else { &[] };
+    let dep_parts: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = deps.iter().map(|d| wire(d)).collect();
+    let len = 4 + call.func_hash.len() + 4 + func.len() + 4 + call.args.len() + 4 + dep_parts.iter().map(|(_, b)| 9 + b.len()).sum::<usize>();
+    w.write_all(b"T")?;
+    w.write_all(&(len as u64).to_le_bytes())?;
+    for part in [&call.func_hash[..], func, &call.args] {
+        w.write_all(&(part.len() as u32).to_le_bytes())?;
+        w.write_all(part)?;
+    }
+    w.write_all(&(dep_parts.len() as u32).to_le_bytes())?;
+    for (tag, body) in &dep_parts {
+        w.write_all(&[*tag])?;
+        w.write_all(&(body.len() as u64).to_le_bytes())?;
+        w.write_all(body)?;
+    }
+    w.flush()
+}
+
+/// A value as the executor reads it: tag and body.
+fn wire(d: &Data) -> (u8, std::borrow::Cow<'_, [u8]>) {
+    match d {
+        Data::Json(j) => (Data::TAG_JSON, std::borrow::Cow::Owned(serde_json::to_vec(j).expect("JSON values serialise"))),
+        Data::Bytes(b) => (Data::TAG_BYTES, std::borrow::Cow::Borrowed(b)),
+        Data::Pickle(b) => (Data::TAG_PICKLE, std::borrow::Cow::Borrowed(b)),
+    }
+}
+
+fn read_message(p: &mut Proc, deadline: Option<Instant>) -> Result<(u8, Vec<u8>), Fail> {
+    let mut header = [0u8; 9];
+    read_exact_by(p, &mut header, deadline)?;
+    let len = u64::from_le_bytes(header[1..].try_into().expect("8 bytes")) as usize;
+    let mut body = Vec::new();
+    body.try_reserve_exact(len).map_err(|_| Fail::Died)?;
+    body.resize(len, 0);
+    read_exact_by(p, &mut body, deadline)?;
+    Ok((header[0], body))
+}
+
+/// Read exactly `buf.len()` bytes, giving up at `deadline`.
+fn read_exact_by(p: &mut Proc, buf: &mut [u8], deadline: Option<Instant>) -> Result<(), Fail> {
+    let mut at = 0;
+    while at < buf.len() {
+        if let Some(d) = deadline {
+            if p.r.buffer().is_empty() {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() || !crate::util::wait_readable(p.r.get_ref().as_raw_fd(), left) {
+                    return Err(Fail::TimedOut);
+                }
+            }
+        }
+        match p.r.read(&mut buf[at..]) {
+            Ok(0) => return Err(Fail::Died),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Fail::Died),
+        }
+    }
+    Ok(())
+}
+
+fn decode_value(mut body: Vec<u8>) -> Result<Data, String> {
+    let &tag = body.first().ok_or("the Python executor sent an empty result")?;
+    match Data::from_parts(tag, &body[1..]).map_err(|e| format!("the Python executor sent a bad result: {e}"))? {
+        Some(d) => Ok(d),
+        None => {
+            body.drain(..1);
+            Ok(Data::opaque(tag, body))
+        }
+    }
+}
+
+/// A task's Python error: the traceback text, then (for Python clients,
+/// which re-raise it) the pickled exception after [`crate::protocol::ERROR_DETAIL`].
+fn decode_error(body: &[u8]) -> String {
+    if body.len() < 4 {
+        return "the Python task failed (no details)".into();
+    }
+    let n = (u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as usize).min(body.len() - 4);
+    let text = String::from_utf8_lossy(&body[4..4 + n]);
+    let blob = &body[4 + n..];
+    let text = text.trim_end();
+    if blob.is_empty() {
+        text.to_string()
+    } else {
+        format!("{text}{}{}", crate::protocol::ERROR_DETAIL, crate::value::base64(blob))
+    }
+}
