@@ -234,3 +234,30 @@ pub(crate) fn parse_job_memory(s: &str) -> Result<u64, Fail> {
         Err(e) => Err(Fail(EXIT_USAGE, format!("--memory: {e}"))),
     }
 }
+
+/// How the worker runs Python tasks, and what it sets up first.
+#[derive(Args)]
+pub(crate) struct PythonArgs {
+    /// Python interpreter for Python tasks (one persistent executor process per thread, started on the first Python task) [default: $TASKFARM_PYTHON, else the client's interpreter if that path exists here, else python3].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) python: Option<PathBuf>,
+    /// Import MODULE in every Python executor when it starts (calling its taskfarm_setup() if it has one); repeat for several.
+    #[arg(long, value_name = "MODULE")]
+    pub(crate) preload: Vec<String>,
+    /// Run this shell command once before the worker starts (module loads, staging data to local scratch); the worker does not start if it fails.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) setup_command: Option<String>,
+}
+
+impl PythonArgs {
+    /// The settings of the Python executors (the setup command is run by
+    /// [`taskfarm::worker::python::run_setup_command`] where a worker starts).
+    pub(crate) fn settings(&self) -> Result<std::sync::Arc<taskfarm::worker::PythonSettings>, crate::Fail> {
+        for m in &self.preload {
+            if m.is_empty() || m.contains(',') || m.contains(char::is_whitespace) {
+                return Err(crate::Fail(crate::EXIT_USAGE, format!("--preload {m:?}: give one module name per --preload, e.g. --preload mypackage.setup")));
+            }
+        }
+        Ok(std::sync::Arc::new(taskfarm::worker::PythonSettings::new(self.python.clone(), self.preload.clone())))
+    }
+}

@@ -124,7 +124,7 @@ impl From<taskfarm::Error> for Fail {
 
 impl Fail {
     /// The environment failed (see [`EXIT_ENVIRONMENT`]).
-    fn env(msg: impl Into<String>) -> Fail {
+    pub(crate) fn env(msg: impl Into<String>) -> Fail {
         Fail(EXIT_ENVIRONMENT, msg.into())
     }
 }

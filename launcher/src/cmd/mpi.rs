@@ -35,6 +35,8 @@ pub(crate) struct MpiArgs {
     pub(crate) resources: Option<String>,
     #[command(flatten)]
     pub(crate) leave: LeaveArgs,
+    #[command(flatten)]
+    pub(crate) python: PythonArgs,
     /// Port of the scheduler on rank 0; 0 picks a free one.
     #[arg(long, default_value_t = 0, value_name = "P")]
     pub(crate) scheduler_port: u16,
@@ -78,6 +80,8 @@ pub(crate) fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
     opts.bind = a.bind;
     opts.resources = a.resources.as_deref().map(util::parse_resources).transpose().map_err(|e| Fail(EXIT_USAGE, e))?.unwrap_or_default();
     opts.lifetime = a.leave.request(false);
+    opts.python = a.python.settings()?;
+    opts.setup_command = a.python.setup_command;
     opts.lifetime.validate().map_err(|e| Fail(EXIT_USAGE, e))?;
     let code = taskfarm::mpi::run(&opts, &info, handle.as_ref(), batch, Registry::with_builtins()).map_err(|e| Fail::from(e.context(format!("rank {}", info.rank))))?;
     // Finalises MPI in the build with the `mpi` feature (a no-op without).

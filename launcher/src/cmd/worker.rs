@@ -42,6 +42,8 @@ pub(crate) struct WorkerArgs {
     pub(crate) net: NetArgs,
     #[command(flatten)]
     pub(crate) leave: LeaveArgs,
+    #[command(flatten)]
+    pub(crate) python: PythonArgs,
     /// The batch job this worker belongs to (adaptive scaling retires whole jobs) [default: from $SLURM_JOB_ID, $PBS_JOBID, $LSB_JOBID or Grid Engine's $JOB_ID].
     #[arg(long, value_name = "ID")]
     pub(crate) job_id: Option<String>,
@@ -60,6 +62,10 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
     let memory_limit = util::parse_memory(&a.memory_limit, util::node_memory()).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
     warn_tiny_memory_limit(memory_limit);
     let (listen_ip, contact_ip) = a.net.resolve()?;
+    let python = a.python.settings()?;
+    if let Some(cmd) = &a.python.setup_command {
+        taskfarm::worker::python::run_setup_command(cmd).map_err(Fail::env)?;
+    }
     let (secret, stream) = match &a.address {
         Some(addr) => {
             let secret = std::env::var("TASKFARM_SECRET")
@@ -88,6 +94,7 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         memory: a.memory.policy(memory_limit),
         retire_requests: Some(retire),
         lifetime,
+        python,
         ..WorkerConfig::new(name, nthreads, secret)
     };
     if let Some(job) = a.job_id {

@@ -25,6 +25,10 @@ class _Dep:
     def __init__(self, key: str):
         self.key = key
 
+    def __reduce__(self):
+        # Only the dependency pickler (a persistent id) may take it.
+        raise ser._HasFuture()
+
 
 def _is_dep(o: Any) -> bool:
     return type(o) is _Dep

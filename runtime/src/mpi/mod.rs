@@ -52,6 +52,10 @@ pub struct MpiOptions {
     /// find only their own scheduler; [`MpiOptions::new`] reads it from the
     /// environment.
     pub job: Option<String>,
+    /// How the workers start Python executors.
+    pub python: std::sync::Arc<crate::worker::PythonSettings>,
+    /// Run on each worker rank before its worker starts (`--setup-command`).
+    pub setup_command: Option<String>,
 }
 
 impl MpiOptions {
@@ -71,6 +75,8 @@ impl MpiOptions {
             resources: Vec::new(),
             lifetime: Default::default(),
             job: env::launch_id(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()), &env::hydra_proxy_ancestor),
+            python: std::sync::Arc::new(crate::worker::PythonSettings::default()),
+            setup_command: None,
         }
     }
 
@@ -272,6 +278,9 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
             Ok(code)
         }
         RankRole::Worker => {
+            if let Some(cmd) = &opts.setup_command {
+                crate::worker::python::run_setup_command(cmd).map_err(environment)?;
+            }
             let (file_secret, stream) = connect_worker(opts, handle).map_err(environment)?;
             let retire = retire_on_signals();
             let nthreads = opts.nthreads.unwrap_or_else(|| share.as_ref().map(|s| s.len() as u32).unwrap_or_else(cpus)).max(1);
@@ -284,6 +293,7 @@ pub fn run(opts: &MpiOptions, info: &RankInfo, handle: Option<&MpiHandle>, batch
                 memory: opts.memory.clone(),
                 retire_requests: Some(retire),
                 lifetime: opts.lifetime.plan().map_err(usage)?,
+                python: opts.python.clone(),
                 ..WorkerConfig::new(format!("{}-{}", opts.name, info.rank), nthreads, file_secret)
             };
             match worker::run(cfg, stream).map_err(|e| environment(e.to_string()))? {

@@ -24,6 +24,11 @@ def _main():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    # `python -c` puts the working directory first on sys.path: move it last,
+    # so modules there are importable but never shadow installed packages
+    # (a `joblib.py` next to the worker must not replace joblib).
+    if sys.path and sys.path[0] == "":
+        sys.path.append(sys.path.pop(0))
     rf = os.fdopen(proto_in, "rb", buffering=1 << 16)
     wf = os.fdopen(proto_out, "wb", buffering=1 << 16)
     import struct
@@ -119,9 +124,9 @@ def _main():
 
     def decode(tag, body):
         if tag == b"J":
-            return json.loads(body)
+            return json.loads(bytes(body))
         if tag == b"B":
-            return body
+            return bytes(body)
         return pickle.loads(body)
 
     funcs = {}

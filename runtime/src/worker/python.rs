@@ -64,6 +64,21 @@ impl PythonSettings {
     }
 }
 
+/// Run a worker's `--setup-command` (with `/bin/sh -c`) before it starts.
+pub fn run_setup_command(cmd: &str) -> Result<(), String> {
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("--setup-command: cannot run /bin/sh: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("--setup-command {cmd:?} failed ({}); the worker does not start", describe_exit(status)))
+    }
+}
+
 /// One executor thread's Python process (none until its first Python task).
 pub struct Python {
     settings: Arc<PythonSettings>,

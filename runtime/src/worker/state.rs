@@ -764,6 +764,11 @@ impl WorkerState {
 /// only once they finished), renumbering the references to the rest. Their
 /// values are then neither fetched nor read back from disk for it.
 pub(crate) fn drop_dataless_deps(ct: &mut ComputeTask, expr: &mut Expr) {
+    // A Python call gets every dependency (its pickle refers to them by
+    // position, out of the runtime's sight).
+    if matches!(expr, Expr::Py(_)) {
+        return;
+    }
     let mut used = vec![false; ct.deps.len()];
     expr.for_each_ref(&mut |i| {
         if let Some(u) = used.get_mut(*i as usize) {
