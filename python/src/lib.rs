@@ -68,6 +68,9 @@ impl Cluster {
 /// ("call": a Python call; "value": a pickled value), function hash,
 /// function pickle, arguments pickle, client's interpreter, (priority,
 /// retries, resources, workers, timeout, order)).
+/// A task's options: (priority, retries, resources, workers, timeout, order).
+type TaskOptions = (i32, u32, Vec<(String, f64)>, Vec<String>, Option<f64>, u32);
+
 #[derive(FromPyObject)]
 struct Task<'py>(
     String,
@@ -77,7 +80,7 @@ struct Task<'py>(
     Bound<'py, PyBytes>,
     Bound<'py, PyBytes>,
     String,
-    (i32, u32, Vec<(String, f64)>, Vec<String>, Option<f64>, u32),
+    TaskOptions,
 );
 
 impl Task<'_> {

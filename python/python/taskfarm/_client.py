@@ -439,6 +439,17 @@ class Client:
 
     def _values(self, keys: list[str], timeout: float | None, errors: str = "raise") -> list[Any]:
         out = []
+        cancelled = [k for k in keys if (i := self._keys.get(k)) is not None and i.status == _CANCELLED]
+        if cancelled:
+            # the scheduler forgot them: asking would only say "not wanted"
+            if errors == "raise":
+                raise CancelledError(cancelled[0])
+            live = [k for k in keys if k not in cancelled]
+            values = iter(self._values(live, timeout, errors) if live else [])
+            return [
+                (CancelledError(k) if errors == "return" else _SKIP) if k in cancelled else next(values)
+                for k in keys
+            ]
         got = self._session.values(keys, timeout)
         for k, (ok, tag, body) in zip(keys, got):
             if ok:

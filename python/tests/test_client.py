@@ -1,0 +1,175 @@
+"""The client API against a real scheduler and workers (stock binary)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import taskfarm
+from conftest import eventually
+
+
+def test_the_one_liner_prints_2_in_a_fresh_interpreter(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", "import taskfarm; c = taskfarm.Client(); print(c.submit(lambda x: x + 1, 1).result())"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "2\n"
+
+
+def test_map_of_1000_python_calls_on_two_stock_workers(cluster):
+    with cluster.client(2) as c:
+        futures = c.map(lambda x: (x * x, os.getppid()), range(1000))
+        results = c.gather(futures)
+        assert [r[0] for r in results] == [x * x for x in range(1000)]
+        # the executors are children of the worker processes; the scheduler
+        # spread the 1000 ready tasks over both
+        assert {r[1] for r in results} == {p.pid for p in cluster.workers.values()}
+        assert len(c.scheduler_info()["workers"]) == 2
+
+
+def test_a_python_value_crosses_between_workers_peer_to_peer(cluster):
+    import numpy as np
+
+    with cluster.client(2) as c:
+        made = c.submit(lambda: (np.arange(100_000, dtype="float64"), os.getppid()), workers="w0")
+        used = c.submit(lambda v: (float(v[0].sum()), v[1], os.getppid()), made, workers="w1")
+        total, maker_worker, user_worker = used.result()
+        assert total == float(np.arange(100_000).sum())
+        assert maker_worker == cluster.workers["w0"].pid
+        assert user_worker == cluster.workers["w1"].pid
+
+        # the counters come with the workers' heartbeats
+        def counted():
+            by_name = {w["name"]: w for w in c.scheduler_info()["workers"]}
+            return by_name["w1"]["fetched_from_peers"] >= 1 and by_name["w0"]["served_to_peers"] >= 1
+
+        eventually(counted, "w1 fetched the value from w0 (scheduler_info counters)")
+
+
+def test_futures_as_arguments_build_a_three_level_tree(cluster):
+    def inc(x):
+        return x + 1
+
+    def add(a, b):
+        return a + b
+
+    with cluster.client(2) as c:
+        leaves = c.map(inc, range(4))
+        middle = [c.submit(add, leaves[0], leaves[1]), c.submit(add, leaves[2], leaves[3])]
+        top = c.submit(add, middle[0], b=middle[1])
+        assert top.result() == sum(x + 1 for x in range(4))
+        nested = c.submit(lambda d: d["a"][0] + d["b"], {"a": [leaves[0]], "b": top})
+        assert nested.result() == 1 + 10
+
+
+def test_an_exception_comes_back_with_its_type_and_the_remote_traceback(cluster):
+    def user_function_that_fails(x):
+        raise KeyError(f"missing {x}")
+
+    with cluster.client(2) as c:
+        f = c.submit(user_function_that_fails, 7)
+        with pytest.raises(KeyError) as info:
+            f.result()
+        assert "missing 7" in str(info.value)
+        notes = "".join(getattr(info.value, "__notes__", []))
+        assert "user_function_that_fails" in notes
+        assert "user_function_that_fails" in f.traceback()
+        assert isinstance(f.exception(), KeyError)
+        assert f.status == "error"
+
+
+def test_a_task_that_kills_its_executor_fails_and_the_next_task_runs(cluster):
+    with cluster.client(2) as c:
+        f = c.submit(lambda: os._exit(1), pure=False, workers="w0")
+        with pytest.raises(taskfarm.TaskError, match="executor process .* died") as info:
+            f.result()
+        assert "exited with status 1" in str(info.value)
+        assert c.submit(lambda: 41 + 1, workers="w0").result() == 42
+
+
+def test_kill_9_of_a_worker_during_a_map_loses_nothing(cluster):
+    import time
+
+    def slow(x):
+        time.sleep(0.01)
+        return x * 3
+
+    with cluster.client(2) as c:
+        futures = c.map(slow, range(2000))
+        seen = 0
+        for _ in taskfarm.as_completed(futures):
+            seen += 1
+            if seen == 100:
+                cluster.workers["w1"].kill()
+                break
+        assert c.gather(futures) == [x * 3 for x in range(2000)]
+
+
+def test_values_of_every_kind_round_trip(local_client):
+    c = local_client
+    for v in [None, True, 3, -2**70, 2.5, float("inf"), "text", b"\x00bytes", (1, 2), [1, [2, "x"]], {"a": 1}, {1: "int key"}, {1, 2}]:
+        assert c.submit(lambda x: x, v).result() == v
+        assert type(c.submit(lambda x: x, v).result()) is type(v)
+
+
+def test_scatter_gather_structures_and_pure_keys(local_client):
+    c = local_client
+    data = c.scatter({"a": 1, "b": [1, 2]})
+    assert c.gather(data) == {"a": 1, "b": [1, 2]}
+    assert c.submit(len, data["b"]).result() == 2
+    assert c.submit(abs, -3).key == c.submit(abs, -3).key
+    assert c.submit(abs, -3, pure=False).key != c.submit(abs, -3, pure=False).key
+    assert c.gather([c.submit(abs, -1), (c.submit(abs, -2),)]) == [1, (2,)]
+
+
+def test_wait_as_completed_callbacks_and_timeouts(local_client):
+    import threading
+
+    c = local_client
+    fs = c.map(lambda x: x + 1, range(20))
+    done, not_done = taskfarm.wait(fs)
+    assert len(done) == 20 and not not_done
+    results = sorted(r for _, r in taskfarm.as_completed(c.map(lambda x: -x, range(10)), with_results=True))
+    assert results == sorted(-x for x in range(10))
+    called = threading.Event()
+    f = c.submit(lambda: "cb")
+    f.add_done_callback(lambda fut: called.set() if fut.result() == "cb" else None)
+    assert called.wait(60)
+    gate = c.submit(lambda: __import__("time").sleep(3600), pure=False, timeout=None)
+    with pytest.raises(TimeoutError):
+        gate.result(timeout=0.2)
+    with pytest.raises(TimeoutError):
+        taskfarm.wait([gate], timeout=0.1)
+    c.cancel(gate)
+    assert gate.cancelled()
+    with pytest.raises(taskfarm.CancelledError):
+        gate.result()
+
+
+def test_mixed_graph_python_consumes_a_command_and_a_builtin(local_client):
+    # A scattered pickle is a value without Python; JSON-like results of
+    # Python tasks are JSON values that built-ins and commands can read.
+    c = local_client
+    f = c.submit(lambda: {"n": [1, 2, 3]})
+    assert c.submit(lambda d: sum(d["n"]), f).result() == 6
+
+
+def test_connecting_by_address_needs_the_secret(cluster):
+    import json
+
+    eventually(cluster.file.exists, "the scheduler wrote its scheduler file")
+    info = json.loads(cluster.file.read_text())
+    with pytest.raises(ValueError, match="secret"):
+        env = os.environ.pop("TASKFARM_SECRET", None)
+        try:
+            taskfarm.Client(info["address"])
+        finally:
+            if env is not None:
+                os.environ["TASKFARM_SECRET"] = env
+    with pytest.raises(OSError):
+        taskfarm.Client(info["address"], secret="00" * 32)
+    with taskfarm.Client(info["address"], secret=info["secret"]) as c:
+        assert c.submit(lambda: 5).result() == 5
