@@ -10,6 +10,9 @@
 #
 #   tests/run-all.sh                        # everything
 #   TASKFARM_SKIP_APT=1 tests/run-all.sh    # skip apt-get (packages already there)
+#
+# Python tests alone (after a cargo build): tests/python-env.sh, then
+#   cd python && ../target/pyvenv/bin/python -m pytest
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -78,3 +81,11 @@ else
   echo "== tests, built with --features mpi,hwloc (linked to Open MPI)"
   cargo test --workspace --locked --no-fail-fast "${features[@]}" -- --include-ignored "${libtest_skip[@]}"
 fi
+
+# The Python package: built with maturin into a venv with the real dask,
+# joblib and numpy (tests/python-env.sh), tested with pytest against the
+# taskfarm binary built above (target/debug/taskfarm), real workers and
+# real Open MPI.
+echo "== Python package and its tests (venv: target/pyvenv)"
+venv=$(bash tests/python-env.sh | tail -n 1)
+(cd python && TASKFARM_BIN="$root/target/debug/taskfarm" "$venv/bin/python" -m pytest -q -p no:cacheprovider)

@@ -9,8 +9,8 @@
 ``taskfarm scheduler`` or a job queue. See docs/python.md.
 """
 
-from ._client import CancelledError, Client, Future, TaskError, as_completed, default_client, wait
+from ._client import CancelledError, Client, Future, TaskError, as_completed, default_client, futures_of, wait
 from ._native import VERSION as __version__
 from ._progress import progress
 
-__all__ = ["Client", "Future", "as_completed", "wait", "progress", "default_client", "TaskError", "CancelledError", "__version__"]
+__all__ = ["Client", "Future", "as_completed", "wait", "futures_of", "progress", "default_client", "TaskError", "CancelledError", "__version__"]

@@ -206,6 +206,7 @@ class Client:
         _clients.add(self)
         if set_as_default:
             _default.append(self)
+            _dask_scheduler(self)
 
     # ---- context manager, closing ---------------------------------------
 
@@ -227,6 +228,7 @@ class Client:
             self._cluster.close()
         if self in _default:
             _default.remove(self)
+            _dask_scheduler(_default[-1] if _default else None, leaving=self)
 
     def shutdown(self) -> None:
         """Stop the scheduler and all its workers, then close."""
@@ -561,17 +563,54 @@ class Client:
 _SKIP = object()
 
 
+def _dask_scheduler(client: "Client | None", leaving: "Client | None" = None) -> None:
+    """As ``distributed.Client`` does, the default client is Dask's default
+    scheduler: ``x.compute()`` and ``dask.compute(x)`` run on it. Only when
+    Dask is installed; a scheduler set by the user is left alone (and
+    ``with dask.config.set(scheduler=...)`` still wins inside its block)."""
+    import importlib.util
+
+    if "dask" not in sys.modules and importlib.util.find_spec("dask") is None:
+        return
+    import dask
+
+    current = dask.config.get("scheduler", None)
+    ours = getattr(current, "__self__", None)
+    if current is not None and not (type(ours) is Client and (ours is leaving or ours in _default)):
+        return  # the user's choice
+    dask.config.set(scheduler=client.get if client is not None else None)
+
+
 class _DoneAndNotDone(collections.namedtuple("DoneAndNotDoneFutures", ["done", "not_done"])):
     pass
 
 
-def wait(fs: Iterable[Future] | Future, timeout: float | None = None, return_when: str = "ALL_COMPLETED") -> _DoneAndNotDone:
-    """Wait for futures, as ``distributed.wait``: ``return_when`` is
+def futures_of(x: Any) -> list[Future]:
+    """The futures in x: a future, lists/tuples/sets/dicts of them, or Dask
+    collections (persisted ones hold futures in their graphs), as
+    ``distributed.futures_of``."""
+    found: dict[int, Future] = {}
+    stack = [x]
+    while stack:
+        o = stack.pop()
+        if type(o) is Future:
+            found.setdefault(id(o), o)
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend(o)
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif hasattr(o, "__dask_graph__") and not isinstance(o, type):
+            for v in o.__dask_graph__().values():
+                stack.append(getattr(v, "value", v) if type(v) is not Future else v)
+    return list(found.values())
+
+
+def wait(fs: Any, timeout: float | None = None, return_when: str = "ALL_COMPLETED") -> _DoneAndNotDone:
+    """Wait for futures (or what holds them: lists, persisted Dask
+    collections), as ``distributed.wait``: ``return_when`` is
     ``ALL_COMPLETED`` or ``FIRST_COMPLETED``; raises ``TimeoutError`` when
     ``timeout`` passes first. Returns ``(done, not_done)`` sets."""
-    if isinstance(fs, Future):
-        fs = [fs]
-    fs = list(fs)
+    fs = futures_of(fs)
     if return_when not in ("ALL_COMPLETED", "FIRST_COMPLETED"):
         raise ValueError(f"return_when must be ALL_COMPLETED or FIRST_COMPLETED, not {return_when!r}")
     import time

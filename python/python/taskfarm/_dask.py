@@ -10,6 +10,7 @@ on the cluster.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,8 +31,11 @@ class _Dep:
         raise ser._HasFuture()
 
 
-def _is_dep(o: Any) -> bool:
-    return type(o) is _Dep
+def _is_dep_or_future(o: Any) -> bool:
+    return type(o) is _Dep or type(o) is Future
+
+
+_CALL = ser.function_payload(operator.call)
 
 
 def _name(key: Any) -> str:
@@ -72,15 +76,19 @@ def _submit_graph(client: Client, dsk: Any, wanted: list) -> list[Future]:
     except Exception:
         priorities = {}
     tasks = []
+    fh, fb = _CALL
+    python = _python()
     for key, node in graph.items():
         name = _name(key)
         if isinstance(node, Alias) and node.target == key:
             continue  # a persisted key already on the cluster
         deps = sorted(node.dependencies, key=_name)
         values = {d: _Dep(_name(d)) for d in deps}
-        payload, dep_names = ser.args_payload((values,), {}, _is_dep)
-        fh, fb = ser.function_payload(node)
-        tasks.append((name, dep_names, "call", fh, fb, payload, _python(), (0, 0, [], [], None, int(priorities.get(key, 0)))))
+        # The task is operator.call(node, values): one function for every
+        # node (unpickled once per executor); the node travels with its
+        # arguments, and client futures inside it become dependencies too.
+        payload, dep_names = ser.args_payload((node, values), {}, _is_dep_or_future)
+        tasks.append((name, dep_names, "call", fh, fb, payload, python, (0, 0, [], [], None, int(priorities.get(key, 0)))))
     futures = [Future(_name(k), client) for k in wanted]
     client._send(tasks, [f.key for f in futures])
     return futures

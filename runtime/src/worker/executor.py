@@ -1,6 +1,8 @@
 # taskfarm's Python executor: one persistent process per worker thread that
 # runs Python tasks. Started by the worker (runtime/src/worker/python.rs) as
-# `python -c <this file>`, so it needs no taskfarm package, only cloudpickle.
+# `python -c <bootstrap> taskfarm-executor`; the bootstrap reads this file from
+# stdin (u64 length + text) and runs it, so it needs no taskfarm package,
+# only cloudpickle.
 #
 # Pipe protocol, both directions: a u8 kind, a u64 little-endian body length,
 # the body.

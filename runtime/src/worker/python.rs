@@ -22,6 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SCRIPT: &str = include_str!("executor.py");
+
+/// What `python -c` runs: it reads the executor script (u64 length, then
+/// the text) from stdin and runs it, so `ps` shows a short command line,
+/// not the whole script.
+const BOOTSTRAP: &str = "import os\n\
+def _r(n):\n b = b''\n while len(b) < n:\n  c = os.read(0, n - len(b))\n  if not c: raise SystemExit(0)\n  b += c\n return b\n\
+exec(compile(_r(int.from_bytes(_r(8), 'little')), 'taskfarm-executor', 'exec'))";
 /// How long an executor may take to start (imports on a shared file system
 /// can be slow) before the task fails.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -164,15 +171,17 @@ impl Python {
     fn start(&self, call: &PyCall) -> Result<Proc, String> {
         let interpreter = self.settings.choose(call);
         let mut cmd = Command::new(&interpreter);
-        cmd.arg("-c").arg(SCRIPT).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg("-c").arg(BOOTSTRAP).arg("taskfarm-executor").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         cmd.env("TASKFARM_PRELOAD", self.settings.preload.join(","));
         let mut child = cmd.spawn().map_err(|e| {
             format!("cannot start the Python executor '{}': {e} (choose the interpreter with --python or TASKFARM_PYTHON)", interpreter.display())
         })?;
         let pid = child.id();
         self.settings.pids.lock().expect("pids").push(pid);
-        let w = BufWriter::with_capacity(1 << 16, child.stdin.take().expect("piped"));
+        let mut w = BufWriter::with_capacity(1 << 16, child.stdin.take().expect("piped"));
         let r = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
+        // a failed write means it died at once: read_message below says how
+        let _ = w.write_all(&(SCRIPT.len() as u64).to_le_bytes()).and_then(|_| w.write_all(SCRIPT.as_bytes())).and_then(|_| w.flush());
         let mut p = Proc { child, w, r, funcs: HashSet::new(), interpreter: interpreter.clone(), settings: self.settings.clone() };
         match read_message(&mut p, Some(Instant::now() + START_TIMEOUT)) {
             Ok((b'H', _)) => {
