@@ -178,6 +178,13 @@ impl Python {
         })?;
         let pid = child.id();
         self.settings.pids.lock().expect("pids").push(pid);
+        // Values of a few MiB cross these pipes: 1 MiB pipes (the default
+        // unprivileged maximum) take them in a few wake-ups, not dozens.
+        // Best effort: a smaller pipe is only slower.
+        for fd in [child.stdin.as_ref().map(|s| s.as_raw_fd()), child.stdout.as_ref().map(|s| s.as_raw_fd())].into_iter().flatten() {
+            // SAFETY: fcntl on a pipe descriptor this process owns.
+            unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
+        }
         let mut w = BufWriter::with_capacity(1 << 16, child.stdin.take().expect("piped"));
         let r = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
         // a failed write means it died at once: read_message below says how
