@@ -89,3 +89,5 @@ fi
 echo "== Python package and its tests (venv: target/pyvenv)"
 venv=$(bash tests/python-env.sh | tail -n 1)
 (cd python && TASKFARM_BIN="$root/target/debug/taskfarm" "$venv/bin/python" -m pytest -q -p no:cacheprovider)
+echo "== Python benchmark smoke run (tiny sizes, taskfarm only; real numbers: docs/benchmarks.md)"
+SMOKE=1 "$venv/bin/python" bench/python_bench.py
