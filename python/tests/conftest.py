@@ -90,3 +90,11 @@ def local_client():
     c = taskfarm.Client()
     yield c
     c.close()
+
+
+@pytest.fixture(scope="module")
+def client():
+    """An embedded local cluster: two workers of one thread each."""
+    c = taskfarm.Client(n_workers=2, threads_per_worker=1)
+    yield c
+    c.close()

@@ -9,13 +9,6 @@ import pytest
 import taskfarm
 
 
-@pytest.fixture(scope="module")
-def client():
-    c = taskfarm.Client(n_workers=2, threads_per_worker=1)
-    yield c
-    c.close()
-
-
 def test_an_array_of_100_chunks_matches_the_sync_scheduler(client):
     x = da.random.RandomState(42).random_sample((1000, 1000), chunks=(100, 100))
     assert x.npartitions == 100

@@ -12,13 +12,6 @@ import taskfarm
 import taskfarm.joblib  # noqa: F401  (registers the "taskfarm" backend)
 
 
-@pytest.fixture(scope="module")
-def client():
-    c = taskfarm.Client(n_workers=2, threads_per_worker=1)
-    yield c
-    c.close()
-
-
 def test_parallel_n_jobs_minus_1_equals_the_sequential_run(client):
     expected = [math.sqrt(i) for i in range(2000)]
     with parallel_config(backend="taskfarm"):
