@@ -90,6 +90,26 @@ def test_a_task_that_kills_its_executor_fails_and_the_next_task_runs(cluster):
         assert c.submit(lambda: 41 + 1, workers="w0").result() == 42
 
 
+def test_a_crash_inside_a_batch_of_short_tasks_fails_only_the_task_that_crashed(cluster):
+    # Short tasks reach an executor in batches; when its process dies with
+    # several of them unanswered, they run again one at a time, so exactly
+    # the culprit fails and every other call returns its value.
+    def f(x):
+        if x == 1500:
+            os._exit(3)
+        return x + 1
+
+    with cluster.client(2) as c:
+        futures = c.map(f, range(2000), workers="w0")
+        taskfarm.wait(futures)
+        failed = [i for i, fu in enumerate(futures) if fu.status == "error"]
+        assert failed == [1500]
+        with pytest.raises(taskfarm.TaskError, match="exited with status 3"):
+            futures[1500].result()
+        del futures[1500]
+        assert c.gather(futures) == [x + 1 for x in range(2000) if x != 1500]
+
+
 def test_kill_9_of_a_worker_during_a_map_loses_nothing(cluster):
     import time
 
@@ -173,3 +193,30 @@ def test_connecting_by_address_needs_the_secret(cluster):
         taskfarm.Client(info["address"], secret="00" * 32)
     with taskfarm.Client(info["address"], secret=info["secret"]) as c:
         assert c.submit(lambda: 5).result() == 5
+
+
+def test_futures_collected_while_the_client_lock_is_held_do_not_deadlock(local_client):
+    # The garbage collector runs Future.__del__ at any allocation, also in a
+    # thread holding the client's lock (seen: a hang inside map). Dropping a
+    # future must never wait for that lock.
+    import gc
+    import threading
+
+    c = local_client
+
+    class Cycle:
+        pass
+
+    holder = Cycle()
+    holder.self, holder.future = holder, c.submit(abs, -5, pure=False)
+    del holder  # now only a reference cycle keeps the future
+
+    def drop_under_lock():
+        with c._lock:
+            gc.collect()
+
+    t = threading.Thread(target=drop_under_lock, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "dropping a future while the client lock was held deadlocked"
+    assert c.submit(abs, -6).result() == 6

@@ -114,12 +114,15 @@ class Future:
     def release(self) -> None:
         if self._info is not None:
             self._info = None  # type: ignore[assignment]
-            self.client._unref(self.key)
+            self.client._dropped.append(self.key)
 
     def __del__(self) -> None:
+        # No lock here: the garbage collector may run this in any thread at
+        # any allocation, also one made while this thread holds the client's
+        # lock. deque.append is atomic; the client counts drops later.
         try:
             if self._info is not None:
-                self.client._unref(self.key)
+                self.client._dropped.append(self.key)
         except Exception:
             pass
 
@@ -183,6 +186,8 @@ class Client:
         self._lock = threading.Lock()
         self._keys: dict[str, _Key] = {}
         self._to_release: list[str] = []
+        # keys of futures dropped (garbage-collected or released), not yet counted
+        self._dropped: "collections.deque[str]" = collections.deque()
         self._functions: "collections.OrderedDict[int, tuple[Any, bytes, bytes]]" = collections.OrderedDict()
         if address is None and scheduler_file is None:
             import tempfile
@@ -256,24 +261,33 @@ class Client:
             info.refs += 1
             return info
 
-    def _unref(self, key: str) -> None:
+    def _count_drops(self) -> None:
+        """Count the dropped futures: a key none refers to any more is
+        released on the cluster (by the event thread, every 0.2 s at most)."""
+        dropped = self._dropped
         with self._lock:
-            info = self._keys.get(key)
-            if info is None:
-                return
-            info.refs -= 1
-            if info.refs <= 0:
-                del self._keys[key]
-                self._to_release.append(key)
+            while dropped:
+                key = dropped.popleft()
+                info = self._keys.get(key)
+                if info is None:
+                    continue
+                info.refs -= 1
+                if info.refs <= 0:
+                    del self._keys[key]
+                    self._to_release.append(key)
 
     def _flush_releases(self) -> None:
+        self._count_drops()
         with self._lock:
-            keys, self._to_release = self._to_release, []
-        if keys and not self._closed:
-            try:
-                self._session.release(keys)
-            except OSError:
-                pass
+            # A key wanted again since (a new future of it) stays. Sent under
+            # the lock, so a new submission of a released key goes after it.
+            keys = [k for k in self._to_release if k not in self._keys]
+            self._to_release = []
+            if keys and not self._closed:
+                try:
+                    self._session.release(keys)
+                except OSError:
+                    pass
 
     def _event_loop(self) -> None:
         while not self._closed:

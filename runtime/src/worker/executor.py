@@ -5,7 +5,10 @@
 # only cloudpickle.
 #
 # Pipe protocol, both directions: a u8 kind, a u64 little-endian body length,
-# the body.
+# the body. The worker may write several tasks at once (a batch that fits in
+# the pipe); results are written in task order and flushed when no complete
+# task is left to read (or 1 MiB of results is waiting), so a batch of short
+# tasks costs one wake-up each way, not one per task.
 #   worker -> executor  b"T": one task (see `run_task`)
 #                       b"S": a setup function to run now and in no task
 #   executor -> worker  b"H": ready (body: Python version), or
@@ -31,17 +34,17 @@ def _main():
     # (a `joblib.py` next to the worker must not replace joblib).
     if sys.path and sys.path[0] == "":
         sys.path.append(sys.path.pop(0))
-    rf = os.fdopen(proto_in, "rb", buffering=1 << 16)
-    wf = os.fdopen(proto_out, "wb", buffering=1 << 16)
+    wf = os.fdopen(proto_out, "wb", buffering=1 << 20)
     import struct
 
     header = struct.Struct("<cQ")
 
-    def send(kind, *parts):
+    def send(kind, *parts, flush=False):
         wf.write(header.pack(kind, sum(len(p) for p in parts)))
         for p in parts:
             wf.write(p)
-        wf.flush()
+        if flush:
+            wf.flush()
 
     try:
         import io
@@ -55,7 +58,7 @@ def _main():
         import cloudpickle
     except ImportError as e:
         send(b"X", f"{e}; this Python ({sys.executable}) needs cloudpickle: pip install cloudpickle, "
-                   f"or point the worker at another interpreter with --python or TASKFARM_PYTHON".encode())
+                   f"or point the worker at another interpreter with --python or TASKFARM_PYTHON".encode(), flush=True)
         return
 
     # Die with the worker: a worker killed with SIGKILL cannot stop us, so
@@ -77,7 +80,7 @@ def _main():
             if callable(setup):
                 setup()
         except BaseException:
-            send(b"X", f"--preload {name} failed:\n{traceback.format_exc()}".encode())
+            send(b"X", f"--preload {name} failed:\n{traceback.format_exc()}".encode(), flush=True)
             return
 
     plain_scalars = (str, bool, float, type(None))
@@ -145,11 +148,43 @@ def _main():
                 self.done[pid] = decode(tag, body)
             return self.done[pid]
 
-    def read_exact(n):
-        data = rf.read(n)
-        if len(data) != n:
-            raise EOFError
-        return data
+    def messages():
+        """The worker's messages as (kind, body); flushes the results
+        written so far whenever it must wait for more input."""
+        inbuf = bytearray()
+        while True:
+            at, have = 0, len(inbuf)
+            while have - at >= 9:
+                kind, n = header.unpack_from(inbuf, at)
+                if have - at - 9 < n:
+                    break
+                body = bytes(inbuf[at + 9:at + 9 + n])
+                at += 9 + n
+                yield kind, body
+            del inbuf[:at]
+            wf.flush()
+            if len(inbuf) >= 9:
+                # a message larger than what came so far: read the rest of it
+                # straight into its own buffer
+                kind, n = header.unpack_from(inbuf, 0)
+                if n > 1 << 20:
+                    body = bytearray(n)
+                    filled = len(inbuf) - 9
+                    body[:filled] = inbuf[9:]
+                    inbuf = bytearray()
+                    view = memoryview(body)
+                    while filled < n:
+                        got = os.readv(proto_in, [view[filled:]])
+                        if got == 0:
+                            return
+                        filled += got
+                    del view
+                    yield kind, body
+                    continue
+            data = os.read(proto_in, 1 << 20)
+            if not data:
+                return
+            inbuf += data
 
     u32 = struct.Struct("<I")
     u64 = struct.Struct("<Q")
@@ -203,13 +238,8 @@ def _main():
         send(b"E", u32.pack(len(text_bytes)), text_bytes, blob)
 
     own_code = (sys._getframe().f_code, run_task.__code__)
-    send(b"H", sys.version.encode())
-    while True:
-        try:
-            kind, n = header.unpack(read_exact(header.size))
-            body = read_exact(n)
-        except EOFError:
-            return
+    send(b"H", sys.version.encode(), flush=True)
+    for kind, body in messages():
         try:
             if kind == b"T":
                 result = run_task(body)

@@ -5,7 +5,7 @@
 //! one interface an executor of another kind (e.g. Python processes)
 //! implements: take jobs, report starts and results.
 
-use super::python::{Python, PythonSettings};
+use super::python::{PyJob, Python, PythonSettings};
 use crate::functions::{evaluate, Registry, TaskContext};
 use crate::graph::Expr;
 use crate::protocol::TaskId;
@@ -93,7 +93,7 @@ impl Pool {
             let python = Python::new(python.clone());
             std::thread::Builder::new()
                 .name(format!("tf-exec-{i}"))
-                .spawn(move || executor(i as usize, rx, report, reg, dir, acks, python))?;
+                .spawn(move || executor(i as usize, n as usize, rx, report, reg, dir, acks, python))?;
         }
         Ok(Pool { jobs, acks })
     }
@@ -114,8 +114,10 @@ impl Pool {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn executor(
     index: usize,
+    nthreads: usize,
     rx: Receiver<Job>,
     report: impl Fn(Report) -> bool,
     reg: Registry,
@@ -124,7 +126,35 @@ fn executor(
     mut python: Python,
 ) {
     let mut tickets = 0u64;
-    while let Ok(job) = rx.recv() {
+    let mut held_back: Option<Job> = None;
+    loop {
+        let job = match held_back.take() {
+            Some(j) => j,
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+        };
+        if batchable(&job) {
+            // Take a fair share of the Python calls queued behind it: one
+            // round trip to the Python process runs them all.
+            let share = (rx.len() / nthreads).min(MAX_BATCH - 1);
+            let mut batch = vec![job];
+            while batch.len() <= share {
+                match rx.try_recv() {
+                    Ok(j) if batchable(&j) => batch.push(j),
+                    Ok(j) => {
+                        held_back = Some(j);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !run_python_batch(index, &batch, &report, &mut python) {
+                return;
+            }
+            continue;
+        }
         let wait = matches!(job.expr, Expr::Cmd(_));
         let ticket = if wait {
             tickets += 1;
@@ -155,6 +185,41 @@ fn executor(
             return;
         }
     }
+}
+
+/// Most Python calls one executor thread sends its process at once.
+const MAX_BATCH: usize = 64;
+
+/// A Python call without a timeout (a call with one runs alone, so its
+/// deadline is its own).
+fn batchable(job: &Job) -> bool {
+    matches!(job.expr, Expr::Py(_)) && job.timeout.is_none()
+}
+
+/// Run Python jobs as one batch (see [`Python::run_batch`]); false if the
+/// worker is gone.
+fn run_python_batch(index: usize, batch: &[Job], report: &impl Fn(Report) -> bool, python: &mut Python) -> bool {
+    for job in batch {
+        if !report(Report::Started { id: job.id, exec: index, ticket: 0 }) {
+            return false;
+        }
+    }
+    let calls: Vec<PyJob<'_>> = batch
+        .iter()
+        .map(|job| match &job.expr {
+            Expr::Py(call) => PyJob { call, deps: job.args.iter().map(|s| &s.data).collect() },
+            _ => unreachable!("only Python calls are batched"),
+        })
+        .collect();
+    let mut alive = true;
+    let mut last = Instant::now();
+    python.run_batch(&calls, None, &mut |i, result| {
+        let now = Instant::now();
+        let duration = now - last;
+        last = now;
+        alive = alive && report(Report::Done { id: batch[i].id, result, duration });
+    });
+    alive
 }
 
 /// Evaluate one job; a panic in a function and a timeout are task errors.

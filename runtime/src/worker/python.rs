@@ -98,6 +98,9 @@ struct Proc {
     r: BufReader<ChildStdout>,
     /// Hashes of the functions this process has been sent.
     funcs: HashSet<Vec<u8>>,
+    /// Bytes the pipe to the executor holds: a batch of at most this many
+    /// is written without waiting.
+    pipe_room: usize,
     interpreter: PathBuf,
     settings: Arc<PythonSettings>,
 }
@@ -109,6 +112,12 @@ impl Drop for Proc {
         let pid = self.child.id();
         self.settings.pids.lock().expect("pids").retain(|&p| p != pid);
     }
+}
+
+/// One call of a batch, with its dependencies' values.
+pub struct PyJob<'a> {
+    pub call: &'a PyCall,
+    pub deps: Vec<&'a Data>,
 }
 
 /// Why reading from the executor stopped.
@@ -124,26 +133,95 @@ impl Python {
 
     /// Run a Python call with its dependencies' values.
     pub fn run(&mut self, call: &PyCall, deps: &[&Data], deadline: Option<Instant>) -> Result<Data, String> {
-        if self.proc.is_none() {
-            self.proc = Some(self.start(call)?);
-        }
-        let p = self.proc.as_mut().expect("started");
-        let send_func = !p.funcs.contains(&call.func_hash);
-        if let Err(e) = write_task(&mut p.w, call, send_func, deps) {
-            return Err(self.died(&format!("could not be sent the task ({e})")));
-        }
-        if send_func {
-            p.funcs.insert(call.func_hash.clone());
-        }
-        match read_message(p, deadline) {
-            Ok((b'O', body)) => decode_value(body),
-            Ok((b'E', body)) => Err(decode_error(&body)),
-            Ok((kind, _)) => Err(self.died(&format!("sent an unknown message kind {kind}"))),
-            Err(Fail::TimedOut) => {
-                self.proc = None;
-                Err("timed out: the Python task ran longer than its timeout (its executor process was stopped and is replaced)".into())
+        let mut out = None;
+        self.run_batch(&[PyJob { call, deps: deps.to_vec() }], deadline, &mut |_, r| out = Some(r));
+        out.expect("a batch of one has one result")
+    }
+
+    /// Run calls in order; `done(i, result)` as each result arrives. As many
+    /// calls as fit in the (empty) pipe are written at once, so the
+    /// executor reads them in one go and answers them in one go: short tasks
+    /// cost a wake-up per batch, not per task. `deadline` bounds every wait
+    /// (for batches of one: a task with a timeout runs alone).
+    ///
+    /// If the process dies with several calls of a batch unanswered, which
+    /// one killed it is unknown (its results are written when it would
+    /// wait): those calls run again one at a time in a new process, and the
+    /// one that kills that alone fails.
+    pub fn run_batch(&mut self, jobs: &[PyJob<'_>], deadline: Option<Instant>, done: &mut dyn FnMut(usize, Result<Data, String>)) {
+        let mut next = 0;
+        let mut alone_until = 0;
+        while next < jobs.len() {
+            if self.proc.is_none() {
+                match self.start(jobs[next].call) {
+                    Ok(p) => self.proc = Some(p),
+                    Err(e) => {
+                        (next..jobs.len()).for_each(|i| done(i, Err(e.clone())));
+                        return;
+                    }
+                }
             }
-            Err(Fail::Died) => Err(self.died("died while running this task")),
+            let p = self.proc.as_mut().expect("started");
+            // Write the batch: it fits in the pipe, so this never waits for
+            // the executor (which may be writing results) — except a lone
+            // call larger than the pipe, which the executor reads as it comes.
+            let (mut end, mut bytes) = (next, 0);
+            while end < jobs.len() && (end == next || end >= alone_until) {
+                let job = &jobs[end];
+                let send_func = !p.funcs.contains(&job.call.func_hash);
+                let size = task_size(job.call, send_func, &job.deps);
+                if end > next && bytes + size > p.pipe_room {
+                    break;
+                }
+                // a failed write means the process died: the reads say so
+                let _ = write_task(&mut p.w, job.call, send_func, &job.deps);
+                if send_func {
+                    p.funcs.insert(job.call.func_hash.clone());
+                }
+                bytes += size;
+                end += 1;
+            }
+            let _ = p.w.flush();
+            let mut failed = None;
+            for i in next..end {
+                match read_message(p, deadline) {
+                    Ok((b'O', body)) => done(i, decode_value(body)),
+                    Ok((b'E', body)) => done(i, Err(decode_error(&body))),
+                    Ok((kind, _)) => {
+                        failed = Some((i, Err(format!("sent an unknown message kind {kind}"))));
+                        break;
+                    }
+                    Err(f) => {
+                        failed = Some((i, Ok(f)));
+                        break;
+                    }
+                }
+            }
+            next = end;
+            let Some((i, why)) = failed else { continue };
+            let unanswered = end - i;
+            match why {
+                Ok(Fail::TimedOut) => {
+                    self.proc = None;
+                    done(i, Err("timed out: the Python task ran longer than its timeout (its executor process was stopped and is replaced)".into()));
+                    next = i + 1;
+                }
+                Ok(Fail::Died) if unanswered > 1 => {
+                    let how = self.died("died");
+                    crate::log_at!(1, "worker", "{how}; it had {unanswered} tasks of a batch unanswered: they run again one at a time");
+                    next = i;
+                    alone_until = end;
+                }
+                Ok(Fail::Died) => {
+                    done(i, Err(self.died("died while running this task")));
+                    next = i + 1;
+                }
+                Err(what) => {
+                    done(i, Err(self.died(&what)));
+                    next = i + 1;
+                    alone_until = end;
+                }
+            }
         }
     }
 
@@ -185,11 +263,13 @@ impl Python {
             // SAFETY: fcntl on a pipe descriptor this process owns.
             unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20) };
         }
+        // SAFETY: as above; F_GETPIPE_SZ only reads the size.
+        let pipe_room = child.stdin.as_ref().map(|s| unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETPIPE_SZ) }).filter(|&n| n > 0).unwrap_or(4096) as usize;
         let mut w = BufWriter::with_capacity(1 << 16, child.stdin.take().expect("piped"));
         let r = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
         // a failed write means it died at once: read_message below says how
         let _ = w.write_all(&(SCRIPT.len() as u64).to_le_bytes()).and_then(|_| w.write_all(SCRIPT.as_bytes())).and_then(|_| w.flush());
-        let mut p = Proc { child, w, r, funcs: HashSet::new(), interpreter: interpreter.clone(), settings: self.settings.clone() };
+        let mut p = Proc { child, w, r, funcs: HashSet::new(), pipe_room, interpreter: interpreter.clone(), settings: self.settings.clone() };
         match read_message(&mut p, Some(Instant::now() + START_TIMEOUT)) {
             Ok((b'H', _)) => {
                 crate::log_at!(3, "worker", "Python executor pid {pid} ({}) started", interpreter.display());
@@ -215,6 +295,14 @@ fn describe_exit(s: std::process::ExitStatus) -> String {
     }
 }
 
+/// The bytes [`write_task`] writes (JSON values counted at their encoded size).
+fn task_size(call: &PyCall, send_func: bool, deps: &[&Data]) -> usize {
+    let func = if send_func { call.func.len() } else { 0 };
+    let deps: usize = deps.iter().map(|d| 9 + wire(d).1.len()).sum();
+    9 + 4 + call.func_hash.len() + 4 + func + 4 + call.args.len() + 4 + deps
+}
+
+/// One task message (buffered: the caller flushes).
 fn write_task(w: &mut impl Write, call: &PyCall, send_func: bool, deps: &[&Data]) -> io::Result<()> {
     let func: &[u8] = if send_func { &call.func } else { &[] };
     let dep_parts: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = deps.iter().map(|d| wire(d)).collect();
@@ -231,7 +319,7 @@ fn write_task(w: &mut impl Write, call: &PyCall, send_func: bool, deps: &[&Data]
         w.write_all(&(body.len() as u64).to_le_bytes())?;
         w.write_all(body)?;
     }
-    w.flush()
+    Ok(())
 }
 
 /// A value as the executor reads it: tag and body.
