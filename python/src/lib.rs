@@ -212,6 +212,29 @@ impl Session {
         serde_json_string(&r)
     }
 
+    /// Keep `keys` under `name` on the scheduler with the opaque `data`.
+    fn publish_dataset(&self, py: Python<'_>, name: String, keys: Vec<String>, data: Vec<u8>, replace: bool) -> PyResult<()> {
+        let s = self.get()?;
+        py.detach(|| s.publish_dataset(&name, keys, data, replace)).map_err(PyValueError::new_err)
+    }
+
+    /// (keys, data) of the dataset `name`, or None.
+    fn get_dataset<'py>(&self, py: Python<'py>, name: String) -> PyResult<Option<(Vec<String>, Bound<'py, PyBytes>)>> {
+        let s = self.get()?;
+        let found = py.detach(|| s.get_dataset(&name)).map_err(os_error)?;
+        Ok(found.map(|(keys, data)| (keys, PyBytes::new(py, &data))))
+    }
+
+    fn unpublish_dataset(&self, py: Python<'_>, name: String) -> PyResult<()> {
+        let s = self.get()?;
+        py.detach(|| s.unpublish_dataset(&name)).map_err(os_error)
+    }
+
+    fn list_datasets(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let s = self.get()?;
+        py.detach(|| s.list_datasets()).map_err(os_error)
+    }
+
     /// Ask the scheduler and its workers to exit.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
         let s = self.get()?;

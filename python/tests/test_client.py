@@ -220,3 +220,29 @@ def test_futures_collected_while_the_client_lock_is_held_do_not_deadlock(local_c
     t.join(60)
     assert not t.is_alive(), "dropping a future while the client lock was held deadlocked"
     assert c.submit(abs, -6).result() == 6
+
+
+def test_a_published_dataset_is_found_by_a_second_client_after_the_first_left(cluster):
+    # The job-step pattern: one client computes and publishes, leaves; a
+    # later client gets the data by name without recomputing it.
+    with cluster.client(2) as c:
+        parts = c.map(lambda x: x * 10, range(5))
+        total = c.submit(sum, parts)
+        c.publish_dataset(result={"parts": parts, "total": total}, note=c.scatter("kept"))
+        assert set(c.list_datasets()) == {"result", "note"}
+        with pytest.raises(KeyError, match="already published"):
+            c.publish_dataset(result=total)
+        c.publish_dataset(total, name="result2")
+    with cluster.client(2) as c2:
+        got = c2.get_dataset("result")
+        assert c2.gather(got["total"]) == 100
+        assert c2.gather(got["parts"]) == [0, 10, 20, 30, 40]
+        assert c2.get_dataset("note").result() == "kept"
+        assert c2.submit(lambda t: t + 1, c2.get_dataset("result2")).result() == 101
+        assert c2.get_dataset("missing", default=None) is None
+        with pytest.raises(KeyError, match="missing"):
+            c2.get_dataset("missing")
+        c2.unpublish_dataset("result")
+        assert "result" not in c2.list_datasets()
+        # this client still holds the futures it got: the data is still there
+        assert c2.gather(got["total"]) == 100

@@ -213,6 +213,24 @@ pub enum ToScheduler {
         ids: Vec<TaskId>,
         kept: Vec<TaskId>,
     },
+    /// Client: keep `keys` under `name` until unpublished (answered by
+    /// `Published`); `data` is the client's opaque description of them.
+    PublishDataset {
+        name: String,
+        keys: Vec<String>,
+        data: Vec<u8>,
+        replace: bool,
+    },
+    /// Client: forget the dataset `name` (its keys stay while wanted).
+    UnpublishDataset {
+        name: String,
+    },
+    /// Client: the dataset `name` (answered by `Dataset`).
+    GetDataset {
+        name: String,
+    },
+    /// Client: the names of the published datasets (answered by `Datasets`).
+    ListDatasets,
 }
 
 /// One task for a worker to run.
@@ -297,6 +315,12 @@ pub enum ToClient {
     Retiring { names: Vec<String> },
     /// A wanted key cannot run on any connected worker (yet).
     KeyStuck { key: String, reason: String },
+    /// Answer to `PublishDataset`: done, or why not.
+    Published { name: String, error: Option<String> },
+    /// Answer to `GetDataset`: its keys and data, or none of that name.
+    Dataset { name: String, found: Option<(Vec<String>, Vec<u8>)> },
+    /// Answer to `ListDatasets`.
+    Datasets { names: Vec<String> },
 }
 
 /// Requests to a worker's data server.

@@ -43,6 +43,8 @@ struct State {
     /// Wanted keys of each submission not yet accepted or rejected.
     submissions: VecDeque<Vec<String>>,
     status: Option<StatusReport>,
+    /// Answers to dataset requests, in order.
+    replies: VecDeque<ToClient>,
     lost: Option<String>,
 }
 
@@ -57,12 +59,17 @@ impl Shared {
     }
 }
 
+/// How long a request (publish, get, list) waits for the scheduler's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A value or why there is none.
 pub type Outcome = Result<(u8, Arc<Vec<u8>>), String>;
 
 pub struct Session {
     shared: Arc<Shared>,
     writer: Mutex<FrameWriter<TcpStream>>,
+    /// Held while a request waits for its reply, so replies pair with requests.
+    requests: Mutex<()>,
     stream: TcpStream,
     secret: Vec<u8>,
     pub address: String,
@@ -100,7 +107,7 @@ impl Session {
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), cv: Condvar::new() });
         let s2 = shared.clone();
         let reader = std::thread::Builder::new().name("tf-session".into()).spawn(move || read_loop(reader, &s2)).map_err(|e| e.to_string())?;
-        Ok(Session { shared, writer: Mutex::new(writer), stream, secret: secret.to_vec(), address: address.to_string(), reader: Some(reader) })
+        Ok(Session { shared, writer: Mutex::new(writer), requests: Mutex::new(()), stream, secret: secret.to_vec(), address: address.to_string(), reader: Some(reader) })
     }
 
     fn send(&self, msgs: &[ToScheduler]) -> Result<(), String> {
@@ -270,6 +277,57 @@ impl Session {
         }
     }
 
+    /// Send a request the scheduler answers with one reply, and wait for it.
+    fn request(&self, msg: ToScheduler, timeout: Duration) -> Result<ToClient, String> {
+        let _turn = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        self.shared.lock().replies.clear();
+        self.send(&[msg])?;
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(r) = st.replies.pop_front() {
+                return Ok(r);
+            }
+            if let Some(l) = &st.lost {
+                return Err(l.clone());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("the scheduler did not answer within {} s", timeout.as_secs()));
+            }
+            st = self.shared.cv.wait_timeout(st, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    /// Keep `keys` on the cluster under `name`, for any client to find
+    /// (`replace`: replace a dataset of that name).
+    pub fn publish_dataset(&self, name: &str, keys: Vec<String>, data: Vec<u8>, replace: bool) -> Result<(), String> {
+        match self.request(ToScheduler::PublishDataset { name: name.to_string(), keys, data, replace }, REQUEST_TIMEOUT)? {
+            ToClient::Published { error: None, .. } => Ok(()),
+            ToClient::Published { error: Some(e), .. } => Err(e),
+            other => Err(format!("the scheduler answered a publish with {other:?}")),
+        }
+    }
+
+    /// The keys and data of the dataset `name`, if there is one.
+    pub fn get_dataset(&self, name: &str) -> Result<Option<(Vec<String>, Vec<u8>)>, String> {
+        match self.request(ToScheduler::GetDataset { name: name.to_string() }, REQUEST_TIMEOUT)? {
+            ToClient::Dataset { found, .. } => Ok(found),
+            other => Err(format!("the scheduler answered a dataset request with {other:?}")),
+        }
+    }
+
+    pub fn unpublish_dataset(&self, name: &str) -> Result<(), String> {
+        self.send(&[ToScheduler::UnpublishDataset { name: name.to_string() }])
+    }
+
+    pub fn list_datasets(&self) -> Result<Vec<String>, String> {
+        match self.request(ToScheduler::ListDatasets, REQUEST_TIMEOUT)? {
+            ToClient::Datasets { names } => Ok(names),
+            other => Err(format!("the scheduler answered a list request with {other:?}")),
+        }
+    }
+
     /// Ask the scheduler and its workers to exit.
     pub fn shutdown(&self) -> Result<(), String> {
         self.send(&[ToScheduler::Shutdown])
@@ -374,6 +432,7 @@ fn message(st: &mut State, m: ToClient) {
         }
         ToClient::KeyStuck { key, reason } => st.events.push(Event::Stuck(key, reason)),
         ToClient::Status(r) => st.status = Some(r),
+        r @ (ToClient::Published { .. } | ToClient::Dataset { .. } | ToClient::Datasets { .. }) => st.replies.push_back(r),
         ToClient::ShuttingDown { .. } | ToClient::Welcome { .. } | ToClient::Retiring { .. } => {}
     }
 }

@@ -21,6 +21,8 @@ __all__ = ["Client", "Future", "as_completed", "wait", "default_client", "TaskEr
 TaskError = ser.TaskError
 CancelledError = concurrent.futures.CancelledError
 
+_NO_DEFAULT = object()
+
 _PENDING, _FINISHED, _ERROR, _CANCELLED, _LOST = "pending", "finished", "error", "cancelled", "lost"
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
@@ -552,6 +554,50 @@ class Client:
                 raise TimeoutError(f"fewer than {n_workers} workers after {timeout} s")
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+    # ---- datasets ------------------------------------------------------------------
+
+    def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False, **kwargs: Any) -> None:
+        """Keep futures (or what holds them: lists, dicts, persisted Dask
+        collections) on the cluster under a name, for any client to find with
+        :meth:`get_dataset`, as ``distributed.Client.publish_dataset``:
+        ``publish_dataset(result=x)`` or ``publish_dataset(x, name="result")``.
+        The data stays until :meth:`unpublish_dataset`, also after this
+        client leaves. A name already published raises ``KeyError`` unless
+        ``override=True``."""
+        if args:
+            if name is None or len(args) != 1:
+                raise TypeError("publish_dataset takes name=value keywords, or one value and name=")
+            kwargs = {name: args[0]}
+        for n, value in kwargs.items():
+            data, keys = ser.dataset_payload(value, _is_future)
+            try:
+                self._session.publish_dataset(str(n), keys, data, bool(override))
+            except ValueError as e:
+                raise (KeyError if "already published" in str(e) else ValueError)(str(e)) from None
+
+    def get_dataset(self, name: str, default: Any = _NO_DEFAULT) -> Any:
+        """The object published under ``name``, with live futures in it (this
+        client now holds its data too). Raises ``KeyError`` if there is none
+        and no ``default`` is given."""
+        found = self._session.get_dataset(str(name))
+        if found is None:
+            if default is _NO_DEFAULT:
+                raise KeyError(f"no dataset named {name!r} is published on {self.scheduler_address} (published: {', '.join(self.list_datasets()) or 'none'})")
+            return default
+        keys, data = found
+        futures = [Future(k, self) for k in keys]
+        if keys:
+            self._send([], list(keys))
+        return ser.dataset_value(bytes(data), futures)
+
+    def unpublish_dataset(self, name: str) -> None:
+        """Forget the dataset ``name`` (its data stays while futures of it are held)."""
+        self._session.unpublish_dataset(str(name))
+
+    def list_datasets(self) -> tuple[str, ...]:
+        """The names of the published datasets."""
+        return tuple(self._session.list_datasets())
 
     # ---- dask ----------------------------------------------------------------------
 

@@ -74,6 +74,29 @@ def args_payload(args: tuple, kwargs: dict, is_future: Callable[[Any], bool]) ->
     return buf.getvalue(), p.deps
 
 
+def dataset_payload(obj: Any, is_future: Callable[[Any], bool]) -> tuple[bytes, list[str]]:
+    """Pickle a published object with each future in it as a persistent id
+    (its position in the returned keys)."""
+    buf = io.BytesIO()
+    p = _DepPickler(buf, is_future)
+    p.dump(obj)
+    return buf.getvalue(), p.deps
+
+
+class _DatasetUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, futures: list):
+        super().__init__(io.BytesIO(data))
+        self._futures = futures
+
+    def persistent_load(self, pid):
+        return self._futures[pid]
+
+
+def dataset_value(data: bytes, futures: list) -> Any:
+    """The published object back, its futures replaced by ``futures``."""
+    return _DatasetUnpickler(data, futures).load()
+
+
 def value_payload(obj: Any) -> bytes:
     """A pickled value (for scatter)."""
     try:

@@ -506,6 +506,29 @@ impl Core {
                     self.send_client(c, ToClient::Retiring { names });
                 }
             }
+            ToScheduler::PublishDataset { name, keys, data, replace } => {
+                let n = keys.len();
+                let error = match self.apply(StateEvent::PublishDataset { name: name.clone(), keys, data, replace }, now) {
+                    Outcome::Published(Err(e)) => Some(e),
+                    _ => None,
+                };
+                match &error {
+                    None => log_at!(2, "scheduler", "client {c} published dataset '{name}' ({n} keys)"),
+                    Some(e) => log_at!(1, "scheduler", "client {c} could not publish dataset '{name}': {e}"),
+                }
+                self.send_client(c, ToClient::Published { name, error });
+            }
+            ToScheduler::UnpublishDataset { name } => {
+                self.apply(StateEvent::UnpublishDataset { name }, now);
+            }
+            ToScheduler::GetDataset { name } => {
+                let found = self.state.dataset(&name).map(|d| (d.keys.clone(), d.data.clone()));
+                self.send_client(c, ToClient::Dataset { name, found });
+            }
+            ToScheduler::ListDatasets => {
+                let names = self.state.dataset_names();
+                self.send_client(c, ToClient::Datasets { names });
+            }
             other => log_at!(1, "scheduler", "client {c} sent a message only workers may send; ignored: {}", short(&other)),
         }
     }

@@ -32,6 +32,8 @@ pub enum Event {
     CheckTimeouts,
     /// The periodic tick: steal work for idle workers.
     Balance,
+    PublishDataset { name: String, keys: Vec<String>, data: Vec<u8>, replace: bool },
+    UnpublishDataset { name: String },
 }
 
 /// What an event returns to the caller, where it returns anything.
@@ -44,6 +46,8 @@ pub enum Outcome {
     Graph(Result<(), String>),
     /// Workers now retiring.
     Retiring(Vec<String>),
+    /// The dataset was published, or why not.
+    Published(Result<(), String>),
     /// Workers found silent for too long (already removed from the state).
     TimedOut(Vec<WorkerId>),
 }
@@ -71,6 +75,10 @@ impl SchedulerState {
             Event::Stolen { worker, ids, kept } => self.stolen(worker, &ids, &kept, now),
             Event::CheckTimeouts => return Outcome::TimedOut(self.check_timeouts(now)),
             Event::Balance => self.balance(),
+            Event::PublishDataset { name, keys, data, replace } => return Outcome::Published(self.publish_dataset(&name, keys, data, replace)),
+            Event::UnpublishDataset { name } => {
+                self.unpublish_dataset(&name);
+            }
         }
         Outcome::None
     }

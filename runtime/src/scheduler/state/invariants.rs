@@ -37,6 +37,7 @@ impl SchedulerState {
         if retiring != self.retiring_count {
             return Err(format!("retiring_count {} but {retiring} workers retiring", self.retiring_count));
         }
+        self.check_datasets()?;
         self.check_workers()
     }
 
@@ -106,7 +107,7 @@ impl SchedulerState {
             _ => {}
         }
         for c in &task.wanted_by {
-            if !self.clients.contains_key(c) {
+            if *c != DATASETS && !self.clients.contains_key(c) {
                 return Err(format!("task '{k}' wanted by gone client {c}"));
             }
         }

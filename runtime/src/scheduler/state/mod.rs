@@ -21,6 +21,7 @@ use super::ids::{Ids, ReadyQueue};
 use crate::keys::KeyIndex;
 use std::collections::BTreeMap;
 
+pub use datasets::{Dataset, DATASETS};
 pub use events::{replay, Event, Outcome, Record, Recorder, Replay};
 
 pub type ClientId = u32;
@@ -270,6 +271,8 @@ pub struct SchedulerState {
     empty_spec: Spec,
     workers: BTreeMap<WorkerId, Worker>,
     clients: BTreeMap<ClientId, String>,
+    /// Published datasets by name (see [`datasets`]).
+    datasets: BTreeMap<String, Dataset>,
     queued: ReadyQueue<Priority>,
     no_worker: Vec<TaskId>,
     counts: [u64; 8],
@@ -309,6 +312,7 @@ impl SchedulerState {
             empty_spec: Spec::from_header_and_slice((), &[]),
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),
+            datasets: BTreeMap::new(),
             queued: ReadyQueue::default(),
             no_worker: Vec::new(),
             counts: [0; 8],
@@ -472,6 +476,7 @@ fn key_at(bytes: &str, k: KeyRef) -> &str {
     &bytes[k.off as usize..(k.off + k.len) as usize]
 }
 
+mod datasets;
 mod events;
 mod intake;
 mod invariants;

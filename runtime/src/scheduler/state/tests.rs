@@ -750,3 +750,64 @@ fn task_record_stays_small() {
     assert!(std::mem::size_of::<Task>() <= 104, "Task is {} bytes", std::mem::size_of::<Task>());
     assert_eq!(std::mem::size_of::<(Priority, TaskId)>(), 16, "ready-queue entry");
 }
+
+#[test]
+fn a_published_dataset_outlives_its_client_until_unpublished() {
+    let mut sim = Sim::new();
+    let w = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("first".into());
+    sim.s.update_graph(c, graph(r#"{"x": 1, "y": ["inc", "x"]}"#), &wanted(&["y"])).unwrap();
+    sim.finish(w, "x");
+    sim.finish(w, "y");
+    // unknown keys and empty names are refused, nothing changes
+    let e = sim.s.publish_dataset("d", wanted(&["y", "nope"]), b"blob".to_vec(), false).unwrap_err();
+    assert!(e.contains("'nope'"), "{e}");
+    assert!(sim.s.dataset("d").is_none());
+    assert!(sim.s.publish_dataset("", wanted(&["y"]), vec![], false).is_err());
+    sim.s.publish_dataset("d", wanted(&["y"]), b"blob".to_vec(), false).unwrap();
+    sim.ok();
+    let e = sim.s.publish_dataset("d", wanted(&["y"]), vec![], false).unwrap_err();
+    assert!(e.contains("already published"), "{e}");
+    // the client leaves: y stays in memory for the dataset
+    sim.s.remove_client(c);
+    sim.ok();
+    assert_eq!(sim.state("y"), Some(TaskState::Memory));
+    assert_eq!(sim.s.dataset_names(), vec!["d".to_string()]);
+    assert_eq!(sim.s.dataset("d").map(|d| d.data.clone()), Some(b"blob".to_vec()));
+    // a second client wants it and is told at once, with nothing recomputed
+    let c2 = sim.s.add_client("second".into());
+    sim.outgoing();
+    sim.s.update_graph(c2, vec![], &wanted(&["y"])).unwrap();
+    sim.ok();
+    let (to_workers, to_client) = sim.outgoing();
+    assert!(!to_workers.iter().any(|(_, m)| matches!(m, ToWorker::Compute(_))));
+    assert!(to_client.iter().any(|(cc, m)| *cc == c2 && matches!(m, ToClient::KeyInMemory { key, .. } if key == "y")));
+    // unpublished while c2 wants it: kept; then released by c2: forgotten
+    assert!(sim.s.unpublish_dataset("d"));
+    assert!(!sim.s.unpublish_dataset("d"));
+    sim.ok();
+    assert_eq!(sim.state("y"), Some(TaskState::Memory));
+    sim.s.release_keys(c2, &wanted(&["y"]));
+    sim.ok();
+    assert!(sim.state("y").is_none());
+}
+
+#[test]
+fn two_datasets_sharing_a_key_keep_it_until_both_are_gone() {
+    let mut sim = Sim::new();
+    let w = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"x": 1}"#), &wanted(&["x"])).unwrap();
+    sim.finish(w, "x");
+    sim.s.publish_dataset("one", wanted(&["x"]), vec![], false).unwrap();
+    sim.s.publish_dataset("two", wanted(&["x"]), vec![], false).unwrap();
+    sim.s.release_keys(c, &wanted(&["x"]));
+    sim.s.unpublish_dataset("one");
+    sim.ok();
+    assert_eq!(sim.state("x"), Some(TaskState::Memory));
+    // replacing "two" by a dataset without x lets x go
+    sim.s.update_graph(c, graph(r#"{"z": 5}"#), &wanted(&["z"])).unwrap();
+    sim.s.publish_dataset("two", wanted(&["z"]), vec![], true).unwrap();
+    sim.ok();
+    assert!(sim.state("x").is_none());
+}
