@@ -59,6 +59,9 @@ impl Shared {
     }
 }
 
+/// A published dataset's keys and opaque data.
+pub type DatasetParts = (Vec<String>, Vec<u8>);
+
 /// How long a request (publish, get, list) waits for the scheduler's answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -310,7 +313,7 @@ impl Session {
     }
 
     /// The keys and data of the dataset `name`, if there is one.
-    pub fn get_dataset(&self, name: &str) -> Result<Option<(Vec<String>, Vec<u8>)>, String> {
+    pub fn get_dataset(&self, name: &str) -> Result<Option<DatasetParts>, String> {
         match self.request(ToScheduler::GetDataset { name: name.to_string() }, REQUEST_TIMEOUT)? {
             ToClient::Dataset { found, .. } => Ok(found),
             other => Err(format!("the scheduler answered a dataset request with {other:?}")),
