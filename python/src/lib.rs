@@ -6,7 +6,7 @@
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyByteArray, PyBytes};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,6 +199,9 @@ impl Session {
         Ok(got
             .into_iter()
             .map(|o| match o {
+                // pickles as bytearray: numpy arrays unpickled as views of
+                // it are writable, as they are in the executors
+                Ok((tag, body)) if tag == taskfarm::value::Data::TAG_PICKLE => (true, tag, PyByteArray::new(py, &body).into_any()),
                 Ok((tag, body)) => (true, tag, PyBytes::new(py, &body).into_any()),
                 Err(e) => (false, 0, e.into_pyobject(py).expect("str").into_any()),
             })

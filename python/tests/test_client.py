@@ -246,3 +246,34 @@ def test_a_published_dataset_is_found_by_a_second_client_after_the_first_left(cl
         assert "result" not in c2.list_datasets()
         # this client still holds the futures it got: the data is still there
         assert c2.gather(got["total"]) == 100
+
+
+def test_large_numpy_values_arrive_as_aligned_writable_arrays_and_stay_unchanged(local_client):
+    # Values with large buffers travel in the framed pickle-5 form: arrays
+    # are views of the received bytes (no copy), and must still be aligned
+    # and writable, and a task changing its input must not change the value.
+    import numpy as np
+
+    c = local_client
+    n = 1 << 20
+    big = c.submit(lambda n: np.arange(n, dtype=np.float64), n)
+
+    def bump(a):
+        a += 1
+        return a
+
+    def flags(a):
+        return bool(a.flags.aligned), bool(a.flags.writeable), a.dtype.str, a.shape
+
+    assert c.submit(flags, big).result() == (True, True, "<f8", (n,))
+    bumped = c.submit(bump, big).result()
+    assert bumped[0] == 1.0 and bumped[-1] == float(n)
+    assert bumped.flags.writeable and bumped.flags.aligned
+    bumped[0] = 5.0  # writable on the client too
+    assert c.submit(lambda a: float(a[0]), big).result() == 0.0
+    # several arrays with other objects, and a non-contiguous array (in-band)
+    mixed = c.submit(lambda a: {"head": a[:10], "tail": a[-3:], "s": "t", "strided": np.arange(100.0)[::3]}, big).result()
+    np.testing.assert_array_equal(mixed["head"], np.arange(10.0))
+    np.testing.assert_array_equal(mixed["tail"], np.arange(n - 3, n, dtype=np.float64))
+    np.testing.assert_array_equal(mixed["strided"], np.arange(100.0)[::3])
+    assert mixed["s"] == "t"

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import pickle
+import struct
 from typing import Any, Callable
 
 import cloudpickle
@@ -113,14 +114,44 @@ def token(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def decode(tag: int, body: bytes) -> Any:
-    """A value from its tag and bytes."""
+OOB_MAGIC = b"\x00tfoob5"
+
+
+def _pad64(n: int) -> int:
+    return -n % 64
+
+
+def loads(body: Any) -> Any:
+    """A pickled value's bytes back: a pickle, or the framed pickle-5 form
+    the executors write for values with buffers (see the worker's
+    executor.py), whose buffers (numpy arrays' data) become views of
+    ``body`` instead of copies."""
+    mv = memoryview(body)
+    if mv[: len(OOB_MAGIC)] != OOB_MAGIC:
+        return pickle.loads(mv)
+    at = len(OOB_MAGIC)
+    n, plen = struct.unpack_from("<IQ", mv, at)
+    lens = struct.unpack_from(f"<{n}Q", mv, at + 12)
+    at += 12 + 8 * n
+    at += _pad64(at)
+    data = mv[at : at + plen]
+    at += plen + _pad64(plen)
+    bufs = []
+    for ln in lens:
+        bufs.append(mv[at : at + ln])
+        at += ln + _pad64(ln)
+    return pickle.loads(data, buffers=bufs)
+
+
+def decode(tag: int, body: Any) -> Any:
+    """A value from its tag and bytes (a bytearray for pickles: arrays
+    that are views of it are writable)."""
     if tag == TAG_JSON:
         return json.loads(body)
     if tag == TAG_BYTES:
-        return body
+        return bytes(body)
     if tag == TAG_PICKLE:
-        return pickle.loads(body)
+        return loads(body)
     raise ValueError(f"unknown value tag {tag!r}")
 
 

@@ -184,10 +184,10 @@ impl Python {
             let _ = p.w.flush();
             let mut failed = None;
             for i in next..end {
-                match read_message(p, deadline) {
-                    Ok((b'O', body)) => done(i, decode_value(body)),
-                    Ok((b'E', body)) => done(i, Err(decode_error(&body))),
-                    Ok((kind, _)) => {
+                match read_message_split(p, deadline, true) {
+                    Ok((b'O', tag, value)) => done(i, decode_value(tag, value)),
+                    Ok((b'E', _, body)) => done(i, Err(decode_error(&body))),
+                    Ok((kind, _, _)) => {
                         failed = Some((i, Err(format!("sent an unknown message kind {kind}"))));
                         break;
                     }
@@ -298,15 +298,33 @@ fn describe_exit(s: std::process::ExitStatus) -> String {
 /// The bytes [`write_task`] writes (JSON values counted at their encoded size).
 fn task_size(call: &PyCall, send_func: bool, deps: &[&Data]) -> usize {
     let func = if send_func { call.func.len() } else { 0 };
-    let deps: usize = deps.iter().map(|d| 9 + wire(d).1.len()).sum();
-    9 + 4 + call.func_hash.len() + 4 + func + 4 + call.args.len() + 4 + deps
+    let mut at = 4 + call.func_hash.len() + 4 + func + 4 + call.args.len() + 4;
+    for d in deps {
+        at += 10 + dep_padding(at) + wire(d).1.len();
+    }
+    9 + at
 }
 
-/// One task message (buffered: the caller flushes).
+/// Padding after a dependency's 10-byte header at offset `at` of a task
+/// body, so that its bytes start at a multiple of 64 (the executor's
+/// buffers and the framed pickles inside are laid out for that: arrays
+/// unpickled from them are aligned views).
+fn dep_padding(at: usize) -> usize {
+    (64 - (at + 10) % 64) % 64
+}
+
+/// One task message (buffered: the caller flushes): the body is u32+hash,
+/// u32+func (empty: the executor has it), u32+args, u32 dependency count,
+/// then per dependency u8 tag, u64 length, u8 padding length, the padding
+/// and the value's bytes.
 fn write_task(w: &mut impl Write, call: &PyCall, send_func: bool, deps: &[&Data]) -> io::Result<()> {
     let func: &[u8] = if send_func { &call.func } else { &[] };
     let dep_parts: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = deps.iter().map(|d| wire(d)).collect();
-    let len = 4 + call.func_hash.len() + 4 + func.len() + 4 + call.args.len() + 4 + dep_parts.iter().map(|(_, b)| 9 + b.len()).sum::<usize>();
+    let head = 4 + call.func_hash.len() + 4 + func.len() + 4 + call.args.len() + 4;
+    let mut len = head;
+    for (_, body) in &dep_parts {
+        len += 10 + dep_padding(len) + body.len();
+    }
     w.write_all(b"T")?;
     w.write_all(&(len as u64).to_le_bytes())?;
     for part in [&call.func_hash[..], func, &call.args] {
@@ -314,10 +332,15 @@ fn write_task(w: &mut impl Write, call: &PyCall, send_func: bool, deps: &[&Data]
         w.write_all(part)?;
     }
     w.write_all(&(dep_parts.len() as u32).to_le_bytes())?;
+    let mut at = head;
     for (tag, body) in &dep_parts {
+        let pad = dep_padding(at);
         w.write_all(&[*tag])?;
         w.write_all(&(body.len() as u64).to_le_bytes())?;
+        w.write_all(&[pad as u8])?;
+        w.write_all(&[0u8; 64][..pad])?;
         w.write_all(body)?;
+        at += 10 + pad + body.len();
     }
     Ok(())
 }
@@ -331,15 +354,44 @@ fn wire(d: &Data) -> (u8, std::borrow::Cow<'_, [u8]>) {
     }
 }
 
+/// One message: its kind and body. A result's body (`O`: value tag, then
+/// the value) comes back as the tag and the value, read straight into its
+/// own buffer (values can be large: no zero-filling, no shifting).
 fn read_message(p: &mut Proc, deadline: Option<Instant>) -> Result<(u8, Vec<u8>), Fail> {
+    let (kind, _, body) = read_message_split(p, deadline, false)?;
+    Ok((kind, body))
+}
+
+fn read_message_split(p: &mut Proc, deadline: Option<Instant>, split_tag: bool) -> Result<(u8, u8, Vec<u8>), Fail> {
     let mut header = [0u8; 9];
     read_exact_by(p, &mut header, deadline)?;
-    let len = u64::from_le_bytes(header[1..].try_into().expect("8 bytes")) as usize;
+    let mut len = u64::from_le_bytes(header[1..].try_into().expect("8 bytes")) as usize;
+    let mut lead = [0u8; 1];
+    let split = split_tag && header[0] == b'O' && len > 0;
+    if split {
+        read_exact_by(p, &mut lead, deadline)?;
+        len -= 1;
+    }
     let mut body = Vec::new();
     body.try_reserve_exact(len).map_err(|_| Fail::Died)?;
-    body.resize(len, 0);
-    read_exact_by(p, &mut body, deadline)?;
-    Ok((header[0], body))
+    while body.len() < len {
+        if let Some(d) = deadline {
+            if p.r.buffer().is_empty() {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() || !crate::util::wait_readable(p.r.get_ref().as_raw_fd(), left) {
+                    return Err(Fail::TimedOut);
+                }
+            }
+        }
+        // reads into the spare capacity, uninitialised bytes left alone
+        match (&mut p.r).take((len - body.len()) as u64).read_to_end(&mut body) {
+            Ok(0) => return Err(Fail::Died),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(Fail::Died),
+        }
+    }
+    Ok((header[0], lead[0], body))
 }
 
 /// Read exactly `buf.len()` bytes, giving up at `deadline`.
@@ -364,14 +416,10 @@ fn read_exact_by(p: &mut Proc, buf: &mut [u8], deadline: Option<Instant>) -> Res
     Ok(())
 }
 
-fn decode_value(mut body: Vec<u8>) -> Result<Data, String> {
-    let &tag = body.first().ok_or("the Python executor sent an empty result")?;
-    match Data::from_parts(tag, &body[1..]).map_err(|e| format!("the Python executor sent a bad result: {e}"))? {
+fn decode_value(tag: u8, body: Vec<u8>) -> Result<Data, String> {
+    match Data::from_parts(tag, &body).map_err(|e| format!("the Python executor sent a bad result: {e}"))? {
         Some(d) => Ok(d),
-        None => {
-            body.drain(..1);
-            Ok(Data::opaque(tag, body))
-        }
+        None => Ok(Data::opaque(tag, body)),
     }
 }
 
