@@ -12,7 +12,7 @@ venv=$(bash "$here/../tests/python-env.sh" | tail -n 1)
 if [ "${1:-}" = "--smoke" ]; then
   export SMOKE=1
 else
-  "$venv/bin/python" -m pip install -q "ray>=2.9" pandas  # pandas: for ray.util.dask
+  "$venv/bin/python" -m pip install -q "ray>=2.9" pandas pyarrow  # for ray.util.dask
 fi
 cd "$(mktemp -d)"
 exec "$venv/bin/python" "$here/python_bench.py"

@@ -228,6 +228,13 @@ impl Session {
         Ok(found.map(|(keys, data)| (keys, PyBytes::new(py, &data))))
     }
 
+    /// A worker plugin (a pickled callable) for every executor of every
+    /// current and future worker.
+    fn register_plugin(&self, py: Python<'_>, name: String, data: Vec<u8>) -> PyResult<()> {
+        let s = self.get()?;
+        py.detach(|| s.register_plugin(&name, data)).map_err(os_error)
+    }
+
     fn unpublish_dataset(&self, py: Python<'_>, name: String) -> PyResult<()> {
         let s = self.get()?;
         py.detach(|| s.unpublish_dataset(&name)).map_err(os_error)

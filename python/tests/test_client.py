@@ -277,3 +277,53 @@ def test_large_numpy_values_arrive_as_aligned_writable_arrays_and_stay_unchanged
     np.testing.assert_array_equal(mixed["tail"], np.arange(n - 3, n, dtype=np.float64))
     np.testing.assert_array_equal(mixed["strided"], np.arange(100.0)[::3])
     assert mixed["s"] == "t"
+
+
+def test_run_and_plugins_reach_every_executor_of_current_and_later_workers(cluster):
+    import os as _os
+
+    class SetMarker:
+        name = "marker"
+
+        def __init__(self, value):
+            self.value = value
+
+        def setup(self, worker):
+            _os.environ["TASKFARM_TEST_MARKER"] = self.value
+
+    def marker(_=None):
+        return _os.environ.get("TASKFARM_TEST_MARKER"), _os.getpid()
+
+    with cluster.client(2) as c:
+        # run: once per worker, keyed by address
+        pids = c.run(_os.getpid)
+        addresses = {w["address"] for w in c.scheduler_info()["workers"]}
+        assert set(pids) == addresses and len(set(pids.values())) == 2
+        assert list(c.run(_os.getpid, workers=["w0"])) == [w["address"] for w in c.scheduler_info()["workers"] if w["name"] == "w0"]
+        c.register_plugin(SetMarker("first"))
+        # every executor (2 threads per worker) of both workers runs it
+        seen = c.gather(c.map(marker, range(200), pure=False))
+        assert {m for m, _ in seen} == {"first"}
+        # replaced by name; and a worker that joins later runs it too
+        c.register_plugin(SetMarker("second"))
+        cluster.add_worker("w2", 1)
+        c.wait_for_workers(3, timeout=60)
+        late = c.submit(marker, workers="w2", pure=False).result()
+        assert late[0] == "second"
+        assert {m for m, _ in c.gather(c.map(marker, range(100), pure=False))} == {"second"}
+
+
+def test_a_failing_plugin_fails_the_next_tasks_with_its_traceback(local_client):
+    c = local_client
+
+    def broken_setup():
+        raise RuntimeError("no scratch space here")
+
+    c.register_plugin(broken_setup, name="broken")
+    # the plugin's own exception, saying it came from the plugin
+    with pytest.raises(RuntimeError, match="no scratch space here") as info:
+        c.submit(abs, -1, pure=False).result()
+    assert "worker plugin 'broken' failed" in info.value.__taskfarm_traceback__
+    # replaced by a working one of the same name: tasks run again
+    c.register_plugin(lambda: None, name="broken")
+    assert c.submit(abs, -3, pure=False).result() == 3

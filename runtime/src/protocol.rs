@@ -231,6 +231,12 @@ pub enum ToScheduler {
     },
     /// Client: the names of the published datasets (answered by `Datasets`).
     ListDatasets,
+    /// Client: a worker plugin for every current and future worker (see
+    /// `ToWorker::PythonPlugin`); one of the same name is replaced.
+    RegisterPlugin {
+        name: String,
+        data: Vec<u8>,
+    },
 }
 
 /// One task for a worker to run.
@@ -268,6 +274,9 @@ pub enum ToWorker {
     Steal { ids: Vec<TaskId> },
     /// Stop: finish nothing more, exit cleanly.
     Shutdown { reason: String },
+    /// A worker plugin: a pickled callable every Python executor of the
+    /// worker runs once, before its next task (and each new one at start).
+    PythonPlugin { name: String, data: Vec<u8> },
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

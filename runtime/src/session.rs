@@ -320,6 +320,11 @@ impl Session {
         }
     }
 
+    /// A worker plugin for every current and future worker's executors.
+    pub fn register_plugin(&self, name: &str, data: Vec<u8>) -> Result<(), String> {
+        self.send(&[ToScheduler::RegisterPlugin { name: name.to_string(), data }])
+    }
+
     pub fn unpublish_dataset(&self, name: &str) -> Result<(), String> {
         self.send(&[ToScheduler::UnpublishDataset { name: name.to_string() }])
     }

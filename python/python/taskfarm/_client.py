@@ -555,6 +555,36 @@ class Client:
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
 
+    # ---- running code on every worker ----------------------------------------------
+
+    def register_plugin(self, plugin: Any, name: str | None = None) -> None:
+        """Run ``plugin`` once in every Python executor of every worker, now
+        (before each executor's next task) and in every executor started
+        later, also on workers that join later, as Dask's worker plugins:
+        ``plugin`` is a callable, or an object with a ``setup()`` method
+        (Dask's ``WorkerPlugin``; ``setup(worker)`` gets ``worker=None``).
+        A plugin of the same ``name`` (default: its ``name`` attribute, else
+        its type's name) is replaced. A plugin that raises fails the tasks
+        that were to run after it in that executor, with its traceback."""
+        if not callable(plugin) and not callable(getattr(plugin, "setup", None)):
+            raise TypeError(f"a plugin is a callable or has a setup() method; got {type(plugin).__name__}")
+        if name is None:
+            name = getattr(plugin, "name", None) or (_funcname(plugin) if callable(plugin) and not hasattr(plugin, "setup") else type(plugin).__name__)
+        import cloudpickle
+
+        self._session.register_plugin(str(name), cloudpickle.dumps(plugin, protocol=5))
+
+    def run(self, function: Callable, *args: Any, workers: Sequence[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Run ``function(*args, **kwargs)`` once on each worker (in one of
+        its Python executors) and return ``{worker address: result}``, as
+        ``distributed.Client.run``; ``workers`` limits it to those names or
+        addresses. (For code every executor must run, use
+        :meth:`register_plugin`.)"""
+        targets = [w for w in self.scheduler_info()["workers"]
+                   if workers is None or w["name"] in workers or w["address"] in workers]
+        futures = {w["address"]: self.submit(function, *args, workers=[w["address"]], pure=False, **kwargs) for w in targets}
+        return self.gather(futures)
+
     # ---- datasets ------------------------------------------------------------------
 
     def publish_dataset(self, *args: Any, name: str | None = None, override: bool = False, **kwargs: Any) -> None:

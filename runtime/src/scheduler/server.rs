@@ -525,6 +525,10 @@ impl Core {
                 let found = self.state.dataset(&name).map(|d| (d.keys.clone(), d.data.clone()));
                 self.send_client(c, ToClient::Dataset { name, found });
             }
+            ToScheduler::RegisterPlugin { name, data } => {
+                log_at!(2, "scheduler", "client {c} registered worker plugin '{name}'");
+                self.apply(StateEvent::RegisterPlugin { name, data }, now);
+            }
             ToScheduler::ListDatasets => {
                 let names = self.state.dataset_names();
                 self.send_client(c, ToClient::Datasets { names });

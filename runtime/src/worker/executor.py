@@ -10,7 +10,8 @@
 # task is left to read (or 1 MiB of results is waiting), so a batch of short
 # tasks costs one wake-up each way, not one per task.
 #   worker -> executor  b"T": one task (see `run_task`)
-#                       b"S": a setup function to run now and in no task
+#                       b"S": a worker plugin to run now (answered by O or E):
+#                             a pickled callable, or an object with setup()
 #   executor -> worker  b"H": ready (body: Python version), or
 #                       b"X": cannot start (body: the reason, UTF-8)
 #                       b"O": a result: u8 value tag (J, B, P) + the value
@@ -280,6 +281,20 @@ def _main():
             a, kw = pickle.loads(args)
         return fn(*a, **kw)
 
+    def run_plugin(plugin):
+        """A worker plugin: a callable, or an object with ``setup`` (Dask's
+        WorkerPlugin); one that takes an argument gets None (there is no
+        Dask worker object here)."""
+        import inspect
+
+        fn = plugin.setup if hasattr(plugin, "setup") else plugin
+        try:
+            required = [p for p in inspect.signature(fn).parameters.values()
+                        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            required = []
+        return fn(None) if required else fn()
+
     def report_error(e):
         tb = e.__traceback__
         # Leave out this file's frames: the traceback starts in the task.
@@ -305,8 +320,8 @@ def _main():
                 send(b"O", tag, *parts)
                 del parts
             elif kind == b"S":
-                pickle.loads(body)()
-                send(b"O", b"J", b"null")
+                run_plugin(pickle.loads(body))
+                send(b"O", b"J", b"null", flush=True)
         except BaseException as e:
             report_error(e)
         del body  # a large task's buffer is not kept until the next task

@@ -450,6 +450,11 @@ impl WorkerLoop {
 
     /// A message from the scheduler, straight to the state.
     fn message(&mut self, m: ToWorker) -> Option<WorkerExit> {
+        if let ToWorker::PythonPlugin { name, data } = m {
+            crate::log_at!(2, "worker", "worker plugin '{name}' registered: each Python executor runs it before its next task");
+            self.cfg.python.add_plugin(name, data);
+            return None;
+        }
         self.state.message(m, &*self.store);
         self.after_state(self.now)
     }

@@ -33,6 +33,9 @@ exec(compile(_r(int.from_bytes(_r(8), 'little')), 'taskfarm-executor', 'exec'))"
 /// can be slow) before the task fails.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A worker plugin: name, version (rises with each registration), pickle.
+type Plugin = (String, u64, Arc<Vec<u8>>);
+
 /// How a worker's Python executors are started; shared by its executor threads.
 #[derive(Debug, Default)]
 pub struct PythonSettings {
@@ -44,11 +47,25 @@ pub struct PythonSettings {
     /// Pids of the executors alive now (their memory counts against the
     /// worker's limit).
     pids: Mutex<Vec<u32>>,
+    /// Worker plugins (name, version, pickled callable), in arrival order:
+    /// every executor runs each version once, before its next task.
+    plugins: Mutex<Vec<Plugin>>,
 }
 
 impl PythonSettings {
     pub fn new(interpreter: Option<PathBuf>, preload: Vec<String>) -> PythonSettings {
-        PythonSettings { interpreter, preload, pids: Mutex::new(Vec::new()) }
+        PythonSettings { interpreter, preload, pids: Mutex::new(Vec::new()), plugins: Mutex::new(Vec::new()) }
+    }
+
+    /// A worker plugin arrived: executors run it before their next task.
+    /// One of the same name is replaced (executors that ran it run the new one).
+    pub fn add_plugin(&self, name: String, data: Vec<u8>) {
+        let mut plugins = self.plugins.lock().expect("plugins");
+        let version = plugins.iter().map(|p| p.1).max().unwrap_or(0) + 1;
+        match plugins.iter_mut().find(|p| p.0 == name) {
+            Some(p) => *p = (name, version, Arc::new(data)),
+            None => plugins.push((name, version, Arc::new(data))),
+        }
     }
 
     /// Resident bytes of the live executor processes.
@@ -98,6 +115,8 @@ struct Proc {
     r: BufReader<ChildStdout>,
     /// Hashes of the functions this process has been sent.
     funcs: HashSet<Vec<u8>>,
+    /// The version of each worker plugin this process has run.
+    plugins_run: std::collections::HashMap<String, u64>,
     /// Bytes the pipe to the executor holds: a batch of at most this many
     /// is written without waiting.
     pipe_room: usize,
@@ -160,6 +179,10 @@ impl Python {
                         return;
                     }
                 }
+            }
+            if let Err(e) = self.run_plugins() {
+                (next..jobs.len()).for_each(|i| done(i, Err(e.clone())));
+                return;
             }
             let p = self.proc.as_mut().expect("started");
             // Write the batch: it fits in the pipe, so this never waits for
@@ -225,6 +248,36 @@ impl Python {
         }
     }
 
+    /// Run the worker plugins this process has not run yet. One that fails
+    /// fails the tasks that were to run after it (the process is replaced,
+    /// so the next task tries again in a new one).
+    fn run_plugins(&mut self) -> Result<(), String> {
+        loop {
+            let p = self.proc.as_mut().expect("started");
+            let next = self.settings.plugins.lock().expect("plugins").iter().find(|(n, v, _)| p.plugins_run.get(n) != Some(v)).cloned();
+            let Some((name, version, data)) = next else { return Ok(()) };
+            let sent = p.w.write_all(b"S").and_then(|_| p.w.write_all(&(data.len() as u64).to_le_bytes())).and_then(|_| p.w.write_all(&data)).and_then(|_| p.w.flush());
+            let answer = if sent.is_ok() { read_message(p, Some(Instant::now() + START_TIMEOUT)) } else { Err(Fail::Died) };
+            let why = match answer {
+                Ok((b'O', _)) => {
+                    p.plugins_run.insert(name, version);
+                    continue;
+                }
+                Ok((b'E', body)) => {
+                    self.proc = None;
+                    decode_error(&body)
+                }
+                Ok((kind, _)) => self.died(&format!("sent an unknown message kind {kind}")),
+                Err(Fail::TimedOut) => {
+                    self.proc = None;
+                    format!("it did not finish within {} s", START_TIMEOUT.as_secs())
+                }
+                Err(Fail::Died) => self.died("died"),
+            };
+            return Err(format!("worker plugin '{name}' failed in the Python executor (the next task tries it again in a new executor): {why}"));
+        }
+    }
+
     /// The process is gone or unusable: say how it ended, drop it (the next
     /// task starts a new one).
     fn died(&mut self, what: &str) -> String {
@@ -269,7 +322,7 @@ impl Python {
         let r = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
         // a failed write means it died at once: read_message below says how
         let _ = w.write_all(&(SCRIPT.len() as u64).to_le_bytes()).and_then(|_| w.write_all(SCRIPT.as_bytes())).and_then(|_| w.flush());
-        let mut p = Proc { child, w, r, funcs: HashSet::new(), pipe_room, interpreter: interpreter.clone(), settings: self.settings.clone() };
+        let mut p = Proc { child, w, r, funcs: HashSet::new(), plugins_run: Default::default(), pipe_room, interpreter: interpreter.clone(), settings: self.settings.clone() };
         match read_message(&mut p, Some(Instant::now() + START_TIMEOUT)) {
             Ok((b'H', _)) => {
                 crate::log_at!(3, "worker", "Python executor pid {pid} ({}) started", interpreter.display());

@@ -1,4 +1,5 @@
-//! Published datasets (Dask's `publish_dataset`): named sets of keys that
+//! What the scheduler keeps for clients beyond their graphs: worker plugins
+//! (Dask's `register_plugin`), and published datasets (Dask's `publish_dataset`): named sets of keys that
 //! the scheduler keeps on behalf of no client until they are unpublished,
 //! so another client (a later job step, a second script) finds them by name.
 //! A dataset also carries an opaque blob (for the Python client: the
@@ -18,6 +19,25 @@ pub struct Dataset {
 }
 
 impl SchedulerState {
+    /// Register a worker plugin: sent to every worker now, and to each
+    /// worker that joins later (a plugin of the same name is replaced).
+    pub fn register_plugin(&mut self, name: &str, data: Vec<u8>) {
+        self.plugins.retain(|(n, _)| n != name);
+        self.plugins.push((name.to_string(), data.clone()));
+        for (&w, worker) in &self.workers {
+            if !worker.retired {
+                self.to_worker.push((w, ToWorker::PythonPlugin { name: name.to_string(), data: data.clone() }));
+            }
+        }
+    }
+
+    /// The plugins, for a worker that just joined.
+    pub(super) fn plugins_for_new_worker(&mut self, w: WorkerId) {
+        for (name, data) in &self.plugins {
+            self.to_worker.push((w, ToWorker::PythonPlugin { name: name.clone(), data: data.clone() }));
+        }
+    }
+
     /// Publish `keys` under `name` (`replace`: a dataset of that name is
     /// replaced; else publishing an existing name is an error). Every key
     /// must be known (submitted and not forgotten).

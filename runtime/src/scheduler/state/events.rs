@@ -34,6 +34,7 @@ pub enum Event {
     Balance,
     PublishDataset { name: String, keys: Vec<String>, data: Vec<u8>, replace: bool },
     UnpublishDataset { name: String },
+    RegisterPlugin { name: String, data: Vec<u8> },
 }
 
 /// What an event returns to the caller, where it returns anything.
@@ -76,6 +77,7 @@ impl SchedulerState {
             Event::CheckTimeouts => return Outcome::TimedOut(self.check_timeouts(now)),
             Event::Balance => self.balance(),
             Event::PublishDataset { name, keys, data, replace } => return Outcome::Published(self.publish_dataset(&name, keys, data, replace)),
+            Event::RegisterPlugin { name, data } => self.register_plugin(&name, data),
             Event::UnpublishDataset { name } => {
                 self.unpublish_dataset(&name);
             }

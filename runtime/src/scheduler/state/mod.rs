@@ -273,6 +273,8 @@ pub struct SchedulerState {
     clients: BTreeMap<ClientId, String>,
     /// Published datasets by name (see [`datasets`]).
     datasets: BTreeMap<String, Dataset>,
+    /// Worker plugins, in registration order: (name, pickled callable).
+    plugins: Vec<(String, Vec<u8>)>,
     queued: ReadyQueue<Priority>,
     no_worker: Vec<TaskId>,
     counts: [u64; 8],
@@ -313,6 +315,7 @@ impl SchedulerState {
             workers: BTreeMap::new(),
             clients: BTreeMap::new(),
             datasets: BTreeMap::new(),
+            plugins: Vec::new(),
             queued: ReadyQueue::default(),
             no_worker: Vec::new(),
             counts: [0; 8],

@@ -811,3 +811,25 @@ fn two_datasets_sharing_a_key_keep_it_until_both_are_gone() {
     sim.ok();
     assert!(sim.state("x").is_none());
 }
+
+#[test]
+fn worker_plugins_reach_current_and_later_workers_and_replace_by_name() {
+    let mut sim = Sim::new();
+    let a = sim.s.add_worker(info("a", 1), 0.0);
+    sim.outgoing();
+    sim.s.register_plugin("p", b"one".to_vec());
+    sim.ok();
+    let plugins = |out: &Outgoing, w: WorkerId| -> Vec<(String, Vec<u8>)> {
+        out.0.iter().filter(|(x, _)| *x == w).filter_map(|(_, m)| if let ToWorker::PythonPlugin { name, data } = m { Some((name.clone(), data.clone())) } else { None }).collect()
+    };
+    let out = sim.outgoing();
+    assert_eq!(plugins(&out, a), vec![("p".to_string(), b"one".to_vec())]);
+    sim.s.register_plugin("q", b"two".to_vec());
+    sim.s.register_plugin("p", b"three".to_vec());
+    sim.outgoing();
+    let b = sim.s.add_worker(info("b", 1), 1.0);
+    let out = sim.outgoing();
+    // the newcomer gets each plugin once, the replaced one in its new form
+    assert_eq!(plugins(&out, b), vec![("q".to_string(), b"two".to_vec()), ("p".to_string(), b"three".to_vec())]);
+    assert!(plugins(&out, a).is_empty());
+}

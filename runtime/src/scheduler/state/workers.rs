@@ -24,6 +24,7 @@ impl SchedulerState {
             },
         );
         self.to_worker.push((id, ToWorker::Welcome { worker_id: id }));
+        self.plugins_for_new_worker(id);
         // Tasks no worker could run may fit the newcomer.
         let stuck = std::mem::take(&mut self.no_worker);
         for t in stuck {
