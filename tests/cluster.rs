@@ -288,3 +288,27 @@ fn worker_over_its_memory_limit_leaves_and_its_work_is_rescheduled() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--memory-limit"), "{}", stderr(&o));
 }
+
+/// A client that goes away stops what only it wanted, also a command that
+/// is running: its process is killed, not left to run to its end.
+#[test]
+fn a_running_command_is_killed_when_its_client_leaves() {
+    let c = Cluster::start("cancel-cmd", &[("w1", 1)]);
+    let pidfile = c.dir.join("sleeper.pid");
+    let graph = format!(r#"{{"long": {{"cmd": ["sh", "-c", "echo $$ > {0}.tmp && mv {0}.tmp {0} && exec sleep 600"]}}}}"#, pidfile.display());
+    let g = c.dir.write("long.json", &graph);
+    let mut submit = Proc::spawn(&["submit", g.to_str().unwrap(), "--scheduler-file", c.file_arg()], c.dir.join("submit.log"));
+    wait_for("the command to start", Duration::from_secs(60), || pidfile.exists());
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    };
+    assert!(alive(pid));
+    submit.child.kill().unwrap();
+    submit.child.wait().unwrap();
+    wait_for("the command's process to be killed", Duration::from_secs(60), || !alive(pid));
+    // the worker goes on
+    let out = c.submit(r#"{"after": {"cmd": ["echo", "next"]}}"#, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("next"), "{}", stdout(&out));
+}

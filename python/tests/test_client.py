@@ -327,3 +327,36 @@ def test_a_failing_plugin_fails_the_next_tasks_with_its_traceback(local_client):
     # replaced by a working one of the same name: tasks run again
     c.register_plugin(lambda: None, name="broken")
     assert c.submit(abs, -3, pure=False).result() == 3
+
+
+def _process_gone(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_cancel_stops_a_running_python_task(cluster, tmp_path):
+    marker = tmp_path / "started"
+
+    def long(path):
+        import os
+        import time
+
+        with open(path + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(path + ".tmp", path)
+        time.sleep(600)
+        return "not cancelled"
+
+    with cluster.client(2) as c:
+        f = c.submit(long, str(marker), pure=False, workers="w0")
+        eventually(marker.exists, "the long task started")
+        pid = int(marker.read_text())
+        c.cancel(f)
+        eventually(lambda: _process_gone(pid), "the cancelled task's executor process was stopped")
+        with pytest.raises(taskfarm.CancelledError):
+            f.result()
+        # the worker goes on: its next task runs in a new executor
+        assert c.submit(lambda: 7, pure=False, workers="w0").result() == 7

@@ -20,6 +20,10 @@ pub struct TaskContext<'a> {
     pub local_directory: &'a std::path::Path,
     /// When the task's `timeout` runs out.
     pub deadline: Option<Instant>,
+    /// Told the pid of a command's process once it started, and `None` once
+    /// it closed its output (before it is reaped): a cancelled task's
+    /// process is killed in between.
+    pub spawned: Option<&'a (dyn Fn(Option<u32>) + Sync)>,
 }
 
 /// A task function: arguments in, value or error message out.
@@ -277,6 +281,9 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("cannot start command '{program}' in {}: {e}", cwd.display()))?;
+    if let Some(f) = ctx.spawned {
+        f(Some(child.id()));
+    }
     let feeder = match (stdin, child.stdin.take()) {
         (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || {
             let _ = pipe.write_all(&bytes);
@@ -294,6 +301,9 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
         let _ = child.kill();
     });
     drop((out_pipe, err_pipe));
+    if let Some(f) = ctx.spawned {
+        f(None);
+    }
     let status = child.wait().map_err(|e| format!("waiting for '{program}': {e}"))?;
     if let Some(f) = feeder {
         let _ = f.join();
@@ -375,7 +385,7 @@ mod tests {
     use super::*;
 
     fn ctx(dir: &std::path::Path) -> TaskContext<'_> {
-        TaskContext { key: "k", local_directory: dir, deadline: None }
+        TaskContext { key: "k", local_directory: dir, deadline: None, spawned: None }
     }
 
     fn call(name: &str, args: &[Data]) -> Result<Data, String> {
@@ -457,7 +467,7 @@ mod tests {
         assert!(evaluate(&Expr::Cmd(Box::new(missing)), &deps, &r, &ctx(&d)).unwrap_err().contains("cannot start command"));
 
         let slow = CmdSpec { argv: vec![lit("sleep"), lit("30")], cwd: None, env: vec![], stdin: None };
-        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(100)) };
+        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(100)), spawned: None };
         let e = evaluate(&Expr::Cmd(Box::new(slow)), &deps, &r, &c).unwrap_err();
         assert!(e.contains("timed out and was killed"), "{e}");
 
@@ -474,7 +484,7 @@ mod tests {
 
         // What a command wrote before its deadline is kept for the error.
         let partial = CmdSpec { argv: vec![lit("sh"), lit("-c"), lit("echo started >&2; exec sleep 30")], cwd: None, env: vec![], stdin: None };
-        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(1000)) };
+        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(1000)), spawned: None };
         let e = evaluate(&Expr::Cmd(Box::new(partial)), &deps, &r, &c).unwrap_err();
         assert!(e.contains("timed out") && e.contains("stderr: started"), "{e}");
     }

@@ -518,8 +518,9 @@ class Client:
 
     def cancel(self, futures: Iterable[Future] | Future, force: bool = False) -> None:
         """Cancel futures: their results are not kept and waiting on them
-        raises ``CancelledError``. (A task that is already running runs to
-        its end on its worker.)"""
+        raises ``CancelledError``. A task no client wants any more is
+        stopped: not started if it has not, and if it is running its process
+        (a command, or the Python executor running it) is killed."""
         if isinstance(futures, Future):
             futures = [futures]
         keys = []

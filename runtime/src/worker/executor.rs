@@ -62,6 +62,73 @@ struct StartAcks {
 pub struct Pool {
     jobs: Sender<Job>,
     acks: Arc<StartAcks>,
+    cancels: Arc<Cancels>,
+}
+
+/// A cancelled task's error (the worker drops it: nobody wants the task).
+pub const CANCELLED: &str = "cancelled: no client wants this task any more (its process was stopped)";
+
+/// Tasks running in processes that can be stopped (commands, Python
+/// executors), and tasks asked to stop. A process is killed only while it
+/// is registered, i.e. not yet reaped, so a pid is never killed after reuse.
+#[derive(Default)]
+pub struct Cancels {
+    inner: Mutex<CancelState>,
+}
+
+#[derive(Default)]
+struct CancelState {
+    running: std::collections::HashMap<TaskId, u32>,
+    cancelled: std::collections::HashSet<TaskId>,
+}
+
+fn kill(pid: u32) {
+    // SAFETY: kill(2) on a child process this worker has not reaped yet.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+impl Cancels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CancelState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Task `id` runs in process `pid` now (killed at once if it was cancelled).
+    pub fn running(&self, id: TaskId, pid: u32) {
+        let mut st = self.lock();
+        if st.cancelled.contains(&id) {
+            kill(pid);
+        }
+        st.running.insert(id, pid);
+    }
+
+    /// These tasks' process is about to be reaped: never kill it again.
+    pub fn stopped(&self, ids: impl IntoIterator<Item = TaskId>) {
+        let mut st = self.lock();
+        for id in ids {
+            st.running.remove(&id);
+        }
+    }
+
+    pub fn is_cancelled(&self, id: TaskId) -> bool {
+        self.lock().cancelled.contains(&id)
+    }
+
+    /// Stop task `id`: kill its process if it has one now, and skip it if
+    /// it has not started.
+    pub fn cancel(&self, id: TaskId) {
+        let mut st = self.lock();
+        st.cancelled.insert(id);
+        if let Some(&pid) = st.running.get(&id) {
+            kill(pid);
+        }
+    }
+
+    /// Task `id` was reported done: forget it.
+    fn ended(&self, id: TaskId) {
+        let mut st = self.lock();
+        st.running.remove(&id);
+        st.cancelled.remove(&id);
+    }
 }
 
 impl Pool {
@@ -77,6 +144,7 @@ impl Pool {
     ) -> std::io::Result<Pool> {
         let n = nthreads.max(1);
         let (jobs, rx) = unbounded::<Job>();
+        let cancels = Arc::new(Cancels::default());
         let acks = Arc::new(StartAcks {
             acked: (0..n).map(|_| AtomicU64::new(0)).collect(),
             lock: Mutex::new(()),
@@ -90,17 +158,23 @@ impl Pool {
                 dir.clone(),
                 acks.clone(),
             );
-            let python = Python::new(python.clone());
+            let python = Python::new(python.clone(), cancels.clone());
+            let cancels = cancels.clone();
             std::thread::Builder::new()
                 .name(format!("tf-exec-{i}"))
-                .spawn(move || executor(i as usize, n as usize, rx, report, reg, dir, acks, python))?;
+                .spawn(move || executor(i as usize, n as usize, rx, report, reg, dir, acks, python, cancels))?;
         }
-        Ok(Pool { jobs, acks })
+        Ok(Pool { jobs, acks, cancels })
     }
 
     /// Queue a job; false if the executors are gone.
     pub fn submit(&self, job: Job) -> bool {
         self.jobs.send(job).is_ok()
+    }
+
+    /// Stop a running (or queued) task: see [`Cancels::cancel`].
+    pub fn cancel(&self, id: TaskId) {
+        self.cancels.cancel(id);
     }
 
     /// These starts (and every result before them) have been sent to the
@@ -124,7 +198,15 @@ fn executor(
     dir: PathBuf,
     acks: Arc<StartAcks>,
     mut python: Python,
+    cancels: Arc<Cancels>,
 ) {
+    // every result passes through here: a cancelled task is forgotten
+    let report = |r: Report| {
+        if let Report::Done { id, .. } = &r {
+            cancels.ended(*id);
+        }
+        report(r)
+    };
     let mut tickets = 0u64;
     let mut held_back: Option<Job> = None;
     loop {
@@ -135,6 +217,13 @@ fn executor(
                 Err(_) => return,
             },
         };
+        if cancels.is_cancelled(job.id) {
+            let id = job.id;
+            if !report(Report::Started { id, exec: index, ticket: 0 }) || !report(Report::Done { id, result: Err(CANCELLED.into()), duration: Duration::ZERO }) {
+                return;
+            }
+            continue;
+        }
         if batchable(&job) {
             // Take a fair share of the Python calls queued behind it: one
             // round trip to the Python process runs them all.
@@ -176,7 +265,7 @@ fn executor(
             });
         }
         let start = Instant::now();
-        let result = run_job(&job, &reg, &dir, start, &mut python);
+        let result = run_job(&job, &reg, &dir, start, &mut python, &cancels);
         if !report(Report::Done {
             id: job.id,
             result,
@@ -207,7 +296,7 @@ fn run_python_batch(index: usize, batch: &[Job], report: &impl Fn(Report) -> boo
     let calls: Vec<PyJob<'_>> = batch
         .iter()
         .map(|job| match &job.expr {
-            Expr::Py(call) => PyJob { call, deps: job.args.iter().map(|s| &s.data).collect() },
+            Expr::Py(call) => PyJob { id: job.id, call, deps: job.args.iter().map(|s| &s.data).collect() },
             _ => unreachable!("only Python calls are batched"),
         })
         .collect();
@@ -229,16 +318,23 @@ fn run_job(
     dir: &std::path::Path,
     start: Instant,
     python: &mut Python,
+    cancels: &Cancels,
 ) -> Result<Data, String> {
     let deadline = job.timeout.map(|t| start + Duration::from_secs_f64(t));
+    let id = job.id;
+    let spawned = |pid: Option<u32>| match pid {
+        Some(pid) => cancels.running(id, pid),
+        None => cancels.stopped([id]),
+    };
     let ctx = TaskContext {
         key: &job.key,
         local_directory: dir,
         deadline,
+        spawned: Some(&spawned),
     };
     let refs: Vec<&Data> = job.args.iter().map(|s| &s.data).collect();
     if let Expr::Py(call) = &job.expr {
-        return python.run(call, &refs, deadline);
+        return python.run(id, call, &refs, deadline);
     }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         evaluate(&job.expr, &refs, reg, &ctx).map(|v| v.into_owned())

@@ -497,6 +497,7 @@ impl WorkerLoop {
                     }
                 }
                 Instruction::DropValue(id) => self.store.remove(id),
+                Instruction::Cancel(id) => self.pool.cancel(id),
                 Instruction::ForgetPeer(peer) => {
                     self.peers.remove(&peer);
                 }

@@ -11,7 +11,9 @@
 //! pipe closes. Values cross the pipe in their wire form (tag + bytes):
 //! pickles stay opaque here.
 
+use super::executor::{Cancels, CANCELLED};
 use crate::graph::PyCall;
+use crate::protocol::TaskId;
 use crate::value::Data;
 use std::collections::HashSet;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -106,6 +108,7 @@ pub fn run_setup_command(cmd: &str) -> Result<(), String> {
 /// One executor thread's Python process (none until its first Python task).
 pub struct Python {
     settings: Arc<PythonSettings>,
+    cancels: Arc<Cancels>,
     proc: Option<Proc>,
 }
 
@@ -135,6 +138,7 @@ impl Drop for Proc {
 
 /// One call of a batch, with its dependencies' values.
 pub struct PyJob<'a> {
+    pub id: TaskId,
     pub call: &'a PyCall,
     pub deps: Vec<&'a Data>,
 }
@@ -146,14 +150,14 @@ enum Fail {
 }
 
 impl Python {
-    pub fn new(settings: Arc<PythonSettings>) -> Python {
-        Python { settings, proc: None }
+    pub fn new(settings: Arc<PythonSettings>, cancels: Arc<Cancels>) -> Python {
+        Python { settings, cancels, proc: None }
     }
 
     /// Run a Python call with its dependencies' values.
-    pub fn run(&mut self, call: &PyCall, deps: &[&Data], deadline: Option<Instant>) -> Result<Data, String> {
+    pub fn run(&mut self, id: TaskId, call: &PyCall, deps: &[&Data], deadline: Option<Instant>) -> Result<Data, String> {
         let mut out = None;
-        self.run_batch(&[PyJob { call, deps: deps.to_vec() }], deadline, &mut |_, r| out = Some(r));
+        self.run_batch(&[PyJob { id, call, deps: deps.to_vec() }], deadline, &mut |_, r| out = Some(r));
         out.expect("a batch of one has one result")
     }
 
@@ -171,6 +175,12 @@ impl Python {
         let mut next = 0;
         let mut alone_until = 0;
         while next < jobs.len() {
+            // cancelled ones (by a client, see `Cancels`) do not run
+            if self.cancels.is_cancelled(jobs[next].id) {
+                done(next, Err(CANCELLED.into()));
+                next += 1;
+                continue;
+            }
             if self.proc.is_none() {
                 match self.start(jobs[next].call) {
                     Ok(p) => self.proc = Some(p),
@@ -191,6 +201,9 @@ impl Python {
             let (mut end, mut bytes) = (next, 0);
             while end < jobs.len() && (end == next || end >= alone_until) {
                 let job = &jobs[end];
+                if end > next && self.cancels.is_cancelled(job.id) {
+                    break;
+                }
                 let send_func = !p.funcs.contains(&job.call.func_hash);
                 let size = task_size(job.call, send_func, &job.deps);
                 if end > next && bytes + size > p.pipe_room {
@@ -205,6 +218,8 @@ impl Python {
                 end += 1;
             }
             let _ = p.w.flush();
+            let pid = p.child.id();
+            jobs[next..end].iter().for_each(|j| self.cancels.running(j.id, pid));
             let mut failed = None;
             for i in next..end {
                 match read_message_split(p, deadline, true) {
@@ -223,7 +238,14 @@ impl Python {
             next = end;
             let Some((i, why)) = failed else { continue };
             let unanswered = end - i;
+            // the process is about to be reaped: no cancel may kill its pid
+            self.cancels.stopped(jobs[i..end].iter().map(|j| j.id));
             match why {
+                Ok(Fail::Died) if unanswered == 1 && self.cancels.is_cancelled(jobs[i].id) => {
+                    self.proc = None;
+                    done(i, Err(CANCELLED.into()));
+                    next = i + 1;
+                }
                 Ok(Fail::TimedOut) => {
                     self.proc = None;
                     done(i, Err("timed out: the Python task ran longer than its timeout (its executor process was stopped and is replaced)".into()));

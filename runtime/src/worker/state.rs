@@ -103,6 +103,9 @@ pub enum Instruction {
     DropValue(TaskId),
     /// Close the connection to this peer (it failed).
     ForgetPeer(String),
+    /// Stop this running task (nobody wants it any more): its process is
+    /// killed; its result, if it still comes, is dropped.
+    Cancel(TaskId),
     Exit(WorkerExit),
 }
 
@@ -588,8 +591,12 @@ impl WorkerState {
     fn free(&mut self, ids: &[TaskId]) {
         for id in ids {
             self.out.push(Instruction::DropValue(*id));
-            if self.tasks.get(id).is_some_and(|t| !t.running) {
-                self.forget_task(*id);
+            match self.tasks.get(id) {
+                Some(t) if t.running => self.out.push(Instruction::Cancel(*id)),
+                Some(_) => {
+                    self.forget_task(*id);
+                }
+                None => {}
             }
         }
     }

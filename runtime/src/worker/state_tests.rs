@@ -32,6 +32,7 @@ struct Sim {
     fetches: Vec<(String, TaskId)>,
     running: Vec<Execute>,
     dropped: Vec<TaskId>,
+    cancelled: Vec<TaskId>,
     forgotten_peers: Vec<String>,
     exit: Option<WorkerExit>,
 }
@@ -51,6 +52,7 @@ impl Sim {
             fetches: Vec::new(),
             running: Vec::new(),
             dropped: Vec::new(),
+            cancelled: Vec::new(),
             forgotten_peers: Vec::new(),
             exit: None,
         }
@@ -88,6 +90,7 @@ impl Sim {
                         self.dropped.push(id);
                     }
                     Instruction::ForgetPeer(p) => self.forgotten_peers.push(p),
+                    Instruction::Cancel(id) => self.cancelled.push(id),
                     Instruction::Exit(e) => self.exit = Some(e),
                 }
             }
@@ -434,6 +437,8 @@ fn freeing_drops_values_and_waiting_tasks_but_not_running_ones() {
     sim.tick();
     sim.message(ToWorker::Free { ids: vec![1, 2] });
     assert_eq!(sim.dropped, vec![1, 2]);
+    // the running one is stopped (its process killed), the waiting one is not
+    assert_eq!(sim.cancelled, vec![1]);
     sim.finish(1, 8, Duration::from_millis(1));
     assert!(matches!(
         sim.take_sent()[..],
