@@ -167,6 +167,11 @@ class Client:
       (waiting up to ``timeout`` seconds for it to appear).
     * ``Client("tcp://host:port")``: that scheduler, with the secret from
       ``secret=`` or ``$TASKFARM_SECRET`` (hex, as in the scheduler file).
+
+    With no address, ``$TASKFARM_SCHEDULER_FILE`` (set by ``taskfarm mpi``
+    for its batch command, and so after :func:`taskfarm.mpi.initialize`)
+    counts as ``scheduler_file=``, as ``distributed.Client()`` joins the
+    scheduler that dask-mpi set up.
     """
 
     def __init__(
@@ -191,6 +196,8 @@ class Client:
         # keys of futures dropped (garbage-collected or released), not yet counted
         self._dropped: "collections.deque[str]" = collections.deque()
         self._functions: "collections.OrderedDict[int, tuple[Any, bytes, bytes]]" = collections.OrderedDict()
+        if address is None and scheduler_file is None:
+            scheduler_file = os.environ.get("TASKFARM_SCHEDULER_FILE") or None
         if address is None and scheduler_file is None:
             import tempfile
 
