@@ -360,3 +360,16 @@ def test_cancel_stops_a_running_python_task(cluster, tmp_path):
             f.result()
         # the worker goes on: its next task runs in a new executor
         assert c.submit(lambda: 7, pure=False, workers="w0").result() == 7
+
+
+def test_progress_draws_a_bar_to_the_end_and_returns(local_client):
+    import io
+
+    c = local_client
+    out = io.StringIO()
+    futures = c.map(lambda x: x + 1, range(50), pure=False)
+    taskfarm.progress(futures, file=out)
+    assert all(f.done() for f in futures)
+    text = out.getvalue()
+    assert "50/50" in text, text
+    assert text.rstrip().endswith("50/50") or "100%" in text, text
