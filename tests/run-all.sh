@@ -91,3 +91,16 @@ venv=$(bash tests/python-env.sh | tail -n 1)
 (cd python && TASKFARM_BIN="$root/target/debug/taskfarm" "$venv/bin/python" -m pytest -q -p no:cacheprovider)
 echo "== Python benchmark smoke run (tiny sizes, taskfarm only; real numbers: docs/benchmarks.md)"
 SMOKE=1 "$venv/bin/python" bench/python_bench.py
+# What the README tells users: `pip install ./python` into a fresh venv
+# (maturin from PyPI as the build backend; the workspace's target directory
+# only saves compile time), then the one-liner.
+echo "== README install: pip install ./python in a fresh venv, then the one-liner"
+fresh=$(mktemp -d)
+python3 -m venv "$fresh/venv"
+CARGO_TARGET_DIR="$root/target" "$fresh/venv/bin/python" -m pip install -q ./python
+got=$(cd "$fresh" && "$fresh/venv/bin/python" -c "import taskfarm; c = taskfarm.Client(); print(c.submit(lambda x: x + 1, 1).result())")
+if [ "$got" != 2 ]; then
+  echo "the README's Python one-liner printed '$got', not 2" >&2
+  exit 1
+fi
+rm -rf "$fresh"
