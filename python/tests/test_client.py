@@ -373,3 +373,26 @@ def test_progress_draws_a_bar_to_the_end_and_returns(local_client):
     text = out.getvalue()
     assert "50/50" in text, text
     assert text.rstrip().endswith("50/50") or "100%" in text, text
+
+
+def test_progress_in_jupyter_is_a_live_widget(tmp_path):
+    # A real notebook through a real IPython kernel (nbclient): in Jupyter,
+    # taskfarm.progress shows tqdm's widget, not text.
+    import nbclient
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import taskfarm\n"
+        "c = taskfarm.Client(n_workers=1, threads_per_worker=1)\n"
+        "fs = c.map(lambda x: x * 2, range(30), pure=False)\n"
+        "taskfarm.progress(fs)\n"
+        "print('last', c.gather(fs)[-1])\n"
+        "c.close()\n"
+    )]
+    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    widgets = [o for o in outputs if o.get("output_type") == "display_data" and "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets, outputs
+    text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
+    assert "last 58" in text, outputs
