@@ -360,9 +360,12 @@ fn site_rejections_and_bad_options_are_clear() {
     let o = jq(&["cancel", "--scheduler-file", f, "--job", "12345"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("job 12345 is not in"), "{}", stderr(&o));
-    let o = jq(&["script", "--system", "condor"]);
+    let o = jq(&["script", "--system", "nosuch"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("unknown batch system 'condor'"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("unknown batch system 'nosuch'"), "{}", stderr(&o));
+    let o = jq(&["script", "--system", "condor", "--queue", "long"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("HTCondor has no queues"), "{}", stderr(&o));
 }
 
 /// `taskfarm mpi` under srun across 3 virtual nodes: ranks from SLURM's

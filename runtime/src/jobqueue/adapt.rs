@@ -73,6 +73,9 @@ pub struct Observation {
     pub workers: Vec<WorkerView>,
     /// The batch system's states of our jobs; `None` if the query failed.
     pub states: Option<HashMap<String, JobState>>,
+    /// The batch system's account of why jobs ended (see
+    /// [`Adaptor::ended_early`]), by job id.
+    pub reasons: HashMap<String, String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -122,6 +125,13 @@ impl Adaptor {
     /// Jobs not known to be gone.
     pub fn live_jobs(&self) -> Vec<String> {
         self.jobs.iter().map(|j| j.id.clone()).collect()
+    }
+
+    /// Jobs that `states` shows gone although none of their workers ever
+    /// joined and taskfarm did not cancel them: the batch system's reason
+    /// is worth asking for (into [`Observation::reasons`]).
+    pub fn ended_early(&self, states: &HashMap<String, JobState>) -> Vec<String> {
+        self.jobs.iter().filter(|j| j.first_worker.is_none() && !j.cancelled && states.get(&j.id).is_some_and(JobState::is_gone)).map(|j| j.id.clone()).collect()
     }
 
     /// Log lines (level, text) since the last call.
@@ -216,7 +226,8 @@ impl Adaptor {
             self.backoff = 0.0;
         }
         for (id, state) in &gone_early {
-            self.logs.push((1, format!("worker job {id} ended ({state}) before any of its workers joined; check its output file and the job script")));
+            let reason = obs.reasons.get(id).map(|r| format!(" ({r})")).unwrap_or_default();
+            self.logs.push((1, format!("worker job {id} ended ({state}) before any of its workers joined{reason}; check its output file and the job script")));
         }
         if !gone_early.is_empty() {
             self.back_off(now);
@@ -373,7 +384,21 @@ pub fn spawn(controller: Controller, opts: JobOptions, cfg: AdaptConfig) -> Resu
                         None
                     }
                 };
-                let obs = observe(&status, now, states);
+                let mut obs = observe(&status, now, states);
+                if let Some(states) = &obs.states {
+                    for id in adaptor.ended_early(states) {
+                        if let Some(r) = super::end_reason(system, &id) {
+                            obs.reasons.insert(id, r);
+                        }
+                    }
+                    // A held job (HTCondor, or Grid Engine's error states)
+                    // never starts by itself: remove it from the queue.
+                    let held: Vec<String> = states.iter().filter(|(_, s)| super::is_held(system, s)).map(|(id, _)| id.clone()).collect();
+                    if !held.is_empty() {
+                        log_at!(1, "adapt", "worker job(s) {} are held by {system}; removing them", held.join(" "));
+                        cancel_logged(system, &held);
+                    }
+                }
                 let target = adaptor.target(&obs);
                 if last_target != Some(target) {
                     log_at!(2, "adapt", "target {target} worker job(s) for {} unfinished tasks ({} live)", obs.remaining_tasks, ids.len());
@@ -440,6 +465,7 @@ pub fn observe(status: &crate::protocol::StatusReport, now: f64, states: Option<
         mean_task: stat("mean_task_us") as f64 * 1e-6,
         workers: status.workers.iter().map(|w| WorkerView { name: w.name.clone(), job: w.job.clone(), processing: w.processing, in_memory: w.in_memory }).collect(),
         states,
+        reasons: HashMap::new(),
     }
 }
 

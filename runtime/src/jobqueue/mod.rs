@@ -1,4 +1,5 @@
-//! Worker jobs on batch systems (SLURM, PBS Pro, Torque, LSF, Grid Engine):
+//! Worker jobs on batch systems (SLURM, PBS Pro, Torque, LSF, Grid Engine,
+//! HTCondor):
 //! render a job script, submit it, parse the job id, query states, cancel;
 //! the record of submitted jobs kept next to the scheduler file
 //! ([`record`]); adaptive scaling ([`adapt`]).
@@ -32,10 +33,13 @@ pub enum System {
     Lsf,
     /// (Son of / Univa / Altair) Grid Engine.
     Sge,
+    /// HTCondor: the job script carries its submit commands on `#CONDOR`
+    /// lines, from which [`submit`] writes the submit description.
+    Condor,
 }
 
 impl System {
-    pub const ALL: [System; 5] = [System::Slurm, System::Pbs, System::Torque, System::Lsf, System::Sge];
+    pub const ALL: [System; 6] = [System::Slurm, System::Pbs, System::Torque, System::Lsf, System::Sge, System::Condor];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -44,6 +48,7 @@ impl System {
             System::Torque => "torque",
             System::Lsf => "lsf",
             System::Sge => "sge",
+            System::Condor => "condor",
         }
     }
 
@@ -53,6 +58,7 @@ impl System {
             System::Pbs | System::Torque => "#PBS",
             System::Lsf => "#BSUB",
             System::Sge => "#$",
+            System::Condor => "#CONDOR",
         }
     }
 
@@ -63,6 +69,9 @@ impl System {
             System::Pbs | System::Torque => "PBS_JOBID",
             System::Lsf => "LSB_JOBID",
             System::Sge => "JOB_ID",
+            // Set by the job script from the job ad (HTCondor names the job
+            // only there: $_CONDOR_JOB_AD).
+            System::Condor => "CONDOR_JOB_ID",
         }
     }
 
@@ -71,6 +80,7 @@ impl System {
             System::Slurm => "sbatch",
             System::Pbs | System::Torque | System::Sge => "qsub",
             System::Lsf => "bsub",
+            System::Condor => "condor_submit",
         }
     }
 
@@ -79,6 +89,7 @@ impl System {
             System::Slurm => "scancel",
             System::Pbs | System::Torque | System::Sge => "qdel",
             System::Lsf => "bkill",
+            System::Condor => "condor_rm",
         }
     }
 }
@@ -98,7 +109,8 @@ impl FromStr for System {
             "torque" => Ok(System::Torque),
             "lsf" => Ok(System::Lsf),
             "sge" | "gridengine" | "uge" | "oge" => Ok(System::Sge),
-            _ => Err(format!("unknown batch system '{s}'; use slurm, pbs (PBS Pro/OpenPBS), torque, lsf or sge")),
+            "condor" | "htcondor" => Ok(System::Condor),
+            _ => Err(format!("unknown batch system '{s}'; use slurm, pbs (PBS Pro/OpenPBS), torque, lsf, sge or condor (HTCondor)")),
         }
     }
 }
@@ -123,7 +135,22 @@ pub fn detect_job() -> Option<(System, String)> {
     if let (Some(id), Some(_)) = (var("JOB_ID"), var("SGE_TASK_ID")) {
         return Some((System::Sge, id));
     }
+    // HTCondor writes the job's ClassAd to a file and names it here.
+    if let Some(ad) = var("_CONDOR_JOB_AD") {
+        return std::fs::read_to_string(ad).ok().and_then(|t| condor_job_id(&t)).map(|id| (System::Condor, id));
+    }
     None
+}
+
+/// "CLUSTER.PROC" from a job ClassAd's text (`ClusterId = 12` lines).
+pub fn condor_job_id(ad: &str) -> Option<String> {
+    let attr = |name: &str| {
+        ad.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().to_string()).filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
+        })
+    };
+    Some(format!("{}.{}", attr("ClusterId")?, attr("ProcId")?))
 }
 
 /// Parse a walltime: `HH:MM:SS`, `MM:SS`, `D-HH:MM:SS`, `D-HH` (SLURM's
@@ -271,6 +298,9 @@ impl JobOptions {
         if self.walltime == Some(0) {
             return Err("--walltime must be positive".into());
         }
+        if self.system == System::Condor && self.queue.is_some() {
+            return Err("HTCondor has no queues: leave out --queue and select machines with e.g. --extra-directive 'requirements = (OpSysAndVer == \"AlmaLinux9\")'".into());
+        }
         if self.job_name.is_empty() || self.job_name.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
             return Err(format!("--job-name '{}' must be one word without quotes", self.job_name));
         }
@@ -350,13 +380,24 @@ impl JobOptions {
                     d.push(format!("-l s_rt={}", format_hms(life.max(1))));
                 }
             }
+            System::Condor => {
+                d.push("universe = vanilla".into());
+                d.push(format!("batch_name = {}", self.job_name));
+                d.push(format!("request_cpus = {c}"));
+                d.extend(mib.map(|m| format!("request_memory = {m}MB")));
+                // HTCondor has no walltime: the job is held once it has run
+                // this long (its workers retire before, on their own clock).
+                d.extend(self.walltime.map(|w| format!("allowed_job_duration = {w}")));
+            }
         }
         let (queue_flag, account_flag) = match self.system {
             System::Slurm => ("--partition=", "--account="),
             System::Pbs | System::Torque => ("-q ", "-A "),
             System::Lsf | System::Sge => ("-q ", "-P "),
+            // No queues (validate refuses --queue); accounting groups instead of accounts.
+            System::Condor => ("", "accounting_group = "),
         };
-        d.extend(self.queue.as_ref().map(|q| format!("{queue_flag}{q}")));
+        d.extend(self.queue.as_ref().filter(|_| self.system != System::Condor).map(|q| format!("{queue_flag}{q}")));
         d.extend(self.account.as_ref().map(|a| format!("{account_flag}{a}")));
         let log = self.log_directory.as_ref().map(|p| p.display().to_string());
         match self.system {
@@ -374,6 +415,14 @@ impl JobOptions {
             System::Sge => {
                 d.push("-j y".into());
                 d.extend(log.map(|l| format!("-o {l}")));
+            }
+            System::Condor => {
+                // Without output and error HTCondor discards both.
+                let dir = log.map(|l| format!("{l}/")).unwrap_or_default();
+                let base = format!("{dir}{}-$(ClusterId).$(ProcId)", self.job_name);
+                d.push(format!("output = {base}.out"));
+                d.push(format!("error = {base}.err"));
+                d.push(format!("log = {base}.log"));
             }
         }
         d.into_iter().map(|x| format!("{} {x}", self.system.prefix())).collect()
@@ -436,15 +485,23 @@ impl JobOptions {
     }
 
     fn command_lines(&self) -> String {
+        let mut s = String::new();
+        if self.system == System::Condor {
+            s.push_str(
+                "# HTCondor names the job only in its job ad.\n\
+                 CONDOR_JOB_ID=$(awk -F' *= *' '$1 == \"ClusterId\" { c = $2 } $1 == \"ProcId\" { p = $2 } END { print c \".\" p }' \"$_CONDOR_JOB_AD\")\n",
+            );
+        }
         if self.processes == 1 {
             // exec: the worker itself gets the batch system's signals.
-            return format!("exec {}", self.worker_command(0));
+            s.push_str(&format!("exec {}", self.worker_command(0)));
+            return s;
         }
-        let mut s = String::from(
-            "# Pass SIGTERM/SIGUSR1 on to every worker (they retire gracefully), then\n\
-             # keep waiting until each has finished handing over its results.\n\
+        s.push_str(
+            "# Pass SIGTERM/SIGUSR1/SIGUSR2 on to every worker (they retire gracefully),\n\
+             # then keep waiting until each has finished handing over its results.\n\
              pids=()\n\
-             trap 'kill -TERM \"${pids[@]}\" 2>/dev/null' TERM USR1\n",
+             trap 'kill -TERM \"${pids[@]}\" 2>/dev/null' TERM USR1 USR2\n",
         );
         for i in 0..self.processes {
             s.push_str(&format!("{} &\npids+=($!)\n", self.worker_command(i)));
@@ -520,6 +577,17 @@ pub fn parse_job_id(system: System, output: &str) -> Result<String, String> {
             }
             (l.chars().all(|c| c.is_ascii_digit())).then(|| l.to_string())
         }),
+        // "1 job(s) submitted to cluster 1234." (the job is 1234.0); with
+        // -terse "1234.0 - 1234.0".
+        System::Condor => lines().find_map(|l| {
+            if let Some((_, rest)) = l.split_once("submitted to cluster ") {
+                let id = rest.trim_end_matches('.');
+                return (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| format!("{id}.0"));
+            }
+            let first = l.split_whitespace().next()?;
+            let (c, p) = first.split_once('.')?;
+            (l.split_whitespace().nth(1) == Some("-") && !c.is_empty() && !p.is_empty() && (c.to_string() + p).chars().all(|ch| ch.is_ascii_digit())).then(|| first.to_string())
+        }),
     };
     found.ok_or_else(|| format!("cannot find a job id in {}'s output: {}", system.submit_command(), output.trim()))
 }
@@ -563,6 +631,14 @@ fn classify(system: System, code: &str) -> JobState {
             "RUN" | "USUSP" | "SSUSP" => JobState::Running(c),
             _ => JobState::Gone(c),
         },
+        // condor_q's letters (see condor_status_letter): Idle, Running,
+        // removed (X), Completed, Held, > transferring output, Suspended.
+        // A held job never starts by itself (adaptive scaling removes it).
+        System::Condor => match code {
+            "I" | "S" => JobState::Pending(c),
+            "R" | ">" => JobState::Running(c),
+            _ => JobState::Gone(c),
+        },
         System::Sge => {
             if code.contains('E') || code.contains('d') {
                 // Error states (Eqw) never start by themselves; deleting ones are ending.
@@ -576,6 +652,16 @@ fn classify(system: System, code: &str) -> JobState {
     }
 }
 
+/// A job the batch system keeps in its queue but will not start by itself
+/// (HTCondor's held state, Grid Engine's error states such as Eqw).
+pub fn is_held(system: System, state: &JobState) -> bool {
+    match system {
+        System::Condor => state.code() == "H",
+        System::Sge => state.code().contains('E'),
+        _ => false,
+    }
+}
+
 /// The arguments of the state query for `ids`.
 fn query_args(system: System, ids: &[String], user: &str) -> (String, Vec<String>) {
     match system {
@@ -584,6 +670,23 @@ fn query_args(system: System, ids: &[String], user: &str) -> (String, Vec<String
         System::Pbs | System::Torque => ("qstat".into(), ids.to_vec()),
         System::Lsf => ("bjobs".into(), ids.to_vec()),
         System::Sge => ("qstat".into(), vec!["-u".into(), user.into()]),
+        // "-af:j": the job id, then JobStatus's number; jobs that left the
+        // queue (completed, removed) are not listed.
+        System::Condor => ("condor_q".into(), ids.iter().cloned().chain(["-af:j".into(), "JobStatus".into()]).collect()),
+    }
+}
+
+/// condor_q's one-letter state for a JobStatus number.
+pub fn condor_status_letter(status: &str) -> &'static str {
+    match status {
+        "1" => "I",
+        "2" => "R",
+        "3" => "X",
+        "4" => "C",
+        "5" => "H",
+        "6" => ">",
+        "7" => "S",
+        _ => "?",
     }
 }
 
@@ -601,6 +704,8 @@ pub fn parse_states(system: System, ids: &[String], output: &str) -> HashMap<Str
             System::Lsf if cols.len() >= 3 => (cols[0], cols[2]),
             // job-ID prior name user state ...
             System::Sge if cols.len() >= 5 => (cols[0], cols[4]),
+            // "1234.0 2"
+            System::Condor if cols.len() >= 2 => (cols[0], condor_status_letter(cols[1])),
             _ => continue,
         };
         if let Some(wanted) = ids.iter().find(|w| same_job(system, w, id)) {
@@ -679,12 +784,38 @@ pub fn submit(system: System, script: &Path) -> Result<String, String> {
             let text = std::fs::read_to_string(script).map_err(|e| format!("cannot read {path}: {e}"))?;
             run(program, &[], Some(&text))?
         }
+        System::Condor => {
+            let description = condor_description(script)?;
+            run(program, &[description.display().to_string()], None)?
+        }
         _ => run(program, &[path], None)?,
     };
     if code != 0 {
         return Err(describe_failure(program, code, &out, &err));
     }
     parse_job_id(system, &out)
+}
+
+/// HTCondor's submit description for a job script: the script is the
+/// executable, its `#CONDOR` lines (up to the first command) are the submit
+/// commands, then `queue`. Written next to the script (`SCRIPT.sub`, 0600);
+/// returns its path.
+pub fn condor_description(script: &Path) -> Result<PathBuf, String> {
+    let text = std::fs::read_to_string(script).map_err(|e| format!("cannot read {}: {e}", script.display()))?;
+    let abs = std::path::absolute(script).map_err(|e| format!("{}: {e}", script.display()))?;
+    let mut d = format!("# HTCondor submit description for {}, written by taskfarm\nexecutable = {}\n", abs.display(), abs.display());
+    for line in text.lines().skip(1).take_while(|l| l.starts_with('#') || l.trim().is_empty()) {
+        if let Some(cmd) = line.strip_prefix(System::Condor.prefix()) {
+            d.push_str(cmd.trim());
+            d.push('\n');
+        }
+    }
+    d.push_str("queue 1\n");
+    let mut name = abs.clone().into_os_string();
+    name.push(".sub");
+    let path = PathBuf::from(name);
+    crate::util::write_file_atomic(&path, d.as_bytes(), 0o600).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// Current states of `ids` (all of them gone when `ids` is empty).
@@ -714,14 +845,127 @@ pub fn cancel(system: System, ids: &[String]) -> Result<(), String> {
         return Ok(());
     }
     let gone = |l: &str| {
-        ["does not exist", "Unknown Job Id", "Invalid job id", "already finished", "No matching job", "Job has finished", "is not found", "has already"].iter().any(|p| l.contains(p))
+        ["does not exist", "Unknown Job Id", "Invalid job id", "already finished", "No matching job", "Job has finished", "not found", "has already"].iter().any(|p| l.contains(p))
     };
-    let bad: Vec<&str> = err.lines().chain(out.lines()).map(str::trim).filter(|l| !l.is_empty() && !gone(l) && !l.contains("registered the job")).collect();
+    let fine = |l: &str| gone(l) || l.contains("registered the job") || l.contains("marked for removal") || l.contains("is being terminated");
+    let bad: Vec<&str> = err.lines().chain(out.lines()).map(str::trim).filter(|l| !l.is_empty() && !fine(l)).collect();
     if bad.is_empty() {
         Ok(())
     } else {
         Err(describe_failure(program, code, &out, &err))
     }
+}
+
+/// The batch system's own account of why job `id` ended (or is stuck):
+/// SLURM's `scontrol show job` (or `sacct`) state, reason and exit code,
+/// PBS's `qstat -f` comment and exit status, LSF's `bjobs -l` end lines,
+/// Grid Engine's `qacct -j` failure and exit status, HTCondor's hold or
+/// remove reason and exit code. None when the system no longer knows.
+pub fn end_reason(system: System, id: &str) -> Option<String> {
+    let ask = |program: &str, args: &[&str]| -> Option<String> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        run(program, &args, None).ok().filter(|(code, _, _)| *code == 0).map(|(_, out, _)| out)
+    };
+    let found = match system {
+        System::Slurm => ask("scontrol", &["show", "job", "-o", id])
+            .and_then(|o| reason_from_fields(&o, &["JobState", "Reason", "ExitCode"], '='))
+            .or_else(|| ask("sacct", &["-n", "-X", "-P", "-j", id, "-o", "State,Reason,ExitCode"]).and_then(|o| reason_from_sacct(&o))),
+        System::Pbs | System::Torque => ask("qstat", &["-x", "-f", id]).or_else(|| ask("qstat", &["-f", id])).and_then(|o| reason_from_fields(&o, &["job_state", "comment", "Exit_status"], '=')),
+        System::Lsf => ask("bjobs", &["-l", id]).and_then(|o| reason_from_bjobs_l(&o)),
+        System::Sge => ask("qacct", &["-j", id]).and_then(|o| reason_from_columns(&o, &["failed", "exit_status"])),
+        System::Condor => {
+            let attrs = ["JobStatus", "HoldReason", "RemoveReason", "ExitCode"];
+            let mut q = vec![id, "-af:ln"];
+            q.extend(attrs);
+            ask("condor_q", &q).and_then(|o| reason_from_fields(&o, &attrs, '=')).or_else(|| {
+                let mut h = vec!["-limit", "1", id, "-af:ln"];
+                h.extend(attrs);
+                ask("condor_history", &h).and_then(|o| reason_from_fields(&o, &attrs, '='))
+            })
+        }
+    };
+    found.map(|r| format!("{system} says: {r}"))
+}
+
+/// `Key=value` (or `key = value`) fields named in `keys`, in that order,
+/// from text holding them anywhere (one line or many); "undefined",
+/// "None" and empty values are left out.
+pub fn reason_from_fields(text: &str, keys: &[&str], sep: char) -> Option<String> {
+    let mut parts = Vec::new();
+    for key in keys {
+        let value = text.lines().find_map(|line| {
+            let line = line.trim();
+            if sep == '=' && line.contains(" = ") {
+                let (k, v) = line.split_once(" = ")?;
+                return (k.trim() == *key).then(|| v.trim().trim_matches('"').to_string());
+            }
+            // One line of space-separated Key=Value fields (scontrol -o);
+            // a value runs to the next " Key=".
+            let start = line.find(&format!("{key}{sep}")).filter(|&i| i == 0 || line.as_bytes()[i - 1] == b' ')?;
+            let rest = &line[start + key.len() + 1..];
+            let end = rest.match_indices(' ').find(|(i, _)| rest[i + 1..].split_once(sep).is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'))).map_or(rest.len(), |(i, _)| i);
+            Some(rest[..end].trim().to_string())
+        });
+        if let Some(v) = value.filter(|v| !v.is_empty() && v != "undefined" && v != "None" && v != "(null)") {
+            parts.push(format!("{key}={v}"));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+fn reason_from_sacct(text: &str) -> Option<String> {
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let f: Vec<&str> = line.split('|').collect();
+    let names = ["State", "Reason", "ExitCode"];
+    let parts: Vec<String> = names.iter().zip(&f).filter(|(_, v)| !v.is_empty() && **v != "None").map(|(k, v)| format!("{k}={v}")).collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// `qacct -j`: "name   value" columns.
+fn reason_from_columns(text: &str, keys: &[&str]) -> Option<String> {
+    let parts: Vec<String> = keys
+        .iter()
+        .filter_map(|k| text.lines().find_map(|l| l.trim().strip_prefix(k).filter(|r| r.starts_with(' ')).map(|r| format!("{k}={}", r.trim()))))
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// `bjobs -l`: its lines wrap at 80 columns with continuation lines
+/// indented; the end is told by "Exited ...", "Done successfully ..." and
+/// "Completed <exit>; TERM_...: ..." events, a pending job's by its
+/// PENDING REASONS.
+fn reason_from_bjobs_l(text: &str) -> Option<String> {
+    let mut joined = String::new();
+    for line in text.lines() {
+        if line.starts_with("                     ") {
+            joined.push_str(line.trim_start());
+        } else {
+            joined.push('\n');
+            joined.push_str(line);
+        }
+    }
+    let mut parts: Vec<String> = Vec::new();
+    let mut pending = false;
+    for line in joined.lines().map(str::trim) {
+        if pending {
+            if line.is_empty() {
+                pending = false;
+            } else {
+                parts.push(format!("pending: {line}"));
+            }
+            continue;
+        }
+        if line.starts_with("PENDING REASONS:") {
+            pending = true;
+            continue;
+        }
+        // "Wed Dec  3 10:00:05: Exited with exit code 1. ..."
+        let event = line.splitn(4, ':').nth(3).map(str::trim).unwrap_or("");
+        if event.starts_with("Exited") || event.starts_with("Done successfully") || event.starts_with("Completed <") {
+            parts.push(event.to_string());
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// The login name of this process's user.

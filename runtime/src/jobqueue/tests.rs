@@ -237,7 +237,8 @@ fn systems_parse_by_name() {
         assert_eq!(s.name().parse::<System>(), Ok(s));
     }
     assert_eq!("OpenPBS".parse::<System>(), Ok(System::Pbs));
-    assert!("condor".parse::<System>().unwrap_err().contains("slurm, pbs"));
+    assert_eq!("HTCondor".parse::<System>(), Ok(System::Condor));
+    assert!("nosuch".parse::<System>().unwrap_err().contains("slurm, pbs"));
 }
 
 #[test]
@@ -268,4 +269,79 @@ fn adaptive_scaling_plans_for_the_earliest_moment_a_worker_leaves() {
         let at = req.plan_with(Some((600, "--walltime".into())), r).unwrap().unwrap().as_secs_f64();
         assert!((510.0..=540.0).contains(&at), "leaves at {at}");
     }
+}
+
+#[test]
+fn condor_ids_states_and_job_ads() {
+    // condor_submit, plain and -terse.
+    assert_eq!(parse_job_id(System::Condor, "Submitting job(s).\n1 job(s) submitted to cluster 4711.\n").unwrap(), "4711.0");
+    assert_eq!(parse_job_id(System::Condor, "4712.0 - 4712.0\n").unwrap(), "4712.0");
+    assert!(parse_job_id(System::Condor, "ERROR: on Line 3 of submit file: Unknown command\n").is_err());
+    // condor_q 4711.0 4712.0 4713.0 -af:j JobStatus: jobs that left the queue are not listed.
+    let s = parse_states(System::Condor, &ids(&["4711.0", "4712.0", "4713.0", "4714.0"]), "4711.0 2\n4712.0 1\n4713.0 5\n");
+    assert_eq!(s["4711.0"], JobState::Running("R".into()));
+    assert_eq!(s["4712.0"], JobState::Pending("I".into()));
+    assert_eq!(s["4713.0"], JobState::Gone("H".into()));
+    assert!(is_held(System::Condor, &s["4713.0"]));
+    assert!(s["4714.0"].is_gone());
+    let (program, args) = query_args(System::Condor, &ids(&["4711.0"]), "alice");
+    assert_eq!((program.as_str(), args), ("condor_q", ids(&["4711.0", "-af:j", "JobStatus"])));
+    // The job id from the job ad HTCondor writes for every job.
+    assert_eq!(condor_job_id("MyType = \"Job\"\nClusterId = 4711\nProcId = 0\nOwner = \"alice\"\n").as_deref(), Some("4711.0"));
+    assert_eq!(condor_job_id("ClusterId = 4711\n"), None);
+}
+
+#[test]
+fn condor_submit_description_comes_from_the_scripts_directives() {
+    let dir = std::env::temp_dir().join(format!("tf-condor-{}", crate::util::hex(&crate::util::random_bytes(4))));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut o = JobOptions::new(System::Condor, dir.join("s.json"));
+    o.cores = 2;
+    o.walltime = Some(600);
+    o.extra_directives = vec!["requirements = (Memory > 1024)".into()];
+    let script = dir.join("s.json.submit.sh");
+    std::fs::write(&script, o.render()).unwrap();
+    let sub = condor_description(&script).unwrap();
+    let text = std::fs::read_to_string(&sub).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines[0], format!("executable = {}", script.display()));
+    for want in ["universe = vanilla", "request_cpus = 2", "allowed_job_duration = 600", "requirements = (Memory > 1024)", "output = taskfarm-worker-$(ClusterId).$(ProcId).out"] {
+        assert!(lines.contains(&want), "{want} in {text}");
+    }
+    assert_eq!(*lines.last().unwrap(), "queue 1");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&sub).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn end_reasons_in_each_systems_words() {
+    let scontrol = "JobId=41 JobName=taskfarm-worker UserId=alice(1000) GroupId=alice(1000) Priority=1 JobState=FAILED Reason=JobLaunchFailure Dependency=(null) Requeue=1 ExitCode=1:0 RunTime=00:00:00\n";
+    assert_eq!(reason_from_fields(scontrol, &["JobState", "Reason", "ExitCode"], '=').as_deref(), Some("JobState=FAILED Reason=JobLaunchFailure ExitCode=1:0"));
+    assert_eq!(reason_from_sacct("FAILED|None|1:0\n").as_deref(), Some("State=FAILED ExitCode=1:0"));
+    let qstat = "Job Id: 1234.pbs01\n    Job_Name = taskfarm-worker\n    job_state = F\n    comment = Job run at Wed Dec 03 at 10:00 on (node1:ncpus=1) and failed\n    Exit_status = -1\n";
+    assert_eq!(
+        reason_from_fields(qstat, &["job_state", "comment", "Exit_status"], '=').as_deref(),
+        Some("job_state=F comment=Job run at Wed Dec 03 at 10:00 on (node1:ncpus=1) and failed Exit_status=-1")
+    );
+    let bjobs = "\
+Job <5150>, User <alice>, Project <default>, Status <EXIT>, Queue <normal>, Comm
+                     and <#!/usr/bin/env bash>
+Wed Dec  3 10:00:00: Submitted from host <login1>, CWD <$HOME>;
+Wed Dec  3 10:00:01: Started 1 Task(s) on Host(s) <node1>, Allocated 1 Slot(s)
+                     on Host(s) <node1>, Execution Home </home/alice>;
+Wed Dec  3 10:00:05: Exited with exit code 127. The CPU time used is 0.1 second
+                     s.
+Wed Dec  3 10:00:05: Completed <exit>.
+";
+    assert_eq!(reason_from_bjobs_l(bjobs).as_deref(), Some("Exited with exit code 127. The CPU time used is 0.1 seconds.; Completed <exit>."));
+    let pending = "Job <5151>, User <alice>, Status <PEND>\n\n PENDING REASONS:\n New job is waiting for scheduling: 1 host;\n\n SCHEDULING PARAMETERS:\n";
+    assert_eq!(reason_from_bjobs_l(pending).as_deref(), Some("pending: New job is waiting for scheduling: 1 host;"));
+    let qacct = "==============================================================\nqname        all.q\nfailed       26  : opening input/output file\nexit_status  1\n";
+    assert_eq!(reason_from_columns(qacct, &["failed", "exit_status"]).as_deref(), Some("failed=26  : opening input/output file exit_status=1"));
+    let condor = "JobStatus = 5\nHoldReason = The job exceeded allowed job duration of 60\nRemoveReason = undefined\nExitCode = undefined\n";
+    assert_eq!(
+        reason_from_fields(condor, &["JobStatus", "HoldReason", "RemoveReason", "ExitCode"], '=').as_deref(),
+        Some("JobStatus=5 HoldReason=The job exceeded allowed job duration of 60")
+    );
 }

@@ -507,14 +507,14 @@ fn signals_channel(which: &[i32]) -> crossbeam_channel::Receiver<i32> {
     rx
 }
 
-/// First SIGINT, SIGTERM or SIGUSR1: ask to retire gracefully (on the
-/// returned channel). More SIGTERM/SIGUSR1 are ignored while retiring
+/// First SIGINT, SIGTERM, SIGUSR1 or SIGUSR2 (LSF's signal at a job's run
+/// limit): ask to retire gracefully (on the returned channel). More SIGTERM/SIGUSR1 are ignored while retiring
 /// (batch systems often signal both the job's shell, which passes it on, and
 /// the worker itself; SIGKILL follows their grace period anyway); a second
 /// SIGINT (Ctrl-C twice) leaves at once.
 pub fn retire_on_signals() -> crossbeam_channel::Receiver<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-    let signals = signals_channel(&[SIGINT, SIGTERM, SIGUSR1]);
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let signals = signals_channel(&[SIGINT, SIGTERM, SIGUSR1, SIGUSR2]);
     let (tx, rx) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
         if let Ok(sig) = signals.recv() {

@@ -15,10 +15,10 @@
 # worker(s), and the system's name, each in double braces.
 module load gcc
 source $HOME/env.sh
-# Pass SIGTERM/SIGUSR1 on to every worker (they retire gracefully), then
-# keep waiting until each has finished handing over its results.
+# Pass SIGTERM/SIGUSR1/SIGUSR2 on to every worker (they retire gracefully),
+# then keep waiting until each has finished handing over its results.
 pids=()
-trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM USR1
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM USR1 USR2
 /opt/taskfarm/bin/taskfarm worker --scheduler-file /shared/alice/sched.json --nthreads 4 --memory-limit 7999586304 --name "${PBS_JOBID}-0" --walltime 01:00:00 --walltime-margin 300s --interface ib0 --local-directory "$TMPDIR" &
 pids+=($!)
 /opt/taskfarm/bin/taskfarm worker --scheduler-file /shared/alice/sched.json --nthreads 4 --memory-limit 7999586304 --name "${PBS_JOBID}-1" --walltime 01:00:00 --walltime-margin 300s --interface ib0 --local-directory "$TMPDIR" &

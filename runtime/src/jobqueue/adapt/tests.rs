@@ -41,7 +41,7 @@ fn target_follows_queued_work_within_bounds() {
 #[test]
 fn grows_from_zero_counting_pending_jobs_then_shrinks_a_whole_job_at_a_time() {
     let mut a = Adaptor::new(cfg(0, 3, 2));
-    let mut obs = Observation { now: 0.0, remaining_tasks: 200, mean_task: 0.3, workers: vec![], states: states(&[]) };
+    let mut obs = Observation { now: 0.0, remaining_tasks: 200, mean_task: 0.3, workers: vec![], states: states(&[]), ..Default::default() };
     assert_eq!(a.step(&obs), vec![Action::Submit(3)]);
     for (i, id) in ["1", "2", "3"].iter().enumerate() {
         a.submitted(id.to_string(), i as f64 * 0.01);
@@ -81,7 +81,7 @@ fn grows_from_zero_counting_pending_jobs_then_shrinks_a_whole_job_at_a_time() {
 fn last_job_holding_results_is_kept() {
     let mut a = Adaptor::new(cfg(0, 2, 1));
     a.submitted("7".into(), 0.0);
-    let mut obs = Observation { now: 1.0, remaining_tasks: 0, mean_task: 1.0, workers: vec![worker("7-0", "7", 0, 3)], states: states(&[("7", running())]) };
+    let mut obs = Observation { now: 1.0, remaining_tasks: 0, mean_task: 1.0, workers: vec![worker("7-0", "7", 0, 3)], states: states(&[("7", running())]), ..Default::default() };
     for t in 1..10 {
         obs.now = t as f64;
         assert_eq!(a.step(&obs), vec![], "its results have nowhere to go");
@@ -123,9 +123,12 @@ fn failed_submissions_and_jobs_that_die_before_joining_back_off() {
     a.submitted("10".into(), 30.0);
     obs.now = 31.0;
     obs.states = states(&[("9", JobState::Gone("FAILED".into())), ("10", pending())]);
+    // The batch system's reason is asked for that job only, and told.
+    assert_eq!(a.ended_early(obs.states.as_ref().unwrap()), vec!["9".to_string()]);
+    obs.reasons.insert("9".into(), "slurm says: JobState=FAILED Reason=JobLaunchFailure".into());
     assert_eq!(a.step(&obs), vec![]);
     let logs = a.take_logs();
-    assert!(logs.iter().any(|(_, l)| l.contains("job 9 ended (FAILED) before any of its workers joined")), "{logs:?}");
+    assert!(logs.iter().any(|(_, l)| l.contains("job 9 ended (FAILED) before any of its workers joined (slurm says: JobState=FAILED Reason=JobLaunchFailure)")), "{logs:?}");
     assert_eq!(a.live_jobs(), vec!["10".to_string()]);
     obs.now = 60.0;
     assert_eq!(a.step(&obs), vec![], "40 s pause after the failed job");
@@ -160,7 +163,7 @@ fn jobs_near_their_walltime_are_replaced_ahead_of_time() {
 fn a_job_whose_workers_left_is_not_counted() {
     let mut a = Adaptor::new(cfg(1, 2, 1));
     a.submitted("1".into(), 0.0);
-    let mut obs = Observation { now: 1.0, remaining_tasks: 1, mean_task: 1.0, workers: vec![worker("1-0", "1", 1, 0)], states: states(&[("1", running())]) };
+    let mut obs = Observation { now: 1.0, remaining_tasks: 1, mean_task: 1.0, workers: vec![worker("1-0", "1", 1, 0)], states: states(&[("1", running())]), ..Default::default() };
     assert_eq!(a.step(&obs), vec![]);
     obs.now = 2.0;
     obs.workers.clear(); // e.g. the worker hit its memory limit; the job is ending
