@@ -387,3 +387,6 @@ fn slurm_srun_launches_taskfarm_mpi_in_batch_mode() {
     assert!(log.contains("worker 'worker-2' serving data"), "rank 2 became the worker: {log}");
     assert!(log.contains("batch command exited with status 0"), "{log}");
 }
+
+#[path = "jobqueue/standins.rs"]
+mod standins;
