@@ -162,6 +162,21 @@ fn slurm_jobs_with_a_log_directory_that_does_not_exist_yet_start_and_write_there
 
 #[test]
 #[ignore = "needs the SLURM cluster and Grid Engine cell that tests/run-all.sh starts"]
+fn slurm_a_job_that_fails_to_launch_is_reported_with_slurms_reason() {
+    require("slurm");
+    let dir = TempDir::new("jq-launch-failure");
+    // slurmd cannot open this output file: the job fails before it starts.
+    let (sched, file) = scheduler(&dir, &["--adapt", "slurm", "--minimum-jobs", "1", "--maximum-jobs", "1", "--adapt-interval", "500ms", "--job-extra-directive=--output=/proc/no-such-dir/%j.out"]);
+    let _guard = JobGuard(&file);
+    wait_for("the failed job to be reported", Duration::from_secs(60), || sched.log_text().contains("before any of its workers joined"));
+    let log = sched.log_text();
+    let line = log.lines().find(|l| l.contains("before any of its workers joined")).unwrap();
+    assert!(line.contains("ended (FAILED)") && line.contains("slurm says: JobState=FAILED Reason=JobLaunchFailure"), "{line}");
+    assert!(log.contains("no new worker jobs for 10 s"), "it backs off: {log}");
+}
+
+#[test]
+#[ignore = "needs the SLURM cluster and Grid Engine cell that tests/run-all.sh starts"]
 fn slurm_adapt_grows_from_zero_for_a_backlog_and_removes_idle_jobs() {
     require("slurm");
     let dir = TempDir::new("jq-adapt");

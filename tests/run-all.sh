@@ -7,6 +7,8 @@
 # The job-queue tests need a real SLURM cluster and Grid Engine cell: this
 # script starts both on this machine (tests/infra/slurm-up.sh, sge-up.sh;
 # stop them with slurm-down.sh and sge-down.sh) and runs those tests once.
+# PBS, LSF and HTCondor cannot run here: their tests run on faithful
+# stand-ins (tests/infra/standins-up.sh installs them into target/).
 #
 #   tests/run-all.sh                        # everything
 #   TASKFARM_SKIP_APT=1 tests/run-all.sh    # skip apt-get (packages already there)
@@ -36,6 +38,8 @@ sudo_root=""
 [ "$(id -u)" = 0 ] || sudo_root="sudo"
 $sudo_root bash tests/infra/slurm-up.sh | tail -n 1
 $sudo_root bash tests/infra/sge-up.sh | tail -n 1
+echo "== stand-ins for PBS Pro, Torque, LSF and HTCondor (no daemons; see docs/hpc-jobqueue.md)"
+STANDIN_CLEAN=1 bash tests/infra/standins-up.sh | tail -n 1
 
 if ! command -v cargo > /dev/null; then
   echo "cargo not found: install Rust (https://rustup.rs, or Debian's 'cargo' package) and run again" >&2

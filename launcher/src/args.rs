@@ -20,10 +20,10 @@ pub(crate) struct JobArgs {
     /// Worker processes per job (threads per worker = cores / processes).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub(crate) processes: u32,
-    /// Queue (SLURM partition).
+    /// Queue (SLURM partition; not for HTCondor, which has none).
     #[arg(long, value_name = "NAME")]
     pub(crate) queue: Option<String>,
-    /// Account to charge (SLURM, PBS) or project (LSF, SGE).
+    /// Account to charge (SLURM, PBS), project (LSF, SGE) or accounting group (HTCondor).
     #[arg(long, alias = "project", value_name = "NAME")]
     pub(crate) account: Option<String>,
     /// Walltime of each job: HH:MM:SS, D-HH:MM:SS or a duration such as 90m. Workers retire gracefully before it ends
@@ -36,7 +36,7 @@ pub(crate) struct JobArgs {
     /// Job name.
     #[arg(long, default_value = "taskfarm-worker", value_name = "NAME")]
     pub(crate) job_name: String,
-    /// An extra directive line, e.g. "--exclusive" or "-l select=1:ncpus=4:mpiprocs=1" (the #SBATCH/#PBS/#BSUB/#$ prefix is added). Repeatable.
+    /// An extra directive line, e.g. "--exclusive" or "-l select=1:ncpus=4:mpiprocs=1" (the #SBATCH/#PBS/#BSUB/#$/#CONDOR prefix is added; for HTCondor a submit command such as "requirements = ..."). Repeatable.
     #[arg(long, value_name = "DIRECTIVE")]
     pub(crate) job_extra_directive: Vec<String>,
     /// Leave out generated directive lines containing this text, e.g. "--mem" where the site rejects it. Repeatable.

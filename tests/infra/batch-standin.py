@@ -953,6 +953,7 @@ def condor_submit(spool, args):
         die(f"\nERROR: Executable file {exe} does not exist or is not executable", 1)
     def expand(job):  # $(ClusterId) and $(ProcId) macros, known once the job is queued
         def macro(v):
+            v = re.sub(r"\$ENV\((\w+)\)", lambda m: os.environ.get(m.group(1), ""), v)
             for name in ("ClusterId", "Cluster"):
                 v = v.replace(f"$({name})", str(job["seq"]))
             for name in ("ProcId", "Process"):

@@ -185,6 +185,62 @@ fn one_minute_walltime_graph_outlives_its_jobs_without_losing_or_rerunning(syste
     assert_eq!(stat(&file, "workers_lost"), 0, "every worker left before its job's limit");
 }
 
+fn a_job_that_fails_before_its_workers_join_is_reported_with_the_systems_reason(system: &str) {
+    let dir = TempDir::new(&format!("jq-{system}-fails"));
+    let (sched, file) = scheduler_on(system, &dir, &["--adapt", system, "--minimum-jobs", "1", "--maximum-jobs", "1", "--adapt-interval", "500ms", "--prologue", "exit 3"]);
+    let _guard = Guard(system, &file);
+    wait_for("the failed job to be reported", Duration::from_secs(60), || sched.log_text().contains("before any of its workers joined"));
+    let log = sched.log_text();
+    let line = log.lines().find(|l| l.contains("before any of its workers joined")).unwrap();
+    let want = match system {
+        "lsf" => "lsf says: Exited with exit code 3.",
+        "condor" => "condor says: JobStatus=4 ExitCode=3",
+        _ => "says: job_state=",
+    };
+    assert!(line.contains(want), "{line}");
+    if system == "pbs" || system == "torque" {
+        assert!(line.contains("and failed Exit_status=3"), "{line}");
+    }
+}
+
+#[test]
+#[ignore = "needs the batch stand-ins that tests/run-all.sh installs"]
+fn condor_example_worker_job_joins_and_retires_on_condor_rm() {
+    let dir = TempDir::new("jq-condor-example");
+    // The example names $ENV(HOME)/.taskfarm/sched.json: give it a home of its own.
+    let home = dir.path().to_str().unwrap().to_string();
+    std::fs::create_dir_all(dir.join(".taskfarm")).unwrap();
+    let file = dir.join(".taskfarm/sched.json");
+    let _sched = Proc::spawn(&["scheduler", "--scheduler-file", file.to_str().unwrap(), "--host", "127.0.0.1"], dir.join("scheduler.log"));
+    wait_for("the scheduler", Duration::from_secs(20), || status(&file).is_some());
+    let path = format!("{}:{}", Path::new(bin()).parent().unwrap().display(), path_for("condor"));
+    let o = Command::new("condor_submit").arg(repo_file("jobscripts/condor-worker.sub")).current_dir(dir.path()).env("HOME", &home).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = parse_condor_id(&stdout(&o));
+    let _cleanup = CondorJob(id.clone());
+    wait_for("the example worker job's worker", Duration::from_secs(60), || workers(&file).iter().any(|w| w["job"] == id.as_str() && w["name"] == id.as_str()));
+    assert_eq!(workers(&file)[0]["nthreads"], 8);
+    let o = Command::new("condor_rm").arg(&id).env("PATH", &path).output().unwrap();
+    assert!(stdout(&o).contains(&format!("Job {id} marked for removal")), "{}", stdout(&o));
+    wait_for("the worker to retire", Duration::from_secs(60), || workers(&file).is_empty());
+    assert_eq!(stat(&file, "workers_retired"), 1);
+    let out = dir.join(&format!("taskfarm-worker-{id}.err"));
+    wait_for("the job's error file to show a graceful exit", Duration::from_secs(30), || std::fs::read_to_string(&out).unwrap_or_default().contains("retiring gracefully"));
+}
+
+fn parse_condor_id(out: &str) -> String {
+    let cluster = out.lines().find_map(|l| l.strip_prefix("1 job(s) submitted to cluster ")).unwrap_or_else(|| panic!("{out}"));
+    format!("{}.0", cluster.trim_end_matches('.'))
+}
+
+struct CondorJob(String);
+
+impl Drop for CondorJob {
+    fn drop(&mut self) {
+        let _ = Command::new("condor_rm").arg(&self.0).env("PATH", path_for("condor")).output();
+    }
+}
+
 macro_rules! on_each_standin {
     ($($name:ident),*) => {
         mod pbs { $( #[test] #[ignore = "needs the batch stand-ins that tests/run-all.sh installs"] fn $name() { super::$name("pbs") } )* }
@@ -198,5 +254,6 @@ on_each_standin!(
     jobs_run_a_graph_then_cancel_retires_and_removes_them,
     the_systems_own_cancel_mid_graph_loses_nothing,
     adapt_grows_from_zero_for_a_backlog_and_removes_idle_jobs,
-    one_minute_walltime_graph_outlives_its_jobs_without_losing_or_rerunning
+    one_minute_walltime_graph_outlives_its_jobs_without_losing_or_rerunning,
+    a_job_that_fails_before_its_workers_join_is_reported_with_the_systems_reason
 );

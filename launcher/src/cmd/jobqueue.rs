@@ -21,7 +21,7 @@ pub(crate) enum JobqueueCommand {
 
 #[derive(Args)]
 pub(crate) struct JobScriptArgs {
-    /// Batch system: slurm, pbs (PBS Pro/OpenPBS), torque, lsf or sge.
+    /// Batch system: slurm, pbs (PBS Pro/OpenPBS), torque, lsf, sge or condor (HTCondor).
     #[arg(long, value_name = "SYSTEM")]
     pub(crate) system: taskfarm::jobqueue::System,
     #[command(flatten)]

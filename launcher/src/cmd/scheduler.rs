@@ -34,7 +34,7 @@ pub(crate) struct SchedulerArgs {
     /// (tasks only queued on them are run elsewhere).
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub(crate) allowed_failures: u32,
-    /// Adaptive scaling: submit worker jobs to this batch system (slurm, pbs, torque, lsf, sge) as work queues up, retire idle ones.
+    /// Adaptive scaling: submit worker jobs to this batch system (slurm, pbs, torque, lsf, sge, condor) as work queues up, retire idle ones.
     /// Job options (--cores, --memory, --walltime, ...) as for `taskfarm jobqueue submit`.
     #[arg(long, value_name = "SYSTEM")]
     pub(crate) adapt: Option<taskfarm::jobqueue::System>,
