@@ -51,23 +51,23 @@ impl Registry {
         let mut r = Registry { funcs: Arc::new(BTreeMap::new()) };
         r.add_builtin("noop", "noop(...) -> null; ignores its arguments", |_, _| Ok(Data::null()));
         r.add_builtin("identity", "identity(x) -> x", |a, _| one(a, "identity").cloned());
-        r.add_builtin("inc", "inc(x) -> x + 1", |a, _| num_op(one(a, "inc")?, &Data::Json(json!(1)), "inc", |x, y| x + y, i64::checked_add));
-        r.add_builtin("add", "add(x, y, ...) -> sum of its numeric arguments", |a, _| fold(a, "add", |x, y| x + y, i64::checked_add));
+        r.add_builtin("inc", "inc(x) -> x + 1", |a, _| num_op(one(a, "inc")?, &Data::Json(json!(1)), "inc", |x, y| x + y, i128::checked_add));
+        r.add_builtin("add", "add(x, y, ...) -> sum of its numeric arguments", |a, _| fold(a, "add", |x, y| x + y, i128::checked_add));
         r.add_builtin("sub", "sub(x, y) -> x - y", |a, _| {
             let (x, y) = two(a, "sub")?;
-            num_op(x, y, "sub", |x, y| x - y, i64::checked_sub)
+            num_op(x, y, "sub", |x, y| x - y, i128::checked_sub)
         });
-        r.add_builtin("mul", "mul(x, y, ...) -> product of its numeric arguments", |a, _| fold(a, "mul", |x, y| x * y, i64::checked_mul));
+        r.add_builtin("mul", "mul(x, y, ...) -> product of its numeric arguments", |a, _| fold(a, "mul", |x, y| x * y, i128::checked_mul));
         r.add_builtin("sum", "sum(list) -> sum of the numbers in a list (or of its arguments)", |a, _| {
             match a {
                 [Data::Json(Json::Array(items))] if items.is_empty() => Ok(Data::Json(json!(0))),
                 [Data::Json(Json::Array(items))] => {
                     let owned: Vec<Data> = items.iter().cloned().map(Data::Json).collect();
                     let refs: Vec<&Data> = owned.iter().collect();
-                    fold(&refs, "sum", |x, y| x + y, i64::checked_add)
+                    fold(&refs, "sum", |x, y| x + y, i128::checked_add)
                 }
                 [] => Ok(Data::Json(json!(0))),
-                _ => fold(a, "sum", |x, y| x + y, i64::checked_add),
+                _ => fold(a, "sum", |x, y| x + y, i128::checked_add),
             }
         });
         r.add_builtin("list", "list(a, b, ...) -> [a, b, ...]", |a, _| Ok(Data::Json(Json::Array(a.iter().map(|d| d.to_json()).collect()))));
@@ -183,12 +183,20 @@ fn as_f64(d: &Data) -> Option<f64> {
     }
 }
 
-/// Integer arithmetic when both are integers (erroring on overflow), float otherwise.
-fn num_op(x: &Data, y: &Data, name: &str, f: fn(f64, f64) -> f64, i: fn(i64, i64) -> Option<i64>) -> Result<Data, String> {
+/// An integer's exact value (JSON integers are signed or unsigned 64-bit).
+fn as_int(n: &serde_json::Number) -> Option<i128> {
+    n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
+}
+
+/// Integer arithmetic when both are integers (exact over the whole signed
+/// and unsigned 64-bit range, erroring when the result leaves it), float
+/// otherwise.
+fn num_op(x: &Data, y: &Data, name: &str, f: fn(f64, f64) -> f64, i: fn(i128, i128) -> Option<i128>) -> Result<Data, String> {
     match (x, y) {
         (Data::Json(Json::Number(a)), Data::Json(Json::Number(b))) => {
-            if let (Some(a), Some(b)) = (a.as_i64(), b.as_i64()) {
-                return i(a, b).map(|r| Data::Json(json!(r))).ok_or_else(|| format!("{name}: integer overflow on {a} and {b}"));
+            if let (Some(a), Some(b)) = (as_int(a), as_int(b)) {
+                let exact = i(a, b).and_then(|r| i64::try_from(r).map(|v| json!(v)).or_else(|_| u64::try_from(r).map(|v| json!(v))).ok());
+                return exact.map(Data::Json).ok_or_else(|| format!("{name}: integer overflow on {a} and {b} (integers are kept exact from -2^63 to 2^64-1)"));
             }
             let r = f(a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
             serde_json::Number::from_f64(r).map(|n| Data::Json(Json::Number(n))).ok_or_else(|| format!("{name}: result is not a finite number"))
@@ -197,7 +205,7 @@ fn num_op(x: &Data, y: &Data, name: &str, f: fn(f64, f64) -> f64, i: fn(i64, i64
     }
 }
 
-fn fold(a: &[&Data], name: &str, f: fn(f64, f64) -> f64, i: fn(i64, i64) -> Option<i64>) -> Result<Data, String> {
+fn fold(a: &[&Data], name: &str, f: fn(f64, f64) -> f64, i: fn(i128, i128) -> Option<i128>) -> Result<Data, String> {
     let (first, rest) = a.split_first().ok_or_else(|| format!("{name}: expected at least 1 argument"))?;
     if as_f64(first).is_none() {
         return Err(format!("{name}: expected numbers, got {}", show(first)));
@@ -257,6 +265,29 @@ pub fn evaluate<'a>(expr: &Expr, deps: &'a [&'a Data], reg: &Registry, ctx: &Tas
 
 const STDERR_TAIL: usize = 2000;
 
+/// "; stderr: ..." with the last lines of a command's stderr (at most about
+/// STDERR_TAIL bytes, starting at a line), and how much was left out.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim_end();
+    if text.is_empty() {
+        return String::new();
+    }
+    if text.len() <= STDERR_TAIL {
+        return format!("; stderr: {text}");
+    }
+    let mut cut = text.len() - STDERR_TAIL;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    // Start at the next whole line when there is one in the tail.
+    if let Some(nl) = text[cut..].find('\n').filter(|&nl| nl + 1 < text.len() - cut) {
+        cut += nl + 1;
+    }
+    let dropped = text[..cut].lines().count();
+    format!("; stderr (last {} bytes; {dropped} earlier line(s) left out): {}", text.len() - cut, &text[cut..])
+}
+
 fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext<'_>) -> Result<Data, String> {
     let text = |e: &Expr| -> Result<Vec<u8>, String> { Ok(evaluate(e, deps, reg, ctx)?.to_text_bytes()) };
     let argv: Vec<Vec<u8>> = spec.argv.iter().map(text).collect::<Result<_, _>>()?;
@@ -308,10 +339,7 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
     if let Some(f) = feeder {
         let _ = f.join();
     }
-    let tail = {
-        let s = String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(STDERR_TAIL)..]).trim_end().to_string();
-        if s.is_empty() { String::new() } else { format!("; stderr: {s}") }
-    };
+    let tail = stderr_tail(&stderr);
     if timed_out {
         return Err(format!("command '{program}' timed out and was killed{tail}"));
     }
@@ -400,6 +428,19 @@ mod tests {
     }
 
     #[test]
+    fn long_stderr_is_cut_at_a_line_and_says_so() {
+        assert_eq!(stderr_tail(b""), "");
+        assert_eq!(stderr_tail(b"oops\n"), "; stderr: oops");
+        let long: String = (0..500).map(|i| format!("line {i}\n")).collect();
+        let t = stderr_tail(long.as_bytes());
+        let shown = t.split_once("): ").unwrap().1;
+        assert!(shown.starts_with("line ") && shown.ends_with("line 499"), "{t}");
+        let dropped: usize = t.split_once("; ").unwrap().1.split_once(" earlier").unwrap().0.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(dropped + shown.lines().count(), 500, "{t}");
+        assert!(t.starts_with("; stderr (last "), "{t}");
+    }
+
+    #[test]
     fn arithmetic() {
         assert_eq!(call("inc", &[j(json!(1))]).unwrap(), j(json!(2)));
         assert_eq!(call("add", &[j(json!(11)), j(json!(1))]).unwrap(), j(json!(12)));
@@ -408,8 +449,13 @@ mod tests {
         assert_eq!(call("mul", &[j(json!(3)), j(json!(4)), j(json!(2))]).unwrap(), j(json!(24)));
         assert_eq!(call("sum", &[j(json!([1, 2, 3]))]).unwrap(), j(json!(6)));
         assert_eq!(call("sum", &[j(json!([]))]).unwrap(), j(json!(0)));
-        assert!(call("add", &[j(json!(i64::MAX)), j(json!(1))]).unwrap_err().contains("overflow"));
+        assert_eq!(call("add", &[j(json!(i64::MAX)), j(json!(1))]).unwrap(), j(json!(9223372036854775808u64)));
         assert!(call("inc", &[j(json!("a"))]).unwrap_err().contains("expected numbers"));
+        // Exact across the unsigned range, an error (not a float) beyond it.
+        assert_eq!(call("inc", &[j(json!(9223372036854775807i64))]).unwrap(), j(json!(9223372036854775808u64)));
+        assert_eq!(call("sub", &[j(json!(u64::MAX)), j(json!(u64::MAX))]).unwrap(), j(json!(0)));
+        assert_eq!(call("add", &[j(json!(i64::MIN)), j(json!(u64::MAX))]).unwrap(), j(json!(i64::MAX as u64)));
+        assert!(call("inc", &[j(json!(u64::MAX))]).unwrap_err().contains("integer overflow"));
         assert!(call("sub", &[j(json!(1))]).unwrap_err().contains("expected 2 arguments"));
     }
 

@@ -100,6 +100,8 @@ pub struct Graph {
 #[derive(Clone, Debug, PartialEq)]
 pub enum GraphError {
     Json { line: usize, column: usize, message: String },
+    /// An integer literal taskfarm cannot keep exact.
+    Integer { line: usize, column: usize, message: String },
     NotAnObject(String),
     Task { key: String, message: String },
     Cycle(Vec<String>),
@@ -112,6 +114,7 @@ impl fmt::Display for GraphError {
             GraphError::Json { line, column, message } => {
                 write!(f, "malformed JSON at line {line}, column {column}: {message}")
             }
+            GraphError::Integer { line, column, message } => write!(f, "at line {line}, column {column}: {message}"),
             GraphError::NotAnObject(found) => write!(
                 f,
                 "a graph must be a JSON object mapping keys to tasks, e.g. {{\"x\": 1, \"y\": [\"inc\", \"x\"]}}; found {found}"
@@ -139,26 +142,35 @@ impl Graph {
         // (no intermediate JSON object of the whole graph).
         if text.trim_start().starts_with('{') {
             let Entries(entries) = serde_json::from_str(text).map_err(json_error)?;
-            return Graph::from_entries(entries, is_function);
+            return Graph::from_entries(entries, is_function, Some(text));
         }
         let json: Json = serde_json::from_str(text).map_err(json_error)?;
-        Graph::from_value(json, is_function)
-    }
-
-    pub fn from_value(json: Json, is_function: &dyn Fn(&str) -> bool) -> Result<Graph, GraphError> {
         match json {
-            Json::Object(m) => Graph::from_entries(m.into_iter().collect(), is_function),
+            Json::Object(m) => Graph::from_entries(m.into_iter().collect(), is_function, Some(text)),
             other => Err(GraphError::NotAnObject(describe(&other))),
         }
     }
 
-    fn from_entries(map: Vec<(String, Json)>, is_function: &dyn Fn(&str) -> bool) -> Result<Graph, GraphError> {
+    pub fn from_value(json: Json, is_function: &dyn Fn(&str) -> bool) -> Result<Graph, GraphError> {
+        match json {
+            Json::Object(m) => Graph::from_entries(m.into_iter().collect(), is_function, None),
+            other => Err(GraphError::NotAnObject(describe(&other))),
+        }
+    }
+
+    /// `text`: the JSON the entries were read from, to tell an integer
+    /// literal outside the 64-bit range (which the JSON reader rounds to a
+    /// float) from a float literal.
+    fn from_entries(map: Vec<(String, Json)>, is_function: &dyn Fn(&str) -> bool, text: Option<&str>) -> Result<Graph, GraphError> {
         // One index of positions, built over the keys where they are now and
         // still valid once they have moved into the tasks.
         let key_of = |i: u32| map[i as usize].0.as_str();
         let mut index = KeyIndex::default();
         index.reserve(map.len(), key_of);
         for (i, (k, _)) in map.iter().enumerate() {
+            if k.is_empty() {
+                return Err(GraphError::Task { key: k.clone(), message: "the empty key \"\" is not allowed: give every task a name".into() });
+            }
             if index.get(k, key_of).is_some() {
                 return Err(GraphError::Task { key: k.clone(), message: "appears twice in the graph; each key must be defined once".into() });
             }
@@ -167,9 +179,11 @@ impl Graph {
         let position = |k: &str| index.get(k, key_of).map(|i| i as usize);
         let mut built = Vec::with_capacity(map.len());
         let mut dep_ids = Vec::with_capacity(map.len());
+        let mut rounded = false;
         for (key, value) in &map {
-            let mut b = Builder { key, position: &position, is_function, deps: Vec::new(), dep_ids: Vec::new(), dep_lookup: hashbrown::HashMap::new() };
+            let mut b = Builder { key, position: &position, is_function, deps: Vec::new(), dep_ids: Vec::new(), dep_lookup: hashbrown::HashMap::new(), rounded: false };
             let (expr, annotations) = b.task(value)?;
+            rounded |= b.rounded;
             let spec = bincode::serialize(&expr).expect("Expr always serialises");
             built.push((b.deps, spec, annotations));
             dep_ids.push(b.dep_ids);
@@ -177,6 +191,18 @@ impl Graph {
         // The keys move into the tasks; the index refers to them there.
         let tasks: Vec<TaskDef> =
             map.into_iter().zip(built).map(|((key, _), (deps, spec, annotations))| TaskDef { key, deps, spec, annotations, order: 0 }).collect();
+        if let (true, Some(text)) = (rounded, text) {
+            if let Some((line, column, literal)) = out_of_range_integer(text) {
+                return Err(GraphError::Integer {
+                    line,
+                    column,
+                    message: format!(
+                        "the integer {literal} is outside the range taskfarm keeps exact (-9223372036854775808 to 18446744073709551615); \
+                         write it as a string, or as a float such as {literal}.0 if rounding is fine"
+                    ),
+                });
+            }
+        }
         let mut graph = Graph { tasks, index, dep_ids };
         graph.check_acyclic()?;
         graph.assign_order();
@@ -304,6 +330,58 @@ impl<'de> Deserialize<'de> for Entries {
     }
 }
 
+/// Holds a float of integral value beyond the 64-bit integers: what the
+/// JSON reader makes of an integer literal it cannot keep exact.
+fn may_be_rounded(v: &Json) -> bool {
+    match v {
+        Json::Number(n) => n.as_f64().is_some_and(|f| n.is_f64() && f.fract() == 0.0 && !(-9.223372036854775e18..1.8446744073709550e19).contains(&f)),
+        Json::Array(items) => items.iter().any(may_be_rounded),
+        Json::Object(m) => m.values().any(may_be_rounded),
+        _ => false,
+    }
+}
+
+/// The first integer literal (no fraction, no exponent) outside
+/// i64::MIN..=u64::MAX in JSON text, outside strings: (line, column, text).
+fn out_of_range_integer(text: &str) -> Option<(usize, usize, String)> {
+    let b = text.as_bytes();
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if c == b'-' || c.is_ascii_digit() {
+            let start = i;
+            i += 1;
+            while i < b.len() && (b[i].is_ascii_digit() || matches!(b[i], b'.' | b'e' | b'E' | b'+' | b'-')) {
+                i += 1;
+            }
+            let literal = &text[start..i];
+            let integer = !literal.contains(['.', 'e', 'E']);
+            if integer && literal.parse::<i64>().is_err() && literal.parse::<u64>().is_err() {
+                let line = text[..start].matches('\n').count() + 1;
+                let column = start - text[..start].rfind('\n').map_or(0, |p| p + 1) + 1;
+                return Some((line, column, literal.to_string()));
+            }
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
 struct Builder<'a> {
     key: &'a str,
     /// Position of a key of the graph.
@@ -312,6 +390,9 @@ struct Builder<'a> {
     deps: Vec<String>,
     /// Positions of `deps` in the graph.
     dep_ids: Vec<usize>,
+    /// A literal holds a float that an out-of-range integer literal would
+    /// also have become.
+    rounded: bool,
     /// Position in the graph -> reference number, once a task has more
     /// dependencies than a linear search should scan (a task gathering
     /// 100,000 keys took a second with the search alone).
@@ -378,7 +459,10 @@ impl Builder<'_> {
                 }
                 _ => Expr::List(items.iter().map(|a| self.expr(a)).collect::<Result<Vec<_>, _>>()?),
             },
-            other => Expr::Lit(other.to_string()),
+            other => {
+                self.rounded |= may_be_rounded(other);
+                Expr::Lit(other.to_string())
+            }
         })
     }
 
@@ -407,7 +491,10 @@ impl Builder<'_> {
         }
         let expr = match kinds[0] {
             "task" => self.expr(&m["task"])?,
-            "value" => Expr::Lit(m["value"].to_string()),
+            "value" => {
+                self.rounded |= may_be_rounded(&m["value"]);
+                Expr::Lit(m["value"].to_string())
+            }
             _ => self.cmd(m)?,
         };
         let mut a = Annotations::default();
@@ -508,6 +595,28 @@ mod tests {
 
     fn parse(s: &str) -> Result<Graph, GraphError> {
         Graph::from_json(s, &builtin)
+    }
+
+    #[test]
+    fn integers_are_exact_or_refused_and_the_empty_key_is_refused() {
+        // Within i64::MIN..=u64::MAX: kept as written.
+        let g = parse(r#"{"a": 18446744073709551615, "b": -9223372036854775808, "c": {"value": [9223372036854775808]}, "f": 1e19, "s": "99999999999999999999"}"#).unwrap();
+        assert_eq!(g.len(), 5);
+        // Outside: refused with the place and the literal, wherever it is.
+        for (text, col, lit) in [
+            (r#"{"a": 18446744073709551616}"#, 7, "18446744073709551616"),
+            (r#"{"a": ["inc", -9223372036854775809]}"#, 15, "-9223372036854775809"),
+            ("{\"ok\": 1,\n \"a\": {\"value\": {\"k\": [1, 123456789012345678901234567890]}}}", 27, "123456789012345678901234567890"),
+        ] {
+            let e = parse(text).unwrap_err();
+            let line = if text.contains('\n') { 2 } else { 1 };
+            assert_eq!(e, GraphError::Integer { line, column: col, message: e.to_string().split_once(": ").unwrap().1.to_string() }, "{text}");
+            assert!(e.to_string().contains(&format!("the integer {lit} is outside the range")), "{e}");
+        }
+        // A float literal of the same size is a float, not an error.
+        assert!(parse(r#"{"a": 1.8446744073709552e19, "b": -1e30}"#).is_ok());
+        let e = parse(r#"{"": 1}"#).unwrap_err();
+        assert!(e.to_string().contains("the empty key \"\" is not allowed"), "{e}");
     }
 
     fn spec(g: &Graph, k: &str) -> Expr {
