@@ -334,7 +334,7 @@ impl<'de> Deserialize<'de> for Entries {
 /// JSON reader makes of an integer literal it cannot keep exact.
 fn may_be_rounded(v: &Json) -> bool {
     match v {
-        Json::Number(n) => n.as_f64().is_some_and(|f| n.is_f64() && f.fract() == 0.0 && !(-9.223372036854775e18..1.8446744073709550e19).contains(&f)),
+        Json::Number(n) => n.as_f64().is_some_and(|f| n.is_f64() && f.fract() == 0.0 && !(-9.223372036854775e18..1.844674407370955e19).contains(&f)),
         Json::Array(items) => items.iter().any(may_be_rounded),
         Json::Object(m) => m.values().any(may_be_rounded),
         _ => false,
