@@ -292,6 +292,27 @@ fn worker_over_its_memory_limit_leaves_and_its_work_is_rescheduled() {
 /// A client that goes away stops what only it wanted, also a command that
 /// is running: its process is killed, not left to run to its end.
 #[test]
+fn a_command_and_what_it_started_die_with_a_worker_killed_by_sigkill() {
+    let mut c = Cluster::start("orphans", &[("w1", 1)]);
+    // A shell that starts a background sleeper and waits: two processes.
+    let pids = c.dir.join("pids");
+    let graph = format!(r#"{{"long": {{"cmd": ["sh", "-c", "sleep 600 & echo $$ $! > {0}.tmp && mv {0}.tmp {0}; wait"]}}}}"#, pids.display());
+    let g = c.dir.write("long.json", &graph);
+    let _submit = Proc::spawn(&["submit", g.to_str().unwrap(), "--scheduler-file", c.file_arg(), "--timeout", "10m"], c.dir.join("submit.log"));
+    wait_for("the command to start", Duration::from_secs(60), || pids.exists());
+    let procs: Vec<u32> = std::fs::read_to_string(&pids).unwrap().split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(procs.len(), 2);
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    };
+    assert!(procs.iter().all(|&p| alive(p)));
+    let mut worker = c.workers.remove(0);
+    worker.child.kill().unwrap(); // SIGKILL: the worker cannot clean up itself
+    worker.child.wait().unwrap();
+    wait_for("the command and its child to be killed", Duration::from_secs(10), || procs.iter().all(|&p| !alive(p)));
+}
+
+#[test]
 fn a_running_command_is_killed_when_its_client_leaves() {
     let c = Cluster::start("cancel-cmd", &[("w1", 1)]);
     let pidfile = c.dir.join("sleeper.pid");

@@ -311,6 +311,10 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
     let stdin = spec.stdin.as_ref().map(text).transpose()?;
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    // A process group of its own (still posix_spawn): a timeout, a cancel
+    // or the worker's end kills whatever the command started too.
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
     let mut child = cmd.spawn().map_err(|e| format!("cannot start command '{program}' in {}: {e}", cwd.display()))?;
     if let Some(f) = ctx.spawned {
         f(Some(child.id()));
@@ -329,7 +333,8 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
     let mut timed_out = false;
     let [stdout, stderr] = drain_pipes([out_pipe.as_raw_fd(), err_pipe.as_raw_fd()], ctx.deadline, || {
         timed_out = true;
-        let _ = child.kill();
+        // SAFETY: the child is not reaped yet, so its group id is its own.
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
     });
     drop((out_pipe, err_pipe));
     if let Some(f) = ctx.spawned {
