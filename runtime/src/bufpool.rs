@@ -46,21 +46,26 @@ pub fn set_limit(bytes: u64) {
 /// else a new one. `None` when the memory cannot be had.
 pub fn take(len: usize) -> Option<Vec<u8>> {
     if len >= MIN_POOLED {
-        let mut p = pool();
-        let best = p.free.iter().enumerate()
-            .filter(|(_, (b, _))| b.capacity() >= len && b.capacity() - len <= b.capacity() / 8)
-            .min_by_key(|(_, (b, _))| b.capacity())
-            .map(|(i, _)| i);
-        if let Some(i) = best {
-            let (b, _) = p.free.remove(i);
-            p.held -= b.capacity();
-            p.reused += 1;
+        if let Some(b) = take_pooled(len) {
             return Some(b);
         }
     }
     let mut b = Vec::new();
     b.try_reserve_exact(len).ok()?;
     prefault(&mut b);
+    Some(b)
+}
+
+/// A pooled buffer that fits `len` without wasting more than an eighth.
+fn take_pooled(len: usize) -> Option<Vec<u8>> {
+    let mut p = pool();
+    let best = p.free.iter().enumerate()
+        .filter(|(_, (b, _))| b.capacity() >= len && b.capacity() - len <= b.capacity() / 8)
+        .min_by_key(|(_, (b, _))| b.capacity())
+        .map(|(i, _)| i)?;
+    let (b, _) = p.free.remove(best);
+    p.held -= b.capacity();
+    p.reused += 1;
     Some(b)
 }
 
@@ -100,6 +105,37 @@ pub fn trim(idle: Duration) {
     }
 }
 
+/// As [`take`], but a new buffer's pages are not mapped yet: the caller
+/// maps them with [`prefault_range`] as it fills them.
+pub fn take_lazy(len: usize) -> Option<Vec<u8>> {
+    if len >= MIN_POOLED {
+        if let Some(b) = take_pooled(len) {
+            return Some(b);
+        }
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    Some(v)
+}
+
+/// Map the pages of `buf`'s spare capacity between `from` and `to` (byte
+/// offsets) in one system call, before data is copied there.
+pub fn prefault_range(buf: &mut Vec<u8>, from: usize, to: usize) {
+    #[cfg(target_os = "linux")]
+    if buf.capacity() >= MIN_POOLED {
+        const PAGE: usize = 4096;
+        let to = to.min(buf.capacity());
+        let start = buf.as_mut_ptr() as usize;
+        let first = (start + from).div_ceil(PAGE) * PAGE;
+        let last = (start + to) / PAGE * PAGE;
+        if last > first {
+            // SAFETY: the range lies inside the vector's own allocation, which
+            // is private writable memory; populating it changes no contents.
+            unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_POPULATE_WRITE) };
+        }
+    }
+}
+
 /// Bytes held in the pool, and how many buffers were reused so far.
 #[cfg(test)]
 pub fn stats() -> (u64, u64) {
@@ -119,18 +155,8 @@ fn shrink_to(p: &mut Pool, bytes: usize) {
 /// page fault per page while data is copied in. Best effort: before Linux
 /// 5.14 the call fails and pages fault in as usual.
 fn prefault(buf: &mut Vec<u8>) {
-    #[cfg(target_os = "linux")]
-    if buf.capacity() >= MIN_POOLED {
-        const PAGE: usize = 4096;
-        let start = buf.as_mut_ptr() as usize;
-        let first = start.div_ceil(PAGE) * PAGE;
-        let last = (start + buf.capacity()) / PAGE * PAGE;
-        if last > first {
-            // SAFETY: the range lies inside the vector's own allocation, which
-            // is private writable memory; populating it changes no contents.
-            unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_POPULATE_WRITE) };
-        }
-    }
+    let cap = buf.capacity();
+    prefault_range(buf, 0, cap);
 }
 
 #[cfg(test)]

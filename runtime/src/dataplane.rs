@@ -172,27 +172,33 @@ pub fn data_server(
     store: Arc<Store>,
     counters: Arc<Counters>,
 ) {
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+    let gate = crate::gate::Gate::new();
+    crate::gate::accept_loop(&listener, "data server", &|| false, |stream| {
+        let (store, counters, secret) = (store.clone(), counters.clone(), secret.clone());
+        let pending = gate.admit(&stream);
+        let _ = std::thread::Builder::new()
+            .name("tf-data-conn".into())
+            .spawn(move || serve_peer(stream, &secret, &store, &counters, pending));
+    });
+}
+
+fn serve_peer(mut stream: TcpStream, secret: &[u8], store: &Store, counters: &Counters, pending: crate::gate::Pending) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let handshake = server_handshake(&mut stream, secret);
+    drop(pending);
+    if handshake.is_ok() {
+        // Who fetched from this worker (authenticated peers only).
         if let Ok(a) = stream.peer_addr() {
             let mut seen = counters.connections_from.lock().expect("lock");
             if seen.len() < 64 {
                 seen.insert(a.ip());
             }
         }
-        let (store, counters, secret) = (store.clone(), counters.clone(), secret.clone());
-        let _ = std::thread::Builder::new()
-            .name("tf-data-conn".into())
-            .spawn(move || serve_peer(stream, &secret, &store, &counters));
     }
-}
-
-fn serve_peer(mut stream: TcpStream, secret: &[u8], store: &Store, counters: &Counters) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    match server_handshake(&mut stream, secret) {
+    match handshake {
         Ok(Role::Peer) => {}
         Ok(role) => {
             log_at!(

@@ -25,6 +25,7 @@ pub(crate) mod dag;
 pub mod error;
 pub(crate) mod dataplane;
 pub mod functions;
+pub mod gate;
 pub mod graph;
 pub(crate) mod idmap;
 pub mod jobqueue;

@@ -78,7 +78,49 @@ pub const MAX_CONTROL_FRAME: u64 = 512 << 20;
 pub const MAX_PAYLOAD_FRAME: u64 = 64 << 30;
 const KIND_CONTROL: u8 = 0;
 const KIND_PAYLOAD: u8 = 1;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole handshake must be done within this (not per read: a peer
+/// trickling a byte every few seconds would otherwise hold a connection
+/// forever).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `read_exact` that fails with TimedOut once `deadline` has passed,
+/// however slowly the bytes come.
+fn read_exact_by(stream: &mut TcpStream, buf: &mut [u8], deadline: std::time::Instant) -> io::Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("handshake not done within {} s", HANDSHAKE_TIMEOUT.as_secs())));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed during the handshake")),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("handshake not done within {} s", HANDSHAKE_TIMEOUT.as_secs())))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Read `len` bytes into `buf` (cleared first), growing it as the bytes
+/// arrive rather than from the length a peer announced: a header promising
+/// 512 MiB followed by silence costs nothing.
+fn read_growing<R: Read>(r: &mut R, buf: &mut Vec<u8>, len: usize) -> io::Result<()> {
+    buf.clear();
+    let mut step = 1 << 20;
+    while buf.len() < len {
+        let n = step.min(len - buf.len());
+        let have = buf.len();
+        buf.resize(have + n, 0);
+        r.read_exact(&mut buf[have..])?;
+        step = (step * 2).min(64 << 20);
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -361,6 +403,9 @@ pub struct FrameReader<R: Read> {
     body: Vec<u8>,
 }
 
+/// A payload's pages are mapped this much at a time, as its bytes arrive.
+const PAYLOAD_CHUNK: u64 = 16 << 20;
+
 /// Largest control-frame buffer a reader keeps for the next batch.
 const KEEP_BODY_MAX: usize = 4 << 20;
 
@@ -395,9 +440,7 @@ impl<R: Read> FrameReader<R> {
             return Err(invalid(format!("control frame of {len} bytes is outside the allowed 4..={MAX_CONTROL_FRAME}")));
         }
         let mut body = std::mem::take(&mut self.body);
-        body.clear();
-        body.resize(len as usize, 0);
-        self.inner.read_exact(&mut body)?;
+        read_growing(&mut self.inner, &mut body, len as usize)?;
         let npayloads = u32::from_le_bytes(body[..4].try_into().unwrap());
         let msgs: Vec<T> = bincode::deserialize(&body[4..]).map_err(|e| invalid(format!("undecodable message batch: {e}")))?;
         if body.capacity() <= KEEP_BODY_MAX {
@@ -415,10 +458,18 @@ impl<R: Read> FrameReader<R> {
             let mut tag = [0u8; 1];
             self.inner.read_exact(&mut tag)?;
             let blen = plen - 1;
-            let mut body = crate::bufpool::take(blen as usize).ok_or_else(|| invalid(format!("cannot allocate {blen} bytes for a payload")))?;
-            (&mut self.inner).take(blen).read_to_end(&mut body)?;
-            if body.len() as u64 != blen {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a payload frame"));
+            // Address space for the whole value at once (one mapping, no
+            // copies while it grows), but its pages are mapped only as the
+            // bytes arrive, a chunk at a time.
+            let mut body = crate::bufpool::take_lazy(blen as usize).ok_or_else(|| invalid(format!("cannot allocate {blen} bytes for a payload")))?;
+            while (body.len() as u64) < blen {
+                let have = body.len();
+                let chunk = (blen - have as u64).min(PAYLOAD_CHUNK);
+                crate::bufpool::prefault_range(&mut body, have, have + chunk as usize);
+                (&mut self.inner).take(chunk).read_to_end(&mut body)?;
+                if body.len() == have {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a payload frame"));
+                }
             }
             payloads.push((tag[0], body));
         }
@@ -523,7 +574,7 @@ const STATUS_AUTH: u8 = 2;
 
 /// Connecting side. On success the stream is authenticated both ways.
 pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Result<(), HandshakeError> {
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let cn = crate::util::random_bytes(32);
     let mut hello = Vec::with_capacity(43);
     hello.extend_from_slice(MAGIC);
@@ -532,7 +583,7 @@ pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Re
     hello.extend_from_slice(&cn);
     stream.write_all(&hello)?;
     let mut reply = [0u8; 8 + 2 + 1 + 32 + 32];
-    stream.read_exact(&mut reply)?;
+    read_exact_by(stream, &mut reply, deadline)?;
     if &reply[..8] != MAGIC {
         return Err(HandshakeError::BadMagic);
     }
@@ -545,7 +596,7 @@ pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Re
     let mine = proof(secret, b"taskfarm-client", &[&[role as u8], &cn, sn]).finalize().into_bytes();
     stream.write_all(&mine)?;
     let mut status = [0u8; 1];
-    stream.read_exact(&mut status)?;
+    read_exact_by(stream, &mut status, deadline)?;
     if status[0] != STATUS_OK {
         return Err(HandshakeError::AuthFailed);
     }
@@ -556,9 +607,11 @@ pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Re
 
 /// Accepting side. Returns the authenticated peer's role.
 pub fn server_handshake(stream: &mut TcpStream, secret: &[u8]) -> Result<Role, HandshakeError> {
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    // Writes too: a peer that never reads must not hold the thread.
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let mut hello = [0u8; 43];
-    stream.read_exact(&mut hello)?;
+    read_exact_by(stream, &mut hello, deadline)?;
     if &hello[..8] != MAGIC {
         return Err(HandshakeError::BadMagic);
     }
@@ -580,13 +633,14 @@ pub fn server_handshake(stream: &mut TcpStream, secret: &[u8]) -> Result<Role, H
     reply.extend_from_slice(&proof(secret, b"taskfarm-server", &[cn, &sn]).finalize().into_bytes());
     stream.write_all(&reply)?;
     let mut theirs_proof = [0u8; 32];
-    stream.read_exact(&mut theirs_proof)?;
+    read_exact_by(stream, &mut theirs_proof, deadline)?;
     if proof(secret, b"taskfarm-client", &[&[role as u8], cn, &sn]).verify_slice(&theirs_proof).is_err() {
         let _ = stream.write_all(&[STATUS_AUTH]);
         return Err(HandshakeError::AuthFailed);
     }
     stream.write_all(&[STATUS_OK])?;
     stream.set_read_timeout(None)?;
+    stream.set_write_timeout(None)?;
     stream.set_nodelay(true)?;
     Ok(role)
 }

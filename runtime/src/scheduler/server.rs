@@ -109,6 +109,8 @@ impl Controller {
 
 /// Bind, write the scheduler file, and start serving in background threads.
 pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
+    // Many peers, many connections: the usual soft limit of 1,024 files is low.
+    crate::gate::raise_fd_limit();
     let listener = TcpListener::bind(cfg.listen).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
     let local = listener.local_addr()?;
     let address = match &cfg.contact {
@@ -155,28 +157,19 @@ pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
 
 fn accept_loop(listener: TcpListener, secret: Vec<u8>, tx: Sender<Event>, stopping: Arc<AtomicBool>) {
     let mut next_conn: ConnId = 1;
-    for stream in listener.incoming() {
-        if stopping.load(Ordering::SeqCst) {
-            break;
-        }
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                log_at!(1, "scheduler", "accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
+    let gate = crate::gate::Gate::new();
+    crate::gate::accept_loop(&listener, "scheduler", &|| stopping.load(Ordering::SeqCst), |stream| {
         let conn = next_conn;
         next_conn += 1;
         let tx = tx.clone();
         let secret = secret.clone();
-        let _ = std::thread::Builder::new().name(format!("tf-conn-{conn}")).spawn(move || serve_connection(conn, stream, &secret, tx));
-    }
+        let pending = gate.admit(&stream);
+        let _ = std::thread::Builder::new().name(format!("tf-conn-{conn}")).spawn(move || serve_connection(conn, stream, &secret, tx, pending));
+    });
 }
 
 /// Handshake, registration, then read batches until the peer goes away.
-fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Sender<Event>) {
+fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Sender<Event>, pending: crate::gate::Pending) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let role = match server_handshake(&mut stream, secret) {
         Ok(r) => r,
@@ -185,6 +178,7 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
             return;
         }
     };
+    drop(pending);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
     let Ok(read_half) = stream.try_clone() else { return };
     let mut reader = FrameReader::new(read_half);

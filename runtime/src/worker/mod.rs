@@ -119,6 +119,8 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
     util::release_large_frees();
     let local_ip = scheduler.local_addr()?.ip();
     let listen_ip = cfg.listen_ip.unwrap_or(local_ip);
+    // Many peers, many connections: the usual soft limit of 1,024 files is low.
+    crate::gate::raise_fd_limit();
     let listener = TcpListener::bind(SocketAddr::new(listen_ip, 0)).map_err(|e| {
         io::Error::new(
             e.kind(),

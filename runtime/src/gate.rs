@@ -1,0 +1,204 @@
+//! What stands between a listening socket and the handshake, so that peers
+//! without the secret cannot starve the ones with it:
+//!
+//! * at most [`MAX_PENDING`] connections per listener, and
+//!   [`MAX_PENDING_PER_IP`] per peer address, may be unauthenticated at
+//!   once; a newcomer over a cap closes the oldest pending one (a handshake
+//!   of a real peer takes milliseconds, a stalling one waits for its
+//!   deadline, so the stallers are the ones that go);
+//! * accept errors back off (10 ms doubling to 1 s) instead of spinning,
+//!   and when the process is out of file descriptors (EMFILE, ENFILE) one
+//!   descriptor kept in reserve is freed to accept and close the waiting
+//!   connection, so peers see a closed connection rather than a hang;
+//! * the whole handshake has a deadline ([`crate::protocol::HANDSHAKE_TIMEOUT`]).
+
+use crate::log_at;
+use std::collections::VecDeque;
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Unauthenticated connections a listener keeps at once.
+pub const MAX_PENDING: usize = 64;
+/// Unauthenticated connections from one address at once.
+pub const MAX_PENDING_PER_IP: usize = 16;
+
+/// The connections of one listener that have not authenticated yet.
+pub struct Gate {
+    state: Mutex<State>,
+    max_total: usize,
+    max_per_ip: usize,
+}
+
+#[derive(Default)]
+struct State {
+    next: u64,
+    /// Oldest first: (ticket, peer address, a handle to close it by).
+    pending: VecDeque<(u64, IpAddr, TcpStream)>,
+    evicted: u64,
+}
+
+/// A pending connection's place at the gate; dropping it (once the
+/// handshake is over, either way) leaves.
+pub struct Pending {
+    gate: Arc<Gate>,
+    id: u64,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut st = self.gate.lock();
+        st.pending.retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+impl Gate {
+    pub fn new() -> Arc<Gate> {
+        Gate::with_limits(MAX_PENDING, MAX_PENDING_PER_IP)
+    }
+
+    pub fn with_limits(max_total: usize, max_per_ip: usize) -> Arc<Gate> {
+        Arc::new(Gate { state: Mutex::new(State::default()), max_total: max_total.max(1), max_per_ip: max_per_ip.max(1) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Let `stream` in as pending, closing the oldest pending connection
+    /// from its address (or of all) when a cap is reached.
+    pub fn admit(self: &Arc<Self>, stream: &TcpStream) -> Pending {
+        let ip = stream.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let mut st = self.lock();
+        let from_ip = st.pending.iter().filter(|(_, a, _)| *a == ip).count();
+        let victim = if from_ip >= self.max_per_ip {
+            st.pending.iter().position(|(_, a, _)| *a == ip)
+        } else if st.pending.len() >= self.max_total {
+            Some(0)
+        } else {
+            None
+        };
+        if let Some(i) = victim {
+            if let Some((_, addr, s)) = st.pending.remove(i) {
+                let _ = s.shutdown(Shutdown::Both);
+                st.evicted += 1;
+                if st.evicted.is_power_of_two() {
+                    log_at!(1, "net", "too many connections that have not authenticated (latest from {addr}): closed the oldest ({} so far)", st.evicted);
+                }
+            }
+        }
+        st.next += 1;
+        let id = st.next;
+        if let Ok(handle) = stream.try_clone() {
+            st.pending.push_back((id, ip, handle));
+        }
+        Pending { gate: self.clone(), id }
+    }
+
+    /// Connections pending now.
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+}
+
+/// Accept connections until `stop()` says so (checked after each accept),
+/// handing each to `handle`; errors back off instead of spinning.
+pub fn accept_loop(listener: &TcpListener, what: &str, stop: &dyn Fn() -> bool, mut handle: impl FnMut(TcpStream)) {
+    let mut reserve = open_reserve();
+    let mut pause = Duration::ZERO;
+    loop {
+        let accepted = listener.accept();
+        if stop() {
+            return;
+        }
+        match accepted {
+            Ok((stream, _)) => {
+                pause = Duration::ZERO;
+                if reserve.is_none() {
+                    reserve = open_reserve();
+                }
+                handle(stream);
+            }
+            Err(e) => {
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+                if out_of_fds {
+                    // Free the reserve to take the waiting connection off
+                    // the queue and close it: it would be accepted again
+                    // and again otherwise.
+                    drop(reserve.take());
+                    if let Ok((s, addr)) = listener.accept() {
+                        drop(s);
+                        log_at!(1, "net", "{what}: out of file descriptors ({e}); closed a new connection from {addr}");
+                    }
+                    reserve = open_reserve();
+                } else if e.kind() == std::io::ErrorKind::ConnectionAborted || e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                } else if pause.is_zero() {
+                    log_at!(1, "net", "{what}: accept failed: {e}");
+                }
+                pause = (pause * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                std::thread::sleep(pause);
+            }
+        }
+    }
+}
+
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Raise this process's soft limit on open files to its hard limit (a
+/// scheduler of many workers, or a worker with many peers, needs more than
+/// the usual 1,024); returns the limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return want.rlim_cur as u64;
+            }
+        }
+    }
+    lim.rlim_cur as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn the_oldest_pending_connection_gives_way_over_a_cap() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let gate = Gate::with_limits(10, 3);
+        let mut clients = Vec::new();
+        let mut tickets = Vec::new();
+        for _ in 0..4 {
+            clients.push(TcpStream::connect(addr).unwrap());
+            let (s, _) = l.accept().unwrap();
+            tickets.push((gate.admit(&s), s));
+        }
+        // The fourth from 127.0.0.1 closed the first: its client reads EOF.
+        assert_eq!(gate.pending(), 3);
+        let mut buf = [0u8; 1];
+        clients[0].set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(clients[0].read(&mut buf).unwrap(), 0);
+        // A finished handshake leaves the gate.
+        tickets.pop();
+        assert_eq!(gate.pending(), 2);
+    }
+
+    #[test]
+    fn the_fd_limit_is_raised_to_the_hard_limit() {
+        let now = raise_fd_limit();
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        assert_eq!((now, lim.rlim_cur), (lim.rlim_max as u64, lim.rlim_max));
+    }
+}
