@@ -111,3 +111,123 @@ fn the_other_user_refuses_our_file_too_and_a_shared_directory_is_refused_for_wri
     let (code, err) = run_bounded(worker, &d, "other-worker", Duration::from_secs(30));
     assert!(code.is_some_and(|c| c != 0) && err.contains("refusing scheduler file") && err.contains("belongs to user root (uid 0)"), "{err}");
 }
+
+/// A worker started as `sh -c 'ulimit -n FILES; exec taskfarm worker ...'`.
+fn limited_worker(c: &Cluster, name: &str, files: u32) -> Proc {
+    let scratch = c.dir.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let script = format!("ulimit -n {files} && exec \"$0\" worker --scheduler-file \"$1\" --name {name} --nthreads 1 --local-directory \"$2\"");
+    let log = c.dir.join(&format!("worker-{name}.log"));
+    let child = Command::new("sh")
+        .args(["-c", &script, common::bin(), c.file_arg(), scratch.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let p = Proc { child, log };
+    wait_for(&format!("worker {name} to register"), Duration::from_secs(30), || {
+        status(&c.file).is_some_and(|s| s["workers"].as_array().is_some_and(|w| w.iter().any(|w| w["name"] == name)))
+    });
+    p
+}
+
+fn data_address(c: &Cluster, name: &str) -> String {
+    c.worker_status(name)["address"].as_str().unwrap().trim_start_matches("tcp://").to_string()
+}
+
+#[test]
+fn stalling_connections_without_the_secret_cannot_starve_a_worker() {
+    let c = Cluster::start("stallers", &[]);
+    let worker = limited_worker(&c, "w1", 256);
+    let addr = data_address(&c, "w1");
+    // 300 connections that trickle one byte of a 43-byte hello every 2 s.
+    let conns: Vec<std::net::TcpStream> = (0..300).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    assert!(conns.len() >= 250, "connected {}", conns.len());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickler = {
+        let conns: Vec<_> = conns.iter().map(|s| s.try_clone().unwrap()).collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut conns = conns;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for s in &mut conns {
+                    let _ = s.write(b"t");
+                }
+                std::thread::sleep(Duration::from_secs(2)); // the attack's pace, not synchronisation
+            }
+        })
+    };
+    // The worker still runs a command (pipes, a process: file descriptors).
+    let out = c.submit(r#"{"x": {"cmd": ["echo", "still working"], "workers": ["w1"]}}"#, &["--timeout", "60s"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), worker.log_text());
+    assert!(stdout(&out).contains("still working"));
+    // Every staller is closed: the oldest over the cap at once, the rest at
+    // the handshake's 10 s deadline, however slowly they send.
+    let closed = |s: &std::net::TcpStream| {
+        use std::io::Read;
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 64];
+        match (&*s).read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    };
+    wait_for("every stalling connection to be closed", Duration::from_secs(60), || conns.iter().all(closed));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    trickler.join().unwrap();
+    let log = worker.log_text();
+    assert!(log.contains("too many connections that have not authenticated"), "{log}");
+    assert!(log.contains("handshake not done within 10 s"), "{log}");
+    // And it still works afterwards.
+    let out = c.submit(r#"{"y": {"cmd": ["echo", "after"], "workers": ["w1"]}}"#, &[]);
+    assert!(out.status.success() && stdout(&out).contains("after"), "{}", stderr(&out));
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
+}
+
+/// Bytes waiting in the kernel for the worker to read on the connection
+/// from `client` (the server side's receive queue, from /proc/net/tcp).
+fn unread_by_worker(client: &std::net::TcpStream) -> Option<u64> {
+    let (me, them) = (client.local_addr().unwrap().port(), client.peer_addr().unwrap().port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+        (port(f[1])? == them && port(f[2])? == me).then(|| u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok()).flatten()
+    })
+}
+
+#[test]
+fn a_huge_frame_header_followed_by_silence_allocates_nothing_much() {
+    let mut c = Cluster::start("huge-header", &[("w1", 1)]);
+    let pid = c.workers[0].child.id();
+    let addr = data_address(&c, "w1");
+    let file = taskfarm::schedfile::SchedulerFile::read(&c.file).unwrap();
+    let secret = file.secret_bytes().unwrap();
+    let mut s = taskfarm::schedfile::connect(&addr, &secret, taskfarm::protocol::Role::Peer).unwrap();
+    let before = rss_kib(pid);
+    // A control frame announced as 512 MiB (the largest allowed), then 4 KiB, then nothing.
+    use std::io::Write;
+    let mut frame = (512u64 << 20).to_le_bytes().to_vec();
+    frame.push(0);
+    frame.extend_from_slice(&[0u8; 4096]);
+    s.write_all(&frame).unwrap();
+    wait_for("the worker to read what was sent", Duration::from_secs(30), || unread_by_worker(&s) == Some(0));
+    // More of the body: once it is read too, the worker is past allocating
+    // for the frame.
+    s.write_all(&[0u8; 4096]).unwrap();
+    wait_for("the worker to read the rest", Duration::from_secs(30), || unread_by_worker(&s) == Some(0));
+    let grew = rss_kib(pid).saturating_sub(before);
+    assert!(grew < 64 << 10, "the worker's memory grew by {grew} KiB for 4 KiB received");
+    drop(s);
+    // The worker is fine.
+    let out = c.submit(r#"{"z": ["inc", 1]}"#, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.workers.clear();
+}

@@ -160,11 +160,11 @@ pub fn raise_fd_limit() -> u64 {
         if lim.rlim_cur < lim.rlim_max {
             let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                return want.rlim_cur as u64;
+                return want.rlim_cur;
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 #[cfg(test)]
@@ -199,6 +199,6 @@ mod tests {
         let now = raise_fd_limit();
         let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-        assert_eq!((now, lim.rlim_cur), (lim.rlim_max as u64, lim.rlim_max));
+        assert_eq!((now, lim.rlim_cur), (lim.rlim_max, lim.rlim_max));
     }
 }
