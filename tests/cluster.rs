@@ -333,3 +333,41 @@ fn a_running_command_is_killed_when_its_client_leaves() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("next"), "{}", stdout(&out));
 }
+
+#[test]
+fn a_frozen_scheduler_is_noticed_by_its_clients_and_workers() {
+    let mut c = Cluster::start("frozen", &[]);
+    let log = c.dir.join("worker-w.log");
+    c.workers.push(Proc::spawn(&["worker", "--scheduler-file", c.file_arg(), "--name", "w", "--scheduler-timeout", "10s"], log));
+    wait_for("the worker to register", Duration::from_secs(30), || status(&c.file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(1)));
+    let g = c.dir.write("slow.json", r#"{"slow": ["sleep", 30]}"#);
+    let mut submit = Proc::spawn(&["submit", g.to_str().unwrap(), "--scheduler-file", c.file_arg(), "--scheduler-timeout", "10s"], c.dir.join("submit.log"));
+    wait_for("the task to start", Duration::from_secs(30), || status(&c.file).is_some_and(|s| s["tasks"]["processing"] == 1));
+    let sched = c.scheduler.child.id().to_string();
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &sched]).status().unwrap().success());
+    signal("-STOP");
+    let client_code = submit.wait_exit(Duration::from_secs(60));
+    let worker_code = c.workers[0].wait_exit(Duration::from_secs(60));
+    signal("-CONT");
+    assert_eq!(client_code, Some(1), "{}", submit.log_text());
+    assert!(submit.log_text().contains("has said nothing for 10 s") && submit.log_text().contains("--scheduler-timeout"), "{}", submit.log_text());
+    assert_eq!(worker_code, Some(1), "{}", c.workers[0].log_text());
+    assert!(c.workers[0].log_text().contains("no word from the scheduler for 10 s"), "{}", c.workers[0].log_text());
+}
+
+#[test]
+fn submit_timeout_names_what_it_waited_for_and_long_waits_say_so() {
+    let c = Cluster::start("submit-timeout", &[("w1", 2)]);
+    // A task no connected worker may run: --timeout ends the wait with why.
+    let o = c.submit(r#"{"x": {"task": ["inc", 1], "workers": ["gone"]}}"#, &["--timeout", "3s"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("gave up after 3 s (--timeout) waiting for 1 of 1 key(s): x") && e.contains("'x' cannot run:") && e.contains("gone"), "{e}");
+    // A long wait says every 10 s what it still waits for.
+    let o = c.submit(r#"{"slow": ["sleep", 11], "quick": ["inc", 1]}"#, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("still waiting after 10 s for 1 of 2 key(s): slow"), "{}", stderr(&o));
+    let o = c.submit(r#"{"a": 1}"#, &["--scheduler-timeout", "2s"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("must be longer than the scheduler's ping interval"), "{}", stderr(&o));
+}

@@ -75,7 +75,7 @@ fn scheduler(dir: &TempDir, extra: &[&str]) -> (Proc, std::path::PathBuf) {
 fn submit(dir: &TempDir, file: &Path, graph: &str) -> std::thread::JoinHandle<std::process::Output> {
     let g = dir.write("g.json", graph);
     let f = file.to_path_buf();
-    std::thread::spawn(move || taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", f.to_str().unwrap(), "--keys", "total", "--timeout", "30s"]))
+    std::thread::spawn(move || taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", f.to_str().unwrap(), "--keys", "total", "--timeout", "10m"]))
 }
 
 /// `jobqueue submit` of `n` jobs (logs in `dir`); their ids, one per line.

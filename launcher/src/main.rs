@@ -109,7 +109,7 @@ impl From<ClientError> for Fail {
     fn from(e: ClientError) -> Fail {
         let code = match &e {
             ClientError::Rejected(_) => EXIT_USAGE,
-            ClientError::Stuck(_) => EXIT_TASK_FAILED,
+            ClientError::Stuck(_) | ClientError::TimedOut(_) => EXIT_TASK_FAILED,
             ClientError::Connect(_) | ClientError::Lost(_) => EXIT_ENVIRONMENT,
         };
         Fail(code, e.to_string())

@@ -37,6 +37,8 @@ pub enum ClientError {
     Lost(String),
     /// A task cannot run on any worker (with `fail_when_stuck`).
     Stuck(String),
+    /// The computation was not done by the client's deadline.
+    TimedOut(String),
 }
 
 /// Why [`Client::retire_and_wait`] failed.
@@ -73,6 +75,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Rejected(m) => write!(f, "the scheduler rejected the graph: {m}"),
             ClientError::Lost(m) => write!(f, "lost the scheduler: {m}"),
             ClientError::Stuck(m) => write!(f, "{m}"),
+            ClientError::TimedOut(m) => write!(f, "{m}"),
         }
     }
 }
@@ -84,11 +87,30 @@ pub struct Client {
     /// (for clusters no worker can join, like `taskfarm run`'s), instead of
     /// warning and waiting for one.
     pub fail_when_stuck: bool,
-    reader: FrameReader<TcpStream>,
+    /// Give up on a scheduler that says nothing for this long (it pings
+    /// every [`crate::protocol::PING_INTERVAL`]).
+    pub scheduler_timeout: Duration,
+    /// Give up on a computation not done by then (`submit --timeout`).
+    pub deadline: Option<std::time::Instant>,
+    /// While waiting for results, say what is awaited this often (on the log).
+    pub note_every: Duration,
+    /// Batches from the scheduler, read by a thread of their own so that
+    /// waiting can be bounded without breaking a frame.
+    inbox: crossbeam_channel::Receiver<Result<Vec<ToClient>, String>>,
+    /// The connection, to close it (and so end the reading thread) on drop.
+    stream: TcpStream,
+    last_word: std::time::Instant,
     writer: FrameWriter<TcpStream>,
     secret: Vec<u8>,
     pending: std::collections::VecDeque<ToClient>,
     pub address: String,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Ends the reading thread too.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl Client {
@@ -117,9 +139,30 @@ impl Client {
         let lost = |e: std::io::Error| ClientError::Lost(e.to_string());
         let mut writer = FrameWriter::new(stream.try_clone().map_err(lost)?);
         writer.send(&[ToScheduler::RegisterClient { name: format!("{}-{}", crate::util::hostname(), std::process::id()) }], &[]).map_err(lost)?;
+        let (tx, inbox) = crossbeam_channel::unbounded();
+        let mut reader = FrameReader::new(stream.try_clone().map_err(lost)?);
+        std::thread::Builder::new()
+            .name("tf-client-reader".into())
+            .spawn(move || loop {
+                let batch = match reader.read_batch::<ToClient>() {
+                    Ok(Some((msgs, _))) => Ok(msgs),
+                    Ok(None) => Err("the scheduler closed the connection".to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let end = batch.is_err();
+                if tx.send(batch).is_err() || end {
+                    return;
+                }
+            })
+            .map_err(lost)?;
         let mut c = Client {
             fail_when_stuck: false,
-            reader: FrameReader::new(stream),
+            scheduler_timeout: crate::protocol::SCHEDULER_TIMEOUT,
+            deadline: None,
+            note_every: Duration::from_secs(10),
+            inbox,
+            stream,
+            last_word: std::time::Instant::now(),
             writer,
             secret: secret.to_vec(),
             pending: std::collections::VecDeque::new(),
@@ -133,13 +176,50 @@ impl Client {
 
     fn next(&mut self) -> Result<ToClient, ClientError> {
         loop {
-            if let Some(m) = self.pending.pop_front() {
+            if let Some(m) = self.next_until(None)? {
                 return Ok(m);
             }
-            match self.reader.read_batch::<ToClient>() {
-                Ok(Some((msgs, _))) => self.pending.extend(msgs),
-                Ok(None) => return Err(ClientError::Lost("the scheduler closed the connection".into())),
-                Err(e) => return Err(ClientError::Lost(e.to_string())),
+        }
+    }
+
+    /// The next message, or None once `wake` has passed without one. Fails
+    /// when the scheduler has been silent for `scheduler_timeout` or the
+    /// computation's `deadline` has passed.
+    fn next_until(&mut self, wake: Option<std::time::Instant>) -> Result<Option<ToClient>, ClientError> {
+        use crossbeam_channel::RecvTimeoutError;
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                if m == ToClient::Ping {
+                    continue;
+                }
+                return Ok(Some(m));
+            }
+            let silent_limit = self.last_word + self.scheduler_timeout;
+            let until = [Some(silent_limit), self.deadline, wake].into_iter().flatten().min().expect("one limit at least");
+            match self.inbox.recv_deadline(until) {
+                Ok(Ok(msgs)) => {
+                    self.last_word = std::time::Instant::now();
+                    self.pending.extend(msgs);
+                }
+                Ok(Err(e)) => return Err(ClientError::Lost(e)),
+                Err(RecvTimeoutError::Disconnected) => return Err(ClientError::Lost("the connection's reader stopped".into())),
+                Err(RecvTimeoutError::Timeout) => {
+                    let now = std::time::Instant::now();
+                    if now >= silent_limit {
+                        return Err(ClientError::Lost(format!(
+                            "the scheduler at {} has said nothing for {:.0} s (it pings every {} s): it is frozen, overloaded or cut off (--scheduler-timeout)",
+                            self.address,
+                            now.duration_since(self.last_word).as_secs_f64(),
+                            crate::protocol::PING_INTERVAL.as_secs()
+                        )));
+                    }
+                    if self.deadline.is_some_and(|d| now >= d) {
+                        return Err(ClientError::TimedOut("the computation did not finish in time".into()));
+                    }
+                    if wake.is_some_and(|w| now >= w) {
+                        return Ok(None);
+                    }
+                }
             }
         }
     }
@@ -158,11 +238,23 @@ impl Client {
     /// Wait for keys already submitted, then fetch their values and release them.
     fn gather(&mut self, keys: &[String]) -> Result<Results, ClientError> {
         let mut g = Gather::new(keys);
+        let started = std::time::Instant::now();
+        let mut next_note = started + self.note_every;
         while g.unresolved > 0 {
-            // Wait until every key is located or failed.
+            // Wait until every key is located or failed, saying now and
+            // then what is still awaited.
             while g.pending > 0 {
-                let m = self.next()?;
-                g.message(m, self.fail_when_stuck)?;
+                match self.next_until(Some(next_note)) {
+                    Ok(Some(m)) => g.message(m, self.fail_when_stuck)?,
+                    Ok(None) => {
+                        next_note += self.note_every;
+                        log_at!(1, "client", "still waiting after {:.0} s for {}", started.elapsed().as_secs_f64(), g.describe_pending());
+                    }
+                    Err(ClientError::TimedOut(_)) => {
+                        return Err(ClientError::TimedOut(format!("gave up after {:.0} s (--timeout) waiting for {}", started.elapsed().as_secs_f64(), g.describe_pending())));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             // Fetch from the holders, one request per holder.
             for (holder, items) in g.by_holder() {
@@ -274,6 +366,8 @@ struct Gather<'k> {
     /// Keys not located (or failed) yet.
     pending: usize,
     fetch_failures: u32,
+    /// Why keys cannot run now, as the scheduler said (the latest few).
+    stuck: Vec<(String, String)>,
 }
 
 enum Slot {
@@ -294,7 +388,21 @@ impl<'k> Gather<'k> {
             }
         }
         let n = distinct.len();
-        Gather { position, distinct, cursor: 0, slots: (0..n).map(|_| Slot::Pending).collect(), unresolved: n, pending: n, fetch_failures: 0 }
+        Gather { position, distinct, cursor: 0, slots: (0..n).map(|_| Slot::Pending).collect(), unresolved: n, pending: n, fetch_failures: 0, stuck: Vec::new() }
+    }
+
+    /// "3 of 10 keys: a, b, c" (the first few not done), and why some
+    /// cannot run, when the scheduler said.
+    fn describe_pending(&self) -> String {
+        let waiting: Vec<&str> = self.slots.iter().zip(&self.distinct).filter(|(s, _)| matches!(s, Slot::Pending)).map(|(_, k)| *k).collect();
+        let shown: Vec<&str> = waiting.iter().take(5).copied().collect();
+        let more = if waiting.len() > shown.len() { format!(" and {} more", waiting.len() - shown.len()) } else { String::new() };
+        let mut text = format!("{} of {} key(s): {}{more}", waiting.len(), self.distinct.len(), shown.join(", "));
+        let stuck: Vec<String> = self.stuck.iter().filter(|(k, _)| waiting.contains(&k.as_str())).map(|(k, r)| format!("'{k}' cannot run: {r}")).collect();
+        if !stuck.is_empty() {
+            text.push_str(&format!(" ({})", stuck.join("; ")));
+        }
+        text
     }
 
     fn locate(&mut self, key: &str) -> Option<usize> {
@@ -347,6 +455,10 @@ impl<'k> Gather<'k> {
                     return Err(ClientError::Stuck(format!("task '{key}' cannot run: {reason}")));
                 }
                 log_at!(1, "client", "task '{key}' cannot run on any connected worker yet: {reason}; waiting for one to join");
+                if self.stuck.len() >= 5 {
+                    self.stuck.remove(0);
+                }
+                self.stuck.push((key, reason));
             }
             _ => {}
         }

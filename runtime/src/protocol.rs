@@ -67,7 +67,7 @@ pub const ERROR_DETAIL: &str = "\u{1e}taskfarm-python-exception:";
 pub fn error_text(error: &str) -> &str {
     error.split_once(ERROR_DETAIL).map_or(error, |(text, _)| text)
 }
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Results up to this size (in their wire form) travel with the task's
 /// completion, through the scheduler, to the clients waiting for them, so
 /// they need no fetch from the worker.
@@ -319,7 +319,16 @@ pub enum ToWorker {
     /// A worker plugin: a pickled callable every Python executor of the
     /// worker runs once, before its next task (and each new one at start).
     PythonPlugin { name: String, data: Vec<u8> },
+    /// The scheduler is alive (sent every [`PING_INTERVAL`]): a worker that
+    /// hears nothing for its scheduler timeout knows it is frozen or cut off.
+    Ping,
 }
+
+/// How often the scheduler tells every worker and client it is alive.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long workers and clients wait without a word from the scheduler
+/// before giving up on it, by default (`--scheduler-timeout`).
+pub const SCHEDULER_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStatus {
@@ -372,6 +381,8 @@ pub enum ToClient {
     Dataset { name: String, found: Option<(Vec<String>, Vec<u8>)> },
     /// Answer to `ListDatasets`.
     Datasets { names: Vec<String> },
+    /// The scheduler is alive (every [`PING_INTERVAL`]).
+    Ping,
 }
 
 /// Requests to a worker's data server.

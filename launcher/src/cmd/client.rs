@@ -15,9 +15,15 @@ pub(crate) struct SubmitArgs {
     pub(crate) file: SchedulerFileArg,
     #[command(flatten)]
     pub(crate) keys: KeysArg,
-    /// How long to wait for the scheduler to be reachable.
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
-    pub(crate) timeout: Duration,
+    /// Give up when the results are not all there this long after the start (exit 1, naming the keys still awaited);
+    /// it also bounds the wait for the scheduler to be reachable [default: wait for the results as long as they take;
+    /// the scheduler must be reachable within 30 s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) timeout: Option<Duration>,
+    /// Give up when the scheduler says nothing for this long (it pings every 5 s): frozen (e.g. SIGSTOP), overloaded
+    /// or cut off (exit 1).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) scheduler_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -63,7 +69,13 @@ pub(crate) fn client_from(file: SchedulerFileArg, timeout: Duration) -> Result<C
 
 pub(crate) fn cmd_submit(a: SubmitArgs) -> Result<u8, Fail> {
     let (graph, keys) = load_graph(&a.graph, a.keys.keys)?;
-    let mut client = client_from(a.file, a.timeout)?;
+    if a.scheduler_timeout <= taskfarm::protocol::PING_INTERVAL {
+        return Err(Fail(EXIT_USAGE, format!("--scheduler-timeout must be longer than the scheduler's ping interval ({} s)", taskfarm::protocol::PING_INTERVAL.as_secs())));
+    }
+    let start = std::time::Instant::now();
+    let mut client = client_from(a.file, a.timeout.unwrap_or(Duration::from_secs(30)))?;
+    client.scheduler_timeout = a.scheduler_timeout;
+    client.deadline = a.timeout.map(|t| start + t);
     let results = client.compute(graph, &keys).map_err(|e| match e {
         ClientError::Rejected(m) => Fail(EXIT_USAGE, format!("the scheduler rejected the graph: {m}")),
         e @ ClientError::Connect(_) => Fail::from(e),

@@ -27,6 +27,10 @@ pub(crate) struct WorkerArgs {
     /// How long to wait for the scheduler (file to appear and answer) before giving up.
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) death_timeout: Duration,
+    /// Leave when the connected scheduler says nothing for this long (it pings every 5 s): frozen (e.g. SIGSTOP),
+    /// overloaded or cut off. Exit status 1.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) scheduler_timeout: Duration,
     /// Write this process's id to FILE (removed at exit).
     #[arg(long, value_name = "FILE")]
     pub(crate) pid_file: Option<PathBuf>,
@@ -57,6 +61,9 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
     }
     let lifetime = leave.plan().map_err(|e| Fail(EXIT_USAGE, e))?;
+    if a.scheduler_timeout <= taskfarm::protocol::PING_INTERVAL {
+        return Err(Fail(EXIT_USAGE, format!("--scheduler-timeout must be longer than the scheduler's ping interval ({} s)", taskfarm::protocol::PING_INTERVAL.as_secs())));
+    }
     let _pid = PidFile::create(a.pid_file)?;
     let resources = a.resources.as_deref().map(util::parse_resources).transpose().map_err(|e| Fail(EXIT_USAGE, e))?.unwrap_or_default();
     let memory_limit = util::parse_memory(&a.memory_limit, util::node_memory()).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
@@ -95,6 +102,7 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         retire_requests: Some(retire),
         lifetime,
         python,
+        scheduler_timeout: a.scheduler_timeout,
         ..WorkerConfig::new(name, nthreads, secret)
     };
     if let Some(job) = a.job_id {

@@ -325,6 +325,7 @@ impl Core {
     fn run(&mut self, rx: Receiver<Event>) {
         let tick = Duration::from_millis(500);
         let mut last_tick = Instant::now();
+        let mut last_ping = Instant::now();
         while self.stop.is_none() {
             match rx.recv_timeout(tick) {
                 Ok(ev) => {
@@ -352,6 +353,10 @@ impl Core {
                 }
                 self.apply(StateEvent::Balance, now);
                 self.check_idle();
+                if last_ping.elapsed() >= crate::protocol::PING_INTERVAL {
+                    last_ping = Instant::now();
+                    self.ping_all();
+                }
             }
             self.flush();
         }
@@ -389,6 +394,20 @@ impl Core {
                 std::thread::yield_now();
             }
             let _ = stream.shutdown(Shutdown::Read);
+        }
+    }
+
+    /// Tell every worker and client the scheduler is alive.
+    fn ping_all(&self) {
+        for peer in self.conns.values() {
+            match peer {
+                Peer::Worker { tx, .. } => {
+                    let _ = tx.send(vec![ToWorker::Ping]);
+                }
+                Peer::Client { tx, .. } => {
+                    let _ = tx.send(vec![ToClient::Ping]);
+                }
+            }
         }
     }
 

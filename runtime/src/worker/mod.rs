@@ -61,6 +61,9 @@ pub struct WorkerConfig {
     pub job: String,
     /// How Python tasks' executor processes are started.
     pub python: Arc<PythonSettings>,
+    /// Give up on a scheduler that says nothing (not even its ping every
+    /// 5 s) for this long: it is frozen, overloaded or cut off.
+    pub scheduler_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -87,6 +90,7 @@ impl WorkerConfig {
             lifetime: None,
             job: crate::jobqueue::detect_job().map(|(_, id)| id).unwrap_or_default(),
             python: Arc::new(PythonSettings::default()),
+            scheduler_timeout: crate::protocol::SCHEDULER_TIMEOUT,
         }
     }
 }
@@ -211,6 +215,8 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         instructions: Vec::new(),
         pending: Vec::new(),
         now: Instant::now(),
+        last_word: Instant::now(),
+        warned_silence: false,
     };
     let exit = w.run(rx, &mut to_sched);
     let _ = scheduler.shutdown(std::net::Shutdown::Both);
@@ -278,6 +284,9 @@ struct WorkerLoop {
     pending: Vec<Input>,
     /// The time of the batch of events being handled.
     now: Instant,
+    /// When the scheduler last sent anything.
+    last_word: Instant,
+    warned_silence: bool,
 }
 
 impl WorkerLoop {
@@ -365,12 +374,19 @@ impl WorkerLoop {
     /// One event from the channel; `Some` when the worker is to stop.
     fn event(&mut self, ev: Event) -> Option<WorkerExit> {
         match ev {
-            Event::Scheduler(msgs) => msgs.into_iter().find_map(|m| {
-                if let ToWorker::Welcome { worker_id } = &m {
-                    log_at!(3, "worker", "registered as worker {worker_id}");
+            Event::Scheduler(msgs) => {
+                self.last_word = self.now;
+                if self.warned_silence {
+                    self.warned_silence = false;
+                    log_at!(1, "worker", "worker '{}': the scheduler speaks again", self.cfg.name);
                 }
-                self.message(m)
-            }),
+                msgs.into_iter().find_map(|m| {
+                    if let ToWorker::Welcome { worker_id } = &m {
+                        log_at!(3, "worker", "registered as worker {worker_id}");
+                    }
+                    self.message(m)
+                })
+            }
             Event::SchedulerClosed(reason) => Some(WorkerExit::SchedulerLost(reason)),
             Event::Exec(Report::Started { id, exec, ticket }) => {
                 self.started.push(id);
@@ -428,6 +444,19 @@ impl WorkerLoop {
 
     fn tick(&mut self) -> Option<WorkerExit> {
         let now = Instant::now();
+        let silent = now.saturating_duration_since(self.last_word);
+        let limit = self.cfg.scheduler_timeout;
+        if silent >= limit {
+            return Some(WorkerExit::SchedulerLost(format!(
+                "no word from the scheduler for {:.0} s (it pings every {} s): it is frozen, overloaded or cut off (--scheduler-timeout)",
+                silent.as_secs_f64(),
+                crate::protocol::PING_INTERVAL.as_secs()
+            )));
+        }
+        if silent >= limit / 2 && !self.warned_silence {
+            self.warned_silence = true;
+            log_at!(1, "worker", "worker '{}': no word from the scheduler for {:.0} s; leaving after {:.0} s of silence (--scheduler-timeout)", self.cfg.name, silent.as_secs_f64(), limit.as_secs_f64());
+        }
         if self.state.lifetime_reached(now) {
             log_at!(
                 2,

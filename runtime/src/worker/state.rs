@@ -349,7 +349,7 @@ impl WorkerState {
     fn scheduler_message(&mut self, m: ToWorker, held: &dyn Held) {
         match m {
             // the IO layer hands plugins to the Python executors
-            ToWorker::Welcome { .. } | ToWorker::PythonPlugin { .. } => {}
+            ToWorker::Welcome { .. } | ToWorker::PythonPlugin { .. } | ToWorker::Ping => {}
             ToWorker::Compute(ct) => self.compute(ct, held),
             ToWorker::Free { ids } => self.free(&ids),
             ToWorker::Replicate { id, holders } => self.replicate(id, holders, held),
