@@ -6,6 +6,7 @@
 #   bench/ab.sh OLD_BINARY NEW_BINARY            # 100,000 no-op tasks and a 100,000-leaf sum tree, 7 repetitions
 #   N=1000 REPS=1 bench/ab.sh OLD NEW            # smoke
 #   GRAPHS=noop bench/ab.sh OLD NEW              # one workload
+#   GRAPHS=commands bench/ab.sh OLD NEW          # CMD_N (5,000) command tasks running `true`
 #
 # Build the old binary from a worktree of the old commit, e.g.
 #   git worktree add /tmp/old HEAD~1 && (cd /tmp/old && cargo build --release) && cp /tmp/old/target/release/taskfarm /tmp/taskfarm-old
@@ -31,6 +32,7 @@ while len(level) > 1:
     level = nxt; d += 1
 print(json.dumps(g))
 PY
+python3 -c "import json, sys; print(json.dumps({f'c{i}': {'cmd': ['true']} for i in range(int(sys.argv[1]))}))" "${CMD_N:-5000}" > "$work/commands.json"
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 printf '%s; %d tasks; median of %d, alternating\n' "$(machine_line)" "$N" "$REPS"
 for shape in "1 2" "2 1"; do

@@ -404,3 +404,41 @@ fn a_straggler_does_not_hold_up_independent_tasks() {
     let o = submit.join().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+/// A worker whose spill disk is full (a 1 MiB tmpfs as its local directory,
+/// mounted in a mount namespace of its own) and whose memory fills: the
+/// scheduler is told, and the tasks only it could run fail with an error
+/// naming the worker and the disk, which `submit` prints; nothing hangs.
+#[test]
+#[ignore = "needs root for a private tmpfs mount (unshare -m): tests/run-all.sh runs this"]
+fn a_full_spill_disk_fails_the_work_it_blocks_with_a_clear_error() {
+    assert_eq!(taskfarm::util::effective_uid(), 0, "this test mounts a tmpfs and needs root (tests/run-all.sh runs it as root)");
+    let c = Cluster::start("enospc", &[]);
+    let mnt = c.dir.join("tiny");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let script = "mount -t tmpfs -o size=1m taskfarm-test \"$1\" && exec \"$0\" worker --scheduler-file \"$2\" --name full --nthreads 2 \
+                  --memory-limit 200MB --memory-terminate false --local-directory \"$1\"";
+    let log = c.dir.join("worker-full.log");
+    let child = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, bin(), mnt.to_str().unwrap(), c.file_arg()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let worker = Proc { child, log };
+    wait_for("the worker to register", Duration::from_secs(30), || status(&c.file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(1)));
+    // Eight 40 MB values one task needs at once: 320 MB for a 200 MB worker with a 1 MiB disk.
+    let mut g = serde_json::Map::new();
+    let mut lens = vec![serde_json::json!("list")];
+    for i in 0..8 {
+        g.insert(format!("v{i}"), serde_json::json!({"cmd": ["head", "-c", "40000000", "/dev/zero"]}));
+        lens.push(serde_json::json!(["len", format!("v{i}")]));
+    }
+    g.insert("total".into(), serde_json::Value::Array(lens));
+    let o = c.submit(&serde_json::Value::Object(g).to_string(), &["--keys", "total", "--timeout", "5m"]);
+    assert_eq!(o.status.code(), Some(1), "{}\n{}", stderr(&o), worker.log_text());
+    let e = stderr(&o);
+    assert!(e.contains("worker 'full'") && e.contains("cannot spill to disk") && e.contains("No space left on device"), "{e}\n{}", worker.log_text());
+    assert!(worker.log_text().contains("No space left on device"), "{}", worker.log_text());
+}

@@ -178,6 +178,9 @@ pub struct WorkerMetrics {
     /// Distinct remote addresses that connected to this worker's data
     /// server (as the socket saw them), at most 64.
     pub data_connections_from: Vec<String>,
+    /// Why the worker cannot spill values to its local directory now (e.g.
+    /// "No space left on device"); None while spilling works.
+    pub storage_error: Option<String>,
 }
 
 /// Worker and client messages to the scheduler.

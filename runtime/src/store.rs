@@ -78,6 +78,8 @@ struct Inner {
     unspilled_bytes: u64,
     spill_seconds: f64,
     unspill_seconds: f64,
+    /// Why the last attempt to spill failed (cleared by a spill that works).
+    spill_error: Option<String>,
 }
 
 impl Inner {
@@ -93,7 +95,7 @@ impl Inner {
 }
 
 /// Counters for status and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct StoreStats {
     pub memory_bytes: u64,
     pub memory_count: u64,
@@ -108,6 +110,8 @@ pub struct StoreStats {
     pub unspilled_bytes: u64,
     pub spill_seconds: f64,
     pub unspill_seconds: f64,
+    /// Why the last attempt to spill failed, if it did (e.g. the disk is full).
+    pub spill_error: Option<String>,
 }
 
 /// The values a worker holds. Shared by its loop, executors and data server.
@@ -225,10 +229,14 @@ impl Store {
             let done = if written == 0 { std::fs::create_dir_all(&self.spill_dir) } else { Ok(()) }.and_then(|()| write_spilled(&self.path(id), tag, body));
             if let Err(e) = done {
                 s.lru.push_front((tick, id)); // still in memory, still the oldest
+                // Leave no partial file behind (a full disk stays as full as it was).
+                let _ = std::fs::remove_file(self.path(id));
+                s.spill_error = Some(e.to_string());
                 return Err(e);
             }
             let (elapsed, size) = (start.elapsed().as_secs_f64(), body.len() as u64 + 1);
             let nbytes = entry.nbytes;
+            s.spill_error = None;
             s.spill_seconds += elapsed;
             s.spilled_bytes += size;
             s.memory.remove(&id);
@@ -254,14 +262,16 @@ impl Store {
             unspilled_bytes: s.unspilled_bytes,
             spill_seconds: s.spill_seconds,
             unspill_seconds: s.unspill_seconds,
+            spill_error: s.spill_error.clone(),
         }
     }
 }
 
 fn write_spilled(path: &Path, tag: u8, body: &[u8]) -> io::Result<()> {
-    let mut f = File::create(path).map_err(|e| io::Error::new(e.kind(), format!("cannot spill to {}: {e}", path.display())))?;
-    f.write_all(&[tag])?;
-    f.write_all(body)
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("cannot spill to {}: {e}", path.display()));
+    let mut f = File::create(path).map_err(named)?;
+    f.write_all(&[tag]).map_err(named)?;
+    f.write_all(body).map_err(named)
 }
 
 fn read_spilled(path: &Path) -> io::Result<Value> {

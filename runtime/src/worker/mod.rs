@@ -649,6 +649,7 @@ impl WorkerLoop {
             unspill_us: (st.unspill_seconds * 1e6) as u64,
             fetch_us: c.fetch_us.load(Relaxed),
             paused: self.state.paused(),
+            storage_error: st.spill_error.clone(),
             memory_limit: self.cfg.memory.limit.unwrap_or(0),
             executing: self.state.executing(),
             fetched_from_peers: c.fetched.load(Relaxed),
@@ -667,6 +668,9 @@ impl WorkerLoop {
 }
 
 /// The real process and store, for the memory policy.
+/// The last spill error logged.
+static LAST_SPILL_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// The store, and the Python executors whose memory counts as the worker's.
 struct StoreProbe<'a>(&'a Store, &'a PythonSettings);
 
@@ -681,7 +685,15 @@ impl memory::Probe for StoreProbe<'_> {
         match self.0.spill_until(target) {
             Ok(0) => {}
             Ok(n) => log_at!(3, "worker", "spilled {} to disk", util::format_bytes(n)),
-            Err(e) => log_at!(0, "worker", "cannot spill to disk: {e}"),
+            // Said once per new error, not at every check.
+            Err(e) => {
+                let text = e.to_string();
+                let mut last = LAST_SPILL_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+                if last.as_deref() != Some(text.as_str()) {
+                    log_at!(0, "worker", "{text}; values held in memory cannot be moved to disk, so the worker may pause (the scheduler is told)");
+                    *last = Some(text);
+                }
+            }
         }
     }
     fn release_pool(&mut self) -> usize {

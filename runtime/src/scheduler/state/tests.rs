@@ -833,3 +833,38 @@ fn worker_plugins_reach_current_and_later_workers_and_replace_by_name() {
     assert_eq!(plugins(&out, b), vec![("q".to_string(), b"two".to_vec()), ("p".to_string(), b"three".to_vec())]);
     assert!(plugins(&out, a).is_empty());
 }
+
+#[test]
+fn tasks_queued_on_a_worker_full_of_memory_and_disk_fail_unless_another_can_run_them() {
+    let mut sim = Sim::new();
+    let a = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"p": ["noop"], "q": ["noop"], "r": ["noop"]}"#), &wanted(&["p", "q", "r"])).unwrap();
+    sim.ok();
+    assert_eq!(sim.computes().len(), 2, "two go to the only worker, one waits in the scheduler's queue");
+    let p = sim.id("p");
+    sim.s.started(a, &[p], 0.5);
+    let full = WorkerMetrics { paused: true, storage_error: Some("cannot spill to /scratch/x: No space left on device (os error 28)".into()), ..Default::default() };
+    // Paused only (spilling works): nothing fails, the tasks wait.
+    sim.s.heartbeat(a, WorkerMetrics { paused: true, ..Default::default() }, 1.0);
+    sim.ok();
+    assert_eq!(sim.state("q"), Some(TaskState::Processing));
+    // Paused and the disk full, no one else: the queued ones fail with why; the running one runs on.
+    sim.s.heartbeat(a, full.clone(), 2.0);
+    sim.ok();
+    assert_eq!((sim.state("p"), sim.state("q"), sim.state("r")), (Some(TaskState::Processing), Some(TaskState::Erred), Some(TaskState::Erred)));
+    let (frees, to_client) = sim.outgoing();
+    assert!(frees.iter().any(|(w, m)| *w == a && matches!(m, ToWorker::Free { ids } if ids.contains(&sim.id("q")))), "{frees:?}");
+    let err = to_client.iter().find_map(|(_, m)| if let ToClient::KeyErred { key, error } = m { (key == "q").then(|| error.clone()) } else { None }).unwrap();
+    assert!(err.contains("worker 'a'") && err.contains("No space left on device") && err.contains("--local-directory"), "{err}");
+    // With a second worker that takes work, tasks queued on the full one are left to be moved.
+    let mut sim = Sim::new();
+    let a = sim.s.add_worker(info("a", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"p": ["noop"], "q": ["noop"]}"#), &wanted(&["p", "q"])).unwrap();
+    sim.computes();
+    sim.s.add_worker(info("b", 1), 0.5);
+    sim.s.heartbeat(a, full, 1.0);
+    sim.ok();
+    assert!(![sim.state("p"), sim.state("q")].contains(&Some(TaskState::Erred)));
+}

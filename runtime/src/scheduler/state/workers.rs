@@ -44,10 +44,59 @@ impl SchedulerState {
         if metrics.paused && !worker.metrics.paused {
             self.logs.push(format!("worker '{}' paused: over its memory pause threshold; sending it no new tasks", worker.info.name));
         }
+        let newly_full = metrics.paused && metrics.storage_error.is_some() && !(worker.metrics.paused && worker.metrics.storage_error.is_some());
         worker.metrics = metrics;
+        if newly_full {
+            let err = worker.metrics.storage_error.clone().unwrap_or_default();
+            self.logs.push(format!("worker '{}' is paused and cannot spill to disk: {err}", worker.info.name));
+        }
         if resumed {
             self.logs.push(format!("worker '{}' resumed", self.workers[&w].info.name));
             self.fill_worker(w);
+        }
+        self.fail_queued_on_full_worker(w);
+    }
+
+    /// A worker paused over its memory threshold that cannot spill either
+    /// (its disk is full) will not start its queued tasks: each of them that
+    /// no other worker taking work may run fails, naming the worker and the
+    /// disk (the others are moved by work stealing as usual).
+    fn fail_queued_on_full_worker(&mut self, w: WorkerId) {
+        let Some(worker) = self.workers.get(&w) else { return };
+        let (true, Some(err)) = (worker.metrics.paused, worker.metrics.storage_error.clone()) else { return };
+        let name = worker.info.name.clone();
+        let queued: Vec<TaskId> = worker.processing.iter().copied().filter(|&t| !self.tasks[t as usize].started).collect();
+        let mut failed = 0;
+        for t in queued {
+            let elsewhere = self.workers.iter().any(|(&id, o)| id != w && o.accepts_work() && self.eligible(t, o));
+            if elsewhere {
+                continue;
+            }
+            self.stats.tasks_erred += 1;
+            self.mark_erred(
+                t,
+                format!("worker '{name}' is over its memory pause threshold and cannot spill to disk ({err}); free space in its --local-directory or give it a larger --memory-limit"),
+            );
+            failed += 1;
+        }
+        // When every worker is full, the tasks queued here (root tasks
+        // waiting for any worker) would wait forever too.
+        let all_full = self.workers.values().all(|o| o.metrics.paused && o.metrics.storage_error.is_some());
+        if all_full {
+            while let Some((_, t)) = self.queued.pop() {
+                if self.tasks[t as usize].state == TaskState::Queued {
+                    self.stats.tasks_erred += 1;
+                    self.mark_erred(
+                        t,
+                        format!("every worker is over its memory pause threshold and cannot spill to disk (worker '{name}': {err}); free space in their --local-directory or give them a larger --memory-limit"),
+                    );
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            self.logs.push(format!("failed {failed} task(s) that only full workers (memory and disk) could run, worker '{name}' among them"));
+            self.settle();
         }
     }
 
