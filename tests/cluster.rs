@@ -371,3 +371,79 @@ fn submit_timeout_names_what_it_waited_for_and_long_waits_say_so() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("must be longer than the scheduler's ping interval"), "{}", stderr(&o));
 }
+
+/// 1,000 chains of 5 command tasks (each appends a dot to its input) and
+/// their total length: 5,001 tasks, values spread over the workers, so a
+/// killed worker takes results that others still need.
+fn chains_graph(gate: &std::path::Path) -> (String, u64) {
+    let mut g = serde_json::Map::new();
+    // The total waits for this file too: the test decides when it may end.
+    g.insert("open".into(), serde_json::json!({"cmd": ["sh", "-c", format!("while [ ! -e '{}' ]; do sleep 0.02; done", gate.display())]}));
+    let mut lens = vec![serde_json::json!("list")];
+    for i in 0..1000 {
+        g.insert(format!("c{i}-0"), serde_json::json!({"cmd": ["printf", "x"]}));
+        for j in 1..5 {
+            g.insert(format!("c{i}-{j}"), serde_json::json!({"cmd": ["sh", "-c", "printf '%s.' \"$1\"", "sh", format!("c{i}-{}", j - 1)]}));
+        }
+        lens.push(serde_json::json!(["len", format!("c{i}-4")]));
+    }
+    g.insert("total".into(), serde_json::json!({"task": ["sum", lens], "deps": ["open"]}));
+    (serde_json::Value::Object(g).to_string(), 5000)
+}
+
+/// Kill -9 one of the 4 workers every `every` and start a replacement, until
+/// the graph is done (bounded): it must finish, with the right result.
+fn soak(tag: &str, every: Duration, pick: impl Fn(usize, usize) -> usize) {
+    let mut c = Cluster::start(tag, &[("w0", 1), ("w1", 1), ("w2", 1), ("w3", 1)]);
+    let gate = c.dir.join("open");
+    let (graph, want) = chains_graph(&gate);
+    let g = c.dir.write("chains.json", &graph);
+    let out = c.dir.join("submit.out");
+    let child = std::process::Command::new(bin())
+        .args(["submit", g.to_str().unwrap(), "--scheduler-file", c.file_arg(), "--keys", "total", "--timeout", "10m"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(c.dir.join("submit.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut submit = Proc { child, log: c.dir.join("submit.log") };
+    let mut kills = 0;
+    let mut next_name = 4;
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let code = loop {
+        if let Some(code) = submit.wait_exit(every) {
+            break Some(code);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        let victim = pick(kills, c.workers.len());
+        let mut w = c.workers.remove(victim);
+        let _ = w.child.kill();
+        let _ = w.child.wait();
+        kills += 1;
+        c.add_worker(&format!("w{next_name}"), 1);
+        next_name += 1;
+        // After 5 kills the graph may finish (the kills go on until it does).
+        if kills == 5 {
+            std::fs::write(&gate, "").unwrap();
+        }
+    };
+    let log = submit.log_text();
+    assert_eq!(code, Some(0), "after {kills} kills: {log}");
+    let s = status(&c.file).unwrap();
+    eprintln!("{tag}: {kills} workers killed; stats {}", s["stats"]);
+    assert!(kills >= 5, "the graph outlived at least 5 kills ({kills})");
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), format!("{{\"total\": {want}}}"));
+}
+
+#[test]
+fn soak_a_worker_killed_every_two_seconds_and_replaced() {
+    soak("soak-2s", Duration::from_secs(2), |k, n| k * 7 % n);
+}
+
+#[test]
+fn soak_workers_killed_every_second_young_and_old_in_turn() {
+    // Every second kill takes the youngest worker (1 s old), the others the oldest.
+    soak("soak-1s", Duration::from_secs(1), |k, n| if k % 2 == 0 { n - 1 } else { 0 });
+}

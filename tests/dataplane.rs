@@ -165,10 +165,13 @@ fn kill_9_mid_graph_recomputes_lost_results_and_matches_a_clean_run() {
     let graph = c.dir.write("g.json", &text);
     let file = c.file.clone();
     let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"]));
-    // Wait until every partial is computed, some of them only on w1.
+    // Wait until every partial is computed (only the gate runs, the 40
+    // "held" tasks and the total wait, the leaves are released), some of
+    // them on w1 only.
     wait_for("partials held on both workers", Duration::from_secs(60), || {
         let s = status(&c.file).unwrap();
-        s["tasks"]["memory"].as_u64() >= Some(40) && c.worker_status("w1")["in_memory"].as_u64() >= Some(1)
+        let t = &s["tasks"];
+        t["processing"] == 1 && t["waiting"] == 41 && t["queued"] == 0 && t["memory"] == 40 && c.worker_status("w1")["in_memory"].as_u64() >= Some(1)
     });
     c.workers[0].child.kill().unwrap(); // SIGKILL
     wait_for("w1 to be removed", Duration::from_secs(20), || status(&c.file).unwrap()["workers"].as_array().unwrap().len() == 1);

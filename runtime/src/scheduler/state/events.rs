@@ -57,6 +57,7 @@ impl SchedulerState {
     /// Apply one event at time `now` (seconds). Messages it produces are
     /// taken with [`SchedulerState::take_outgoing`].
     pub fn handle(&mut self, event: Event, now: f64) -> Outcome {
+        self.now = now;
         match event {
             Event::AddWorker(info) => return Outcome::Worker(self.add_worker(info, now)),
             Event::RemoveWorker { worker, reason } => self.remove_worker(worker, &reason),

@@ -255,6 +255,11 @@ struct KeyRef {
 }
 
 /// The scheduler's whole state.
+/// Workers lost within this many seconds of each other count as churn.
+const CHURN_WINDOW: f64 = 30.0;
+/// This many losses within the window: keep second copies (see `update_churn`).
+const CHURN_LOSSES: usize = 2;
+
 pub struct SchedulerState {
     config: SchedulerConfig,
     tasks: Vec<Task>,
@@ -299,6 +304,19 @@ pub struct SchedulerState {
     last_balance: f64,
     /// Where the next placement starts looking among the workers.
     placement_cursor: WorkerId,
+    /// Tasks suspected of crashing workers: the count of workers lost when
+    /// the first of their workers died (to tell a crashing task from a
+    /// machine where workers die anyway).
+    first_suspicion: IdMap<u64>,
+    /// The last look at progress: (time, finished, recomputed, lost) then.
+    progress_mark: (f64, u64, u64, u64),
+    /// The time of the event being handled.
+    now: f64,
+    /// When workers were lost (not retired), the last [`CHURN_WINDOW`] s.
+    losses: std::collections::VecDeque<f64>,
+    /// Workers are being lost often: results others still need get a
+    /// second copy as they are made.
+    churn: bool,
     pub stats: SchedulerStats,
 }
 
@@ -328,6 +346,11 @@ impl SchedulerState {
             to_client: Vec::new(),
             logs: Vec::new(),
             debug_logs: Vec::new(),
+            first_suspicion: IdMap::default(),
+            progress_mark: (0.0, 0, 0, 0),
+            now: 0.0,
+            losses: std::collections::VecDeque::new(),
+            churn: false,
             check: Vec::new(),
             replicating: IdMap::default(),
             stealing: IdMap::default(),

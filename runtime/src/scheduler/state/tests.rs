@@ -868,3 +868,73 @@ fn tasks_queued_on_a_worker_full_of_memory_and_disk_fail_unless_another_can_run_
     sim.ok();
     assert!(![sim.state("p"), sim.state("q")].contains(&Some(TaskState::Erred)));
 }
+
+/// Where many workers die, a task that met a few of those deaths is not
+/// blamed (it was erred after 4 under an admin's kill -9 every second); a
+/// task that was running in most of the deaths still is.
+#[test]
+fn a_task_is_blamed_for_deaths_only_when_it_was_in_most_of_them() {
+    let mut sim = Sim::new();
+    let c = sim.s.add_client("c".into());
+    let mut text = String::from(r#"{"unlucky": ["noop"], "boom": ["noop"]"#);
+    for k in 0..20 {
+        text.push_str(&format!(r#", "o{k}": ["noop"]"#));
+    }
+    text.push('}');
+    let mut keys: Vec<String> = (0..20).map(|k| format!("o{k}")).collect();
+    keys.extend(["unlucky".to_string(), "boom".to_string()]);
+    sim.s.update_graph(c, graph(&text), &keys).unwrap();
+    // 12 deaths: "unlucky" runs in every third, a different innocent task in the others.
+    let mut innocent = 0;
+    for i in 0..12 {
+        let w = sim.s.add_worker(info(&format!("w{i}"), 64), 0.0);
+        sim.computes();
+        let victim = if i % 3 == 0 { "unlucky".to_string() } else { innocent += 1; format!("o{innocent}") };
+        let t = sim.id(&victim);
+        sim.s.started(w, &[t], 0.0);
+        sim.s.remove_worker(w, "killed -9");
+        sim.ok();
+    }
+    assert_ne!(sim.state("unlucky"), Some(TaskState::Erred), "4 of 12 deaths: not blamed");
+    assert!(sim.s.take_logs().iter().any(|l| l.contains("'unlucky' was running on 4 workers that died, but 10 workers died meanwhile")));
+    // A task that kills every worker it runs on is still blamed, churn or not.
+    for i in 0..4 {
+        let w = sim.s.add_worker(info(&format!("b{i}"), 64), 0.0);
+        sim.computes();
+        let t = sim.id("boom");
+        sim.s.started(w, &[t], 0.0);
+        sim.s.remove_worker(w, "crashed");
+        sim.ok();
+    }
+    assert_eq!(sim.state("boom"), Some(TaskState::Erred));
+}
+
+#[test]
+fn losing_results_faster_than_making_them_is_said_and_churn_keeps_second_copies() {
+    let mut sim = Sim::new();
+    let a = sim.s.add_worker(info("a", 1), 0.0);
+    let b = sim.s.add_worker(info("b", 1), 0.0);
+    let c = sim.s.add_client("c".into());
+    sim.s.update_graph(c, graph(r#"{"x": ["noop"], "y": ["inc", "x"]}"#), &wanted(&["y"])).unwrap();
+    sim.computes();
+    // Two workers lost within 30 s: churn; a finished result still needed gets a copy.
+    for i in 0..2 {
+        let w = sim.s.add_worker(info(&format!("gone{i}"), 1), 1.0);
+        sim.s.handle(Event::RemoveWorker { worker: w, reason: "killed".into() }, 1.0 + i as f64);
+    }
+    assert!(sim.s.take_logs().iter().any(|l| l.contains("workers are being lost often")));
+    let x = sim.id("x");
+    let on = if sim.s.state_of("x") == Some(TaskState::Processing) { [a, b].into_iter().find(|&w| sim.s.workers[&w].processing.contains(&x)).unwrap() } else { a };
+    sim.s.task_finished(on, x, 8, 0.001, 2.0);
+    sim.ok();
+    let (to_workers, _) = sim.outgoing();
+    let other = if on == a { b } else { a };
+    assert!(to_workers.iter().any(|(w, m)| *w == other && matches!(m, ToWorker::Replicate { id, .. } if *id == x)), "{to_workers:?}");
+    // Going backwards: more results recomputed than tasks finished in 10 s, with losses.
+    sim.s.stats.tasks_recomputed += 50;
+    sim.s.check_timeouts(11.0);
+    assert!(sim.s.take_logs().iter().any(|l| l.contains("going backwards")));
+    // Quiet for 30 s: back to one copy.
+    sim.s.check_timeouts(40.0);
+    assert!(sim.s.take_logs().iter().any(|l| l.contains("one copy of each result again")));
+}

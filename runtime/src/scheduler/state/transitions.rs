@@ -51,6 +51,7 @@ impl SchedulerState {
         self.workers.get_mut(&w).expect("checked").has_what.insert(t);
         self.set_state(t, TaskState::Memory);
         self.value_arrived(t, value);
+        self.replicate_if_churning(t, w);
         self.check.push(t);
         self.settle();
         self.fill_worker(w);
@@ -334,6 +335,7 @@ impl SchedulerState {
 
     pub(super) fn forget(&mut self, t: TaskId) {
         self.set_state(t, TaskState::Forgotten);
+        self.first_suspicion.remove(&t);
         let task = &mut self.tasks[t as usize];
         self.keys.remove(key_at(&self.key_bytes, task.key), t);
         task.spec = self.empty_spec.clone();

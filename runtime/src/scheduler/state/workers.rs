@@ -107,9 +107,67 @@ impl SchedulerState {
         }
     }
 
+    /// Workers lost within [`CHURN_WINDOW`] of each other, [`CHURN_LOSSES`]
+    /// or more: new results that other tasks still need get a second copy
+    /// (a lost worker then costs no recomputation); quiet again after a
+    /// window without losses.
+    pub(super) fn update_churn(&mut self) {
+        while self.losses.front().is_some_and(|&t| self.now - t > CHURN_WINDOW) {
+            self.losses.pop_front();
+        }
+        let churn = self.losses.len() >= CHURN_LOSSES;
+        if churn != self.churn {
+            self.churn = churn;
+            self.logs.push(if churn {
+                format!("workers are being lost often ({} in {CHURN_WINDOW:.0} s): keeping a second copy of new results that other tasks still need", self.losses.len())
+            } else {
+                format!("no worker lost for {CHURN_WINDOW:.0} s: one copy of each result again")
+            });
+        }
+    }
+
+    /// A second copy of `t` (just finished on `w`) while workers are being
+    /// lost often, if other tasks still need it: on the worker holding the
+    /// least, not retiring.
+    pub(super) fn replicate_if_churning(&mut self, t: TaskId, w: WorkerId) {
+        if !self.churn || self.replicating.contains_key(&t) || self.tasks[t as usize].who_has.len() != 1 || self.tasks[t as usize].waiters == 0 {
+            return;
+        }
+        let target = self.workers.iter().filter(|(&id, o)| id != w && !o.retiring).min_by_key(|(_, o)| o.has_what.len()).map(|(&id, _)| id);
+        if let Some(target) = target {
+            self.replicating.insert(t, target);
+            let holders = vec![self.workers[&w].info.address.clone()];
+            self.to_worker.push((target, ToWorker::Replicate { id: t, holders }));
+        }
+    }
+
+    /// Every 10 s: when results lost with workers and run again outnumber
+    /// the tasks finished for the first time, the graph is going backwards:
+    /// say so.
+    fn check_progress(&mut self, now: f64) {
+        const WINDOW: f64 = 10.0;
+        let (t0, finished0, recomputed0, lost0) = self.progress_mark;
+        if now - t0 < WINDOW {
+            return;
+        }
+        let s = &self.stats;
+        let (finished, recomputed, lost) = (s.tasks_finished - finished0, s.tasks_recomputed - recomputed0, s.workers_lost - lost0);
+        if lost > 0 && recomputed > 0 && 2 * recomputed >= finished {
+            self.logs.push(format!(
+                "going backwards: in the last {:.0} s {lost} worker(s) were lost and {recomputed} results had to be computed again, while {finished} tasks finished; \
+                 workers die faster than the work progresses (more workers, or fewer losses, would help)",
+                now - t0
+            ));
+        }
+        self.progress_mark = (now, s.tasks_finished, s.tasks_recomputed, s.workers_lost);
+    }
+
     /// Remove workers that have been silent for longer than the timeout.
     /// Returns the ids removed.
     pub fn check_timeouts(&mut self, now: f64) -> Vec<WorkerId> {
+        self.now = now;
+        self.update_churn();
+        self.check_progress(now);
         let timeout = self.config.worker_timeout;
         let silent: Vec<WorkerId> = self.workers.iter().filter(|(_, w)| now - w.last_seen > timeout).map(|(&id, _)| id).collect();
         for &w in &silent {
@@ -132,6 +190,8 @@ impl SchedulerState {
         } else {
             self.stats.workers_lost += 1;
             self.logs.push(format!("worker '{name}' ({}) removed: {reason}", worker.info.address));
+            self.losses.push_back(self.now);
+            self.update_churn();
         }
         // Copies this worker was making are retried elsewhere.
         self.replicating.retain(|_, target| *target != w);
@@ -162,8 +222,24 @@ impl SchedulerState {
             if task.started || !any_started {
                 task.suspicious += 1;
                 suspected.push(key_at(&self.key_bytes, task.key).to_string());
+                if task.suspicious == 1 {
+                    self.first_suspicion.insert(t, self.stats.workers_lost);
+                }
             }
-            if task.suspicious > self.config.allowed_failures {
+            let task = &self.tasks[t as usize];
+            // Blamed only if it was running in most of the deaths since its
+            // first one: where workers die anyway (preemption, a bad node,
+            // an admin's kill -9), an innocent task also meets a few.
+            let deaths_since = self.stats.workers_lost + 1 - self.first_suspicion.get(&t).copied().unwrap_or(self.stats.workers_lost);
+            let blamed = task.suspicious > self.config.allowed_failures && 2 * u64::from(task.suspicious) > deaths_since;
+            if task.suspicious > self.config.allowed_failures && !blamed && task.suspicious == self.config.allowed_failures + 1 {
+                self.logs.push(format!(
+                    "task '{}' was running on {} workers that died, but {deaths_since} workers died meanwhile: workers are being lost for other reasons; not blaming it",
+                    key_at(&self.key_bytes, task.key),
+                    task.suspicious
+                ));
+            }
+            if blamed {
                 let msg = format!(
                     "task was running on {} workers that died (last: '{name}'); it may be crashing its worker (allowed failures: {})",
                     task.suspicious, self.config.allowed_failures
