@@ -119,6 +119,7 @@ fn garbage_and_broken_connections_do_not_disturb_a_running_graph() {
         let mut hello = b"TASKFARM".to_vec();
         hello.extend_from_slice(&taskfarm::protocol::PROTOCOL_VERSION.to_le_bytes());
         hello.push(2);
+        hello.push(0); // encrypted, as the scheduler is
         hello.extend_from_slice(&[1u8; 32]);
         write_all(&mut s, &hello);
         let mut reply = [0u8; 75];
@@ -145,10 +146,13 @@ fn garbage_and_broken_connections_do_not_disturb_a_running_graph() {
             v
         },
     ] {
-        let mut s = taskfarm::schedfile::connect(&file.address, &secret, taskfarm::protocol::Role::Client).unwrap();
-        write_all(&mut s, &payload);
+        // Through the connection's own (encrypted) writer: the frames are bad, not the records.
+        use std::io::Write;
+        let link = taskfarm::schedfile::connect(&file.address, &secret, taskfarm::protocol::Role::Client).unwrap();
+        let mut w = link.writer().unwrap();
+        let _ = w.write_all(&payload).and_then(|()| w.flush());
         let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
+        let _ = link.reader().unwrap().read_to_end(&mut buf);
     }
     let o = submit.join().unwrap();
     assert_eq!(stdout(&o), "{\"total\": 210}\n", "{}", stderr(&o));
@@ -410,6 +414,7 @@ fn soak(tag: &str, every: Duration, pick: impl Fn(usize, usize) -> usize) {
     let mut kills = 0;
     let mut next_name = 4;
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let mut finished_at_kill = 0;
     let code = loop {
         if let Some(code) = submit.wait_exit(every) {
             break Some(code);
@@ -417,6 +422,16 @@ fn soak(tag: &str, every: Duration, pick: impl Fn(usize, usize) -> usize) {
         if std::time::Instant::now() > deadline {
             break None;
         }
+        // Kill at this pace, but only once some work was done since the last
+        // kill (200 tasks, a fraction of a second here when idle): on a busy
+        // machine the pace follows the progress instead of outrunning it.
+        let st = status(&c.file).unwrap_or_default();
+        let finished = st["stats"]["tasks_finished"].as_u64().unwrap_or(0);
+        let only_gate_left = st["tasks"]["waiting"] == 1 && st["tasks"]["queued"] == 0 && st["tasks"]["processing"] == 1;
+        if finished < finished_at_kill + 200 && !only_gate_left {
+            continue;
+        }
+        finished_at_kill = finished;
         let victim = pick(kills, c.workers.len());
         let mut w = c.workers.remove(victim);
         let _ = w.child.kill();

@@ -210,24 +210,99 @@ fn a_huge_frame_header_followed_by_silence_allocates_nothing_much() {
     let addr = data_address(&c, "w1");
     let file = taskfarm::schedfile::SchedulerFile::read(&c.file).unwrap();
     let secret = file.secret_bytes().unwrap();
-    let mut s = taskfarm::schedfile::connect(&addr, &secret, taskfarm::protocol::Role::Peer).unwrap();
+    let link = taskfarm::schedfile::connect(&addr, &secret, taskfarm::protocol::Role::Peer).unwrap();
+    let mut w = link.writer().unwrap();
+    let s = link.stream().unwrap();
     let before = rss_kib(pid);
     // A control frame announced as 512 MiB (the largest allowed), then 4 KiB, then nothing.
     use std::io::Write;
     let mut frame = (512u64 << 20).to_le_bytes().to_vec();
     frame.push(0);
     frame.extend_from_slice(&[0u8; 4096]);
-    s.write_all(&frame).unwrap();
+    w.write_all(&frame).unwrap();
+    w.flush().unwrap();
     wait_for("the worker to read what was sent", Duration::from_secs(30), || unread_by_worker(&s) == Some(0));
     // More of the body: once it is read too, the worker is past allocating
     // for the frame.
-    s.write_all(&[0u8; 4096]).unwrap();
+    w.write_all(&[0u8; 4096]).unwrap();
+    w.flush().unwrap();
     wait_for("the worker to read the rest", Duration::from_secs(30), || unread_by_worker(&s) == Some(0));
     let grew = rss_kib(pid).saturating_sub(before);
     assert!(grew < 64 << 10, "the worker's memory grew by {grew} KiB for 4 KiB received");
-    drop(s);
+    drop((w, s, link));
     // The worker is fine.
     let out = c.submit(r#"{"z": ["inc", 1]}"#, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     c.workers.clear();
+}
+
+/// A relay between a client and the scheduler that keeps every byte.
+fn recording_relay(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    std::thread::spawn(move || {
+        for down in l.incoming().flatten() {
+            let up = std::net::TcpStream::connect(upstream).unwrap();
+            for (mut from, mut to) in [(down.try_clone().unwrap(), up.try_clone().unwrap()), (up, down)] {
+                let keep = keep.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        keep.lock().unwrap().extend_from_slice(&buf[..n]);
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, seen)
+}
+
+/// What crosses the network between a client and the scheduler when a
+/// graph with a recognisable value runs: (the result, the bytes seen).
+fn wire_bytes(c: &Cluster) -> (String, Vec<u8>) {
+    let mut file = taskfarm::schedfile::SchedulerFile::read(&c.file).unwrap();
+    let upstream: std::net::SocketAddr = file.address.trim_start_matches("tcp://").parse().unwrap();
+    let (relay, seen) = recording_relay(upstream);
+    file.address = format!("tcp://{relay}");
+    let via = c.dir.join("via-relay.json");
+    file.write(&via).unwrap();
+    let g = c.dir.write("canary.json", r#"{"v": {"value": "CANARY-7f3a-PLAINTEXT"}, "w": ["concat", "v", "-more"]}"#);
+    let o = taskfarm(&["submit", g.to_str().unwrap(), "--scheduler-file", via.to_str().unwrap(), "--keys", "w"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = seen.lock().unwrap().clone();
+    (stdout(&o), bytes)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn the_wire_carries_no_plaintext_of_a_task_value_unless_told_to() {
+    let c = Cluster::start("wire", &[("w1", 1)]);
+    let (out, bytes) = wire_bytes(&c);
+    assert_eq!(out.trim(), r#"{"w": "CANARY-7f3a-PLAINTEXT-more"}"#);
+    assert!(bytes.len() > 200, "the relay saw the traffic ({} bytes)", bytes.len());
+    assert!(!contains(&bytes, b"CANARY-7f3a"), "plaintext of a value on the wire");
+    assert!(!contains(&bytes, b"concat"), "plaintext of the graph on the wire");
+    // The same cluster with --insecure-plaintext: the check can fail.
+    let d = TempDir::new("wire-plain");
+    let file = d.join("sched.json");
+    let _s = Proc::spawn(&["scheduler", "--scheduler-file", file.to_str().unwrap(), "--host", "127.0.0.1", "--insecure-plaintext"], d.join("s.log"));
+    let _w = Proc::spawn(&["worker", "--scheduler-file", file.to_str().unwrap(), "--name", "p1"], d.join("w.log"));
+    wait_for("the plaintext cluster", Duration::from_secs(30), || status(&file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(1)));
+    let plain = Cluster { dir: d, file, scheduler: _s, workers: vec![_w] };
+    let (out, bytes) = wire_bytes(&plain);
+    assert_eq!(out.trim(), r#"{"w": "CANARY-7f3a-PLAINTEXT-more"}"#);
+    assert!(contains(&bytes, b"CANARY-7f3a"), "without encryption the value is readable on the wire");
+    assert!(plain.scheduler.log_text().contains("NOT encrypted"), "{}", plain.scheduler.log_text());
+    let f = std::fs::read_to_string(&plain.file).unwrap();
+    assert!(f.contains("\"encryption\": \"none\""), "{f}");
 }

@@ -261,3 +261,23 @@ impl PythonArgs {
         Ok(std::sync::Arc::new(taskfarm::worker::PythonSettings::new(self.python.clone(), self.preload.clone())))
     }
 }
+
+/// `--insecure-plaintext`, for the scheduler, `taskfarm mpi` and workers
+/// given an address.
+#[derive(Args, Clone)]
+pub(crate) struct EncryptionArg {
+    /// Do not encrypt connections after the handshake (which still authenticates both sides): only for a private,
+    /// trusted network where the cost matters. The scheduler writes it in its file and every worker and client of the
+    /// cluster follows; a worker given an ADDRESS needs it too. Logged as a warning.
+    #[arg(long)]
+    pub(crate) insecure_plaintext: bool,
+}
+
+impl EncryptionArg {
+    pub(crate) fn apply(&self) {
+        if self.insecure_plaintext {
+            taskfarm::seal::set_plaintext(true);
+            taskfarm::log_at!(1, "net", "--insecure-plaintext: connections are NOT encrypted; anyone who can capture this network's traffic can read graphs, values and results");
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! data servers, never relayed through the scheduler.
 
 use crate::graph::Graph;
+use crate::seal::Link;
 use crate::protocol::{FrameReader, FrameWriter, Role, StatusReport, TaskId, ToClient, ToScheduler};
 use crate::schedfile::{self, ConnectError};
 use crate::value::Data;
@@ -100,7 +101,7 @@ pub struct Client {
     /// The connection, to close it (and so end the reading thread) on drop.
     stream: TcpStream,
     last_word: std::time::Instant,
-    writer: FrameWriter<TcpStream>,
+    writer: FrameWriter<crate::seal::LinkWriter>,
     secret: Vec<u8>,
     pending: std::collections::VecDeque<ToClient>,
     pub address: String,
@@ -131,16 +132,17 @@ impl Client {
     }
 
     /// Use a connection already authenticated as a client.
-    pub fn from_connected(stream: TcpStream, address: &str, secret: &[u8]) -> Result<Client, ClientError> {
-        Client::from_stream(stream, address, secret)
+    pub fn from_connected(link: Link, address: &str, secret: &[u8]) -> Result<Client, ClientError> {
+        Client::from_stream(link, address, secret)
     }
 
-    fn from_stream(stream: TcpStream, address: &str, secret: &[u8]) -> Result<Client, ClientError> {
+    fn from_stream(link: Link, address: &str, secret: &[u8]) -> Result<Client, ClientError> {
         let lost = |e: std::io::Error| ClientError::Lost(e.to_string());
-        let mut writer = FrameWriter::new(stream.try_clone().map_err(lost)?);
+        let mut writer = FrameWriter::new(link.writer().map_err(lost)?);
         writer.send(&[ToScheduler::RegisterClient { name: format!("{}-{}", crate::util::hostname(), std::process::id()) }], &[]).map_err(lost)?;
         let (tx, inbox) = crossbeam_channel::unbounded();
-        let mut reader = FrameReader::new(stream.try_clone().map_err(lost)?);
+        let mut reader = FrameReader::new(link.reader().map_err(lost)?);
+        let stream = link.stream().map_err(lost)?;
         std::thread::Builder::new()
             .name("tf-client-reader".into())
             .spawn(move || loop {
@@ -279,8 +281,8 @@ impl Client {
             ConnectError::Unreachable(e) => e,
             ConnectError::Fatal(m) => std::io::Error::other(m),
         })?;
-        let mut r = FrameReader::new(s.try_clone()?);
-        let mut w = FrameWriter::new(s);
+        let mut r = FrameReader::new(s.reader()?);
+        let mut w = FrameWriter::new(s.writer()?);
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(50_000) {
             for (id, stored) in crate::dataplane::fetch_values(&mut r, &mut w, chunk)? {

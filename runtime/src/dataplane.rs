@@ -62,7 +62,7 @@ pub fn spawn_fetcher(
     let _ = std::thread::Builder::new()
         .name("tf-fetch".into())
         .spawn(move || {
-            let mut conn: Option<(FrameReader<TcpStream>, FrameWriter<TcpStream>)> = None;
+            let mut conn: Option<(FrameReader<crate::seal::LinkReader>, FrameWriter<crate::seal::LinkWriter>)> = None;
             while let Ok(mut ids) = req_rx.recv() {
                 while let Ok(more) = req_rx.try_recv() {
                     ids.extend(more);
@@ -77,7 +77,7 @@ pub fn spawn_fetcher(
                                     crate::schedfile::ConnectError::Fatal(m) => io::Error::other(m),
                                 }
                             })?;
-                        conn = Some((FrameReader::new(s.try_clone()?), FrameWriter::new(s)));
+                        conn = Some((FrameReader::new(s.reader()?), FrameWriter::new(s.writer()?)));
                     }
                     let (r, w) = conn.as_mut().expect("just set");
                     fetch_values(r, w, &ids)
@@ -135,8 +135,8 @@ pub fn spawn_fetcher(
 
 /// Ask a data server for values; returns those it had.
 pub fn fetch_values(
-    r: &mut FrameReader<TcpStream>,
-    w: &mut FrameWriter<TcpStream>,
+    r: &mut FrameReader<crate::seal::LinkReader>,
+    w: &mut FrameWriter<crate::seal::LinkWriter>,
     ids: &[TaskId],
 ) -> io::Result<Vec<(TaskId, Arc<Value>)>> {
     w.send(&[PeerRequest::GetData { ids: ids.to_vec() }], &[])?;
@@ -198,9 +198,9 @@ fn serve_peer(mut stream: TcpStream, secret: &[u8], store: &Store, counters: &Co
             }
         }
     }
-    match handshake {
-        Ok(Role::Peer) => {}
-        Ok(role) => {
+    let keys = match handshake {
+        Ok((Role::Peer, keys)) => keys,
+        Ok((role, _)) => {
             log_at!(
                 1,
                 "worker",
@@ -216,12 +216,13 @@ fn serve_peer(mut stream: TcpStream, secret: &[u8], store: &Store, counters: &Co
             );
             return;
         }
-    }
-    let Ok(read_half) = stream.try_clone() else {
+    };
+    let link = crate::seal::Link::new(stream, keys);
+    let (Ok(read_half), Ok(write_half)) = (link.reader(), link.writer()) else {
         return;
     };
     let mut r = FrameReader::new(read_half);
-    let mut w = FrameWriter::new(stream);
+    let mut w = FrameWriter::new(write_half);
     while let Ok(Some((reqs, _))) = r.read_batch::<PeerRequest>() {
         for PeerRequest::GetData { ids } in reqs {
             let values: Vec<(TaskId, Option<Arc<Value>>)> = ids

@@ -35,6 +35,7 @@ pub mod mpi;
 pub mod node;
 pub mod protocol;
 pub mod schedfile;
+pub mod seal;
 pub(crate) mod store;
 pub mod scheduler;
 pub mod session;

@@ -537,6 +537,8 @@ pub enum HandshakeError {
     Version { ours: u16, theirs: u16 },
     BadRole(u8),
     AuthFailed,
+    /// One side encrypts, the other runs with `--insecure-plaintext`.
+    Mode { ours_plaintext: bool },
 }
 
 impl fmt::Display for HandshakeError {
@@ -551,6 +553,12 @@ impl fmt::Display for HandshakeError {
             HandshakeError::AuthFailed => write!(
                 f,
                 "authentication failed: the peer does not share this secret (is the scheduler file stale or from another scheduler?)"
+            ),
+            HandshakeError::Mode { ours_plaintext } => write!(
+                f,
+                "the peer {} encryption and this process {}: every process of a cluster follows its scheduler file (a scheduler started with --insecure-plaintext writes \"encryption\": \"none\" there)",
+                if *ours_plaintext { "uses" } else { "does not use" },
+                if *ours_plaintext { "does not (--insecure-plaintext)" } else { "does" }
             ),
         }
     }
@@ -585,15 +593,37 @@ fn proof(secret: &[u8], label: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
 const STATUS_OK: u8 = 0;
 const STATUS_VERSION: u8 = 1;
 const STATUS_AUTH: u8 = 2;
+/// The two sides disagree about encryption (`--insecure-plaintext`).
+const STATUS_MODE: u8 = 3;
 
-/// Connecting side. On success the stream is authenticated both ways.
-pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Result<(), HandshakeError> {
+/// This process's connection mode as the handshake carries it: 0 sealed
+/// (encrypted), 1 plaintext.
+fn mode_byte() -> u8 {
+    u8::from(crate::seal::plaintext())
+}
+
+/// The keys of a connection (per direction) from the secret and both
+/// nonces; None in plaintext mode.
+fn session_keys(secret: &[u8], cn: &[u8], sn: &[u8], mode: u8, connecting: bool) -> Option<crate::seal::Keys> {
+    if mode != 0 {
+        return None;
+    }
+    let derive = |label: &[u8]| -> [u8; 32] { proof(secret, label, &[cn, sn]).finalize().into_bytes().into() };
+    let (c2s, s2c) = (derive(b"taskfarm-key-client-to-server"), derive(b"taskfarm-key-server-to-client"));
+    Some(if connecting { crate::seal::Keys { send: c2s, recv: s2c } } else { crate::seal::Keys { send: s2c, recv: c2s } })
+}
+
+/// Connecting side. On success the stream is authenticated both ways;
+/// returns its keys (None in plaintext mode).
+pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Result<Option<crate::seal::Keys>, HandshakeError> {
     let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let cn = crate::util::random_bytes(32);
-    let mut hello = Vec::with_capacity(43);
+    let mode = mode_byte();
+    let mut hello = Vec::with_capacity(44);
     hello.extend_from_slice(MAGIC);
     hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
     hello.push(role as u8);
+    hello.push(mode);
     hello.extend_from_slice(&cn);
     stream.write_all(&hello)?;
     let mut reply = [0u8; 8 + 2 + 1 + 32 + 32];
@@ -605,9 +635,12 @@ pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Re
     if reply[10] == STATUS_VERSION || theirs != PROTOCOL_VERSION {
         return Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs });
     }
+    if reply[10] == STATUS_MODE {
+        return Err(HandshakeError::Mode { ours_plaintext: mode != 0 });
+    }
     let sn = &reply[11..43];
-    proof(secret, b"taskfarm-server", &[&cn, sn]).verify_slice(&reply[43..75]).map_err(|_| HandshakeError::AuthFailed)?;
-    let mine = proof(secret, b"taskfarm-client", &[&[role as u8], &cn, sn]).finalize().into_bytes();
+    proof(secret, b"taskfarm-server", &[&cn, sn, &[mode]]).verify_slice(&reply[43..75]).map_err(|_| HandshakeError::AuthFailed)?;
+    let mine = proof(secret, b"taskfarm-client", &[&[role as u8, mode], &cn, sn]).finalize().into_bytes();
     stream.write_all(&mine)?;
     let mut status = [0u8; 1];
     read_exact_by(stream, &mut status, deadline)?;
@@ -616,22 +649,24 @@ pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Re
     }
     stream.set_read_timeout(None)?;
     stream.set_nodelay(true)?;
-    Ok(())
+    Ok(session_keys(secret, &cn, sn, mode, true))
 }
 
-/// Accepting side. Returns the authenticated peer's role.
-pub fn server_handshake(stream: &mut TcpStream, secret: &[u8]) -> Result<Role, HandshakeError> {
+/// Accepting side. Returns the authenticated peer's role and the
+/// connection's keys (None in plaintext mode).
+pub fn server_handshake(stream: &mut TcpStream, secret: &[u8]) -> Result<(Role, Option<crate::seal::Keys>), HandshakeError> {
     let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
     // Writes too: a peer that never reads must not hold the thread.
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let mut hello = [0u8; 43];
+    let mut hello = [0u8; 44];
     read_exact_by(stream, &mut hello, deadline)?;
     if &hello[..8] != MAGIC {
         return Err(HandshakeError::BadMagic);
     }
     let theirs = u16::from_le_bytes([hello[8], hello[9]]);
     let sn = crate::util::random_bytes(32);
-    let cn = &hello[11..43];
+    let mode = mode_byte();
+    let cn = &hello[12..44];
     let mut reply = Vec::with_capacity(75);
     reply.extend_from_slice(MAGIC);
     reply.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
@@ -642,13 +677,19 @@ pub fn server_handshake(stream: &mut TcpStream, secret: &[u8]) -> Result<Role, H
         return Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs });
     }
     let role = Role::from_u8(hello[10]).ok_or(HandshakeError::BadRole(hello[10]))?;
+    if hello[11] != mode {
+        reply.push(STATUS_MODE);
+        reply.resize(75, 0);
+        let _ = stream.write_all(&reply);
+        return Err(HandshakeError::Mode { ours_plaintext: mode != 0 });
+    }
     reply.push(STATUS_OK);
     reply.extend_from_slice(&sn);
-    reply.extend_from_slice(&proof(secret, b"taskfarm-server", &[cn, &sn]).finalize().into_bytes());
+    reply.extend_from_slice(&proof(secret, b"taskfarm-server", &[cn, &sn, &[mode]]).finalize().into_bytes());
     stream.write_all(&reply)?;
     let mut theirs_proof = [0u8; 32];
     read_exact_by(stream, &mut theirs_proof, deadline)?;
-    if proof(secret, b"taskfarm-client", &[&[role as u8], cn, &sn]).verify_slice(&theirs_proof).is_err() {
+    if proof(secret, b"taskfarm-client", &[&[role as u8, mode], cn, &sn]).verify_slice(&theirs_proof).is_err() {
         let _ = stream.write_all(&[STATUS_AUTH]);
         return Err(HandshakeError::AuthFailed);
     }
@@ -656,7 +697,7 @@ pub fn server_handshake(stream: &mut TcpStream, secret: &[u8]) -> Result<Role, H
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
     stream.set_nodelay(true)?;
-    Ok(role)
+    Ok((role, session_keys(secret, cn, &sn, mode, false)))
 }
 
 #[cfg(test)]
@@ -715,7 +756,7 @@ mod tests {
         let (mut c, mut s) = pair();
         let t = std::thread::spawn(move || server_handshake(&mut s, b"sekrit").map_err(|e| e.to_string()));
         client_handshake(&mut c, b"sekrit", Role::Client).unwrap();
-        assert_eq!(t.join().unwrap().unwrap(), Role::Client);
+        assert_eq!(t.join().unwrap().unwrap().0, Role::Client);
     }
 
     #[test]
@@ -736,6 +777,7 @@ mod tests {
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         hello.push(Role::Client as u8);
+        hello.push(mode_byte());
         hello.extend_from_slice(&[7u8; 32]);
         c.write_all(&hello).unwrap();
         let mut reply = [0u8; 75];
@@ -751,7 +793,7 @@ mod tests {
     fn handshake_rejects_garbage_and_versions() {
         let (mut c, mut s) = pair();
         let t = std::thread::spawn(move || server_handshake(&mut s, b"x"));
-        c.write_all(&[0x42; 43]).unwrap();
+        c.write_all(&[0x42; 44]).unwrap();
         assert!(matches!(t.join().unwrap(), Err(HandshakeError::BadMagic)));
 
         let (mut c, mut s) = pair();
@@ -759,8 +801,26 @@ mod tests {
         let mut hello = MAGIC.to_vec();
         hello.extend_from_slice(&99u16.to_le_bytes());
         hello.push(2);
+        hello.push(0);
         hello.extend_from_slice(&[0; 32]);
         c.write_all(&hello).unwrap();
         assert!(matches!(t.join().unwrap(), Err(HandshakeError::Version { theirs: 99, .. })));
+    }
+
+    #[test]
+    fn a_peer_of_the_other_encryption_mode_is_told_so() {
+        let (mut c, mut s) = pair();
+        let t = std::thread::spawn(move || server_handshake(&mut s, b"x"));
+        let mut hello = MAGIC.to_vec();
+        hello.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        hello.push(Role::Worker as u8);
+        hello.push(1 - mode_byte()); // the other mode
+        hello.extend_from_slice(&[3; 32]);
+        c.write_all(&hello).unwrap();
+        let mut reply = [0u8; 75];
+        c.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[10], STATUS_MODE);
+        let e = t.join().unwrap().unwrap_err();
+        assert!(e.to_string().contains("--insecure-plaintext"), "{e}");
     }
 }

@@ -36,9 +36,32 @@ pub struct SchedulerFile {
     /// one job accept only their own job's file ([`crate::mpi::launch_id`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// How the cluster's connections are protected after the handshake:
+    /// "aes-256-gcm" (the default, also when absent) or "none" (the
+    /// scheduler runs with `--insecure-plaintext`).
+    #[serde(default = "default_encryption")]
+    pub encryption: String,
 }
 
+fn default_encryption() -> String {
+    ENCRYPTION_ON.into()
+}
+
+/// The scheduler file's `encryption` values.
+pub const ENCRYPTION_ON: &str = "aes-256-gcm";
+pub const ENCRYPTION_OFF: &str = "none";
+
 impl SchedulerFile {
+    /// Make this process's connections follow the file's encryption mode.
+    pub fn adopt_encryption(&self) -> Result<(), String> {
+        match self.encryption.as_str() {
+            ENCRYPTION_ON => crate::seal::set_plaintext(false),
+            ENCRYPTION_OFF => crate::seal::set_plaintext(true),
+            other => return Err(format!("unknown \"encryption\": \"{other}\" (this taskfarm knows \"{ENCRYPTION_ON}\" and \"{ENCRYPTION_OFF}\"); use the same release everywhere")),
+        }
+        Ok(())
+    }
+
     pub fn new(address: &str, secret: &[u8]) -> SchedulerFile {
         SchedulerFile {
             kind: "Scheduler".into(),
@@ -52,6 +75,7 @@ impl SchedulerFile {
             pid: std::process::id(),
             secret: util::hex(secret),
             job: None,
+            encryption: if crate::seal::plaintext() { ENCRYPTION_OFF } else { ENCRYPTION_ON }.into(),
         }
     }
 
@@ -232,23 +256,23 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
 }
 
 /// Connect to `address` and authenticate with `secret` as `role`.
-pub fn connect(address: &str, secret: &[u8], role: Role) -> Result<TcpStream, ConnectError> {
+pub fn connect(address: &str, secret: &[u8], role: Role) -> Result<crate::seal::Link, ConnectError> {
     let addr = util::parse_address(address).map_err(ConnectError::Fatal)?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(ConnectError::Unreachable)?;
-    client_handshake(&mut s, secret, role).map_err(|e| match e {
+    let keys = client_handshake(&mut s, secret, role).map_err(|e| match e {
         HandshakeError::Io(io) => ConnectError::Unreachable(io),
         other => ConnectError::Fatal(format!("scheduler at {address}: {other}")),
     })?;
-    Ok(s)
+    Ok(crate::seal::Link::new(s, keys))
 }
 
 /// Connect to `address` (no scheduler file), retrying while nothing answers,
 /// for up to `timeout`; an authentication or version failure ends at once.
-pub fn connect_with_retry(address: &str, secret: &[u8], role: Role, timeout: Duration) -> Result<TcpStream, crate::Error> {
+pub fn connect_with_retry(address: &str, secret: &[u8], role: Role, timeout: Duration) -> Result<crate::seal::Link, crate::Error> {
     connect_with_retry_inner(address, secret, role, timeout).map_err(crate::Error::Environment)
 }
 
-fn connect_with_retry_inner(address: &str, secret: &[u8], role: Role, timeout: Duration) -> Result<TcpStream, String> {
+fn connect_with_retry_inner(address: &str, secret: &[u8], role: Role, timeout: Duration) -> Result<crate::seal::Link, String> {
     let start = Instant::now();
     loop {
         match connect(address, secret, role) {
@@ -278,7 +302,7 @@ pub enum ConnectError {
 /// Inside the batch command of `taskfarm mpi` (where [`JOB_ENV`] is set), the
 /// job's own copy of the file is read when it exists, so that another job
 /// writing the same path cannot capture this one's clients.
-pub fn wait_and_connect(path: &Path, timeout: Duration, role: Role) -> Result<(SchedulerFile, TcpStream), crate::Error> {
+pub fn wait_and_connect(path: &Path, timeout: Duration, role: Role) -> Result<(SchedulerFile, crate::seal::Link), crate::Error> {
     if let Some(job) = std::env::var(JOB_ENV).ok().filter(|j| !j.is_empty()) {
         let own = job_path(path, &job);
         if own.exists() {
@@ -300,11 +324,11 @@ pub struct WaitPolicy {
     pub job: Option<String>,
 }
 
-pub fn wait_and_connect_with(path: &Path, timeout: Duration, role: Role, policy: &WaitPolicy) -> Result<(SchedulerFile, TcpStream), crate::Error> {
+pub fn wait_and_connect_with(path: &Path, timeout: Duration, role: Role, policy: &WaitPolicy) -> Result<(SchedulerFile, crate::seal::Link), crate::Error> {
     wait_and_connect_inner(path, timeout, role, policy).map_err(crate::Error::Environment)
 }
 
-fn wait_and_connect_inner(path: &Path, timeout: Duration, role: Role, policy: &WaitPolicy) -> Result<(SchedulerFile, TcpStream), String> {
+fn wait_and_connect_inner(path: &Path, timeout: Duration, role: Role, policy: &WaitPolicy) -> Result<(SchedulerFile, crate::seal::Link), String> {
     let start = Instant::now();
     let mut last_note = Instant::now();
     let mut pause = Duration::from_millis(5);
@@ -335,7 +359,7 @@ fn wait_and_connect_inner(path: &Path, timeout: Duration, role: Role, policy: &W
                 file.host,
                 policy.job.as_deref().unwrap_or_default()
             ),
-            Ok(file) => match file.secret_bytes() {
+            Ok(file) => match file.secret_bytes().and_then(|s| file.adopt_encryption().map(|()| s)) {
                 Err(e) => return Err(format!("scheduler file {}: {e}", path.display())),
                 Ok(secret) => match connect(&file.address, &secret, role) {
                     Ok(s) => return Ok((file, s)),

@@ -70,7 +70,7 @@ pub type Outcome = Result<(u8, Arc<Vec<u8>>), String>;
 
 pub struct Session {
     shared: Arc<Shared>,
-    writer: Mutex<FrameWriter<TcpStream>>,
+    writer: Mutex<FrameWriter<crate::seal::LinkWriter>>,
     /// Held while a request waits for its reply, so replies pair with requests.
     requests: Mutex<()>,
     stream: TcpStream,
@@ -96,13 +96,14 @@ impl Session {
         Session::start(stream, &file.address, &secret)
     }
 
-    fn start(stream: TcpStream, address: &str, secret: &[u8]) -> Result<Session, String> {
+    fn start(link: crate::seal::Link, address: &str, secret: &[u8]) -> Result<Session, String> {
         let lost = |e: std::io::Error| format!("lost the scheduler at {address}: {e}");
-        let _ = stream.set_nodelay(true);
-        let mut writer = FrameWriter::new(stream.try_clone().map_err(lost)?);
+        let _ = link.set_nodelay(true);
+        let stream = link.stream().map_err(lost)?;
+        let mut writer = FrameWriter::new(link.writer().map_err(lost)?);
         let name = format!("{}-{}-py", crate::util::hostname(), std::process::id());
         writer.send(&[ToScheduler::RegisterClient { name }], &[]).map_err(lost)?;
-        let mut reader = FrameReader::new(stream.try_clone().map_err(lost)?);
+        let mut reader = FrameReader::new(link.reader().map_err(lost)?);
         match reader.read_batch::<ToClient>().map_err(lost)? {
             Some((msgs, _)) if matches!(msgs.first(), Some(ToClient::Welcome { .. })) => {}
             _ => return Err(format!("the scheduler at {address} did not welcome this client")),
@@ -361,8 +362,8 @@ fn fetch_values(holder: &str, secret: &[u8], ids: &[TaskId]) -> std::io::Result<
         ConnectError::Unreachable(e) => e,
         ConnectError::Fatal(m) => std::io::Error::other(m),
     })?;
-    let mut r = FrameReader::new(s.try_clone()?);
-    let mut w = FrameWriter::new(s);
+    let mut r = FrameReader::new(s.reader()?);
+    let mut w = FrameWriter::new(s.writer()?);
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(50_000) {
         for (id, stored) in crate::dataplane::fetch_values(&mut r, &mut w, chunk)? {
@@ -373,7 +374,7 @@ fn fetch_values(holder: &str, secret: &[u8], ids: &[TaskId]) -> std::io::Result<
     Ok(out)
 }
 
-fn read_loop(mut reader: FrameReader<TcpStream>, shared: &Shared) {
+fn read_loop(mut reader: FrameReader<crate::seal::LinkReader>, shared: &Shared) {
     let reason = loop {
         match reader.read_batch::<ToClient>() {
             Ok(Some((msgs, _))) => {

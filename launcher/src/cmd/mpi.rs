@@ -13,6 +13,8 @@ pub(crate) struct MpiArgs {
     pub(crate) file: SchedulerFileArg,
     #[command(flatten)]
     pub(crate) net: NetArgs,
+    #[command(flatten)]
+    pub(crate) encryption: EncryptionArg,
     /// Transport; only tcp is supported.
     #[arg(long, default_value = "tcp", value_parser = ["tcp"])]
     pub(crate) protocol: String,
@@ -62,6 +64,7 @@ pub(crate) struct TopologyArgs {
 }
 
 pub(crate) fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
+    a.encryption.apply();
     let (info, handle) = taskfarm::mpi::discover().map_err(|e| Fail(EXIT_USAGE, e))?;
     let batch = if a.command.is_empty() { None } else { Some(a.command.as_slice()) };
     let per_rank_total = util::node_memory() / info.local_size.unwrap_or(1).max(1) as u64;

@@ -18,6 +18,8 @@ pub(crate) struct SchedulerArgs {
     pub(crate) host: Option<IpAddr>,
     #[command(flatten)]
     pub(crate) net: NetArgs,
+    #[command(flatten)]
+    pub(crate) encryption: EncryptionArg,
     /// Port to listen on; 0 picks a free one (the scheduler file tells clients which).
     #[arg(long, default_value_t = 0, value_name = "P")]
     pub(crate) port: u16,
@@ -80,6 +82,7 @@ impl Drop for PidFile {
 }
 
 pub(crate) fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
+    a.encryption.apply();
     let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
     let _pid = PidFile::create(a.pid_file)?;
     let (listen, contact) = a.net.resolve()?;

@@ -45,6 +45,8 @@ pub(crate) struct WorkerArgs {
     #[command(flatten)]
     pub(crate) net: NetArgs,
     #[command(flatten)]
+    pub(crate) encryption: EncryptionArg,
+    #[command(flatten)]
     pub(crate) leave: LeaveArgs,
     #[command(flatten)]
     pub(crate) python: PythonArgs,
@@ -54,6 +56,7 @@ pub(crate) struct WorkerArgs {
 }
 
 pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
+    a.encryption.apply();
     let leave = a.leave.request(true);
     leave.validate().map_err(|e| Fail(EXIT_USAGE, e))?;
     let nthreads = a.nthreads.unwrap_or_else(available_cpus);

@@ -378,7 +378,7 @@ fn process_start_time() -> f64 {
     }
 }
 
-fn connect_worker(opts: &MpiOptions, handle: Option<&MpiHandle>) -> Result<(Vec<u8>, std::net::TcpStream), String> {
+fn connect_worker(opts: &MpiOptions, handle: Option<&MpiHandle>) -> Result<(Vec<u8>, crate::seal::Link), String> {
     if let Some((addr, secret)) = handle.and_then(|h| share_address(h, None)) {
         let s = schedfile::connect(&addr, &secret, Role::Worker).map_err(|e| format!("cannot reach the scheduler at {addr}: {e:?}"))?;
         return Ok((secret, s));

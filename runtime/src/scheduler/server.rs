@@ -171,7 +171,7 @@ fn accept_loop(listener: TcpListener, secret: Vec<u8>, tx: Sender<Event>, stoppi
 /// Handshake, registration, then read batches until the peer goes away.
 fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Sender<Event>, pending: crate::gate::Pending) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-    let role = match server_handshake(&mut stream, secret) {
+    let (role, keys) = match server_handshake(&mut stream, secret) {
         Ok(r) => r,
         Err(e) => {
             log_at!(1, "scheduler", "rejected connection from {peer}: {e}");
@@ -180,7 +180,9 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
     };
     drop(pending);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
-    let Ok(read_half) = stream.try_clone() else { return };
+    let link = crate::seal::Link::new(stream, keys);
+    let Ok(read_half) = link.reader() else { return };
+    let Ok(stream) = link.stream() else { return };
     let mut reader = FrameReader::new(read_half);
     let first = match reader.read_batch::<ToScheduler>() {
         Ok(Some((msgs, _))) => msgs,
@@ -194,13 +196,13 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
     match (role, rest.next()) {
         (Role::Worker, Some(ToScheduler::RegisterWorker { name, data_address, nthreads, resources, host, pid, job, .. })) => {
             let (wtx, wrx) = unbounded();
-            spawn_writer(stream.try_clone().ok(), wrx, format!("worker '{name}'"));
+            spawn_writer(link.writer().ok(), stream.try_clone().ok(), wrx, format!("worker '{name}'"));
             let info = WorkerInfo { name, address: data_address, nthreads: nthreads.max(1), resources, host, pid, job };
             let _ = tx.send(Event::Worker { conn, info, tx: wtx, stream });
         }
         (Role::Client, Some(ToScheduler::RegisterClient { name })) => {
             let (ctx, crx) = unbounded();
-            spawn_writer(stream.try_clone().ok(), crx, format!("client '{name}'"));
+            spawn_writer(link.writer().ok(), stream.try_clone().ok(), crx, format!("client '{name}'"));
             let _ = tx.send(Event::Client { conn, name, tx: ctx, stream });
         }
         (role, first) => {
@@ -228,11 +230,10 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
 }
 
 /// Write batches as they come, coalescing whatever is already queued.
-fn spawn_writer<T: Serialize + Send + 'static>(stream: Option<TcpStream>, rx: Receiver<Vec<T>>, who: String) {
-    let Some(stream) = stream else { return };
+fn spawn_writer<T: Serialize + Send + 'static>(writer: Option<crate::seal::LinkWriter>, closer: Option<TcpStream>, rx: Receiver<Vec<T>>, who: String) {
+    let Some(writer) = writer else { return };
     let _ = std::thread::Builder::new().name("tf-writer".into()).spawn(move || {
-        let closer = stream.try_clone().ok();
-        let mut w = FrameWriter::new(stream);
+        let mut w = FrameWriter::new(writer);
         while let Ok(mut batch) = rx.recv() {
             while let Ok(more) = rx.try_recv() {
                 batch.extend(more);

@@ -26,7 +26,7 @@ pub use python::PythonSettings;
 use state::{Input, Instruction, WorkerState};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ enum Event {
 
 /// Connect-and-run, on the calling thread, until the scheduler says stop or
 /// goes away. `scheduler` must be an authenticated connection (role Worker).
-pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
+pub fn run(cfg: WorkerConfig, scheduler: crate::seal::Link) -> io::Result<WorkerExit> {
     util::release_large_frees();
     let local_ip = scheduler.local_addr()?.ip();
     let listen_ip = cfg.listen_ip.unwrap_or(local_ip);
@@ -147,7 +147,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
     }
 
     let (tx, rx) = unbounded::<Event>();
-    let mut to_sched = FrameWriter::new(scheduler.try_clone()?);
+    let mut to_sched = FrameWriter::new(scheduler.writer()?);
     to_sched.send(
         &[ToScheduler::RegisterWorker {
             name: cfg.name.clone(),
@@ -161,7 +161,7 @@ pub fn run(cfg: WorkerConfig, scheduler: TcpStream) -> io::Result<WorkerExit> {
         }],
         &[],
     )?;
-    spawn_scheduler_reader(scheduler.try_clone()?, tx.clone())?;
+    spawn_scheduler_reader(scheduler.reader()?, tx.clone())?;
     if let Some(requests) = cfg.retire_requests.clone() {
         spawn_retire_forwarder(requests, tx.clone())?;
     }
@@ -236,7 +236,7 @@ fn spawn_retire_forwarder(requests: Receiver<()>, tx: Sender<Event>) -> io::Resu
     Ok(())
 }
 
-fn spawn_scheduler_reader(stream: TcpStream, tx: Sender<Event>) -> io::Result<()> {
+fn spawn_scheduler_reader(stream: crate::seal::LinkReader, tx: Sender<Event>) -> io::Result<()> {
     std::thread::Builder::new()
         .name("tf-sched-reader".into())
         .spawn(move || {
@@ -293,7 +293,7 @@ impl WorkerLoop {
     fn run(
         &mut self,
         rx: Receiver<Event>,
-        to_sched: &mut FrameWriter<TcpStream>,
+        to_sched: &mut FrameWriter<crate::seal::LinkWriter>,
     ) -> io::Result<WorkerExit> {
         let mut last_beat = Instant::now();
         let mut last_transfers = 0u64;
@@ -350,7 +350,7 @@ impl WorkerLoop {
     /// batch (one write with it), so the scheduler learns a task started
     /// before it learns the task finished; then release the executors that
     /// waited for their starts to be sent.
-    fn flush(&mut self, to_sched: &mut FrameWriter<TcpStream>) -> io::Result<()> {
+    fn flush(&mut self, to_sched: &mut FrameWriter<crate::seal::LinkWriter>) -> io::Result<()> {
         if !self.started.is_empty() {
             to_sched.write_batch(
                 &[ToScheduler::Started {
