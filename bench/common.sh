@@ -38,7 +38,8 @@ ensure_venv() {
 # Start a scheduler and WORKERS worker processes of THREADS threads each
 # (scheduler file $work/s.json, logs in $work), and wait for them.
 start_cluster() {
-  "$tf" scheduler --scheduler-file "$work/s.json" --host 127.0.0.1 2> "$work/scheduler.log" &
+  # SCHED_ARGS: extra scheduler flags, e.g. --insecure-plaintext (workers follow the file).
+  "$tf" scheduler --scheduler-file "$work/s.json" --host 127.0.0.1 ${SCHED_ARGS:-} 2> "$work/scheduler.log" &
   for i in $(seq 1 "$1"); do
     "$tf" worker --scheduler-file "$work/s.json" --nthreads "$2" --local-directory "$work" 2> "$work/worker$i.log" &
   done

@@ -20,7 +20,7 @@ REPS=${REPS:-5}
 build_taskfarm
 make_workdir
 S="$work/s.json"
-TASKFARM_LOG=warn "$tf" scheduler --scheduler-file "$S" --host 127.0.0.1 &
+TASKFARM_LOG=warn "$tf" scheduler --scheduler-file "$S" --host 127.0.0.1 ${SCHED_ARGS:-} &
 TASKFARM_LOG=warn "$tf" worker --scheduler-file "$S" --name w1 --nthreads 1 --local-directory "$work" &
 TASKFARM_LOG=warn "$tf" worker --scheduler-file "$S" --name w2 --nthreads 1 --local-directory "$work" &
 wait_workers "$S" 2

@@ -256,8 +256,8 @@ mod tests {
         let (b, _) = l.accept().unwrap();
         let spy = b.try_clone().unwrap();
         let (k1, k2) = ([1u8; 32], [2u8; 32]);
-        let ka = keys.then(|| Keys { send: k1, recv: k2 });
-        let kb = keys.then(|| Keys { send: k2, recv: k1 });
+        let ka = keys.then_some(Keys { send: k1, recv: k2 });
+        let kb = keys.then_some(Keys { send: k2, recv: k1 });
         (Link::new(a, ka), Link::new(b, kb), spy)
     }
 
