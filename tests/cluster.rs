@@ -462,3 +462,38 @@ fn soak_workers_killed_every_second_young_and_old_in_turn() {
     // Every second kill takes the youngest worker (1 s old), the others the oldest.
     soak("soak-1s", Duration::from_secs(1), |k, n| if k % 2 == 0 { n - 1 } else { 0 });
 }
+
+/// A task calling a function that only some workers' programs register runs
+/// on those: a stock worker never gets it (it would fail "unknown function").
+#[test]
+fn a_task_calling_a_registered_function_runs_only_where_it_is_registered() {
+    let c = Cluster::start("functions", &[("plain", 4)]);
+    // A worker of "our own program": the library, with one more function.
+    let file = c.file.clone();
+    std::thread::spawn(move || {
+        let (sf, link) = taskfarm::schedfile::wait_and_connect(&file, Duration::from_secs(30), taskfarm::protocol::Role::Worker).unwrap();
+        let mut registry = taskfarm::functions::Registry::with_builtins();
+        registry.register("double", |a, _| match a {
+            [taskfarm::value::Data::Json(serde_json::Value::Number(n))] => Ok(taskfarm::value::Data::Json(serde_json::json!(n.as_i64().unwrap() * 2))),
+            _ => Err("double(n)".into()),
+        });
+        let cfg = taskfarm::worker::WorkerConfig { registry, ..taskfarm::worker::WorkerConfig::new("custom", 1, sf.secret_bytes().unwrap()) };
+        let _ = taskfarm::worker::run(cfg, link);
+    });
+    wait_for("both workers", Duration::from_secs(30), || status(&c.file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(2)));
+    let has = |f: &str| taskfarm::functions::Registry::with_builtins().contains(f) || f == "double";
+    let mut text = String::from("{");
+    for i in 0..20 {
+        text.push_str(&format!(r#""d{i}": ["double", {i}], "#));
+    }
+    text.push_str(r#""total": ["sum", ["list", "d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8", "d9", "d10", "d11", "d12", "d13", "d14", "d15", "d16", "d17", "d18", "d19"]]}"#);
+    let graph = taskfarm::graph::Graph::from_json(&text, &has).unwrap();
+    let mut client = taskfarm::Client::from_scheduler_file(&c.file, Duration::from_secs(10)).unwrap();
+    let results = client.compute(graph, &["total".to_string()]).unwrap();
+    assert_eq!(results.get("total"), Some(&taskfarm::value::Data::Json(serde_json::json!(380))));
+    assert_eq!(stat_of(&c, "tasks_erred"), 0, "no task went to the worker without 'double'");
+}
+
+fn stat_of(c: &Cluster, name: &str) -> u64 {
+    status(&c.file).unwrap()["stats"][name].as_u64().unwrap()
+}

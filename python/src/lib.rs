@@ -92,7 +92,7 @@ impl Task<'_> {
             other => return Err(PyValueError::new_err(format!("unknown task kind {other:?}"))),
         };
         let spec = bincode_spec(&expr);
-        Ok(TaskDef { key, deps, spec, annotations: Annotations { priority, retries, resources, workers, timeout }, order })
+        Ok(TaskDef { key, deps, spec, annotations: Annotations { priority, retries, resources, workers, timeout, functions: Vec::new() }, order })
     }
 }
 

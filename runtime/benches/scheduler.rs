@@ -158,6 +158,7 @@ fn worker_info(i: u32) -> WorkerInfo {
         nthreads: 128,
         resources: vec![],
         host: format!("node{i}"),
+        functions: vec![],
         pid: 1,
         job: String::new(),
     }

@@ -34,6 +34,14 @@ struct Entry {
     help: &'static str,
 }
 
+const USER_FUNCTION: &str = "user function";
+
+/// Whether `name` is one of taskfarm's built-in functions (every worker has them).
+pub fn is_builtin(name: &str) -> bool {
+    static BUILTINS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    BUILTINS.get_or_init(|| Registry::with_builtins().funcs.keys().cloned().collect()).iter().any(|b| b == name) || name == "cmd"
+}
+
 /// Functions tasks can call by name.
 #[derive(Clone)]
 pub struct Registry {
@@ -136,12 +144,18 @@ impl Registry {
     /// Register a user function under `name` (replacing any of that name).
     pub fn register(&mut self, name: &str, f: impl Fn(&[&Data], &TaskContext<'_>) -> Result<Data, String> + Send + Sync + 'static) {
         let mut map: BTreeMap<String, Entry> = self.funcs.iter().map(|(k, e)| (k.clone(), Entry { func: e.func.clone(), help: e.help })).collect();
-        map.insert(name.to_string(), Entry { func: Arc::new(f), help: "user function" });
+        map.insert(name.to_string(), Entry { func: Arc::new(f), help: USER_FUNCTION });
         self.funcs = Arc::new(map);
     }
 
     pub fn contains(&self, name: &str) -> bool {
         self.funcs.contains_key(name)
+    }
+
+    /// The functions registered on top of the built-ins (what a worker
+    /// announces, so that tasks calling them go only to workers that have them).
+    pub fn user_functions(&self) -> Vec<String> {
+        self.funcs.iter().filter(|(name, e)| e.help == USER_FUNCTION || !is_builtin(name)).map(|(k, _)| k.clone()).collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&Function> {

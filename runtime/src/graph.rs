@@ -181,9 +181,11 @@ impl Graph {
         let mut dep_ids = Vec::with_capacity(map.len());
         let mut rounded = false;
         for (key, value) in &map {
-            let mut b = Builder { key, position: &position, is_function, deps: Vec::new(), dep_ids: Vec::new(), dep_lookup: hashbrown::HashMap::new(), rounded: false };
-            let (expr, annotations) = b.task(value)?;
+            let mut b = Builder { key, position: &position, is_function, deps: Vec::new(), dep_ids: Vec::new(), dep_lookup: hashbrown::HashMap::new(), rounded: false, calls: Vec::new() };
+            let (expr, mut annotations) = b.task(value)?;
             rounded |= b.rounded;
+            // Functions beyond the built-ins: only workers that have them may run it.
+            annotations.functions = b.calls;
             let spec = bincode::serialize(&expr).expect("Expr always serialises");
             built.push((b.deps, spec, annotations));
             dep_ids.push(b.dep_ids);
@@ -393,6 +395,8 @@ struct Builder<'a> {
     /// A literal holds a float that an out-of-range integer literal would
     /// also have become.
     rounded: bool,
+    /// The functions it calls that are not built in.
+    calls: Vec<String>,
     /// Position in the graph -> reference number, once a task has more
     /// dependencies than a linear search should scan (a task gathering
     /// 100,000 keys took a second with the search alone).
@@ -448,6 +452,9 @@ impl Builder<'_> {
                         }
                         Expr::Cmd(Box::new(CmdSpec { argv: args, cwd: None, env: Vec::new(), stdin: None }))
                     } else if (self.is_function)(name) {
+                        if !crate::functions::is_builtin(name) && !self.calls.contains(name) {
+                            self.calls.push(name.clone());
+                        }
                         Expr::Call(name.clone(), args)
                     } else {
                         return Err(self.err(format!(

@@ -32,6 +32,9 @@ pub struct Annotations {
     pub workers: Vec<String>,
     /// Seconds after which a running task fails.
     pub timeout: Option<f64>,
+    /// Functions it calls that are not built in (registered by a program of
+    /// one's own): only workers that announce them all may run it.
+    pub functions: Vec<String>,
 }
 
 /// One task as sent by a client to the scheduler.
@@ -196,6 +199,8 @@ pub enum ToScheduler {
         local_directory: String,
         /// The batch job this worker runs in ("" outside a job).
         job: String,
+        /// The functions it has beyond the built-ins.
+        functions: Vec<String>,
     },
     RegisterClient {
         name: String,

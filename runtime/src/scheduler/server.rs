@@ -194,10 +194,10 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
     };
     let mut rest = first.into_iter();
     match (role, rest.next()) {
-        (Role::Worker, Some(ToScheduler::RegisterWorker { name, data_address, nthreads, resources, host, pid, job, .. })) => {
+        (Role::Worker, Some(ToScheduler::RegisterWorker { name, data_address, nthreads, resources, host, pid, job, functions, .. })) => {
             let (wtx, wrx) = unbounded();
             spawn_writer(link.writer().ok(), stream.try_clone().ok(), wrx, format!("worker '{name}'"));
-            let info = WorkerInfo { name, address: data_address, nthreads: nthreads.max(1), resources, host, pid, job };
+            let info = WorkerInfo { name, address: data_address, nthreads: nthreads.max(1), resources, host, pid, job, functions };
             let _ = tx.send(Event::Worker { conn, info, tx: wtx, stream });
         }
         (Role::Client, Some(ToScheduler::RegisterClient { name })) => {

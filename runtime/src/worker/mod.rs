@@ -158,6 +158,7 @@ pub fn run(cfg: WorkerConfig, scheduler: crate::seal::Link) -> io::Result<Worker
             pid: std::process::id(),
             local_directory: scratch.display().to_string(),
             job: cfg.job.clone(),
+            functions: cfg.registry.user_functions(),
         }],
         &[],
     )?;

@@ -141,10 +141,10 @@ impl SchedulerState {
             let id = self.tasks.len() as TaskId;
             def_id.push(id);
             let a = d.annotations;
-            let extra = if a.workers.is_empty() && a.resources.is_empty() && a.timeout.is_none() {
+            let extra = if a.workers.is_empty() && a.resources.is_empty() && a.functions.is_empty() && a.timeout.is_none() {
                 None
             } else {
-                Some(Box::new(Extra { workers: a.workers, resources: a.resources, timeout: a.timeout, error: None }))
+                Some(Box::new(Extra { workers: a.workers, resources: a.resources, functions: a.functions, timeout: a.timeout, error: None }))
             };
             let spec = self.intern_spec(d.spec);
             let key = KeyRef { off: self.key_bytes.len() as u32, len: d.key.len() as u32 };

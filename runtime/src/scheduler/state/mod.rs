@@ -133,6 +133,8 @@ pub struct WorkerInfo {
     pub pid: u32,
     /// The batch job the worker runs in ("" outside a job).
     pub job: String,
+    /// Functions it has beyond the built-ins.
+    pub functions: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -161,6 +163,8 @@ struct Extra {
     /// Names or addresses of the workers allowed to run it (empty: any).
     workers: Vec<String>,
     resources: Vec<(String, f64)>,
+    /// Functions it needs beyond the built-ins.
+    functions: Vec<String>,
     timeout: Option<f64>,
     error: Option<Box<str>>,
 }
@@ -211,7 +215,7 @@ impl Task {
     }
     /// Restricted to some workers or needing resources.
     fn restricted(&self) -> bool {
-        self.extra.as_ref().is_some_and(|e| !e.workers.is_empty() || !e.resources.is_empty())
+        self.extra.as_ref().is_some_and(|e| !e.workers.is_empty() || !e.resources.is_empty() || !e.functions.is_empty())
     }
     fn timeout(&self) -> Option<f64> {
         self.extra.as_ref().and_then(|e| e.timeout)

@@ -34,6 +34,7 @@ impl SchedulerState {
             None => true,
             Some(r) => {
                 (r.workers.is_empty() || r.workers.iter().any(|n| *n == w.info.name || *n == w.info.address))
+                    && r.functions.iter().all(|f| w.info.functions.contains(f))
                     && r.resources.iter().all(|(name, amount)| {
                         let have = if name == "cpus" {
                             w.info.nthreads as f64
@@ -57,6 +58,9 @@ impl SchedulerState {
         }
         if !r.resources.is_empty() {
             needs.push(r.resources.iter().map(|(n, a)| format!("{n}={a}")).collect::<Vec<_>>().join(" "));
+        }
+        if !r.functions.is_empty() {
+            needs.push(format!("a worker that has the function(s) {} (workers announce the functions their program registers)", r.functions.join(", ")));
         }
         let offers: Vec<String> = self
             .workers

@@ -9,7 +9,7 @@ fn graph(text: &str) -> Vec<TaskDef> {
 }
 
 fn info(name: &str, nthreads: u32) -> WorkerInfo {
-    WorkerInfo { name: name.into(), address: format!("tcp://{name}:1"), nthreads, resources: vec![], host: "h".into(), pid: 1, job: String::new() }
+    WorkerInfo { name: name.into(), address: format!("tcp://{name}:1"), nthreads, resources: vec![], host: "h".into(), pid: 1, job: String::new(), functions: vec![] }
 }
 
 struct Sim {
@@ -937,4 +937,29 @@ fn losing_results_faster_than_making_them_is_said_and_churn_keeps_second_copies(
     // Quiet for 30 s: back to one copy.
     sim.s.check_timeouts(40.0);
     assert!(sim.s.take_logs().iter().any(|l| l.contains("one copy of each result again")));
+}
+
+/// A task calling a function only some workers register goes to those, and
+/// waits, saying why, while none of them is connected.
+#[test]
+fn tasks_calling_a_registered_function_go_to_workers_that_have_it() {
+    let mut sim = Sim::new();
+    let plain = sim.s.add_worker(info("plain", 4), 0.0);
+    let c = sim.s.add_client("c".into());
+    let defs = Graph::from_json(r#"{"x": ["double", 21], "y": ["inc", 1]}"#, &|f: &str| ["inc", "double"].contains(&f)).unwrap().tasks;
+    assert_eq!(defs.iter().find(|d| d.key == "x").unwrap().annotations.functions, vec!["double".to_string()]);
+    assert!(defs.iter().find(|d| d.key == "y").unwrap().annotations.functions.is_empty(), "built-ins need nothing");
+    sim.s.update_graph(c, defs, &wanted(&["x", "y"])).unwrap();
+    sim.ok();
+    let (to_workers, msgs) = sim.outgoing();
+    let sent: Vec<(WorkerId, String)> = to_workers.into_iter().filter_map(|(w, m)| if let ToWorker::Compute(c) = m { Some((w, c.key)) } else { None }).collect();
+    assert_eq!(sent, vec![(plain, "y".to_string())], "only y may run on a worker without 'double'");
+    assert_eq!(sim.state("x"), Some(TaskState::NoWorker));
+    assert!(msgs.iter().any(|(_, m)| matches!(m, ToClient::KeyStuck { key, reason } if key == "x" && reason.contains("the function(s) double"))), "{msgs:?}");
+    let mut with = info("custom", 1);
+    with.functions = vec!["double".into()];
+    let custom = sim.s.add_worker(with, 1.0);
+    sim.ok();
+    let sent: Vec<(WorkerId, String)> = sim.computes().into_iter().map(|(w, _, k)| (w, k)).collect();
+    assert_eq!(sent, vec![(custom, "x".to_string())]);
 }
