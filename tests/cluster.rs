@@ -497,3 +497,19 @@ fn a_task_calling_a_registered_function_runs_only_where_it_is_registered() {
 fn stat_of(c: &Cluster, name: &str) -> u64 {
     status(&c.file).unwrap()["stats"][name].as_u64().unwrap()
 }
+
+/// --memory-terminate holds while a task runs: a command whose output grows
+/// the worker past its limit (and then never ends) does not keep it alive;
+/// the worker exits with status 3 and says why.
+#[test]
+fn a_worker_over_its_memory_limit_leaves_while_its_task_still_runs() {
+    let mut c = Cluster::start("memterm", &[]);
+    let log = c.dir.join("greedy.log");
+    c.workers.push(Proc::spawn(&["worker", "--scheduler-file", c.file_arg(), "--name", "greedy", "--memory-limit", "200MB", "--memory-target", "false", "--memory-spill", "false", "--memory-pause", "false"], log));
+    wait_for("the worker to register", Duration::from_secs(30), || status(&c.file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(1)));
+    let g = c.dir.write("grow.json", r#"{"grow": {"cmd": ["sh", "-c", "head -c 300000000 /dev/zero; sleep 600"], "workers": ["greedy"]}}"#);
+    let _submit = Proc::spawn(&["submit", g.to_str().unwrap(), "--scheduler-file", c.file_arg()], c.dir.join("submit.log"));
+    let greedy = c.workers.last_mut().unwrap();
+    assert_eq!(greedy.wait_exit(Duration::from_secs(120)), Some(3), "{}", greedy.log_text());
+    assert!(greedy.log_text().contains("exiting so the node does not run out of memory"), "{}", greedy.log_text());
+}
