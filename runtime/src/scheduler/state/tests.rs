@@ -930,6 +930,16 @@ fn losing_results_faster_than_making_them_is_said_and_churn_keeps_second_copies(
     let (to_workers, _) = sim.outgoing();
     let other = if on == a { b } else { a };
     assert!(to_workers.iter().any(|(w, m)| *w == other && matches!(m, ToWorker::Replicate { id, .. } if *id == x)), "{to_workers:?}");
+    // The replica arrives; then the original holder dies: down to one copy,
+    // the value gets a second again.
+    sim.s.replicated(other, x, 8, 2.5);
+    sim.ok();
+    let third = sim.s.add_worker(info("third", 1), 2.6);
+    sim.outgoing();
+    sim.s.handle(Event::RemoveWorker { worker: on, reason: "killed".into() }, 3.0);
+    sim.ok();
+    let (to_workers, _) = sim.outgoing();
+    assert!(to_workers.iter().any(|(w, m)| *w == third && matches!(m, ToWorker::Replicate { id, .. } if *id == x)), "{to_workers:?}");
     // Going backwards: more results recomputed than tasks finished in 10 s, with losses.
     sim.s.stats.tasks_recomputed += 50;
     sim.s.check_timeouts(11.0);

@@ -202,13 +202,21 @@ impl SchedulerState {
         let mut held: Vec<TaskId> = worker.has_what.into_iter().collect();
         held.sort_unstable();
         let mut lost = Vec::new();
+        let mut one_copy_left = Vec::new();
         for t in held {
             let task = &mut self.tasks[t as usize];
             task.who_has.retain(|&h| h != w);
             if task.who_has.is_empty() && task.state == TaskState::Memory {
                 self.lose_value(t);
                 lost.push(t);
+            } else if task.who_has.len() == 1 && task.state == TaskState::Memory {
+                one_copy_left.push((t, task.who_has[0]));
             }
+        }
+        // While workers keep dying, a value down to one copy gets a second
+        // again (else copies die out one loss at a time).
+        for (t, holder) in one_copy_left {
+            self.replicate_if_churning(t, holder);
         }
         let mut processing: Vec<TaskId> = worker.processing.into_iter().collect();
         processing.sort_unstable();
