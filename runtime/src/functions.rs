@@ -36,6 +36,16 @@ struct Entry {
 
 const USER_FUNCTION: &str = "user function";
 
+/// The environment variable every command of this process gets, holding
+/// [`command_token`]: the worker's reaper finds what to kill by it.
+pub const COMMAND_TOKEN_VAR: &str = "TASKFARM_WORKER_TOKEN";
+
+/// A random token for this process's commands (see [`COMMAND_TOKEN_VAR`]).
+pub fn command_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| crate::util::hex(&crate::util::random_bytes(16)))
+}
+
 /// Whether `name` is one of taskfarm's built-in functions (every worker has them).
 pub fn is_builtin(name: &str) -> bool {
     static BUILTINS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -322,6 +332,7 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
         cmd.env(name, os(&text(value)?));
     }
     cmd.env("TASKFARM_KEY", ctx.key);
+    cmd.env(COMMAND_TOKEN_VAR, command_token());
     let stdin = spec.stdin.as_ref().map(text).transpose()?;
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

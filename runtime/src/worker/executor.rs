@@ -74,37 +74,36 @@ pub const CANCELLED: &str = "cancelled: no client wants this task any more (its 
 #[derive(Default)]
 pub struct Cancels {
     inner: Mutex<CancelState>,
-    /// Kills the process groups of the commands still running if this
-    /// worker dies, even by SIGKILL (started with the first command).
+    /// Kills the commands still running if this worker dies, even by
+    /// SIGKILL (started with the first command).
     reaper: std::sync::OnceLock<Option<Reaper>>,
 }
 
-/// A small process outside the worker (`/bin/sh` reading a pipe, in a
-/// process group of its own) that knows the process groups of the running
-/// commands: when the pipe closes — the worker exited or was killed, even
-/// by SIGKILL — it kills them all. Commands are started with posix_spawn in
-/// their own group, so this costs one short write per command start and end
-/// (PR_SET_PDEATHSIG would need a pre_exec hook, which forces fork+exec:
-/// 70 % slower on the 5k-command benchmark).
+/// A small process outside the worker (`/bin/sh` waiting on a pipe, in a
+/// process group of its own): when the pipe closes — the worker exited or
+/// was killed, even by SIGKILL — it kills every process that carries this
+/// worker process's [`crate::functions::command_token`] in its environment:
+/// the commands still running and what they started. Nothing is done per
+/// command (posix_spawn stays; PR_SET_PDEATHSIG would need a pre_exec hook,
+/// which forces fork+exec: 70 % slower on the 5k-command benchmark).
 pub struct Reaper {
-    pipe: Mutex<std::fs::File>,
+    _pipe: std::io::PipeWriter,
     _child: std::process::Child,
 }
 
-/// The reaper's program: " PGID PGID ... " in $g; + adds, - removes; at
-/// the end of its input it kills every group still listed.
-const REAPER_SCRIPT: &str = r#"g=" "
-while read -r op p; do
-  case $op in
-    +) g="$g$p " ;;
-    -) case $g in *" $p "*) g="${g%%" $p "*} ${g#*" $p "}" ;; esac ;;
-  esac
+/// The reaper's program: wait for the end of its input, then kill (three
+/// passes, for processes forked meanwhile) every process whose environment
+/// holds `TASKFARM_WORKER_TOKEN=$1`.
+const REAPER_SCRIPT: &str = r#"while read -r _; do :; done
+for pass in 1 2 3; do
+  for f in $(grep -l -s -z -x "TASKFARM_WORKER_TOKEN=$1" /proc/[0-9]*/environ); do
+    p=${f#/proc/}; kill -9 "${p%/environ}" 2>/dev/null
+  done
 done
-for p in $g; do kill -9 "-$p" 2>/dev/null; done
 exit 0"#;
 
 impl Reaper {
-    fn start() -> Option<Reaper> {
+    pub fn start() -> Option<Reaper> {
         let (read, write) = match std::io::pipe() {
             Ok(p) => p,
             Err(e) => {
@@ -114,26 +113,20 @@ impl Reaper {
         };
         use std::os::unix::process::CommandExt;
         let child = std::process::Command::new("/bin/sh")
-            .args(["-c", REAPER_SCRIPT])
+            .args(["-c", REAPER_SCRIPT, "taskfarm-reaper", crate::functions::command_token()])
+            .env_remove(crate::functions::COMMAND_TOKEN_VAR)
             .stdin(read)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .process_group(0)
             .spawn();
         match child {
-            Ok(c) => Some(Reaper { pipe: Mutex::new(std::fs::File::from(std::os::fd::OwnedFd::from(write))), _child: c }),
+            Ok(c) => Some(Reaper { _pipe: write, _child: c }),
             Err(e) => {
                 crate::log_at!(1, "worker", "cannot start the command reaper (/bin/sh): {e}; commands may outlive a killed worker");
                 None
             }
         }
-    }
-
-    fn tell(&self, op: char, pgid: u32) {
-        use std::io::Write;
-        // A line of a few bytes: one atomic write. A reaper that died is
-        // not fatal (the write fails with EPIPE; SIGPIPE is ignored).
-        let _ = self.pipe.lock().unwrap_or_else(|p| p.into_inner()).write_all(format!("{op} {pgid}\n").as_bytes());
     }
 }
 
@@ -166,9 +159,7 @@ impl Cancels {
         if st.cancelled.contains(&id) {
             kill(pid);
         }
-        if let Some(r) = self.reaper.get_or_init(Reaper::start) {
-            r.tell('+', pid);
-        }
+        self.reaper.get_or_init(Reaper::start);
         st.running.insert(id, pid);
     }
 
@@ -176,9 +167,7 @@ impl Cancels {
     pub fn stopped(&self, ids: impl IntoIterator<Item = TaskId>) {
         let mut st = self.lock();
         for id in ids {
-            if let (Some(pid), Some(Some(r))) = (st.running.remove(&id), self.reaper.get()) {
-                r.tell('-', pid);
-            }
+            st.running.remove(&id);
         }
     }
 
@@ -199,9 +188,7 @@ impl Cancels {
     /// Task `id` was reported done: forget it.
     fn ended(&self, id: TaskId) {
         let mut st = self.lock();
-        if let (Some(pid), Some(Some(r))) = (st.running.remove(&id), self.reaper.get()) {
-            r.tell('-', pid);
-        }
+        st.running.remove(&id);
         st.cancelled.remove(&id);
     }
 }
@@ -441,26 +428,27 @@ mod tests {
     }
 
     #[test]
-    fn the_reaper_kills_the_groups_still_registered_when_its_pipe_closes() {
-        // Three "commands", each a process group leader with a child.
-        let mut groups: Vec<std::process::Child> =
-            (0..3).map(|_| std::process::Command::new("sh").args(["-c", "sleep 600 & wait"]).process_group(0).spawn().unwrap()).collect();
+    fn the_reaper_kills_what_carries_the_workers_token_when_its_pipe_closes() {
+        // Two "commands" with the token (each with a child), one process without.
+        let tagged: Vec<std::process::Child> = (0..2)
+            .map(|_| {
+                std::process::Command::new("sh")
+                    .args(["-c", "sleep 600 & wait"])
+                    .env(crate::functions::COMMAND_TOKEN_VAR, crate::functions::command_token())
+                    .process_group(0)
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut other = std::process::Command::new("sleep").arg("600").spawn().unwrap();
         let reaper = Reaper::start().expect("the reaper starts");
-        for g in &groups {
-            reaper.tell('+', g.id());
-        }
-        reaper.tell('-', groups[1].id()); // this one ended normally: left alone
         drop(reaper); // the worker is gone
-        for (i, g) in groups.iter_mut().enumerate() {
-            if i == 1 {
-                continue;
-            }
-            let status = g.wait().unwrap();
+        for mut g in tagged {
             use std::os::unix::process::ExitStatusExt;
-            assert_eq!(status.signal(), Some(libc::SIGKILL), "group {i} was killed");
+            assert_eq!(g.wait().unwrap().signal(), Some(libc::SIGKILL), "a tagged process was killed");
         }
-        assert!(alive(groups[1].id()), "the unregistered group is left alone");
-        kill(groups[1].id());
-        groups[1].wait().unwrap();
+        assert!(alive(other.id()), "a process without the token is left alone");
+        kill(other.id());
+        other.wait().unwrap();
     }
 }
