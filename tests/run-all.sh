@@ -24,6 +24,7 @@ packages=(
   openmpi-bin libopenmpi-dev mpich libmpich-dev libclang-dev   # MPI launchers, rsmpi's bindgen
   libhwloc-dev hwloc libudev-dev                               # hwloc topology
   iproute2 iputils-ping util-linux                             # network namespaces as hosts
+  chromium chromium-driver graphviz                            # dashboard/report browser tests, visualize
 )
 if [ "${TASKFARM_SKIP_APT:-0}" != 1 ] && command -v apt-get > /dev/null; then
   sudo=""

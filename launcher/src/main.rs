@@ -129,20 +129,33 @@ impl Fail {
     }
 }
 
-/// Print the library's log events on stderr: `TASKFARM_LOG` = error, warn,
-/// info (the default; `run` is quiet: warn) or debug. A log line that cannot
-/// be written (stderr closed) is dropped; it never stops the process.
+/// Print the library's log events on stderr, with the date and time (UTC),
+/// level and component. `TASKFARM_LOG` filters them: a level (error, warn,
+/// info, debug, trace), optionally followed by per-component levels, e.g.
+/// `info,taskfarm::worker=debug` [default: info; `run` is quieter: warn, with
+/// its progress lines]. A log line that cannot be written (stderr closed) is
+/// dropped; it never stops the process.
 fn init_logging(quiet: bool) {
-    use tracing::Level;
-    let level = match std::env::var("TASKFARM_LOG").map(|v| v.to_ascii_lowercase()).as_deref() {
-        Ok("error") => Level::ERROR,
-        Ok("warn" | "warning") => Level::WARN,
-        Ok("debug" | "trace") => Level::DEBUG,
-        Ok(_) => Level::INFO,
-        Err(_) if quiet => Level::WARN,
-        Err(_) => Level::INFO,
+    use tracing_subscriber::prelude::*;
+    let default = if quiet { "warn,taskfarm::progress=info" } else { "info" };
+    let (filter, problem) = match std::env::var("TASKFARM_LOG").ok().filter(|v| !v.trim().is_empty()) {
+        None => (default.parse().expect("the default filter parses"), None),
+        Some(spec) => match log_filter(&spec) {
+            Ok(f) => (f, None),
+            Err(e) => (default.parse().expect("the default filter parses"), Some(format!("TASKFARM_LOG={spec:?} is not a log filter ({e}); expected e.g. info or warn,taskfarm::worker=debug; using {default}"))),
+        },
     };
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).log_internal_errors(false).init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(false).log_internal_errors(false);
+    tracing_subscriber::registry().with(fmt.with_filter(filter)).init();
+    if let Some(p) = problem {
+        tracing::warn!(target: "taskfarm::log", "{p}");
+    }
+}
+
+/// Parse a `TASKFARM_LOG` value (also taking `warning` for warn).
+pub(crate) fn log_filter(spec: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+    let spec = spec.to_ascii_lowercase().replace("warning", "warn");
+    spec.parse::<tracing_subscriber::filter::Targets>().map_err(|e| e.to_string())
 }
 
 fn cmd_functions() -> Result<u8, Fail> {

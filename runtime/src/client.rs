@@ -5,7 +5,8 @@
 
 use crate::graph::Graph;
 use crate::seal::Link;
-use crate::protocol::{FrameReader, FrameWriter, Role, StatusReport, TaskId, ToClient, ToScheduler};
+use crate::protocol::{FrameReader, FrameWriter, PrefixProgress, Role, StatusReport, TaskId, ToClient, ToScheduler};
+use crate::telemetry::{progress_since, TelemetryReport};
 use crate::schedfile::{self, ConnectError};
 use crate::value::Data;
 use crate::log_at;
@@ -83,6 +84,9 @@ impl std::fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
+/// See [`Client::progress`].
+pub type ProgressHook = dyn FnMut(&[PrefixProgress], bool) + Send;
+
 pub struct Client {
     /// Fail a computation when a task cannot run on any connected worker
     /// (for clusters no worker can join, like `taskfarm run`'s), instead of
@@ -95,6 +99,12 @@ pub struct Client {
     pub deadline: Option<std::time::Instant>,
     /// While waiting for results, say what is awaited this often (on the log).
     pub note_every: Duration,
+    /// Told, every [`Client::progress_every`] while a computation runs and
+    /// once at its end (`true`), the task counts per key prefix since it
+    /// was submitted (progress bars).
+    pub progress: Option<Box<ProgressHook>>,
+    pub progress_every: Duration,
+    progress_outstanding: u32,
     /// Batches from the scheduler, read by a thread of their own so that
     /// waiting can be bounded without breaking a frame.
     inbox: crossbeam_channel::Receiver<Result<Vec<ToClient>, String>>,
@@ -162,6 +172,9 @@ impl Client {
             scheduler_timeout: crate::protocol::SCHEDULER_TIMEOUT,
             deadline: None,
             note_every: Duration::from_secs(10),
+            progress: None,
+            progress_every: Duration::from_millis(200),
+            progress_outstanding: 0,
             inbox,
             stream,
             last_word: std::time::Instant::now(),
@@ -233,21 +246,88 @@ impl Client {
     /// Submit `graph`, wait for `keys`, fetch their values. The graph is
     /// consumed: its tasks are sent as they are, not copied.
     pub fn compute(&mut self, graph: Graph, keys: &[String]) -> Result<Results, ClientError> {
+        let baseline = if self.progress.is_some() { Some(self.progress_now()?) } else { None };
         self.send(ToScheduler::UpdateGraph { tasks: graph.tasks, wanted: keys.to_vec() })?;
-        self.gather(keys)
+        let results = self.gather(keys, baseline.as_deref());
+        if let (Some(base), Ok(_)) = (&baseline, &results) {
+            let now = self.progress_now()?;
+            if let Some(hook) = &mut self.progress {
+                hook(&progress_since(base, &now), true);
+            }
+        }
+        results
+    }
+
+    /// The scheduler's task counters per key prefix (the answer to this
+    /// request, not to an earlier one still on its way).
+    pub fn progress_now(&mut self) -> Result<Vec<PrefixProgress>, ClientError> {
+        self.send(ToScheduler::ProgressRequest)?;
+        self.progress_outstanding += 1;
+        let mut kept = std::collections::VecDeque::new();
+        let got = loop {
+            match self.next() {
+                Ok(ToClient::Progress(p)) => {
+                    self.progress_outstanding -= 1;
+                    if self.progress_outstanding == 0 {
+                        break Ok(p);
+                    }
+                }
+                Ok(other) => kept.push_back(other),
+                Err(e) => break Err(e),
+            }
+        };
+        kept.extend(self.pending.drain(..));
+        self.pending = kept;
+        got
+    }
+
+    /// What ran from sequence number `since` on (0: everything the
+    /// scheduler still has; see [`crate::telemetry`]).
+    pub fn telemetry(&mut self, since: u64) -> Result<TelemetryReport, ClientError> {
+        self.send(ToScheduler::TelemetryRequest { since })?;
+        loop {
+            if let ToClient::Telemetry(t) = self.next()? {
+                return Ok(*t);
+            }
+        }
+    }
+
+    /// The state names of `keys` ("unknown" for keys the scheduler does not know).
+    pub fn key_states(&mut self, keys: &[String]) -> Result<Vec<String>, ClientError> {
+        self.send(ToScheduler::KeyStatesRequest { keys: keys.to_vec() })?;
+        loop {
+            if let ToClient::KeyStates(s) = self.next()? {
+                return Ok(s);
+            }
+        }
     }
 
     /// Wait for keys already submitted, then fetch their values and release them.
-    fn gather(&mut self, keys: &[String]) -> Result<Results, ClientError> {
+    fn gather(&mut self, keys: &[String], baseline: Option<&[PrefixProgress]>) -> Result<Results, ClientError> {
         let mut g = Gather::new(keys);
         let started = std::time::Instant::now();
         let mut next_note = started + self.note_every;
+        let mut next_progress = started + self.progress_every;
         while g.unresolved > 0 {
             // Wait until every key is located or failed, saying now and
-            // then what is still awaited.
+            // then what is still awaited (and asking for progress).
             while g.pending > 0 {
-                match self.next_until(Some(next_note)) {
+                let wake = if baseline.is_some() { next_note.min(next_progress) } else { next_note };
+                match self.next_until(Some(wake)) {
+                    Ok(Some(ToClient::Progress(now))) => {
+                        self.progress_outstanding = self.progress_outstanding.saturating_sub(1);
+                        if let (Some(base), Some(hook)) = (baseline, &mut self.progress) {
+                            hook(&progress_since(base, &now), false);
+                        }
+                    }
                     Ok(Some(m)) => g.message(m, self.fail_when_stuck)?,
+                    Ok(None) if baseline.is_some() && std::time::Instant::now() >= next_progress => {
+                        next_progress = std::time::Instant::now() + self.progress_every;
+                        if self.progress_outstanding == 0 {
+                            self.send(ToScheduler::ProgressRequest)?;
+                            self.progress_outstanding += 1;
+                        }
+                    }
                     Ok(None) => {
                         next_note += self.note_every;
                         log_at!(1, "client", "still waiting after {:.0} s for {}", started.elapsed().as_secs_f64(), g.describe_pending());

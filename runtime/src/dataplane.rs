@@ -40,6 +40,9 @@ pub enum FetchOutcome {
         id: TaskId,
         from: String,
         value: Arc<Value>,
+        /// The request that brought it (shared by the values fetched together).
+        started_us: u64,
+        took: std::time::Duration,
     },
     Failed {
         ids: Vec<TaskId>,
@@ -68,6 +71,7 @@ pub fn spawn_fetcher(
                     ids.extend(more);
                 }
                 let started = Instant::now();
+                let started_us = crate::util::unix_micros();
                 let result = (|| -> io::Result<Vec<(TaskId, Arc<Value>)>> {
                     if conn.is_none() {
                         let s =
@@ -85,6 +89,7 @@ pub fn spawn_fetcher(
                 counters
                     .fetch_us
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let took = started.elapsed();
                 match result {
                     Ok(values) => {
                         let mut got = HashSet::new();
@@ -98,6 +103,8 @@ pub fn spawn_fetcher(
                                 id,
                                 from: addr.clone(),
                                 value: v,
+                                started_us,
+                                took,
                             }) {
                                 return;
                             }

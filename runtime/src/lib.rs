@@ -40,6 +40,7 @@ pub(crate) mod store;
 pub mod scheduler;
 pub mod session;
 pub mod status;
+pub mod telemetry;
 pub mod util;
 pub mod value;
 pub mod worker;

@@ -70,7 +70,7 @@ pub const ERROR_DETAIL: &str = "\u{1e}taskfarm-python-exception:";
 pub fn error_text(error: &str) -> &str {
     error.split_once(ERROR_DETAIL).map_or(error, |(text, _)| text)
 }
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Results up to this size (in their wire form) travel with the task's
 /// completion, through the scheduler, to the clients waiting for them, so
 /// they need no fetch from the worker.
@@ -209,6 +209,10 @@ pub enum ToScheduler {
         id: TaskId,
         nbytes: u64,
         duration_us: u64,
+        /// When it began (Unix time, microseconds) and on which executor
+        /// thread of the worker: the task stream.
+        start_us: u64,
+        thread: u32,
         /// The value itself, when the scheduler asked for it
         /// (`ComputeTask::inline_result`) and it is small.
         value: Option<Payload>,
@@ -217,6 +221,8 @@ pub enum ToScheduler {
         id: TaskId,
         error: String,
         duration_us: u64,
+        start_us: u64,
+        thread: u32,
     },
     /// The worker could not get dependency `dep` of task `id` from any holder.
     MissingData {
@@ -252,6 +258,8 @@ pub enum ToScheduler {
     Replicated {
         id: TaskId,
         nbytes: u64,
+        /// The transfer that brought it, if one did (for the task stream).
+        transfer: Option<Transfer>,
     },
     /// Worker: it could not copy `id` from any holder.
     ReplicateFailed {
@@ -281,6 +289,17 @@ pub enum ToScheduler {
     },
     /// Client: the names of the published datasets (answered by `Datasets`).
     ListDatasets,
+    /// Client: task counts per key prefix (answered by `Progress`).
+    ProgressRequest,
+    /// Client: what ran since sequence number `since` (answered by
+    /// `Telemetry`): the task stream, transfers, per-prefix statistics.
+    TelemetryRequest {
+        since: u64,
+    },
+    /// Client: the states of these keys (answered by `KeyStates`).
+    KeyStatesRequest {
+        keys: Vec<String>,
+    },
     /// Client: a worker plugin for every current and future worker (see
     /// `ToWorker::PythonPlugin`); one of the same name is replaced.
     RegisterPlugin {
@@ -391,6 +410,38 @@ pub enum ToClient {
     Datasets { names: Vec<String> },
     /// The scheduler is alive (every [`PING_INTERVAL`]).
     Ping,
+    /// Answer to `ProgressRequest`: counters per key prefix since the
+    /// scheduler started.
+    Progress(Vec<PrefixProgress>),
+    /// Answer to `TelemetryRequest`.
+    Telemetry(Box<crate::telemetry::TelemetryReport>),
+    /// Answer to `KeyStatesRequest`: each key's state name, same order
+    /// ("unknown" for keys the scheduler does not know).
+    KeyStates(Vec<String>),
+}
+
+/// A fetch of a value from a peer, as a worker timed it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// The peer's data address.
+    pub from: String,
+    pub start_us: u64,
+    pub duration_us: u64,
+}
+
+/// Task counters of one key prefix (the key up to its first `-`, `_` or
+/// `(`), all monotonic since the scheduler started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrefixProgress {
+    pub prefix: String,
+    /// Tasks submitted (new keys only).
+    pub total: u64,
+    /// Runs that finished (a recomputed task counts again).
+    pub done: u64,
+    pub erred: u64,
+    /// Sum and maximum of the finished runs' durations.
+    pub total_us: u64,
+    pub max_us: u64,
 }
 
 /// Requests to a worker's data server.

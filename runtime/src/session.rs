@@ -442,6 +442,6 @@ fn message(st: &mut State, m: ToClient) {
         ToClient::KeyStuck { key, reason } => st.events.push(Event::Stuck(key, reason)),
         ToClient::Status(r) => st.status = Some(r),
         r @ (ToClient::Published { .. } | ToClient::Dataset { .. } | ToClient::Datasets { .. }) => st.replies.push_back(r),
-        ToClient::ShuttingDown { .. } | ToClient::Welcome { .. } | ToClient::Retiring { .. } | ToClient::Ping => {}
+        ToClient::ShuttingDown { .. } | ToClient::Welcome { .. } | ToClient::Retiring { .. } | ToClient::Ping | ToClient::Progress(_) | ToClient::Telemetry(_) | ToClient::KeyStates(_) => {}
     }
 }

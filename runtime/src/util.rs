@@ -215,6 +215,11 @@ pub fn user_name(uid: u32) -> String {
     format!("uid {uid}")
 }
 
+/// Unix time in microseconds.
+pub fn unix_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
 pub fn unix_time() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
@@ -313,17 +318,17 @@ pub fn format_bytes(n: u64) -> String {
 // ---- logging ---------------------------------------------------------------
 
 /// Log through `tracing`, at level 0 (error), 1 (warn), 2 (info) or 3
-/// (debug), with target `taskfarm.COMPONENT`. The library only emits events;
+/// (debug), with target `taskfarm::COMPONENT`. The library only emits events;
 /// whoever embeds it installs a subscriber (the `taskfarm` binary prints
 /// them to stderr, filtered by `TASKFARM_LOG`).
 #[macro_export]
 macro_rules! log_at {
     ($level:expr, $comp:literal, $($arg:tt)*) => {
         match $level {
-            0 => $crate::__tracing::error!(target: concat!("taskfarm.", $comp), $($arg)*),
-            1 => $crate::__tracing::warn!(target: concat!("taskfarm.", $comp), $($arg)*),
-            2 => $crate::__tracing::info!(target: concat!("taskfarm.", $comp), $($arg)*),
-            _ => $crate::__tracing::debug!(target: concat!("taskfarm.", $comp), $($arg)*),
+            0 => $crate::__tracing::error!(target: concat!("taskfarm::", $comp), $($arg)*),
+            1 => $crate::__tracing::warn!(target: concat!("taskfarm::", $comp), $($arg)*),
+            2 => $crate::__tracing::info!(target: concat!("taskfarm::", $comp), $($arg)*),
+            _ => $crate::__tracing::debug!(target: concat!("taskfarm::", $comp), $($arg)*),
         }
     };
 }

@@ -7,6 +7,7 @@ use super::state::{ClientId, Event as StateEvent, Outcome, Recorder, SchedulerCo
 use crate::log_at;
 use crate::protocol::{server_handshake, FrameReader, FrameWriter, Role, StatusReport, ToClient, ToScheduler, ToWorker, WorkerId};
 use crate::schedfile::SchedulerFile;
+use crate::telemetry::{Telemetry, TelemetryReport, TransferRun};
 use crate::util;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
@@ -47,6 +48,14 @@ enum Event {
     /// From a [`Controller`] in the same process.
     Status { reply: Sender<StatusReport> },
     Retire { names: Vec<String>, reply: Sender<Vec<String>> },
+    /// Status and telemetry since a sequence number (the dashboard).
+    Observe { since: u64, reply: Sender<Box<Observation>> },
+}
+
+/// What the dashboard shows: the status and what ran since it last asked.
+pub struct Observation {
+    pub status: StatusReport,
+    pub telemetry: TelemetryReport,
 }
 
 /// A running scheduler.
@@ -96,6 +105,13 @@ impl Controller {
     pub fn status(&self) -> Option<StatusReport> {
         let (reply, rx) = crossbeam_channel::bounded(1);
         self.events.send(Event::Status { reply }).ok()?;
+        rx.recv().ok()
+    }
+
+    /// The status, and the task stream from sequence number `since` on.
+    pub fn observe(&self, since: u64) -> Option<Box<Observation>> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.events.send(Event::Observe { since, reply }).ok()?;
         rx.recv().ok()
     }
 
@@ -274,6 +290,8 @@ struct Core {
     _self_tx: Sender<Event>,
     /// `TASKFARM_RECORD=FILE`: every event given to the state, for replay.
     recorder: Option<Recorder>,
+    /// Per-prefix counters and the task stream.
+    telemetry: Telemetry,
 }
 
 impl Core {
@@ -305,6 +323,7 @@ impl Core {
             stop: None,
             _self_tx: self_tx,
             recorder,
+            telemetry: Telemetry::new(),
         }
     }
 
@@ -427,7 +446,9 @@ impl Core {
         let now = self.now();
         match ev {
             Event::Worker { conn, info, tx, stream } => {
+                let (name, address, nthreads) = (info.name.clone(), info.address.clone(), info.nthreads);
                 let Outcome::Worker(id) = self.apply(StateEvent::AddWorker(info), now) else { unreachable!("AddWorker answers with the worker") };
+                self.telemetry.worker(id, &name, &address, nthreads);
                 self.worker_conn.insert(id, conn);
                 self.conns.insert(conn, Peer::Worker { id, tx, stream });
             }
@@ -471,18 +492,37 @@ impl Core {
                     let _ = reply.send(names);
                 }
             }
+            Event::Observe { since, reply } => {
+                let status = self.state.status(now, &self.address, self.started);
+                let _ = reply.send(Box::new(Observation { status, telemetry: self.telemetry.since(since) }));
+            }
         }
     }
 
     fn worker_message(&mut self, w: WorkerId, m: ToScheduler, now: f64) {
         let event = match m {
-            ToScheduler::TaskFinished { id, nbytes, duration_us, value } => StateEvent::TaskFinished { worker: w, id, nbytes, duration: duration_us as f64 * 1e-6, value },
-            ToScheduler::TaskErred { id, error, .. } => StateEvent::TaskErred { worker: w, id, error },
+            ToScheduler::TaskFinished { id, nbytes, duration_us, start_us, thread, value } => {
+                if let Some(key) = self.state.key_of(id) {
+                    self.telemetry.ran(key, w, thread, start_us, duration_us, true);
+                }
+                StateEvent::TaskFinished { worker: w, id, nbytes, duration: duration_us as f64 * 1e-6, value }
+            }
+            ToScheduler::TaskErred { id, error, duration_us, start_us, thread } => {
+                if let Some(key) = self.state.key_of(id) {
+                    self.telemetry.ran(key, w, thread, start_us, duration_us, false);
+                }
+                StateEvent::TaskErred { worker: w, id, error }
+            }
             ToScheduler::MissingData { id, dep, tried } => StateEvent::MissingData { worker: w, id, dep, tried },
             ToScheduler::Heartbeat(metrics) => StateEvent::Heartbeat { worker: w, metrics },
             ToScheduler::RetireMe => StateEvent::RetireMe { worker: w },
             ToScheduler::Started { ids } => StateEvent::Started { worker: w, ids },
-            ToScheduler::Replicated { id, nbytes } => StateEvent::Replicated { worker: w, id, nbytes },
+            ToScheduler::Replicated { id, nbytes, transfer } => {
+                if let Some(t) = transfer {
+                    self.telemetry.transferred(TransferRun { worker: w, from: t.from, nbytes, start_us: t.start_us, duration_us: t.duration_us });
+                }
+                StateEvent::Replicated { worker: w, id, nbytes }
+            }
             ToScheduler::ReplicateFailed { id } => StateEvent::ReplicateFailed { worker: w, id },
             ToScheduler::Stolen { ids, kept } => StateEvent::Stolen { worker: w, ids, kept },
             other => {
@@ -497,10 +537,13 @@ impl Core {
         match m {
             ToScheduler::UpdateGraph { tasks, wanted } => {
                 let (n, n_wanted) = (tasks.len(), wanted.len());
+                let state = &self.state;
+                let new: Vec<u32> = tasks.iter().filter(|d| state.task_id(&d.key).is_none()).map(|d| self.telemetry.prefix_index(&d.key)).collect();
                 if let Outcome::Graph(Err(error)) = self.apply(StateEvent::UpdateGraph { client: c, tasks, wanted }, now) {
                     log_at!(1, "scheduler", "rejected a graph of {n} tasks from client {c}: {error}");
                     self.send_client(c, ToClient::GraphRejected { error });
                 } else {
+                    self.telemetry.submitted(&new);
                     log_at!(3, "scheduler", "client {c} submitted {n} tasks, wants {n_wanted} keys");
                 }
                 if n >= 10_000 {
@@ -542,6 +585,18 @@ impl Core {
             ToScheduler::RegisterPlugin { name, data } => {
                 log_at!(2, "scheduler", "client {c} registered worker plugin '{name}'");
                 self.apply(StateEvent::RegisterPlugin { name, data }, now);
+            }
+            ToScheduler::ProgressRequest => {
+                let p = self.telemetry.progress();
+                self.send_client(c, ToClient::Progress(p));
+            }
+            ToScheduler::TelemetryRequest { since } => {
+                let t = self.telemetry.since(since);
+                self.send_client(c, ToClient::Telemetry(Box::new(t)));
+            }
+            ToScheduler::KeyStatesRequest { keys } => {
+                let states = keys.iter().map(|k| self.state.state_of(k).map(|s| s.name()).unwrap_or("unknown").to_string()).collect();
+                self.send_client(c, ToClient::KeyStates(states));
             }
             ToScheduler::ListDatasets => {
                 let names = self.state.dataset_names();

@@ -39,6 +39,8 @@ pub enum Report {
         id: TaskId,
         result: Result<Data, String>,
         duration: Duration,
+        /// The executor thread that ran it.
+        exec: usize,
     },
 }
 
@@ -281,7 +283,7 @@ fn executor(
         };
         if cancels.is_cancelled(job.id) {
             let id = job.id;
-            if !report(Report::Started { id, exec: index, ticket: 0 }) || !report(Report::Done { id, result: Err(CANCELLED.into()), duration: Duration::ZERO }) {
+            if !report(Report::Started { id, exec: index, ticket: 0 }) || !report(Report::Done { id, result: Err(CANCELLED.into()), duration: Duration::ZERO, exec: index }) {
                 return;
             }
             continue;
@@ -332,6 +334,7 @@ fn executor(
             id: job.id,
             result,
             duration: start.elapsed(),
+            exec: index,
         }) {
             return;
         }
@@ -368,7 +371,7 @@ fn run_python_batch(index: usize, batch: &[Job], report: &impl Fn(Report) -> boo
         let now = Instant::now();
         let duration = now - last;
         last = now;
-        alive = alive && report(Report::Done { id: batch[i].id, result, duration });
+        alive = alive && report(Report::Done { id: batch[i].id, result, duration, exec: index });
     });
     alive
 }

@@ -400,7 +400,11 @@ impl WorkerLoop {
                 id,
                 result,
                 duration,
-            }) => match result {
+                exec,
+            }) => {
+                let start_us = util::unix_micros().saturating_sub(duration.as_micros() as u64);
+                let thread = exec as u32;
+                match result {
                 Ok(data) => {
                     // A result nobody runs here any more is dropped.
                     let inline_wanted = self.state.wants_inline(id)?;
@@ -417,6 +421,8 @@ impl WorkerLoop {
                         nbytes,
                         inline,
                         duration,
+                        start_us,
+                        thread,
                     })
                 }
                 Err(error) => {
@@ -425,15 +431,19 @@ impl WorkerLoop {
                         id,
                         error,
                         duration,
+                        start_us,
+                        thread,
                     })
                 }
-            },
-            Event::Fetch(FetchOutcome::Got { id, from, value }) => {
+                }
+            }
+            Event::Fetch(FetchOutcome::Got { id, from, value, started_us, took }) => {
                 log_at!(3, "worker", "fetched value of task {id} from peer {from}");
                 let nbytes = value.nbytes();
                 self.store.insert(id, value);
                 self.spill_to_target();
-                self.input(Input::Fetched { dep: id, nbytes })
+                let transfer = Some(crate::protocol::Transfer { from, start_us: started_us, duration_us: took.as_micros() as u64 });
+                self.input(Input::Fetched { dep: id, nbytes, transfer })
             }
             Event::Fetch(FetchOutcome::Failed { ids, from, error }) => {
                 log_at!(1, "worker", "fetch from {from} failed: {error}");

@@ -57,16 +57,23 @@ pub enum Input {
         nbytes: u64,
         inline: Option<(u8, Vec<u8>)>,
         duration: Duration,
+        /// Start (Unix time, microseconds) and executor thread, passed on
+        /// for the task stream.
+        start_us: u64,
+        thread: u32,
     },
     Erred {
         id: TaskId,
         error: String,
         duration: Duration,
+        start_us: u64,
+        thread: u32,
     },
     /// A fetched value is now in the store.
     Fetched {
         dep: TaskId,
         nbytes: u64,
+        transfer: Option<crate::protocol::Transfer>,
     },
     /// These fetches from peer `from` got no value.
     FetchFailed {
@@ -223,12 +230,16 @@ impl WorkerState {
                 nbytes,
                 inline,
                 duration,
+                start_us,
+                thread,
             } => {
                 if self.finish(id, duration).is_some() {
                     self.send(ToScheduler::TaskFinished {
                         id,
                         nbytes,
                         duration_us: duration.as_micros() as u64,
+                        start_us,
+                        thread,
                         value: inline,
                     });
                 }
@@ -237,16 +248,20 @@ impl WorkerState {
                 id,
                 error,
                 duration,
+                start_us,
+                thread,
             } => {
                 if self.finish(id, duration).is_some() {
                     self.send(ToScheduler::TaskErred {
                         id,
                         error,
                         duration_us: duration.as_micros() as u64,
+                        start_us,
+                        thread,
                     });
                 }
             }
-            Input::Fetched { dep, nbytes } => self.fetched(dep, nbytes),
+            Input::Fetched { dep, nbytes, transfer } => self.fetched(dep, nbytes, transfer),
             Input::FetchFailed { deps, from } => {
                 self.out.push(Instruction::ForgetPeer(from));
                 for dep in deps {
@@ -397,11 +412,11 @@ impl WorkerState {
         }
     }
 
-    fn fetched(&mut self, dep: TaskId, nbytes: u64) {
+    fn fetched(&mut self, dep: TaskId, nbytes: u64, transfer: Option<crate::protocol::Transfer>) {
         // Every copy is reported: the scheduler counts it as a holder (for
         // placement and for surviving the loss of the first holder) and
         // frees it with the value.
-        self.send(ToScheduler::Replicated { id: dep, nbytes });
+        self.send(ToScheduler::Replicated { id: dep, nbytes, transfer });
         if let Some(f) = self.fetching.remove(&dep) {
             if f.in_flight {
                 self.fetches_in_flight -= 1;
@@ -431,6 +446,8 @@ impl WorkerState {
                     id,
                     error: format!("undecodable task spec: {e}"),
                     duration_us: 0,
+                    start_us: crate::util::unix_micros(),
+                    thread: 0,
                 });
                 return;
             }
@@ -575,7 +592,7 @@ impl WorkerState {
     fn replicate(&mut self, id: TaskId, holders: Vec<String>, held: &dyn Held) {
         if held.contains(id) {
             let nbytes = held.nbytes(id).unwrap_or(0);
-            self.send(ToScheduler::Replicated { id, nbytes });
+            self.send(ToScheduler::Replicated { id, nbytes, transfer: None });
             return;
         }
         match self.fetching.get_mut(&id) {

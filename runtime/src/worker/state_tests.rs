@@ -126,6 +126,8 @@ impl Sim {
                 nbytes,
                 inline: None,
                 duration,
+                start_us: 7,
+                thread: 1,
             });
         }
     }
@@ -138,7 +140,7 @@ impl Sim {
             .expect("fetch under way");
         self.fetches.remove(pos);
         self.held.0.insert(dep, (nbytes, true));
-        self.input(Input::Fetched { dep, nbytes });
+        self.input(Input::Fetched { dep, nbytes, transfer: None });
     }
 
     fn fetch_failed(&mut self, dep: TaskId) {
@@ -199,6 +201,8 @@ fn a_task_whose_inputs_are_here_runs_at_the_next_tick_and_reports() {
             id: 10,
             nbytes: 100,
             duration_us: 3000,
+            start_us: 7,
+            thread: 1,
             value: None
         }]
     );
@@ -215,7 +219,7 @@ fn a_missing_input_is_fetched_from_its_holder_then_the_task_runs() {
     sim.fetched(5, 8);
     assert_eq!(
         sim.take_sent(),
-        vec![ToScheduler::Replicated { id: 5, nbytes: 8 }],
+        vec![ToScheduler::Replicated { id: 5, nbytes: 8, transfer: None }],
         "every copy is reported"
     );
     sim.tick();
@@ -415,7 +419,7 @@ fn replication_reports_a_copy_or_its_failure() {
     });
     assert_eq!(
         sim.take_sent(),
-        vec![ToScheduler::Replicated { id: 5, nbytes: 42 }]
+        vec![ToScheduler::Replicated { id: 5, nbytes: 42, transfer: None }]
     );
     sim.message(ToWorker::Replicate {
         id: 6,
@@ -542,6 +546,8 @@ impl Walk {
                         id: x.id,
                         error: "boom".into(),
                         duration,
+                        start_us: 0,
+                        thread: 0,
                     });
                 } else {
                     self.sim.running.push(x);

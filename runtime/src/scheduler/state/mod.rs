@@ -399,6 +399,11 @@ impl SchedulerState {
         self.keys.get(key, |id| key_at(bytes, tasks[id as usize].key))
     }
 
+    /// The key of task `t`, if there is such a task.
+    pub fn key_of(&self, t: TaskId) -> Option<&str> {
+        self.tasks.get(t as usize).map(|task| key_at(&self.key_bytes, task.key))
+    }
+
     /// The key of task `t`.
     pub fn key(&self, t: TaskId) -> &str {
         key_at(&self.key_bytes, self.tasks[t as usize].key)
