@@ -248,6 +248,50 @@ impl Graph {
         Ok(())
     }
 
+    /// Only the tasks `keys` need (the keys and everything they depend on,
+    /// as Dask culls a graph before computing it), so that counts and
+    /// progress are of the work that will run. Keys must exist
+    /// ([`Graph::check_keys`]); the tasks keep their order.
+    pub fn cull(self, keys: &[String]) -> Graph {
+        let n = self.tasks.len();
+        let mut keep = vec![false; n];
+        let mut stack: Vec<usize> = keys.iter().filter_map(|k| self.position(k)).collect();
+        while let Some(i) = stack.pop() {
+            if !std::mem::replace(&mut keep[i], true) {
+                stack.extend(self.dep_ids[i].iter().copied().filter(|&d| !keep[d]));
+            }
+        }
+        if keep.iter().all(|&k| k) {
+            return self;
+        }
+        let mut new_pos = vec![usize::MAX; n];
+        let mut next = 0;
+        for (i, k) in keep.iter().enumerate() {
+            if *k {
+                new_pos[i] = next;
+                next += 1;
+            }
+        }
+        let Graph { tasks, dep_ids, .. } = self;
+        let mut kept_tasks = Vec::with_capacity(next);
+        let mut kept_deps = Vec::with_capacity(next);
+        for ((t, ds), k) in tasks.into_iter().zip(dep_ids).zip(&keep) {
+            if *k {
+                kept_tasks.push(t);
+                kept_deps.push(ds.into_iter().map(|d| new_pos[d]).collect());
+            }
+        }
+        let mut index = KeyIndex::default();
+        {
+            let key_of = |i: u32| kept_tasks[i as usize].key.as_str();
+            index.reserve(kept_tasks.len(), key_of);
+            for (i, t) in kept_tasks.iter().enumerate() {
+                index.insert(&t.key, i as u32, key_of);
+            }
+        }
+        Graph { tasks: kept_tasks, index, dep_ids: kept_deps }
+    }
+
     /// Reports the keys on the first cycle found.
     fn check_acyclic(&self) -> Result<(), GraphError> {
         match crate::dag::find_cycle(self.tasks.len(), |i, k| self.dep_ids[i].get(k).map(|&d| Some(d))) {
@@ -624,6 +668,17 @@ mod tests {
         assert!(parse(r#"{"a": 1.8446744073709552e19, "b": -1e30}"#).is_ok());
         let e = parse(r#"{"": 1}"#).unwrap_err();
         assert!(e.to_string().contains("the empty key \"\" is not allowed"), "{e}");
+    }
+
+    #[test]
+    fn cull_keeps_what_the_keys_need() {
+        let g = parse(r#"{"a": 1, "b": ["inc", "a"], "c": ["inc", "b"], "x": 5, "y": ["add", "x", "a"]}"#).unwrap();
+        let g = g.cull(&["c".to_string()]);
+        let keys: Vec<&str> = g.tasks.iter().map(|t| t.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b", "c"]);
+        assert_eq!(g.dep_ids, vec![vec![], vec![0], vec![1]]);
+        assert!(g.get("c").is_some() && g.get("y").is_none());
+        assert_eq!(g.output_keys(), ["c"]);
     }
 
     fn spec(g: &Graph, k: &str) -> Expr {

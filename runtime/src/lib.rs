@@ -34,6 +34,7 @@ pub mod local;
 pub mod mpi;
 pub mod node;
 pub mod protocol;
+pub mod report;
 pub mod schedfile;
 pub mod seal;
 pub(crate) mod store;

@@ -24,6 +24,8 @@ pub(crate) struct SubmitArgs {
     /// or cut off (exit 1).
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) scheduler_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) observe: super::observe::ObserveArgs,
 }
 
 #[derive(Args)]
@@ -33,6 +35,13 @@ pub(crate) struct StatusArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Print the report again every --interval until the scheduler goes away or Ctrl-C (on a terminal the screen is
+    /// redrawn; otherwise each report follows the last, with --json one JSON object per line).
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// With --watch: how often.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration, requires = "watch")]
+    pub(crate) interval: Duration,
     /// How long to wait for the scheduler to be reachable.
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
@@ -76,24 +85,55 @@ pub(crate) fn cmd_submit(a: SubmitArgs) -> Result<u8, Fail> {
     let mut client = client_from(a.file, a.timeout.unwrap_or(Duration::from_secs(30)))?;
     client.scheduler_timeout = a.scheduler_timeout;
     client.deadline = a.timeout.map(|t| start + t);
+    super::observe::install_progress(&mut client, &a.observe);
+    let recording = super::observe::start_recording(&mut client, &a.observe)?;
     let results = client.compute(graph, &keys).map_err(|e| match e {
         ClientError::Rejected(m) => Fail(EXIT_USAGE, format!("the scheduler rejected the graph: {m}")),
         e @ ClientError::Connect(_) => Fail::from(e),
         other => Fail(EXIT_TASK_FAILED, other.to_string()),
     })?;
-    report(results, &keys)
+    let code = report(results, &keys)?;
+    super::observe::finish_recording(&mut client, &a.observe, recording, &a.graph.display().to_string())?;
+    Ok(code)
 }
 
 pub(crate) fn cmd_status(a: StatusArgs) -> Result<u8, Fail> {
     let mut client = client_from(a.file, a.timeout)?;
-    let r = client.status()?;
-    if a.json {
-        let j = serde_json::to_string_pretty(&taskfarm::status::StatusJson::from(&r)).expect("serialisable");
-        outln!("{j}");
-    } else {
-        out!("{}", taskfarm::status::table(&r, util::unix_time()));
+    if !a.watch {
+        let r = client.status()?;
+        if a.json {
+            let j = serde_json::to_string_pretty(&taskfarm::status::StatusJson::from(&r)).expect("serialisable");
+            outln!("{j}");
+        } else {
+            out!("{}", taskfarm::status::table(&r, util::unix_time()));
+        }
+        return Ok(0);
     }
-    Ok(0)
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    loop {
+        let r = match client.status() {
+            Ok(r) => r,
+            Err(e) => {
+                note!("taskfarm: the scheduler is gone ({e}); stopped watching");
+                return Ok(0);
+            }
+        };
+        if a.json {
+            outln!("{}", taskfarm::status::to_json_text(&r).expect("serialisable"));
+        } else {
+            if tty {
+                // Home, then clear the screen: a redraw in place.
+                out!("\x1b[H\x1b[2J");
+            }
+            outln!("every {:.0} s, {}", a.interval.as_secs_f64(), util::rfc3339_now());
+            out!("{}", taskfarm::status::table(&r, util::unix_time()));
+            if !tty {
+                outln!("");
+            }
+        }
+        std::thread::sleep(a.interval);
+    }
 }
 
 pub(crate) fn cmd_shutdown(a: ShutdownArgs) -> Result<u8, Fail> {

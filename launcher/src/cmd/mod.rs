@@ -3,6 +3,7 @@
 pub(crate) mod client;
 pub(crate) mod jobqueue;
 pub(crate) mod mpi;
+pub(crate) mod observe;
 pub(crate) mod run;
 pub(crate) mod scheduler;
 pub(crate) mod worker;

@@ -21,6 +21,11 @@ pub(crate) struct RunArgs {
     /// Parent directory for the workers' scratch directories [default: $TMPDIR or /tmp].
     #[arg(long, value_name = "DIR")]
     pub(crate) local_directory: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) observe: super::observe::ObserveArgs,
+    /// Serve the live dashboard and /metrics on this address (e.g. 127.0.0.1:8787) while the graph runs [default: none].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) dashboard_address: Option<String>,
 }
 
 pub(crate) fn available_cpus() -> u32 {
@@ -46,7 +51,8 @@ pub(crate) fn load_graph(path: &Path, keys: Vec<String>) -> Result<(Graph, Vec<S
         return Ok((graph, outputs));
     }
     graph.check_keys(&keys).map_err(|e| Fail(EXIT_USAGE, format!("{e} (see --keys)")))?;
-    Ok((graph, keys))
+    // Only what the keys need is sent (and counted by the progress bar).
+    Ok((graph.cull(&keys), keys))
 }
 
 /// Print results as one JSON object and report errors; exit 1 if any task failed.
@@ -79,12 +85,16 @@ pub(crate) fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
     let cluster = taskfarm::local::LocalCluster::start(a.workers, nthreads, dir, Registry::with_builtins())
         .map_err(|e| Fail::env(format!("cannot start the local cluster: {e}")))?;
     let mut client = cluster.client()?;
+    super::observe::install_progress(&mut client, &a.observe);
+    let recording = super::observe::start_recording(&mut client, &a.observe)?;
     let results = client.compute(graph, &keys).map_err(|e| match e {
         ClientError::Stuck(m) => Fail(EXIT_TASK_FAILED, format!("{m} (taskfarm run's workers offer only cpus; use scheduler + workers with --resources)")),
         other => Fail::from(other),
     })?;
+    let code = report(results, &keys)?;
+    super::observe::finish_recording(&mut client, &a.observe, recording, &a.graph.display().to_string())?;
     drop(client);
     cluster.shutdown();
-    report(results, &keys)
+    Ok(code)
 }
 
