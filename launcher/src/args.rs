@@ -281,3 +281,30 @@ impl EncryptionArg {
         }
     }
 }
+
+#[derive(Args, Clone)]
+pub(crate) struct DashboardArgs {
+    /// Serve the live dashboard and Prometheus /metrics on HOST:PORT (a port alone means loopback). Only this
+    /// address is listened on; every request needs the token in the URL the scheduler logs (`taskfarm status`
+    /// shows it too). From a login node: ssh -L 8787:localhost:8787 NODE, then open the URL. When the default
+    /// port is taken another is used [default: 127.0.0.1:8787].
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "no_dashboard")]
+    pub(crate) dashboard_address: Option<String>,
+    /// Serve no dashboard.
+    #[arg(long)]
+    pub(crate) no_dashboard: bool,
+}
+
+impl DashboardArgs {
+    pub(crate) fn spec(&self) -> Result<Option<taskfarm::dashboard::DashboardSpec>, Fail> {
+        if self.no_dashboard {
+            return Ok(None);
+        }
+        let (text, fallback) = match &self.dashboard_address {
+            Some(a) => (a.as_str(), false),
+            None => (taskfarm::dashboard::DEFAULT_ADDRESS, true),
+        };
+        let address = taskfarm::dashboard::parse_address(text).map_err(|e| Fail(EXIT_USAGE, format!("--dashboard-address: {e}")))?;
+        Ok(Some(taskfarm::dashboard::DashboardSpec { address, fallback }))
+    }
+}

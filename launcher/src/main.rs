@@ -39,7 +39,7 @@ fn write_out(args: std::fmt::Arguments<'_>) -> Result<(), Fail> {
     out.write_fmt(args).and_then(|_| out.flush()).map_err(|e| Fail::env(format!("cannot write to standard output: {e}")))
 }
 
-use cmd::{client::*, jobqueue::*, mpi::*, run::*, scheduler::*, worker::*};
+use cmd::{client::*, jobqueue::*, mpi::*, run::*, scheduler::*, visualize::*, worker::*};
 
 // mimalloc for the small blocks of schedulers and clients, glibc for the
 // rest (runtime/src/alloc.rs).
@@ -67,7 +67,8 @@ const EXIT_ENVIRONMENT: u8 = 4;
         Exit status: 0 all requested keys computed; 1 a task failed; 2 usage or validation error \
         (bad flags, malformed graph); 3 a worker over its memory limit; 4 the environment failed \
         (scheduler unreachable or stale, port in use, file not writable).",
-    after_help = "Logging: set TASKFARM_LOG=error|warn|info|debug (default info). Docs: docs/guide.md, docs/cli.md."
+    after_help = "Logging: TASKFARM_LOG=error|warn|info|debug (default info; `run`: warn), optionally per component, e.g. \
+        TASKFARM_LOG=info,taskfarm::worker=debug. Docs: docs/guide.md, docs/cli.md."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -98,6 +99,8 @@ enum Command {
     Jobqueue(JobqueueCommand),
     /// Show the node's topology (cores, NUMA nodes, allowed CPUs) and the binding plan.
     Topology(TopologyArgs),
+    /// Draw a graph: DOT, or SVG/PNG through Graphviz; coloured by prefix or by the tasks' states on a scheduler.
+    Visualize(VisualizeArgs),
     /// List the built-in task functions.
     Functions,
 }
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
         Command::Mpi(a) => cmd_mpi(a),
         Command::Topology(a) => cmd_topology(a),
         Command::Jobqueue(c) => cmd_jobqueue(c),
+        Command::Visualize(a) => cmd_visualize(a),
         Command::Functions => cmd_functions(),
     };
     match result {

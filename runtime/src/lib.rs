@@ -21,6 +21,7 @@ pub use tracing as __tracing;
 pub mod alloc;
 pub(crate) mod bufpool;
 pub mod client;
+pub mod dashboard;
 pub(crate) mod dag;
 pub mod error;
 pub(crate) mod dataplane;

@@ -16,6 +16,8 @@ pub struct LocalCluster {
     scheduler: Option<Scheduler>,
     workers: Vec<JoinHandle<()>>,
     pub address: String,
+    /// The dashboard's URL with its token, if one was asked for.
+    pub dashboard_url: Option<String>,
     secret: Vec<u8>,
 }
 
@@ -27,6 +29,18 @@ impl LocalCluster {
 
     /// [`LocalCluster::start`], with Python executors started as `python` says.
     pub fn start_with(n_workers: u32, nthreads: u32, local_directory: PathBuf, registry: Registry, python: Arc<PythonSettings>) -> std::io::Result<LocalCluster> {
+        LocalCluster::start_observed(n_workers, nthreads, local_directory, registry, python, None)
+    }
+
+    /// [`LocalCluster::start_with`], serving the dashboard where `dashboard` says.
+    pub fn start_observed(
+        n_workers: u32,
+        nthreads: u32,
+        local_directory: PathBuf,
+        registry: Registry,
+        python: Arc<PythonSettings>,
+        dashboard: Option<crate::dashboard::DashboardSpec>,
+    ) -> std::io::Result<LocalCluster> {
         let secret = crate::util::random_bytes(32);
         let sched = scheduler::start(ServerConfig {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
@@ -36,6 +50,7 @@ impl LocalCluster {
             job: None,
             idle_timeout: None,
             state: SchedulerConfig::default(),
+            dashboard,
         })?;
         let mut workers = Vec::new();
         for i in 0..n_workers {
@@ -54,7 +69,8 @@ impl LocalCluster {
             })?);
         }
         let address = sched.address.clone();
-        Ok(LocalCluster { scheduler: Some(sched), workers, address, secret })
+        let dashboard_url = sched.dashboard_url.clone();
+        Ok(LocalCluster { scheduler: Some(sched), workers, address, dashboard_url, secret })
     }
 
     /// A client; tasks no worker here can run fail instead of waiting,

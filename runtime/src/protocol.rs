@@ -151,6 +151,11 @@ impl Role {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerMetrics {
     pub rss: u64,
+    /// CPU time the worker process (and its Python executors) used so far, microseconds.
+    pub cpu_us: u64,
+    /// When it will retire by its lifetime (the job's walltime), Unix
+    /// seconds; 0: no lifetime.
+    pub leaves_at: f64,
     /// Values held in memory.
     pub stored_bytes: u64,
     pub stored_count: u64,
@@ -377,6 +382,8 @@ pub struct WorkerStatus {
 pub struct StatusReport {
     pub address: String,
     pub started: f64,
+    /// The dashboard's URL, token included ("": none).
+    pub dashboard: String,
     pub workers: Vec<WorkerStatus>,
     /// Task counts by state name.
     pub tasks: Vec<(String, u64)>,

@@ -86,12 +86,17 @@ fn esc(s: &str) -> String {
 /// A colour per prefix, stable for a name (the dashboard uses the same
 /// hash in JavaScript: FNV-1a over UTF-16 code units, hue = hash mod 360).
 pub fn prefix_colour(prefix: &str) -> String {
+    format!("hsl({}, 65%, 55%)", prefix_hue(prefix))
+}
+
+/// The hue (0..360) of [`prefix_colour`].
+pub fn prefix_hue(prefix: &str) -> u32 {
     let mut h: u32 = 0x811c9dc5;
     for u in prefix.encode_utf16() {
         h ^= u as u32;
         h = h.wrapping_mul(0x01000193);
     }
-    format!("hsl({}, 65%, 55%)", h % 360)
+    h % 360
 }
 
 fn secs(us: u64) -> String {

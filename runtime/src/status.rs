@@ -19,6 +19,10 @@ pub struct WorkerJson<'a> {
     pub in_memory: u64,
     /// Resident memory of the worker process.
     pub memory: u64,
+    /// CPU time of the worker and its executors so far.
+    pub cpu_seconds: f64,
+    /// When it retires by its lifetime (Unix seconds; 0: no lifetime).
+    pub leaves_at: f64,
     pub stored_bytes: u64,
     pub stored_count: u64,
     pub executing: u32,
@@ -55,6 +59,8 @@ impl<'a> From<&'a WorkerStatus> for WorkerJson<'a> {
             processing: w.processing,
             in_memory: w.in_memory,
             memory: m.rss,
+            cpu_seconds: m.cpu_us as f64 * 1e-6,
+            leaves_at: m.leaves_at,
             stored_bytes: m.stored_bytes,
             stored_count: m.stored_count,
             executing: m.executing,
@@ -84,6 +90,8 @@ impl<'a> From<&'a WorkerStatus> for WorkerJson<'a> {
 pub struct StatusJson<'a> {
     pub address: &'a str,
     pub started: f64,
+    /// The dashboard's URL, token included ("": none).
+    pub dashboard: &'a str,
     pub clients: u32,
     pub workers: Vec<WorkerJson<'a>>,
     /// Task counts by state name.
@@ -95,7 +103,7 @@ pub struct StatusJson<'a> {
 impl<'a> From<&'a StatusReport> for StatusJson<'a> {
     fn from(r: &'a StatusReport) -> Self {
         let counts = |v: &[(String, u64)]| v.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
-        StatusJson { address: &r.address, started: r.started, clients: r.clients, workers: r.workers.iter().map(WorkerJson::from).collect(), tasks: counts(&r.tasks), stats: counts(&r.stats) }
+        StatusJson { address: &r.address, started: r.started, dashboard: &r.dashboard, clients: r.clients, workers: r.workers.iter().map(WorkerJson::from).collect(), tasks: counts(&r.tasks), stats: counts(&r.stats) }
     }
 }
 
@@ -109,6 +117,9 @@ pub fn table(r: &StatusReport, now: f64) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "scheduler {}  up {:.0} s  clients {}", r.address, now - r.started, r.clients);
+    if !r.dashboard.is_empty() {
+        let _ = writeln!(out, "dashboard: {}", r.dashboard);
+    }
     let _ = writeln!(out, "workers: {}", r.workers.len());
     if !r.workers.is_empty() {
         let _ = writeln!(out, "  {:<20} {:<24} {:>7} {:>6} {:>7} {:>10} {:>10} {:>10}  STATE", "NAME", "ADDRESS", "THREADS", "TASKS", "HELD", "MEMORY", "LIMIT", "SPILLED");

@@ -270,6 +270,33 @@ pub fn rss_bytes() -> u64 {
     statm_rss("/proc/self/statm")
 }
 
+/// CPU time (user + system) of this process and its waited-for children, microseconds.
+pub fn cpu_micros() -> u64 {
+    let usage = |who| {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut r) } != 0 {
+            return 0;
+        }
+        let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+        us(r.ru_utime) + us(r.ru_stime)
+    };
+    usage(libc::RUSAGE_SELF) + usage(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU time (user + system) of process `pid` so far, microseconds (0 if gone).
+pub fn cpu_micros_of(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // After the command name (in parentheses, which may hold anything):
+    // state, ppid, ... utime and stime are the 12th and 13th fields.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    (ticks(11) + ticks(12)) * 1_000_000 / hz
+}
+
 /// Resident set size of process `pid` in bytes (0 if unknown or gone).
 pub fn rss_bytes_of(pid: u32) -> u64 {
     statm_rss(&format!("/proc/{pid}/statm"))
@@ -357,6 +384,17 @@ macro_rules! log_at {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpu_time_of_this_process() {
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        assert!(super::cpu_micros() > 0);
+        assert!(super::cpu_micros_of(std::process::id()) > 0);
+        assert_eq!(super::cpu_micros_of(u32::MAX), 0);
+    }
+
     #[test]
     fn rfc3339_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

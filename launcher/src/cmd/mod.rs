@@ -6,4 +6,5 @@ pub(crate) mod mpi;
 pub(crate) mod observe;
 pub(crate) mod run;
 pub(crate) mod scheduler;
+pub(crate) mod visualize;
 pub(crate) mod worker;

@@ -15,6 +15,8 @@ pub(crate) struct MpiArgs {
     pub(crate) net: NetArgs,
     #[command(flatten)]
     pub(crate) encryption: EncryptionArg,
+    #[command(flatten)]
+    pub(crate) dashboard: DashboardArgs,
     /// Transport; only tcp is supported.
     #[arg(long, default_value = "tcp", value_parser = ["tcp"])]
     pub(crate) protocol: String,
@@ -71,6 +73,7 @@ pub(crate) fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
     let memory_limit = util::parse_memory(&a.memory_limit, per_rank_total).map_err(|e| Fail(EXIT_USAGE, format!("--memory-limit: {e}")))?;
     warn_tiny_memory_limit(memory_limit);
     let mut opts = taskfarm::mpi::MpiOptions::new(schedfile::resolve_path(a.file.scheduler_file.as_deref()));
+    opts.dashboard = a.dashboard.spec()?;
     opts.interface = a.net.interface;
     opts.listen_address = a.net.listen_address;
     opts.contact_address = a.net.contact_address;

@@ -82,8 +82,18 @@ pub(crate) fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
         return Err(Fail(EXIT_USAGE, "--nthreads must be at least 1".into()));
     }
     let dir = taskfarm::node::choose_local_directory(a.local_directory.as_deref());
-    let cluster = taskfarm::local::LocalCluster::start(a.workers, nthreads, dir, Registry::with_builtins())
+    let dashboard = match &a.dashboard_address {
+        Some(text) => Some(taskfarm::dashboard::DashboardSpec {
+            address: taskfarm::dashboard::parse_address(text).map_err(|e| Fail(EXIT_USAGE, format!("--dashboard-address: {e}")))?,
+            fallback: false,
+        }),
+        None => None,
+    };
+    let cluster = taskfarm::local::LocalCluster::start_observed(a.workers, nthreads, dir, Registry::with_builtins(), Default::default(), dashboard)
         .map_err(|e| Fail::env(format!("cannot start the local cluster: {e}")))?;
+    if let Some(url) = &cluster.dashboard_url {
+        note!("taskfarm: dashboard at {url}");
+    }
     let mut client = cluster.client()?;
     super::observe::install_progress(&mut client, &a.observe);
     let recording = super::observe::start_recording(&mut client, &a.observe)?;

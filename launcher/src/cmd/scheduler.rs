@@ -20,6 +20,8 @@ pub(crate) struct SchedulerArgs {
     pub(crate) net: NetArgs,
     #[command(flatten)]
     pub(crate) encryption: EncryptionArg,
+    #[command(flatten)]
+    pub(crate) dashboard: DashboardArgs,
     /// Port to listen on; 0 picks a free one (the scheduler file tells clients which).
     #[arg(long, default_value_t = 0, value_name = "P")]
     pub(crate) port: u16,
@@ -106,6 +108,7 @@ pub(crate) fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
         None => None,
     };
     let host = a.host.or(listen).unwrap_or_else(util::default_ip);
+    let dashboard = a.dashboard.spec()?;
     let sched = scheduler::start(ServerConfig {
         listen: SocketAddr::new(host, a.port),
         contact: contact.map(|c| c.to_string()),
@@ -114,6 +117,7 @@ pub(crate) fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
         job: None,
         idle_timeout: a.idle_timeout,
         state: SchedulerConfig { worker_timeout: a.worker_timeout.as_secs_f64(), allowed_failures: a.allowed_failures, ..Default::default() },
+        dashboard,
     })
     .map_err(|e| Fail::env(e.to_string()))?;
     let adapt = match adapt_plan {

@@ -26,6 +26,8 @@ pub use env::RankInfo;
 #[derive(Clone, Debug)]
 pub struct MpiOptions {
     pub scheduler_file: PathBuf,
+    /// Rank 0 serves the dashboard here.
+    pub dashboard: Option<crate::dashboard::DashboardSpec>,
     /// Listen on and advertise this interface's address (scheduler and workers).
     pub interface: Option<String>,
     /// Address to listen on, when it differs from the one to advertise.
@@ -62,6 +64,7 @@ impl MpiOptions {
     pub fn new(scheduler_file: PathBuf) -> MpiOptions {
         MpiOptions {
             scheduler_file,
+            dashboard: None,
             interface: None,
             listen_address: None,
             contact_address: None,
@@ -324,6 +327,7 @@ fn run_scheduler(opts: &MpiOptions, listen: Option<IpAddr>, contact: Option<IpAd
         job: opts.job.clone(),
         idle_timeout: None,
         state: SchedulerConfig::default(),
+        dashboard: opts.dashboard.clone(),
     })
     .map_err(|e| e.to_string())?;
     if let Some(h) = handle {

@@ -5,5 +5,5 @@ pub(crate) mod ids;
 pub mod server;
 pub mod state;
 
-pub use server::{start, Controller, Scheduler, ServerConfig};
+pub use server::{start, Controller, Observation, Scheduler, ServerConfig};
 pub use state::{SchedulerConfig, SchedulerState, TaskState};

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     /// Exit after this long with no clients and no work.
     pub idle_timeout: Option<Duration>,
     pub state: SchedulerConfig,
+    /// Serve the dashboard and `/metrics` here.
+    pub dashboard: Option<crate::dashboard::DashboardSpec>,
 }
 
 type ConnId = u64;
@@ -61,6 +63,8 @@ pub struct Observation {
 /// A running scheduler.
 pub struct Scheduler {
     pub address: String,
+    /// The dashboard's URL with its token, if it serves one.
+    pub dashboard_url: Option<String>,
     events: Sender<Event>,
     core: Option<JoinHandle<()>>,
 }
@@ -136,6 +140,15 @@ pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
         }
         None => util::format_address(&local),
     };
+    let (tx, rx) = unbounded();
+    let dashboard = match &cfg.dashboard {
+        Some(spec) => {
+            let d = crate::dashboard::start(spec, &cfg.secret, Controller { events: tx.clone() })?;
+            log_at!(2, "scheduler", "dashboard at {}", d.url);
+            Some(d)
+        }
+        None => None,
+    };
     let mut file = SchedulerFile::new(&address, &cfg.secret);
     file.job = cfg.job.clone();
     let paths: Vec<PathBuf> = match (&cfg.scheduler_file, &cfg.job) {
@@ -148,7 +161,6 @@ pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
         log_at!(2, "scheduler", "scheduler file written to {}", path.display());
     }
     log_at!(2, "scheduler", "listening on {address}");
-    let (tx, rx) = unbounded();
     let stopping = Arc::new(AtomicBool::new(false));
     {
         let tx = tx.clone();
@@ -156,11 +168,14 @@ pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
         let stopping = stopping.clone();
         std::thread::Builder::new().name("tf-accept".into()).spawn(move || accept_loop(listener, secret, tx, stopping))?;
     }
+    let dashboard_url = dashboard.as_ref().map(|d| d.url.clone()).unwrap_or_default();
+    let dashboard_url_out = dashboard_url.clone();
     let core_tx = tx.clone();
     let addr = address.clone();
     let core = std::thread::Builder::new().name("tf-scheduler".into()).spawn(move || {
-        let mut core = Core::new(cfg, addr, core_tx);
+        let mut core = Core::new(cfg, addr, core_tx, dashboard_url);
         core.run(rx);
+        drop(dashboard);
         stopping.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees `stopping`.
         let _ = TcpStream::connect_timeout(&local, Duration::from_millis(200));
@@ -168,7 +183,7 @@ pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
             file.remove_if_ours(path);
         }
     })?;
-    Ok(Scheduler { address, events: tx, core: Some(core) })
+    Ok(Scheduler { address, dashboard_url: (!dashboard_url_out.is_empty()).then_some(dashboard_url_out), events: tx, core: Some(core) })
 }
 
 fn accept_loop(listener: TcpListener, secret: Vec<u8>, tx: Sender<Event>, stopping: Arc<AtomicBool>) {
@@ -292,10 +307,18 @@ struct Core {
     recorder: Option<Recorder>,
     /// Per-prefix counters and the task stream.
     telemetry: Telemetry,
+    /// The dashboard's URL with its token ("": none), for status reports.
+    dashboard_url: String,
 }
 
 impl Core {
-    fn new(cfg: ServerConfig, address: String, self_tx: Sender<Event>) -> Core {
+    fn status(&self, now: f64) -> StatusReport {
+        let mut s = self.state.status(now, &self.address, self.started);
+        s.dashboard = self.dashboard_url.clone();
+        s
+    }
+
+    fn new(cfg: ServerConfig, address: String, self_tx: Sender<Event>, dashboard_url: String) -> Core {
         let state = SchedulerState::new(cfg.state.clone());
         let recorder = std::env::var_os("TASKFARM_RECORD").filter(|p| !p.is_empty()).and_then(|p| {
             let path = std::path::PathBuf::from(p);
@@ -324,6 +347,7 @@ impl Core {
             _self_tx: self_tx,
             recorder,
             telemetry: Telemetry::new(),
+            dashboard_url,
         }
     }
 
@@ -485,7 +509,7 @@ impl Core {
             },
             Event::Stop { reason } => self.stop = Some(reason),
             Event::Status { reply } => {
-                let _ = reply.send(self.state.status(now, &self.address, self.started));
+                let _ = reply.send(self.status(now));
             }
             Event::Retire { names, reply } => {
                 if let Outcome::Retiring(names) = self.apply(StateEvent::RetireWorkers { names, all_idle: false }, now) {
@@ -493,7 +517,7 @@ impl Core {
                 }
             }
             Event::Observe { since, reply } => {
-                let status = self.state.status(now, &self.address, self.started);
+                let status = self.status(now);
                 let _ = reply.send(Box::new(Observation { status, telemetry: self.telemetry.since(since) }));
             }
         }
@@ -554,7 +578,7 @@ impl Core {
                 self.apply(StateEvent::ReleaseKeys { client: c, keys }, now);
             }
             ToScheduler::StatusRequest => {
-                let report: StatusReport = self.state.status(now, &self.address, self.started);
+                let report: StatusReport = self.status(now);
                 self.send_client(c, ToClient::Status(report));
             }
             ToScheduler::Shutdown => self.stop = Some(format!("shutdown requested by client {c}")),

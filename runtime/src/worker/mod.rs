@@ -648,6 +648,8 @@ impl WorkerLoop {
         let c = &self.counters;
         WorkerMetrics {
             rss: util::rss_bytes(),
+            cpu_us: util::cpu_micros() + self.cfg.python.executors_cpu_us(),
+            leaves_at: self.state.retire_at().map(|t| util::unix_time() + t.saturating_duration_since(Instant::now()).as_secs_f64()).unwrap_or(0.0),
             stored_bytes: st.memory_bytes,
             stored_count: st.memory_count,
             spilled_bytes: st.disk_bytes,

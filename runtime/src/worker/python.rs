@@ -71,6 +71,12 @@ impl PythonSettings {
     }
 
     /// Resident bytes of the live executor processes.
+    /// CPU time of the live executors, microseconds.
+    pub fn executors_cpu_us(&self) -> u64 {
+        let pids = self.pids.lock().expect("pids").clone();
+        pids.iter().map(|&p| crate::util::cpu_micros_of(p)).sum()
+    }
+
     pub fn executors_rss(&self) -> u64 {
         let pids = self.pids.lock().expect("pids").clone();
         pids.iter().map(|&p| crate::util::rss_bytes_of(p)).sum()

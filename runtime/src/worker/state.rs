@@ -202,6 +202,11 @@ pub struct WorkerState {
 }
 
 impl WorkerState {
+    /// When the worker retires by its lifetime, if it has one.
+    pub fn retire_at(&self) -> Option<Instant> {
+        self.shape.retire_at
+    }
+
     pub fn new(shape: Shape) -> WorkerState {
         WorkerState {
             shape,

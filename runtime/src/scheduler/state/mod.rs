@@ -441,6 +441,7 @@ impl SchedulerState {
     pub fn status(&self, now: f64, address: &str, started: f64) -> StatusReport {
         StatusReport {
             address: address.to_string(),
+            dashboard: String::new(),
             started,
             workers: self
                 .workers
