@@ -79,7 +79,7 @@ if cargo nextest --version > /dev/null 2>&1; then
   echo "== tests, built without optional features"
   cargo nextest run --workspace --locked --no-fail-fast --run-ignored all -E "all()$nextest_skip"
   echo "== tests, built with --features mpi,hwloc (linked to Open MPI; the job-queue tests ran above)"
-  cargo nextest run --workspace --locked --no-fail-fast --run-ignored all "${features[@]}" -E "not binary(jobqueue)$nextest_skip"
+  cargo nextest run --workspace --locked --no-fail-fast --run-ignored all "${features[@]}" -E "not binary(jobqueue) and not binary(observe)$nextest_skip"
 else
   echo "== tests, built without optional features"
   cargo test --workspace --locked --no-fail-fast -- --include-ignored "${libtest_skip[@]}"

@@ -137,7 +137,7 @@ pub fn performance_report_html(r: &Recording) -> String {
     // Per-prefix durations.
     h.push_str("<h2>Task prefixes</h2>\n<table id=\"prefixes\"><tr><th>prefix</th><th>tasks</th><th>done</th><th>failed</th><th>total time</th><th>mean</th><th>max</th></tr>\n");
     for p in &r.progress {
-        let mean = if p.done > 0 { p.total_us / p.done } else { 0 };
+        let mean = p.total_us.checked_div(p.done).unwrap_or(0);
         let _ = writeln!(
             h,
             "<tr data-prefix=\"{name}\"><td><span class=\"swatch\" style=\"background:{c}\"></span>{name}</td><td class=\"total\">{}</td><td class=\"done\">{}</td><td class=\"erred\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -199,7 +199,7 @@ pub fn performance_report_html(r: &Recording) -> String {
         e.2 += x.duration_us;
     }
     let mut pairs: Vec<_> = pairs.into_iter().collect();
-    pairs.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+    pairs.sort_by_key(|p| std::cmp::Reverse(p.1 .1));
     let total_bytes: u64 = pairs.iter().map(|p| p.1 .1).sum();
     let _ = writeln!(h, "<h2>Transfers</h2>\n<p>{} values fetched peer to peer, {} in all.</p>", t.transfers.len(), format_bytes(total_bytes));
     if !pairs.is_empty() {
