@@ -19,7 +19,7 @@ old=$1 new=$2
 N=${N:-100000}
 REPS=${REPS:-7}
 make_workdir
-python3 -c "import json, sys; print(json.dumps({f't{i}': ['noop'] for i in range(int(sys.argv[1]))}))" "$N" > "$work/noop.json"
+noop_graph "$N" "$work/noop.json"
 python3 - "$N" > "$work/sumtree.json" <<'PY'
 import json, sys
 n = int(sys.argv[1]); g = {}; level = [f"x{i}" for i in range(n)]

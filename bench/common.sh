@@ -19,6 +19,11 @@ wait_workers() {
   done
 }
 
+# A graph of $1 independent no-op tasks, written to $2.
+noop_graph() {
+  python3 -c "import json, sys; print(json.dumps({f't{i}': ['noop'] for i in range(int(sys.argv[1]))}))" "$1" > "$2"
+}
+
 # One line naming the machine and the commit, for the record.
 machine_line() {
   printf 'machine: %s, %s cores; commit %s' "$(uname -m)" "$(nproc)" "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"

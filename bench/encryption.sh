@@ -15,7 +15,7 @@ REPS=${REPS:-5}
 SIZE=${SIZE:-1073741824}
 build_taskfarm
 make_workdir
-python3 -c "import json, sys; print(json.dumps({f't{i}': ['noop'] for i in range(int(sys.argv[1]))}))" "$N" > "$work/graph.json"
+noop_graph "$N" "$work/graph.json"
 printf '%s; %d no-op tasks on 2 workers x 1 thread, median of %d, alternating\n' "$(machine_line)" "$N" "$REPS"
 sealed_t=(); plain_t=()
 for rep in $(seq 1 "$REPS"); do

@@ -25,7 +25,7 @@ with_dask=0
 build_taskfarm
 [ $with_dask = 1 ] && ensure_venv dask distributed
 make_workdir
-python3 -c "import json, sys; print(json.dumps({f't{i}': ['noop'] for i in range(int(sys.argv[1]))}))" "$N" > "$work/graph.json"
+noop_graph "$N" "$work/graph.json"
 dn=$(( N < DASK_N ? N : DASK_N ))
 
 printf '%s; median of %d\n' "$(machine_line)" "$REPS"

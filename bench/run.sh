@@ -43,6 +43,7 @@ bounded() {
     section "1 GiB transfer";    SIZE=16777216 REPS=2 bounded "$here/transfer.sh"
     section "spill";             COUNT=8 SIZE=10000000 REPS=1 bounded "$here/spill.sh"
     section "encryption";        N=1000 REPS=1 SIZE=16777216 TRANSFER_REPS=2 bounded "$here/encryption.sh"
+    section "dashboard";         N=1000 REPS=1 bounded "$here/dashboard.sh"
     section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler -- --quick
   else
     section "no-op tasks";       bounded "$here/noop.sh" --with-dask
@@ -53,6 +54,7 @@ bounded() {
     section "1 GiB transfer";    bounded "$here/transfer.sh"
     section "spill";             bounded "$here/spill.sh"
     section "encryption";        bounded "$here/encryption.sh"
+    section "dashboard";         bounded "$here/dashboard.sh"
     section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler
   fi
 } 2>&1 | tee "$out"

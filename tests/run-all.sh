@@ -20,7 +20,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 packages=(
-  build-essential pkg-config python3 python3-venv python3-dev procps ca-certificates
+  build-essential pkg-config python3 python3-venv python3-dev procps ca-certificates curl
   openmpi-bin libopenmpi-dev mpich libmpich-dev libclang-dev   # MPI launchers, rsmpi's bindgen
   libhwloc-dev hwloc libudev-dev                               # hwloc topology
   iproute2 iputils-ping util-linux                             # network namespaces as hosts

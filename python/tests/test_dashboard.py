@@ -103,6 +103,9 @@ def test_dashboard_shows_the_workers_and_the_progress_reaches_the_total(cluster,
 
 def test_without_the_token_the_dashboard_refuses(cluster, browser):
     url = status(cluster)["dashboard"]
+    c = cluster.client(2)
+    assert c.dashboard_link == url, "Client.dashboard_link, as Dask's"
+    c.close()
     base = url.split("?")[0]
     for path in ("", "events", "metrics", "api/status"):
         with pytest.raises(urllib.error.HTTPError) as e:

@@ -151,14 +151,24 @@ impl Telemetry {
     /// Everything recorded from sequence number `since` on (runs older than
     /// the stream's window are counted in `dropped`).
     pub fn since(&self, since: u64) -> TelemetryReport {
-        let from = since.max(self.first);
+        self.since_at_most(since, usize::MAX)
+    }
+
+    /// As [`Telemetry::since`], but at most the newest `max` runs and
+    /// transfers (the older ones are counted in `dropped`): what a live page
+    /// can draw, copied on the scheduler's thread without copying more.
+    pub fn since_at_most(&self, since: u64, max: usize) -> TelemetryReport {
+        let from = since.max(self.first).max(self.next().saturating_sub(max as u64));
         let skip = (from - self.first) as usize;
         TelemetryReport {
             next: self.next(),
             dropped: from.saturating_sub(since).min(self.next().saturating_sub(since)),
             prefixes: self.prefixes.clone(),
             tasks: self.tasks.iter().skip(skip).cloned().collect(),
-            transfers: self.transfers.iter().filter(|(seq, _)| *seq >= since).map(|(_, t)| t.clone()).collect(),
+            transfers: {
+                let newer = self.transfers.iter().rev().take_while(|(seq, _)| *seq >= since).take(max).count();
+                self.transfers.iter().skip(self.transfers.len() - newer).map(|(_, t)| t.clone()).collect()
+            },
             workers: self.workers.clone(),
         }
     }
@@ -221,6 +231,9 @@ mod tests {
         assert_eq!(r.dropped, 3);
         assert_eq!(r.next, 3 + STREAM_CAPACITY as u64);
         assert_eq!(t.since(r.next).tasks.len(), 0);
+        let r = t.since_at_most(5, 10);
+        assert_eq!((r.tasks.len(), r.dropped), (10, STREAM_CAPACITY as u64 + 3 - 10 - 5));
+        assert_eq!(r.tasks.last().unwrap().key, format!("c-{}", STREAM_CAPACITY - 1));
     }
 
     #[test]

@@ -547,6 +547,13 @@ class Client:
 
         return json.loads(self._session.status_json())
 
+    @property
+    def dashboard_link(self) -> str | None:
+        """The scheduler's dashboard URL, token included, as Dask's
+        ``Client.dashboard_link`` (None when it serves none, e.g. the local
+        cluster of ``Client()``). See docs/observability.md."""
+        return self.scheduler_info().get("dashboard") or None
+
     def nthreads(self) -> dict[str, int]:
         """Threads per worker, by worker name."""
         return {w["name"]: w["nthreads"] for w in self.scheduler_info()["workers"]}

@@ -39,7 +39,7 @@ const MAX_STREAMS: usize = 16;
 
 /// Task runs sent in one update at most (the newest; a page that falls
 /// behind skips ahead).
-const MAX_RUNS_PER_UPDATE: usize = 5_000;
+const MAX_RUNS_PER_UPDATE: usize = 2_000;
 
 /// The dashboard token for a cluster secret: HMAC-SHA256 of a fixed label,
 /// hex, 32 characters.
@@ -163,7 +163,7 @@ fn serve(server: &tiny_http::Server, token: &str, controller: &Controller) {
         }
         match path.as_str() {
             "/" | "/index.html" => respond(req, 200, "text/html; charset=utf-8", INDEX_HTML.to_string()),
-            "/metrics" => match controller.observe(u64::MAX) {
+            "/metrics" => match controller.observe(u64::MAX, 0) {
                 Some(o) => respond(req, 200, "text/plain; version=0.0.4; charset=utf-8", metrics::render(&o.status, &o.telemetry.prefixes)),
                 None => respond(req, 503, "text/plain; charset=utf-8", "the scheduler is shutting down\n".into()),
             },
@@ -195,10 +195,9 @@ fn serve(server: &tiny_http::Server, token: &str, controller: &Controller) {
 /// and transfers since the last update.
 pub fn update_json(o: &crate::scheduler::Observation) -> String {
     let t = &o.telemetry;
-    let skip = t.tasks.len().saturating_sub(MAX_RUNS_PER_UPDATE);
     let runs: Vec<serde_json::Value> =
-        t.tasks[skip..].iter().map(|r| serde_json::json!([r.worker, r.thread, r.start_us, r.duration_us, r.prefix, r.ok, r.key])).collect();
-    let transfers: Vec<serde_json::Value> = t.transfers.iter().rev().take(MAX_RUNS_PER_UPDATE).map(|x| serde_json::json!([x.worker, x.start_us, x.duration_us, x.nbytes, x.from])).collect();
+        t.tasks.iter().map(|r| serde_json::json!([r.worker, r.thread, r.start_us, r.duration_us, r.prefix, r.ok, r.key])).collect();
+    let transfers: Vec<serde_json::Value> = t.transfers.iter().map(|x| serde_json::json!([x.worker, x.start_us, x.duration_us, x.nbytes, x.from])).collect();
     serde_json::json!({
         "now_us": crate::util::unix_micros(),
         "status": crate::status::StatusJson::from(&o.status),
@@ -221,10 +220,10 @@ fn stream_events(req: tiny_http::Request, controller: &Controller) {
         return;
     }
     // Start with the recent past, not the whole stream.
-    let Some(first) = controller.observe(u64::MAX) else { return };
+    let Some(first) = controller.observe(u64::MAX, 0) else { return };
     let mut since = first.telemetry.next.saturating_sub(MAX_RUNS_PER_UPDATE as u64);
     loop {
-        let Some(o) = controller.observe(since) else { return };
+        let Some(o) = controller.observe(since, MAX_RUNS_PER_UPDATE) else { return };
         since = o.telemetry.next;
         let msg = format!("data: {}\n\n", update_json(&o));
         if w.write_all(msg.as_bytes()).and_then(|_| w.flush()).is_err() {

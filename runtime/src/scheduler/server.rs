@@ -51,7 +51,7 @@ enum Event {
     Status { reply: Sender<StatusReport> },
     Retire { names: Vec<String>, reply: Sender<Vec<String>> },
     /// Status and telemetry since a sequence number (the dashboard).
-    Observe { since: u64, reply: Sender<Box<Observation>> },
+    Observe { since: u64, max: usize, reply: Sender<Box<Observation>> },
 }
 
 /// What the dashboard shows: the status and what ran since it last asked.
@@ -112,10 +112,11 @@ impl Controller {
         rx.recv().ok()
     }
 
-    /// The status, and the task stream from sequence number `since` on.
-    pub fn observe(&self, since: u64) -> Option<Box<Observation>> {
+    /// The status, and the task stream from sequence number `since` on
+    /// (at most the newest `max` runs and transfers).
+    pub fn observe(&self, since: u64, max: usize) -> Option<Box<Observation>> {
         let (reply, rx) = crossbeam_channel::bounded(1);
-        self.events.send(Event::Observe { since, reply }).ok()?;
+        self.events.send(Event::Observe { since, max, reply }).ok()?;
         rx.recv().ok()
     }
 
@@ -516,9 +517,9 @@ impl Core {
                     let _ = reply.send(names);
                 }
             }
-            Event::Observe { since, reply } => {
+            Event::Observe { since, max, reply } => {
                 let status = self.status(now);
-                let _ = reply.send(Box::new(Observation { status, telemetry: self.telemetry.since(since) }));
+                let _ = reply.send(Box::new(Observation { status, telemetry: self.telemetry.since_at_most(since, max) }));
             }
         }
     }
