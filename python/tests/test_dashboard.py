@@ -70,16 +70,25 @@ def test_dashboard_shows_the_workers_and_the_progress_reaches_the_total(cluster,
     )
     browser.get(url)
     wait = WebDriverWait(browser, 120, poll_frequency=0.2)
-    wait.until(lambda d: d.find_element(By.ID, "nworkers").text == "2")
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#workers tbody tr")) == 2
+
+    # The page redraws its tables on every update, so an element found by
+    # one WebDriver call can be gone by the next (StaleElementReference).
+    # Each read is one script, which runs between two redraws.
+    def text(css):
+        return browser.execute_script("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", css)
+
+    def count(css):
+        return browser.execute_script("return document.querySelectorAll(arguments[0]).length;", css)
+
+    wait.until(lambda d: text("#nworkers") == "2")
+    assert count("#workers tbody tr") == 2
 
     def done(prefix):
-        rows = browser.find_elements(By.CSS_SELECTOR, f'#progress tr[data-prefix="{prefix}"] td.done')
-        return int(rows[0].text) if rows else -1
+        t = text(f'#progress tr[data-prefix="{prefix}"] td.done')
+        return int(t) if t is not None else -1
 
     wait.until(lambda d: done("sleep") == 2000 and done("inc") == 100 and done("total") == 1)
-    total = browser.find_element(By.CSS_SELECTOR, '#progress tr[data-prefix="sleep"] td.total').text
-    assert total == "2000"
+    assert text('#progress tr[data-prefix="sleep"] td.total') == "2000"
     out, err = submit.communicate(timeout=300)
     assert submit.returncode == 0, err
     assert '"total": 5050' in out

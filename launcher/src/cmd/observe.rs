@@ -101,6 +101,9 @@ pub(crate) fn install_progress(client: &mut Client, a: &ObserveArgs) {
     let started = Instant::now();
     if a.progress || std::io::stderr().is_terminal() {
         let target = if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr_with_hz(10) } else { ProgressDrawTarget::term_like_with_hz(Box::new(Stderr), 10) };
+        // The bar shows what is left: the "still waiting for ..." notes
+        // (lines that break the bar) come every minute, not every 10 s.
+        client.note_every = client.note_every.max(Duration::from_secs(60));
         let bar = ProgressBar::with_draw_target(Some(0), target);
         bar.set_style(
             ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} tasks ({eta} left) {msg}").expect("the template parses").progress_chars("=> "),
