@@ -279,6 +279,48 @@ def test_large_numpy_values_arrive_as_aligned_writable_arrays_and_stay_unchanged
     assert mixed["s"] == "t"
 
 
+def test_large_values_stay_in_shared_memory_between_the_tasks_of_a_worker(cluster):
+    # A large result is written once into a memory file by the executor
+    # that made it; the worker keeps that file, and an executor using the
+    # value maps it copy-on-write instead of receiving it through a pipe.
+    import numpy as np
+
+    # (defined here: cloudpickle sends it by value, not by module)
+    def mapping_of(a):
+        """The name of the mapping of this process that holds array `a`'s data."""
+        addr = a.__array_interface__["data"][0]
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                f = line.split()
+                lo, hi = (int(x, 16) for x in f[0].split("-"))
+                if lo <= addr < hi:
+                    return " ".join(f[5:])
+        return None
+
+    n = 1 << 20  # 8 MiB of float64: above the 1 MiB threshold
+    with cluster.client(2) as c:
+        big = c.submit(lambda: np.arange(n, dtype=np.float64), workers="w0")
+        small = c.submit(lambda: np.arange(1000, dtype=np.float64), workers="w0")
+
+        def use(a):
+            name = mapping_of(a)
+            a[0] = -1.0  # writable: the page touched becomes a private copy
+            return name, float(a.sum())
+
+        name, total = c.submit(use, big, workers="w0").result()
+        assert "memfd:taskfarm-value" in name, name
+        assert total == n * (n - 1) / 2 - 1
+        name, _ = c.submit(use, small, workers="w0").result()
+        assert "memfd:" not in (name or ""), name
+        # the stored value did not change; the client and a peer get it whole
+        got = big.result()
+        assert got[0] == 0.0 and float(got.sum()) == n * (n - 1) / 2
+        assert c.submit(lambda a: (float(a[0]), float(a.sum())), big, workers="w1").result() == (0.0, n * (n - 1) / 2)
+        # many large values in one batch of tasks, then all of them at once
+        parts = [c.submit(lambda i: np.full(n // 4, float(i)), i, workers="w0", pure=False) for i in range(12)]
+        assert c.submit(lambda *a: float(sum(x.sum() for x in a)), *parts, workers="w0").result() == float(sum(range(12)) * (n // 4))
+
+
 def test_run_and_plugins_reach_every_executor_of_current_and_later_workers(cluster):
     import os as _os
 

@@ -282,7 +282,7 @@ pub fn evaluate<'a>(expr: &Expr, deps: &'a [&'a Data], reg: &Registry, ctx: &Tas
             Cow::Owned(f(&refs, ctx).map_err(|e| if e.starts_with(name.as_str()) { e } else { format!("{name}: {e}") })?)
         }
         Expr::Cmd(spec) => Cow::Owned(run_command(spec, deps, reg, ctx)?),
-        Expr::Pickled(bytes) => Cow::Owned(Data::Pickle(bytes.clone())),
+        Expr::Pickled(bytes) => Cow::Owned(Data::Pickle(bytes.clone().into())),
         Expr::Py(_) => return Err("a Python call can only be a task's whole expression (it is run by the worker's Python executors)".into()),
     })
 }

@@ -41,6 +41,7 @@ pub mod seal;
 pub(crate) mod store;
 pub mod scheduler;
 pub mod session;
+pub mod shm;
 pub mod status;
 pub mod telemetry;
 pub mod util;

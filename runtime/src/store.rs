@@ -208,7 +208,7 @@ impl Store {
         drop(s);
         // The buffer of a large bytes value nobody else holds is reused for
         // the next large value received (see bufpool).
-        if let Some(Ok(Value { data: Data::Bytes(b) | Data::Pickle(b), .. })) = freed.map(Arc::try_unwrap) {
+        if let Some(Ok(Value { data: Data::Bytes(b) | Data::Pickle(crate::value::Blob::Heap(b)), .. })) = freed.map(Arc::try_unwrap) {
             crate::bufpool::give(b);
         }
     }

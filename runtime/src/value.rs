@@ -7,6 +7,7 @@
 //! one payload frame: a tag byte followed by its bytes, so a value fetched from
 //! a peer is stored as it arrived and only decoded when a task uses it.
 
+pub use crate::shm::Blob;
 use serde_json::Value as Json;
 use std::io;
 
@@ -17,7 +18,8 @@ pub enum Data {
     Bytes(Vec<u8>),
     /// A Python object as pickle bytes (protocol 5), made by a Python task
     /// or scattered by a Python client. Never unpickled by the runtime.
-    Pickle(Vec<u8>),
+    /// Large ones made by executors live in shared memory ([`crate::shm`]).
+    Pickle(Blob),
 }
 
 impl Data {
@@ -48,7 +50,7 @@ impl Data {
     /// The value of an opaque payload (tag `B` or `P`) whose body is kept as it is.
     pub fn opaque(tag: u8, body: Vec<u8>) -> Data {
         if tag == Data::TAG_PICKLE {
-            Data::Pickle(body)
+            Data::Pickle(Blob::Heap(body))
         } else {
             Data::Bytes(body)
         }
@@ -57,7 +59,8 @@ impl Data {
     /// Approximate memory size in bytes, used for placement and reporting.
     pub fn nbytes(&self) -> u64 {
         match self {
-            Data::Bytes(b) | Data::Pickle(b) => b.len() as u64,
+            Data::Bytes(b) => b.len() as u64,
+            Data::Pickle(b) => b.len() as u64,
             Data::Json(j) => json_size(j),
         }
     }
@@ -78,7 +81,8 @@ impl Data {
         match self {
             Data::Json(Json::String(s)) => s.as_bytes().to_vec(),
             Data::Json(j) => serde_json::to_vec(j).expect("JSON values always serialise"),
-            Data::Bytes(b) | Data::Pickle(b) => b.clone(),
+            Data::Bytes(b) => b.clone(),
+            Data::Pickle(b) => b.to_vec(),
         }
     }
 }
@@ -166,7 +170,7 @@ mod tests {
         assert_eq!(Data::from_parts(Data::TAG_JSON, br#"{"a":[1,2.5]}"#).unwrap(), Some(Data::Json(json!({"a": [1, 2.5]}))));
         assert_eq!(Data::from_parts(Data::TAG_BYTES, b"\x00\xff").unwrap(), None);
         assert_eq!(Data::from_parts(Data::TAG_PICKLE, b"\x80\x05N.").unwrap(), None);
-        assert_eq!(Data::opaque(Data::TAG_PICKLE, vec![1]), Data::Pickle(vec![1]));
+        assert_eq!(Data::opaque(Data::TAG_PICKLE, vec![1]), Data::Pickle(vec![1].into()));
         assert_eq!(Data::opaque(Data::TAG_BYTES, vec![1]), Data::Bytes(vec![1]));
         assert!(Data::from_parts(b'X', b"").is_err());
         assert!(Data::from_parts(Data::TAG_JSON, b"{bad").is_err());

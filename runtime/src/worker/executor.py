@@ -12,9 +12,22 @@
 #   worker -> executor  b"T": one task (see `run_task`)
 #                       b"S": a worker plugin to run now (answered by O or E):
 #                             a pickled callable, or an object with setup()
-#   executor -> worker  b"H": ready (body: Python version), or
+#                       b"Z": u8 1 if large results go through shared
+#                             memory (the answer to H), else 0
+#                       b"R": the worker has opened every shared result
+#                             sent so far: their files may be closed
+#   executor -> worker  b"H": ready (body: Python version, then a zero byte
+#                             and the descriptor number of a one-byte memory
+#                             file the worker tries to open), or
 #                       b"X": cannot start (body: the reason, UTF-8)
 #                       b"O": a result: u8 value tag (J, B, P) + the value
+#                       b"M": a large result in a memory file: u8 tag P,
+#                             u32 descriptor number here, u64 length; the
+#                             file stays open until the next R
+#
+# A dependency with tag M is a value in the worker's shared memory: u32
+# descriptor number in the worker, u64 length; mapped copy-on-write here
+# (runtime/src/shm.rs).
 #
 # A "P" value is a pickle, or (when it holds large buffers, e.g. numpy
 # arrays) the framed pickle-5 form: OOB_MAGIC, u32 buffer count, u64 pickle
@@ -179,7 +192,19 @@ def _main():
             return b"J", [json.dumps(v, separators=(",", ":")).encode()]
         return b"P", dumps(v)
 
+    def mapped(body):
+        """A worker's shared value (tag M): a private copy-on-write map of
+        its memory file, so arrays unpickled from it are writable views."""
+        fd, n = struct.unpack_from("<IQ", body, 0)
+        f = os.open(f"/proc/{parent}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return mmap.mmap(f, n, access=mmap.ACCESS_COPY)
+        finally:
+            os.close(f)
+
     def decode(tag, body):
+        if tag == b"M":
+            return loads(mapped(body))
         if tag == b"J":
             return json.loads(bytes(body))
         if tag == b"B":
@@ -309,16 +334,47 @@ def _main():
         text_bytes = text.encode("utf-8", "replace")
         send(b"E", u32.pack(len(text_bytes)), text_bytes, blob)
 
+    SHARED_MIN = 1 << 20  # runtime/src/shm.rs: MIN_SHARED
+    shared = {"on": False, "pending": []}
+
+    def send_result(tag, parts):
+        """A result: in a memory file when it is a large pickle and the
+        worker maps those, else through the pipe."""
+        size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+        if not (shared["on"] and tag == b"P" and size >= SHARED_MIN):
+            send(b"O", tag, *parts)
+            return
+        fd = os.memfd_create("taskfarm-value", os.MFD_CLOEXEC)
+        for p in parts:
+            view = memoryview(p).cast("B")
+            while view:
+                view = view[os.write(fd, view):]
+        shared["pending"].append(fd)
+        send(b"M", tag, struct.pack("<IQ", fd, size))
+
     own_code = (sys._getframe().f_code, run_task.__code__)
-    send(b"H", sys.version.encode(), flush=True)
+    probe = None
+    if hasattr(os, "memfd_create"):
+        probe = os.memfd_create("taskfarm-probe", os.MFD_CLOEXEC)
+        os.write(probe, b"\0")
+    send(b"H", sys.version.encode() + (b"" if probe is None else b"\0" + str(probe).encode()), flush=True)
     for kind, body in messages():
         try:
             if kind == b"T":
                 result = run_task(body)
                 tag, parts = encode(result)
                 del result
-                send(b"O", tag, *parts)
+                send_result(tag, parts)
                 del parts
+            elif kind == b"R":
+                for fd in shared["pending"]:
+                    os.close(fd)
+                shared["pending"].clear()
+            elif kind == b"Z":
+                shared["on"] = body[:1] == b"\x01"
+                if probe is not None:
+                    os.close(probe)
+                    probe = None
             elif kind == b"S":
                 run_plugin(pickle.loads(body))
                 send(b"O", b"J", b"null", flush=True)

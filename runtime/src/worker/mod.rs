@@ -647,7 +647,7 @@ impl WorkerLoop {
         let st = self.store.stats();
         let c = &self.counters;
         WorkerMetrics {
-            rss: util::rss_bytes(),
+            rss: util::rss_bytes() + crate::shm::live_bytes(),
             cpu_us: util::cpu_micros() + self.cfg.python.executors_cpu_us(),
             leaves_at: self.state.retire_at().map(|t| util::unix_time() + t.saturating_duration_since(Instant::now()).as_secs_f64()).unwrap_or(0.0),
             stored_bytes: st.memory_bytes,
@@ -691,8 +691,11 @@ impl memory::Probe for StoreProbe<'_> {
     fn held(&self) -> u64 {
         self.0.stats().memory_bytes
     }
+    /// The worker's own pages, its values in shared memory (whose pages it
+    /// may never touch itself: counted in full, so pages it did touch count
+    /// twice) and its executors'.
     fn rss(&mut self) -> u64 {
-        util::rss_bytes() + self.1.executors_rss()
+        util::rss_bytes() + crate::shm::live_bytes() + self.1.executors_rss()
     }
     fn spill_until(&mut self, target: u64) {
         match self.0.spill_until(target) {

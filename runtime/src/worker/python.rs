@@ -14,7 +14,7 @@
 use super::executor::{Cancels, CANCELLED};
 use crate::graph::PyCall;
 use crate::protocol::TaskId;
-use crate::value::Data;
+use crate::value::{Blob, Data};
 use std::collections::HashSet;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::AsRawFd;
@@ -39,13 +39,16 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 type Plugin = (String, u64, Arc<Vec<u8>>);
 
 /// How a worker's Python executors are started; shared by its executor threads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PythonSettings {
     /// The interpreter (`--python`); else `$TASKFARM_PYTHON`, else the
     /// client's interpreter if that path exists here, else `python3`.
     pub interpreter: Option<PathBuf>,
     /// Modules imported in every executor when it starts (`--preload`).
     pub preload: Vec<String>,
+    /// Large values made by executors stay in shared memory (on unless
+    /// `TASKFARM_SHARED_VALUES=0`; see [`crate::shm`]).
+    pub shared_values: bool,
     /// Pids of the executors alive now (their memory counts against the
     /// worker's limit).
     pids: Mutex<Vec<u32>>,
@@ -56,7 +59,8 @@ pub struct PythonSettings {
 
 impl PythonSettings {
     pub fn new(interpreter: Option<PathBuf>, preload: Vec<String>) -> PythonSettings {
-        PythonSettings { interpreter, preload, pids: Mutex::new(Vec::new()), plugins: Mutex::new(Vec::new()) }
+        let shared_values = std::env::var_os("TASKFARM_SHARED_VALUES").is_none_or(|v| v != "0");
+        PythonSettings { interpreter, preload, shared_values, pids: Mutex::new(Vec::new()), plugins: Mutex::new(Vec::new()) }
     }
 
     /// A worker plugin arrived: executors run it before their next task.
@@ -96,6 +100,12 @@ impl PythonSettings {
     }
 }
 
+impl Default for PythonSettings {
+    fn default() -> PythonSettings {
+        PythonSettings::new(None, Vec::new())
+    }
+}
+
 /// Run a worker's `--setup-command` (with `/bin/sh -c`) before it starts.
 pub fn run_setup_command(cmd: &str) -> Result<(), String> {
     let status = Command::new("/bin/sh")
@@ -129,6 +139,11 @@ struct Proc {
     /// Bytes the pipe to the executor holds: a batch of at most this many
     /// is written without waiting.
     pipe_room: usize,
+    /// Whether large values cross as shared memory files (see [`crate::shm`]).
+    shm: bool,
+    /// The executor holds result files the worker has opened: the next
+    /// batch starts with `R`, so it closes them.
+    shm_pending: bool,
     interpreter: PathBuf,
     settings: Arc<PythonSettings>,
 }
@@ -201,6 +216,12 @@ impl Python {
                 return;
             }
             let p = self.proc.as_mut().expect("started");
+            if p.shm_pending {
+                // the results of the last batch are all read: the executor
+                // may close its shared result files
+                let _ = p.w.write_all(b"R\0\0\0\0\0\0\0\0");
+                p.shm_pending = false;
+            }
             // Write the batch: it fits in the pipe, so this never waits for
             // the executor (which may be writing results) — except a lone
             // call larger than the pipe, which the executor reads as it comes.
@@ -211,12 +232,12 @@ impl Python {
                     break;
                 }
                 let send_func = !p.funcs.contains(&job.call.func_hash);
-                let size = task_size(job.call, send_func, &job.deps);
+                let size = task_size(job.call, send_func, &job.deps, p.shm);
                 if end > next && bytes + size > p.pipe_room {
                     break;
                 }
                 // a failed write means the process died: the reads say so
-                let _ = write_task(&mut p.w, job.call, send_func, &job.deps);
+                let _ = write_task(&mut p.w, job.call, send_func, &job.deps, p.shm);
                 if send_func {
                     p.funcs.insert(job.call.func_hash.clone());
                 }
@@ -230,6 +251,10 @@ impl Python {
             for i in next..end {
                 match read_message_split(p, deadline, true) {
                     Ok((b'O', tag, value)) => done(i, decode_value(tag, value)),
+                    Ok((b'M', tag, value)) => {
+                        p.shm_pending = true;
+                        done(i, open_shared(pid, tag, &value));
+                    }
                     Ok((b'E', _, body)) => done(i, Err(decode_error(&body))),
                     Ok((kind, _, _)) => {
                         failed = Some((i, Err(format!("sent an unknown message kind {kind}"))));
@@ -352,9 +377,23 @@ impl Python {
         let r = BufReader::with_capacity(1 << 16, child.stdout.take().expect("piped"));
         // a failed write means it died at once: read_message below says how
         let _ = w.write_all(&(SCRIPT.len() as u64).to_le_bytes()).and_then(|_| w.write_all(SCRIPT.as_bytes())).and_then(|_| w.flush());
-        let mut p = Proc { child, w, r, funcs: HashSet::new(), plugins_run: Default::default(), pipe_room, interpreter: interpreter.clone(), settings: self.settings.clone() };
+        let mut p = Proc {
+            child,
+            w,
+            r,
+            funcs: HashSet::new(),
+            plugins_run: Default::default(),
+            pipe_room,
+            shm: false,
+            shm_pending: false,
+            interpreter: interpreter.clone(),
+            settings: self.settings.clone(),
+        };
         match read_message(&mut p, Some(Instant::now() + START_TIMEOUT)) {
-            Ok((b'H', _)) => {
+            Ok((b'H', hello)) => {
+                p.shm = self.settings.shared_values && shm_works(pid, &hello);
+                // a failed write means it died: the first task's read says so
+                let _ = p.w.write_all(&[b'Z', 1, 0, 0, 0, 0, 0, 0, 0, u8::from(p.shm)]).and_then(|_| p.w.flush());
                 crate::log_at!(3, "worker", "Python executor pid {pid} ({}) started", interpreter.display());
                 Ok(p)
             }
@@ -379,11 +418,11 @@ fn describe_exit(s: std::process::ExitStatus) -> String {
 }
 
 /// The bytes [`write_task`] writes (JSON values counted at their encoded size).
-fn task_size(call: &PyCall, send_func: bool, deps: &[&Data]) -> usize {
+fn task_size(call: &PyCall, send_func: bool, deps: &[&Data], shm: bool) -> usize {
     let func = if send_func { call.func.len() } else { 0 };
     let mut at = 4 + call.func_hash.len() + 4 + func + 4 + call.args.len() + 4;
     for d in deps {
-        at += 10 + dep_padding(at) + wire(d).1.len();
+        at += 10 + dep_padding(at) + wire(d, shm).1.len();
     }
     9 + at
 }
@@ -400,9 +439,9 @@ fn dep_padding(at: usize) -> usize {
 /// u32+func (empty: the executor has it), u32+args, u32 dependency count,
 /// then per dependency u8 tag, u64 length, u8 padding length, the padding
 /// and the value's bytes.
-fn write_task(w: &mut impl Write, call: &PyCall, send_func: bool, deps: &[&Data]) -> io::Result<()> {
+fn write_task(w: &mut impl Write, call: &PyCall, send_func: bool, deps: &[&Data], shm: bool) -> io::Result<()> {
     let func: &[u8] = if send_func { &call.func } else { &[] };
-    let dep_parts: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = deps.iter().map(|d| wire(d)).collect();
+    let dep_parts: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = deps.iter().map(|d| wire(d, shm)).collect();
     let head = 4 + call.func_hash.len() + 4 + func.len() + 4 + call.args.len() + 4;
     let mut len = head;
     for (_, body) in &dep_parts {
@@ -428,13 +467,48 @@ fn write_task(w: &mut impl Write, call: &PyCall, send_func: bool, deps: &[&Data]
     Ok(())
 }
 
-/// A value as the executor reads it: tag and body.
-fn wire(d: &Data) -> (u8, std::borrow::Cow<'_, [u8]>) {
+/// A value as the executor reads it: tag and body. A shared value goes to
+/// an executor that maps shared values as tag `M`: u32 descriptor number
+/// in this process, u64 length.
+fn wire(d: &Data, shm: bool) -> (u8, std::borrow::Cow<'_, [u8]>) {
+    use std::borrow::Cow;
     match d {
-        Data::Json(j) => (Data::TAG_JSON, std::borrow::Cow::Owned(serde_json::to_vec(j).expect("JSON values serialise"))),
-        Data::Bytes(b) => (Data::TAG_BYTES, std::borrow::Cow::Borrowed(b)),
-        Data::Pickle(b) => (Data::TAG_PICKLE, std::borrow::Cow::Borrowed(b)),
+        Data::Json(j) => (Data::TAG_JSON, Cow::Owned(serde_json::to_vec(j).expect("JSON values serialise"))),
+        Data::Bytes(b) => (Data::TAG_BYTES, Cow::Borrowed(b)),
+        Data::Pickle(Blob::Shared(s)) if shm => {
+            let mut r = (s.fd() as u32).to_le_bytes().to_vec();
+            r.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            (b'M', Cow::Owned(r))
+        }
+        Data::Pickle(b) => (Data::TAG_PICKLE, Cow::Borrowed(b)),
     }
+}
+
+/// Whether this worker can open the executor's memory files: its hello
+/// (`H`) ends with `\0` and the descriptor number of a one-byte memory
+/// file it made to be tried (none on systems without `memfd_create`).
+fn shm_works(pid: u32, hello: &[u8]) -> bool {
+    let Some(at) = hello.iter().rposition(|&b| b == 0) else { return false };
+    let Some(fd) = std::str::from_utf8(&hello[at + 1..]).ok().and_then(|t| t.parse::<u32>().ok()) else { return false };
+    match crate::shm::Shared::open_from(pid, fd, 1) {
+        Ok(_) => true,
+        Err(e) => {
+            crate::log_at!(1, "worker", "large Python values go through pipes, not shared memory: {e}");
+            false
+        }
+    }
+}
+
+/// A result the executor wrote to a memory file (`M`: u32 descriptor
+/// number in the executor, u64 length), mapped into the store.
+fn open_shared(pid: u32, tag: u8, body: &[u8]) -> Result<Data, String> {
+    if tag != Data::TAG_PICKLE || body.len() != 12 {
+        return Err(format!("the Python executor sent a bad shared result (tag {tag}, {} bytes)", body.len()));
+    }
+    let fd = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
+    let len = u64::from_le_bytes(body[4..].try_into().expect("8 bytes")) as usize;
+    let s = crate::shm::Shared::open_from(pid, fd, len)?;
+    Ok(Data::Pickle(Blob::Shared(Arc::new(s))))
 }
 
 /// One message: its kind and body. A result's body (`O`: value tag, then
@@ -450,7 +524,7 @@ fn read_message_split(p: &mut Proc, deadline: Option<Instant>, split_tag: bool) 
     read_exact_by(p, &mut header, deadline)?;
     let mut len = u64::from_le_bytes(header[1..].try_into().expect("8 bytes")) as usize;
     let mut lead = [0u8; 1];
-    let split = split_tag && header[0] == b'O' && len > 0;
+    let split = split_tag && matches!(header[0], b'O' | b'M') && len > 0;
     if split {
         read_exact_by(p, &mut lead, deadline)?;
         len -= 1;
