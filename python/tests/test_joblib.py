@@ -53,3 +53,20 @@ def test_the_backend_reports_the_clusters_threads(client):
         backend, n_jobs = get_active_backend()
         assert backend.effective_n_jobs(-1) == sum(client.nthreads().values()) == 2
     assert joblib.__version__
+
+
+def test_timeout_raises_and_stops_the_running_calls_and_verbose_reports(client, capsys):
+    import multiprocessing
+    import time
+
+    with parallel_config(backend="taskfarm"):
+        # joblib raises multiprocessing's TimeoutError, with loky too
+        with pytest.raises(multiprocessing.TimeoutError):
+            Parallel(n_jobs=-1, timeout=1)(delayed(time.sleep)(120) for _ in range(2))
+        # The sleeping calls were stopped (cancel kills running tasks): the
+        # next computation gets both threads at once, well within its own timeout.
+        got = Parallel(n_jobs=-1, timeout=60, verbose=10)(delayed(math.sqrt)(i) for i in range(100))
+    assert got == [math.sqrt(i) for i in range(100)]
+    err = capsys.readouterr().err
+    assert "Using backend TaskfarmBackend with 2 concurrent workers" in err, err
+    assert "Done 100 out of 100" in err or "Done 100 tasks" in err, err
