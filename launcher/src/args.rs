@@ -308,3 +308,21 @@ impl DashboardArgs {
         Ok(Some(taskfarm::dashboard::DashboardSpec { address, fallback }))
     }
 }
+
+#[derive(Args, Clone)]
+pub(crate) struct CacheArg {
+    /// Keep task results in this result cache, shared by runs, jobs and nodes (joblib Memory's idea for
+    /// whole graphs): a task whose result is there is not run, nor is anything only it needed. Keys are
+    /// content hashes of what determines a value (function, arguments, dependencies' keys), never key names.
+    /// Commands are cached only when marked "cache": true; "cache": false (Python: pure=False) never is.
+    /// The directory is created (mode 0700) and must belong to you and be writable by nobody else.
+    /// See `taskfarm cache` and docs/campaigns.md [default: no cache].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) cache: Option<PathBuf>,
+}
+
+impl CacheArg {
+    pub(crate) fn open(&self) -> Result<Option<taskfarm::cache::Cache>, Fail> {
+        self.cache.as_deref().map(|d| taskfarm::cache::Cache::open(d).map_err(|e| Fail(EXIT_USAGE, format!("--cache: {e}")))).transpose()
+    }
+}

@@ -67,9 +67,10 @@ impl Cluster {
 /// One task as the Python client describes it, a tuple: (key, deps, kind
 /// ("call": a Python call; "value": a pickled value), function hash,
 /// function pickle, arguments pickle, client's interpreter, (priority,
-/// retries, resources, workers, timeout, order)).
-/// A task's options: (priority, retries, resources, workers, timeout, order).
-type TaskOptions = (i32, u32, Vec<(String, f64)>, Vec<String>, Option<f64>, u32);
+/// retries, resources, workers, timeout, order, cache)).
+/// A task's options: (priority, retries, resources, workers, timeout, order,
+/// cache: None, or False for `pure=False`).
+type TaskOptions = (i32, u32, Vec<(String, f64)>, Vec<String>, Option<f64>, u32, Option<bool>);
 
 #[derive(FromPyObject)]
 struct Task<'py>(
@@ -85,14 +86,14 @@ struct Task<'py>(
 
 impl Task<'_> {
     fn into_def(self) -> PyResult<TaskDef> {
-        let Task(key, deps, kind, func_hash, func, args, python, (priority, retries, resources, workers, timeout, order)) = self;
+        let Task(key, deps, kind, func_hash, func, args, python, (priority, retries, resources, workers, timeout, order, cache)) = self;
         let expr = match kind.as_str() {
             "call" => Expr::Py(Box::new(PyCall { func_hash: func_hash.as_bytes().to_vec(), func: func.as_bytes().to_vec(), args: args.as_bytes().to_vec(), python })),
             "value" => Expr::Pickled(args.as_bytes().to_vec()),
             other => return Err(PyValueError::new_err(format!("unknown task kind {other:?}"))),
         };
         let spec = bincode_spec(&expr);
-        Ok(TaskDef { key, deps, spec, annotations: Annotations { priority, retries, resources, workers, timeout, functions: Vec::new() }, order })
+        Ok(TaskDef { key, deps, spec, annotations: Annotations { priority, retries, resources, workers, timeout, functions: Vec::new(), cache }, order })
     }
 }
 

@@ -438,3 +438,32 @@ def test_progress_in_jupyter_is_a_live_widget(tmp_path):
     assert widgets, outputs
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
     assert "last 58" in text, outputs
+
+
+def test_closing_one_local_cluster_leaves_another_clusters_running_tasks_alone(tmp_path):
+    # Each worker's reaper kills what carries its own token when the worker
+    # ends; two Client() clusters live in this one process, and the end of
+    # the first must not kill the second's executors (it did when the token
+    # was the process's: a joblib run failed after a Dask test's client closed).
+    started = tmp_path / "started"
+
+    def slow(path):
+        import pathlib
+        import time
+
+        pathlib.Path(path).write_text("x")
+        time.sleep(3)
+        return os.getpid()
+
+    first = taskfarm.Client(n_workers=1, threads_per_worker=1, set_as_default=False)
+    assert first.submit(lambda: 1).result(timeout=60) == 1  # its executor and reaper are up
+    second = taskfarm.Client(n_workers=1, threads_per_worker=1, set_as_default=False)
+    try:
+        running = second.submit(slow, str(started), pure=False)
+        eventually(started.exists, "the second cluster's task started")
+        first.close()
+        pid = running.result(timeout=60)
+        assert pid != os.getpid()
+    finally:
+        first.close()
+        second.close()

@@ -24,6 +24,9 @@ pub struct TaskContext<'a> {
     /// it closed its output (before it is reaped): a cancelled task's
     /// process is killed in between.
     pub spawned: Option<&'a (dyn Fn(Option<u32>) + Sync)>,
+    /// The token commands carry in [`COMMAND_TOKEN_VAR`]: the worker's own
+    /// (one process may hold several workers, each with its own reaper).
+    pub token: &'a str,
 }
 
 /// A task function: arguments in, value or error message out.
@@ -40,7 +43,8 @@ const USER_FUNCTION: &str = "user function";
 /// [`command_token`]: the worker's reaper finds what to kill by it.
 pub const COMMAND_TOKEN_VAR: &str = "TASKFARM_WORKER_TOKEN";
 
-/// A random token for this process's commands (see [`COMMAND_TOKEN_VAR`]).
+/// A random token for commands run outside any worker (a worker's own is
+/// in [`TaskContext::token`]; see [`COMMAND_TOKEN_VAR`]).
 pub fn command_token() -> &'static str {
     static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TOKEN.get_or_init(|| crate::util::hex(&crate::util::random_bytes(16)))
@@ -68,6 +72,10 @@ impl Registry {
     pub fn with_builtins() -> Registry {
         let mut r = Registry { funcs: Arc::new(BTreeMap::new()) };
         r.add_builtin("noop", "noop(...) -> null; ignores its arguments", |_, _| Ok(Data::null()));
+        r.add_builtin(crate::cache::LOAD, "__cache_load(path) -> the value of a result-cache entry (put in place of a cached task by --cache)", |a, _| match a {
+            [Data::Json(Json::String(p))] => crate::cache::load(std::path::Path::new(p)),
+            _ => Err(format!("{} takes the path of a cache entry", crate::cache::LOAD)),
+        });
         r.add_builtin("identity", "identity(x) -> x", |a, _| one(a, "identity").cloned());
         r.add_builtin("inc", "inc(x) -> x + 1", |a, _| num_op(one(a, "inc")?, &Data::Json(json!(1)), "inc", |x, y| x + y, i128::checked_add));
         r.add_builtin("add", "add(x, y, ...) -> sum of its numeric arguments", |a, _| fold(a, "add", |x, y| x + y, i128::checked_add));
@@ -332,7 +340,7 @@ fn run_command(spec: &CmdSpec, deps: &[&Data], reg: &Registry, ctx: &TaskContext
         cmd.env(name, os(&text(value)?));
     }
     cmd.env("TASKFARM_KEY", ctx.key);
-    cmd.env(COMMAND_TOKEN_VAR, command_token());
+    cmd.env(COMMAND_TOKEN_VAR, ctx.token);
     let stdin = spec.stdin.as_ref().map(text).transpose()?;
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -443,7 +451,7 @@ mod tests {
     use super::*;
 
     fn ctx(dir: &std::path::Path) -> TaskContext<'_> {
-        TaskContext { key: "k", local_directory: dir, deadline: None, spawned: None }
+        TaskContext { key: "k", local_directory: dir, deadline: None, spawned: None, token: command_token() }
     }
 
     fn call(name: &str, args: &[Data]) -> Result<Data, String> {
@@ -543,7 +551,7 @@ mod tests {
         assert!(evaluate(&Expr::Cmd(Box::new(missing)), &deps, &r, &ctx(&d)).unwrap_err().contains("cannot start command"));
 
         let slow = CmdSpec { argv: vec![lit("sleep"), lit("30")], cwd: None, env: vec![], stdin: None };
-        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(100)), spawned: None };
+        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(100)), spawned: None, token: command_token() };
         let e = evaluate(&Expr::Cmd(Box::new(slow)), &deps, &r, &c).unwrap_err();
         assert!(e.contains("timed out and was killed"), "{e}");
 
@@ -560,7 +568,7 @@ mod tests {
 
         // What a command wrote before its deadline is kept for the error.
         let partial = CmdSpec { argv: vec![lit("sh"), lit("-c"), lit("echo started >&2; exec sleep 30")], cwd: None, env: vec![], stdin: None };
-        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(1000)), spawned: None };
+        let c = TaskContext { key: "k", local_directory: &d, deadline: Some(Instant::now() + Duration::from_millis(1000)), spawned: None, token: command_token() };
         let e = evaluate(&Expr::Cmd(Box::new(partial)), &deps, &r, &c).unwrap_err();
         assert!(e.contains("timed out") && e.contains("stderr: started"), "{e}");
     }

@@ -131,7 +131,7 @@ impl fmt::Display for GraphError {
 impl std::error::Error for GraphError {}
 
 const LONG_FORM_FIELDS: &[&str] =
-    &["task", "cmd", "value", "deps", "priority", "retries", "resources", "workers", "timeout", "cwd", "env", "stdin"];
+    &["task", "cmd", "value", "deps", "priority", "retries", "resources", "workers", "timeout", "cache", "cwd", "env", "stdin"];
 
 impl Graph {
     /// Parse and validate a graph from JSON text. `is_function` tells which
@@ -580,6 +580,11 @@ impl Builder<'_> {
         }
         if let Some(w) = m.get("workers") {
             a.workers = self.string_list(w, "workers")?;
+        }
+        if let Some(c) = m.get("cache") {
+            a.cache = Some(c.as_bool().ok_or_else(|| {
+                self.err(format!("\"cache\" must be true (cache this command's output with --cache) or false (never cache this task), found {c}"))
+            })?);
         }
         if let Some(t) = m.get("timeout") {
             let secs = match t {

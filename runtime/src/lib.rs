@@ -20,6 +20,7 @@ pub use tracing as __tracing;
 
 pub mod alloc;
 pub(crate) mod bufpool;
+pub mod cache;
 pub mod client;
 pub mod dashboard;
 pub(crate) mod dag;

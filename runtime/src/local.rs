@@ -29,10 +29,11 @@ impl LocalCluster {
 
     /// [`LocalCluster::start`], with Python executors started as `python` says.
     pub fn start_with(n_workers: u32, nthreads: u32, local_directory: PathBuf, registry: Registry, python: Arc<PythonSettings>) -> std::io::Result<LocalCluster> {
-        LocalCluster::start_observed(n_workers, nthreads, local_directory, registry, python, None)
+        LocalCluster::start_observed(n_workers, nthreads, local_directory, registry, python, None, None)
     }
 
-    /// [`LocalCluster::start_with`], serving the dashboard where `dashboard` says.
+    /// [`LocalCluster::start_with`], serving the dashboard where `dashboard`
+    /// says, with the result cache `cache`.
     pub fn start_observed(
         n_workers: u32,
         nthreads: u32,
@@ -40,6 +41,7 @@ impl LocalCluster {
         registry: Registry,
         python: Arc<PythonSettings>,
         dashboard: Option<crate::dashboard::DashboardSpec>,
+        cache: Option<crate::cache::Cache>,
     ) -> std::io::Result<LocalCluster> {
         let secret = crate::util::random_bytes(32);
         let sched = scheduler::start(ServerConfig {
@@ -51,6 +53,7 @@ impl LocalCluster {
             idle_timeout: None,
             state: SchedulerConfig::default(),
             dashboard,
+            cache,
         })?;
         let mut workers = Vec::new();
         for i in 0..n_workers {

@@ -17,6 +17,8 @@ pub(crate) struct MpiArgs {
     pub(crate) encryption: EncryptionArg,
     #[command(flatten)]
     pub(crate) dashboard: DashboardArgs,
+    #[command(flatten)]
+    pub(crate) cache: CacheArg,
     /// Transport; only tcp is supported.
     #[arg(long, default_value = "tcp", value_parser = ["tcp"])]
     pub(crate) protocol: String,
@@ -74,6 +76,7 @@ pub(crate) fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
     warn_tiny_memory_limit(memory_limit);
     let mut opts = taskfarm::mpi::MpiOptions::new(schedfile::resolve_path(a.file.scheduler_file.as_deref()));
     opts.dashboard = a.dashboard.spec()?;
+    opts.cache = a.cache.open()?;
     opts.interface = a.net.interface;
     opts.listen_address = a.net.listen_address;
     opts.contact_address = a.net.contact_address;

@@ -26,6 +26,8 @@ pub(crate) struct RunArgs {
     /// Serve the live dashboard and /metrics on this address (e.g. 127.0.0.1:8787) while the graph runs [default: none].
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) dashboard_address: Option<String>,
+    #[command(flatten)]
+    pub(crate) cache: CacheArg,
 }
 
 pub(crate) fn available_cpus() -> u32 {
@@ -89,7 +91,9 @@ pub(crate) fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
         }),
         None => None,
     };
-    let cluster = taskfarm::local::LocalCluster::start_observed(a.workers, nthreads, dir, Registry::with_builtins(), Default::default(), dashboard)
+    let cache = a.cache.open()?;
+    let cached = cache.is_some();
+    let cluster = taskfarm::local::LocalCluster::start_observed(a.workers, nthreads, dir, Registry::with_builtins(), Default::default(), dashboard, cache)
         .map_err(|e| Fail::env(format!("cannot start the local cluster: {e}")))?;
     if let Some(url) = &cluster.dashboard_url {
         note!("taskfarm: dashboard at {url}");
@@ -101,6 +105,19 @@ pub(crate) fn cmd_run(a: RunArgs) -> Result<u8, Fail> {
         ClientError::Stuck(m) => Fail(EXIT_TASK_FAILED, format!("{m} (taskfarm run's workers offer only cpus; use scheduler + workers with --resources)")),
         other => Fail::from(other),
     })?;
+    if cached {
+        if let Ok(s) = client.status() {
+            let stat = |name: &str| s.stats.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
+            let finished = stat("tasks_finished");
+            let loads = stat("cache_loads");
+            note!(
+                "taskfarm: result cache: {loads} tasks loaded from it, {} run ({} stored, {} not cacheable)",
+                finished.saturating_sub(loads),
+                stat("cache_stores"),
+                stat("cache_uncacheable")
+            );
+        }
+    }
     let code = report(results, &keys)?;
     super::observe::finish_recording(&mut client, &a.observe, recording, &a.graph.display().to_string())?;
     drop(client);

@@ -22,6 +22,8 @@ pub(crate) struct SchedulerArgs {
     pub(crate) encryption: EncryptionArg,
     #[command(flatten)]
     pub(crate) dashboard: DashboardArgs,
+    #[command(flatten)]
+    pub(crate) cache: CacheArg,
     /// Port to listen on; 0 picks a free one (the scheduler file tells clients which).
     #[arg(long, default_value_t = 0, value_name = "P")]
     pub(crate) port: u16,
@@ -109,6 +111,7 @@ pub(crate) fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
     };
     let host = a.host.or(listen).unwrap_or_else(util::default_ip);
     let dashboard = a.dashboard.spec()?;
+    let cache = a.cache.open()?;
     let sched = scheduler::start(ServerConfig {
         listen: SocketAddr::new(host, a.port),
         contact: contact.map(|c| c.to_string()),
@@ -118,6 +121,7 @@ pub(crate) fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
         idle_timeout: a.idle_timeout,
         state: SchedulerConfig { worker_timeout: a.worker_timeout.as_secs_f64(), allowed_failures: a.allowed_failures, ..Default::default() },
         dashboard,
+        cache,
     })
     .map_err(|e| Fail::env(e.to_string()))?;
     let adapt = match adapt_plan {

@@ -369,7 +369,8 @@ class Client:
         else:
             ws = [str(w) for w in workers]
         return (key, deps, "call", fh, fb, payload, sys.executable,
-                (int(priority), int(retries or 0), res, ws, None if timeout is None else float(timeout), order))
+                (int(priority), int(retries or 0), res, ws, None if timeout is None else float(timeout), order,
+                 None if pure else False))
 
     def _send(self, tasks: list, keys: list[str]) -> None:
         if self._closed:
@@ -452,7 +453,7 @@ class Client:
         for x in items:
             payload = ser.value_payload(x)
             k = f"{type(x).__name__}-{ser.token(payload) if hash else uuid.uuid4().hex}"
-            tasks.append((k, [], "value", b"", b"", payload, "", (0, 0, [], [], None, 0)))
+            tasks.append((k, [], "value", b"", b"", payload, "", (0, 0, [], [], None, 0, None)))
             keys.append(k)
             futures.append(Future(k, self))
         self._send(tasks, keys)

@@ -88,7 +88,7 @@ def _submit_graph(client: Client, dsk: Any, wanted: list) -> list[Future]:
         # node (unpickled once per executor); the node travels with its
         # arguments, and client futures inside it become dependencies too.
         payload, dep_names = ser.args_payload((node, values), {}, _is_dep_or_future)
-        tasks.append((name, dep_names, "call", fh, fb, payload, python, (0, 0, [], [], None, int(priorities.get(key, 0)))))
+        tasks.append((name, dep_names, "call", fh, fb, payload, python, (0, 0, [], [], None, int(priorities.get(key, 0)), None)))
     futures = [Future(_name(k), client) for k in wanted]
     client._send(tasks, [f.key for f in futures])
     return futures

@@ -26,6 +26,8 @@ pub use env::RankInfo;
 #[derive(Clone, Debug)]
 pub struct MpiOptions {
     pub scheduler_file: PathBuf,
+    /// Rank 0's result cache (`--cache DIR`).
+    pub cache: Option<crate::cache::Cache>,
     /// Rank 0 serves the dashboard here.
     pub dashboard: Option<crate::dashboard::DashboardSpec>,
     /// Listen on and advertise this interface's address (scheduler and workers).
@@ -64,6 +66,7 @@ impl MpiOptions {
     pub fn new(scheduler_file: PathBuf) -> MpiOptions {
         MpiOptions {
             scheduler_file,
+            cache: None,
             dashboard: None,
             interface: None,
             listen_address: None,
@@ -328,6 +331,7 @@ fn run_scheduler(opts: &MpiOptions, listen: Option<IpAddr>, contact: Option<IpAd
         idle_timeout: None,
         state: SchedulerConfig::default(),
         dashboard: opts.dashboard.clone(),
+        cache: opts.cache.clone(),
     })
     .map_err(|e| e.to_string())?;
     if let Some(h) = handle {

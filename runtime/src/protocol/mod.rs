@@ -34,6 +34,10 @@ pub struct Annotations {
     /// Functions it calls that are not built in (registered by a program of
     /// one's own): only workers that announce them all may run it.
     pub functions: Vec<String>,
+    /// `Some(false)`: never cache its value (impure); `Some(true)`: cache it
+    /// even though it is a command; `None`: cache it unless it is a command
+    /// (with `--cache`; see `cache.rs`).
+    pub cache: Option<bool>,
 }
 
 /// One task as sent by a client to the scheduler.
@@ -69,7 +73,7 @@ pub const ERROR_DETAIL: &str = "\u{1e}taskfarm-python-exception:";
 pub fn error_text(error: &str) -> &str {
     error.split_once(ERROR_DETAIL).map_or(error, |(text, _)| text)
 }
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Results up to this size (in their wire form) travel with the task's
 /// completion, through the scheduler, to the clients waiting for them, so
 /// they need no fetch from the worker.

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub state: SchedulerConfig,
     /// Serve the dashboard and `/metrics` here.
     pub dashboard: Option<crate::dashboard::DashboardSpec>,
+    /// The result cache (`--cache DIR`).
+    pub cache: Option<crate::cache::Cache>,
 }
 
 type ConnId = u64;
@@ -310,12 +312,20 @@ struct Core {
     telemetry: Telemetry,
     /// The dashboard's URL with its token ("": none), for status reports.
     dashboard_url: String,
+    /// Cache keys of the tasks submitted so far (with `--cache`).
+    cache_keys: HashMap<String, crate::cache::CacheKey>,
+    /// What planning graphs against the cache did, summed.
+    cache_plans: crate::cache::Plan,
 }
 
 impl Core {
     fn status(&self, now: f64) -> StatusReport {
         let mut s = self.state.status(now, &self.address, self.started);
         s.dashboard = self.dashboard_url.clone();
+        if self.cfg.cache.is_some() {
+            let p = self.cache_plans;
+            s.stats.extend([("cache_loads".into(), p.loads), ("cache_stores".into(), p.stores), ("cache_uncacheable".into(), p.uncacheable)]);
+        }
         s
     }
 
@@ -349,6 +359,8 @@ impl Core {
             recorder,
             telemetry: Telemetry::new(),
             dashboard_url,
+            cache_keys: HashMap::new(),
+            cache_plans: Default::default(),
         }
     }
 
@@ -560,14 +572,21 @@ impl Core {
 
     fn client_message(&mut self, c: ClientId, m: ToScheduler, now: f64) {
         match m {
-            ToScheduler::UpdateGraph { tasks, wanted } => {
+            ToScheduler::UpdateGraph { mut tasks, wanted } => {
                 let (n, n_wanted) = (tasks.len(), wanted.len());
+                let planned = self.cfg.cache.as_ref().map(|cache| crate::cache::plan(cache, &mut tasks, &wanted, &mut self.cache_keys));
                 let state = &self.state;
                 let new: Vec<u32> = tasks.iter().filter(|d| state.task_id(&d.key).is_none()).map(|d| self.telemetry.prefix_index(&d.key)).collect();
                 if let Outcome::Graph(Err(error)) = self.apply(StateEvent::UpdateGraph { client: c, tasks, wanted }, now) {
                     log_at!(1, "scheduler", "rejected a graph of {n} tasks from client {c}: {error}");
                     self.send_client(c, ToClient::GraphRejected { error });
                 } else {
+                    if let Some(p) = planned {
+                        log_at!(3, "scheduler", "result cache: {} tasks loaded, {} to store, {} not cacheable", p.loads, p.stores, p.uncacheable);
+                        self.cache_plans.loads += p.loads;
+                        self.cache_plans.stores += p.stores;
+                        self.cache_plans.uncacheable += p.uncacheable;
+                    }
                     self.telemetry.submitted(&new);
                     log_at!(3, "scheduler", "client {c} submitted {n} tasks, wants {n_wanted} keys");
                 }

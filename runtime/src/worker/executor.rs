@@ -24,6 +24,8 @@ pub struct Job {
     pub expr: Expr,
     pub args: Vec<Arc<Value>>,
     pub timeout: Option<f64>,
+    /// Store the value in the result cache here (`--cache`).
+    pub cache: Option<PathBuf>,
 }
 
 /// What executors tell the worker's loop.
@@ -73,18 +75,28 @@ pub const CANCELLED: &str = "cancelled: no client wants this task any more (its 
 /// Tasks running in processes that can be stopped (commands, Python
 /// executors), and tasks asked to stop. A process is killed only while it
 /// is registered, i.e. not yet reaped, so a pid is never killed after reuse.
-#[derive(Default)]
 pub struct Cancels {
     inner: Mutex<CancelState>,
+    /// This worker's token: its commands and executors carry it in
+    /// `TASKFARM_WORKER_TOKEN`, and its reaper kills what carries it.
+    token: String,
     /// Kills the commands still running if this worker dies, even by
     /// SIGKILL (started with the first command).
     reaper: std::sync::OnceLock<Option<Reaper>>,
 }
 
+impl Default for Cancels {
+    fn default() -> Cancels {
+        Cancels { inner: Mutex::default(), token: crate::util::hex(&crate::util::random_bytes(16)), reaper: std::sync::OnceLock::new() }
+    }
+}
+
 /// A small process outside the worker (`/bin/sh` waiting on a pipe, in a
 /// process group of its own): when the pipe closes — the worker exited or
 /// was killed, even by SIGKILL — it kills every process that carries this
-/// worker process's [`crate::functions::command_token`] in its environment:
+/// worker's token ([`Cancels::token`]) in its environment (not the
+/// process's: one process may hold several workers, as `Client()` clusters
+/// do, and one ending must not kill the others' commands):
 /// the commands still running and what they started. Nothing is done per
 /// command (posix_spawn stays; PR_SET_PDEATHSIG would need a pre_exec hook,
 /// which forces fork+exec: 70 % slower on the 5k-command benchmark).
@@ -105,7 +117,7 @@ done
 exit 0"#;
 
 impl Reaper {
-    pub fn start() -> Option<Reaper> {
+    pub fn start(token: &str) -> Option<Reaper> {
         let (read, write) = match std::io::pipe() {
             Ok(p) => p,
             Err(e) => {
@@ -115,7 +127,7 @@ impl Reaper {
         };
         use std::os::unix::process::CommandExt;
         let child = std::process::Command::new("/bin/sh")
-            .args(["-c", REAPER_SCRIPT, "taskfarm-reaper", crate::functions::command_token()])
+            .args(["-c", REAPER_SCRIPT, "taskfarm-reaper", token])
             .env_remove(crate::functions::COMMAND_TOKEN_VAR)
             .stdin(read)
             .stdout(std::process::Stdio::null())
@@ -151,6 +163,11 @@ pub fn kill(pid: u32) {
 }
 
 impl Cancels {
+    /// This worker's token (see [`Reaper`]).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, CancelState> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -161,7 +178,7 @@ impl Cancels {
         if st.cancelled.contains(&id) {
             kill(pid);
         }
-        self.reaper.get_or_init(Reaper::start);
+        self.reaper.get_or_init(|| Reaper::start(&self.token));
         st.running.insert(id, pid);
     }
 
@@ -330,6 +347,7 @@ fn executor(
         }
         let start = Instant::now();
         let result = run_job(&job, &reg, &dir, start, &mut python, &cancels);
+        store_in_cache(&job, &result);
         if !report(Report::Done {
             id: job.id,
             result,
@@ -371,9 +389,20 @@ fn run_python_batch(index: usize, batch: &[Job], report: &impl Fn(Report) -> boo
         let now = Instant::now();
         let duration = now - last;
         last = now;
+        store_in_cache(&batch[i], &result);
         alive = alive && report(Report::Done { id: batch[i].id, result, duration, exec: index });
     });
     alive
+}
+
+/// A finished cacheable task's value goes into the result cache (a failed
+/// write is logged: the value is still good, only not cached).
+fn store_in_cache(job: &Job, result: &Result<Data, String>) {
+    if let (Some(path), Ok(data)) = (&job.cache, result) {
+        if let Err(e) = crate::cache::store(path, data) {
+            crate::log_at!(1, "worker", "cannot store the value of {} in the result cache at {}: {e}", job.key, path.display());
+        }
+    }
 }
 
 /// Evaluate one job; a panic in a function and a timeout are task errors.
@@ -396,6 +425,7 @@ fn run_job(
         local_directory: dir,
         deadline,
         spawned: Some(&spawned),
+        token: cancels.token(),
     };
     let refs: Vec<&Data> = job.args.iter().map(|s| &s.data).collect();
     if let Expr::Py(call) = &job.expr {
@@ -444,7 +474,7 @@ mod tests {
             })
             .collect();
         let mut other = std::process::Command::new("sleep").arg("600").spawn().unwrap();
-        let reaper = Reaper::start().expect("the reaper starts");
+        let reaper = Reaper::start(crate::functions::command_token()).expect("the reaper starts");
         drop(reaper); // the worker is gone
         for mut g in tagged {
             use std::os::unix::process::ExitStatusExt;

@@ -585,6 +585,7 @@ impl WorkerLoop {
             expr: x.expr,
             args,
             timeout: x.timeout,
+            cache: x.cache,
         }) {
             log_at!(
                 0,

@@ -358,7 +358,7 @@ impl Python {
         cmd.arg("-c").arg(BOOTSTRAP).arg("taskfarm-executor").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         cmd.env("TASKFARM_PRELOAD", self.settings.preload.join(","));
         // What the executor starts dies with the worker too (see executor::Reaper).
-        cmd.env(crate::functions::COMMAND_TOKEN_VAR, crate::functions::command_token());
+        cmd.env(crate::functions::COMMAND_TOKEN_VAR, self.cancels.token());
         let mut child = cmd.spawn().map_err(|e| {
             format!("cannot start the Python executor '{}': {e} (choose the interpreter with --python or TASKFARM_PYTHON)", interpreter.display())
         })?;

@@ -122,6 +122,8 @@ pub struct Execute {
     pub key: String,
     pub expr: Expr,
     pub timeout: Option<f64>,
+    /// Store the value in the result cache here (`--cache`).
+    pub cache: Option<std::path::PathBuf>,
 }
 
 struct LocalTask {
@@ -130,6 +132,8 @@ struct LocalTask {
     compute: ComputeTask,
     /// Taken when the task starts.
     expr: Option<Expr>,
+    /// Where to store its value in the result cache, if anywhere.
+    cache: Option<std::path::PathBuf>,
     missing: u32,
     running: bool,
 }
@@ -457,6 +461,8 @@ impl WorkerState {
                 return;
             }
         };
+        let (inner, cache) = crate::cache::unwrap_store(expr);
+        expr = inner;
         drop_dataless_deps(&mut ct, &mut expr);
         let mut missing = 0;
         for (i, (dep, holders)) in ct.deps.iter().enumerate() {
@@ -489,6 +495,7 @@ impl WorkerState {
             LocalTask {
                 compute: ct,
                 expr: Some(expr),
+                cache,
                 missing,
                 running: false,
             },
@@ -695,7 +702,7 @@ impl WorkerState {
             };
             task.running = true;
             self.executing += 1;
-            let exec = Execute { id, key: task.compute.key.clone(), expr, timeout: task.compute.timeout };
+            let exec = Execute { id, key: task.compute.key.clone(), expr, timeout: task.compute.timeout, cache: task.cache.take() };
             self.out.push(Instruction::Execute(exec));
         }
         self.ready.extend(waiting_for_resources);
