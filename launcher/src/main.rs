@@ -103,6 +103,9 @@ enum Command {
     Visualize(VisualizeArgs),
     /// List the built-in task functions.
     Functions,
+    /// Look after a result cache directory (--cache DIR): info, clear, prune.
+    #[command(subcommand)]
+    Cache(cmd::cache::CacheCommand),
 }
 
 /// A failure that ends the command with a message and an exit status.
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
         Command::Jobqueue(c) => cmd_jobqueue(c),
         Command::Visualize(a) => cmd_visualize(a),
         Command::Functions => cmd_functions(),
+        Command::Cache(c) => cmd::cache::cmd_cache(c),
     };
     match result {
         Ok(code) => ExitCode::from(code),

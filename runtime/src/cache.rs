@@ -461,3 +461,146 @@ fn dependency_order(dep_idx: &[Vec<Option<usize>>]) -> Vec<usize> {
     }
     order
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Graph;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tf-cache-{tag}-{}", hex(&crate::util::random_bytes(4))));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn tasks(json: &str) -> Vec<TaskDef> {
+        let reg = crate::functions::Registry::with_builtins();
+        Graph::from_json(json, &|f| reg.contains(f)).unwrap().tasks
+    }
+
+    fn keys_of(json: &str) -> HashMap<String, CacheKey> {
+        let cache = Cache::open(&dir("keys")).unwrap();
+        let mut t = tasks(json);
+        let mut known = HashMap::new();
+        let all: Vec<String> = t.iter().map(|d| d.key.clone()).collect();
+        plan(&cache, &mut t, &all, &mut known);
+        let _ = fs::remove_dir_all(cache.dir());
+        known
+    }
+
+    #[test]
+    fn keys_follow_content_not_names_and_a_changed_leaf_changes_only_its_path() {
+        let a = keys_of(r#"{"x": ["inc", 1], "y": ["inc", 2], "s": ["add", "x", "y"], "t": ["inc", "y"]}"#);
+        let renamed = keys_of(r#"{"p": ["inc", 1], "q": ["inc", 2], "r": ["add", "p", "q"], "u": ["inc", "q"]}"#);
+        assert_eq!(a["x"], renamed["p"]);
+        assert_eq!(a["s"], renamed["r"]);
+        let changed = keys_of(r#"{"x": ["inc", 5], "y": ["inc", 2], "s": ["add", "x", "y"], "t": ["inc", "y"]}"#);
+        assert_ne!(a["x"], changed["x"]);
+        assert_ne!(a["s"], changed["s"]);
+        assert_eq!(a["y"], changed["y"]);
+        assert_eq!(a["t"], changed["t"]);
+        // the same call with other arguments, or another function, differs
+        assert_ne!(a["x"], a["y"]);
+        let other = keys_of(r#"{"x": ["identity", 1]}"#);
+        assert_ne!(a["x"], other["x"]);
+    }
+
+    #[test]
+    fn commands_need_cache_true_and_cache_false_spreads_to_dependents() {
+        let k = keys_of(
+            r#"{"c": {"cmd": ["echo", "hi"]}, "d": {"cmd": ["echo", "hi"], "cache": true},
+                "i": {"task": ["inc", 1], "cache": false}, "j": ["inc", "i"], "e": ["concat", "c", "d"], "f": ["concat", "d", "d"]}"#,
+        );
+        assert!(!k.contains_key("c"), "a command is not cached unless marked");
+        assert!(k.contains_key("d"));
+        assert!(!k.contains_key("i") && !k.contains_key("j"), "impure, and what depends on it");
+        assert!(!k.contains_key("e"));
+        assert!(k.contains_key("f"));
+        let env = keys_of(r#"{"d": {"cmd": ["echo", "hi"], "env": {"A": "1"}, "cache": true}}"#);
+        assert_ne!(env["d"], k["d"], "the environment is part of a command's key");
+    }
+
+    #[test]
+    fn a_hit_becomes_a_load_and_what_only_it_needed_is_left_unreached() {
+        let cache = Cache::open(&dir("plan")).unwrap();
+        let g = r#"{"a": ["inc", 1], "b": ["inc", "a"], "c": ["inc", "b"], "o": ["inc", 7]}"#;
+        let wanted = vec!["c".to_string(), "o".to_string()];
+        let mut first = tasks(g);
+        let mut known = HashMap::new();
+        assert_eq!(plan(&cache, &mut first, &wanted, &mut known), Plan { loads: 0, stores: 4, uncacheable: 0 });
+        // as the workers would: every task's value stored
+        for (name, v) in [("a", 2), ("b", 3), ("c", 4)] {
+            store(&cache.path_of(&known[name]), &Data::Json(serde_json::json!(v))).unwrap();
+        }
+        let mut second = tasks(g);
+        assert_eq!(plan(&cache, &mut second, &wanted, &mut HashMap::new()), Plan { loads: 1, stores: 1, uncacheable: 0 });
+        let c = second.iter().find(|t| t.key == "c").unwrap();
+        assert!(c.deps.is_empty());
+        let Expr::Call(f, args) = bincode::deserialize::<Expr>(&c.spec).unwrap() else { panic!("a call") };
+        assert_eq!(f, LOAD);
+        let Expr::Lit(path) = &args[0] else { panic!("a path") };
+        assert_eq!(load(Path::new(&serde_json::from_str::<String>(path).unwrap())).unwrap(), Data::Json(serde_json::json!(4)));
+        // a store note unwraps to the task's own expression
+        let o = second.iter().find(|t| t.key == "o").unwrap();
+        let (inner, at) = unwrap_store(bincode::deserialize(&o.spec).unwrap());
+        assert_eq!(inner, Expr::Call("inc".into(), vec![Expr::Lit("7".into())]));
+        assert_eq!(at, Some(cache.path_of(&known["o"])));
+        let _ = fs::remove_dir_all(cache.dir());
+    }
+
+    #[test]
+    fn truncated_or_corrupt_entries_are_removed_never_returned() {
+        let cache = Cache::open(&dir("broken")).unwrap();
+        let small = [1u8; 32];
+        let big = [2u8; 32];
+        let p = cache.path_of(&small);
+        store(&p, &Data::Json(serde_json::json!("a value"))).unwrap();
+        assert!(cache.present(&small));
+        let len = fs::metadata(&p).unwrap().len();
+        File::options().write(true).open(&p).unwrap().set_len(len - 3).unwrap();
+        assert!(!cache.present(&small), "truncated");
+        assert!(!p.exists(), "and removed");
+        // a large entry: checked by length when planning, by checksum when loaded
+        let q = cache.path_of(&big);
+        store(&q, &Data::Bytes(vec![7u8; 200_000])).unwrap();
+        let mut bytes = fs::read(&q).unwrap();
+        bytes[HEADER + 1000] ^= 1;
+        fs::write(&q, &bytes).unwrap();
+        assert!(cache.present(&big));
+        let e = load(&q).unwrap_err();
+        assert!(e.contains("checksum does not match") && e.contains("removed"), "{e}");
+        assert!(!q.exists());
+        // round trip of every kind of value
+        for d in [Data::Json(serde_json::json!({"a": [1, 2.5, null]})), Data::Bytes(vec![0, 1, 2]), Data::Pickle(vec![9; 10].into())] {
+            store(&p, &d).unwrap();
+            assert_eq!(load(&p).unwrap(), d);
+        }
+        let _ = fs::remove_dir_all(cache.dir());
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused_and_prune_keeps_the_newest() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir("perm");
+        fs::create_dir_all(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        let e = Cache::open(&d).unwrap_err();
+        assert!(e.contains("writable by other users") && e.contains("chmod go-w"), "{e}");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        let cache = Cache::open(&d).unwrap();
+        for i in 0..5u8 {
+            let p = cache.path_of(&[i; 32]);
+            store(&p, &Data::Bytes(vec![i; 1000])).unwrap();
+            let when = SystemTime::now() - Duration::from_secs(3600 * (5 - i as u64));
+            File::options().append(true).open(&p).unwrap().set_modified(when).unwrap();
+        }
+        assert_eq!(cache.info().unwrap().entries, 5);
+        let (n, _) = cache.prune(None, Some(Duration::from_secs(3 * 3600 + 60))).unwrap();
+        assert_eq!(n, 2, "the two used more than 3 h ago");
+        let (n, _) = cache.prune(Some(2 * (HEADER as u64 + 1000)), None).unwrap();
+        assert_eq!(n, 1);
+        assert!(cache.path_of(&[4; 32]).exists() && cache.path_of(&[3; 32]).exists());
+        assert_eq!(cache.clear().unwrap().0, 2);
+        let _ = fs::remove_dir_all(&d);
+    }
+}

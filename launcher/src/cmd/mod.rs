@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub(crate) mod cache;
 pub(crate) mod client;
 pub(crate) mod jobqueue;
 pub(crate) mod mpi;
