@@ -137,9 +137,16 @@ impl Cluster {
 
     /// As `start`, with extra environment variables for the scheduler.
     pub fn start_env(tag: &str, workers: &[(&str, u32)], scheduler_env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with(tag, workers, scheduler_env, &[])
+    }
+
+    /// As `start_env`, with extra arguments for the scheduler.
+    pub fn start_with(tag: &str, workers: &[(&str, u32)], scheduler_env: &[(&str, &str)], scheduler_args: &[&str]) -> Cluster {
         let dir = TempDir::new(tag);
         let file = dir.join("sched.json");
-        let scheduler = Proc::spawn_env(&["scheduler", "--scheduler-file", file.to_str().unwrap(), "--host", "127.0.0.1"], dir.join("scheduler.log"), scheduler_env);
+        let mut args = vec!["scheduler", "--scheduler-file", file.to_str().unwrap(), "--host", "127.0.0.1"];
+        args.extend_from_slice(scheduler_args);
+        let scheduler = Proc::spawn_env(&args, dir.join("scheduler.log"), scheduler_env);
         let mut c = Cluster { dir, file, scheduler, workers: Vec::new() };
         for (name, threads) in workers {
             c.add_worker(name, *threads);
