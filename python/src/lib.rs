@@ -10,6 +10,7 @@ use pyo3::types::{PyByteArray, PyBytes};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use taskfarm::cache::Cache;
 use taskfarm::graph::{Expr, PyCall};
 use taskfarm::local::LocalCluster;
 use taskfarm::protocol::{Annotations, TaskDef};
@@ -35,11 +36,22 @@ struct Cluster {
 #[pymethods]
 impl Cluster {
     #[new]
-    #[pyo3(signature = (n_workers, threads_per_worker, local_directory, python, preload))]
-    fn new(py: Python<'_>, n_workers: u32, threads_per_worker: u32, local_directory: PathBuf, python: PathBuf, preload: Vec<String>) -> PyResult<Cluster> {
+    #[pyo3(signature = (n_workers, threads_per_worker, local_directory, python, preload, cache=None))]
+    fn new(
+        py: Python<'_>,
+        n_workers: u32,
+        threads_per_worker: u32,
+        local_directory: PathBuf,
+        python: PathBuf,
+        preload: Vec<String>,
+        cache: Option<PathBuf>,
+    ) -> PyResult<Cluster> {
         let settings = Arc::new(PythonSettings::new(Some(python), preload));
         let registry = taskfarm::Registry::with_builtins();
-        let c = py.detach(|| LocalCluster::start_with(n_workers, threads_per_worker, local_directory, registry, settings)).map_err(os_error)?;
+        let cache = cache.map(|d| Cache::open(&d).map_err(PyValueError::new_err)).transpose()?;
+        let c = py
+            .detach(|| LocalCluster::start_observed(n_workers, threads_per_worker, local_directory, registry, settings, None, cache))
+            .map_err(os_error)?;
         Ok(Cluster { inner: Some(c) })
     }
 
@@ -272,8 +284,78 @@ fn error_parts(error: &str) -> (String, Option<String>) {
     }
 }
 
+fn open_cache(dir: PathBuf) -> PyResult<Cache> {
+    Cache::open(&dir).map_err(PyValueError::new_err)
+}
+
+fn cache_key(key: &str) -> PyResult<taskfarm::cache::CacheKey> {
+    taskfarm::cache::parse_key(key).ok_or_else(|| PyValueError::new_err(format!("not a cache key: {key:?}")))
+}
+
+/// The cache key (hex) of a Python call without dependencies.
+#[pyfunction]
+fn cache_call_key(func_hash: &[u8], args: &[u8]) -> String {
+    taskfarm::cache::key_hex(&taskfarm::cache::python_call_key(func_hash, args))
+}
+
+/// A cached value as (tag, bytes), or None (absent, or broken and removed).
+#[pyfunction]
+fn cache_get<'py>(py: Python<'py>, dir: PathBuf, key: &str) -> PyResult<Option<(u8, Bound<'py, PyAny>)>> {
+    let (cache, k) = (open_cache(dir)?, cache_key(key)?);
+    let Some(data) = py.detach(|| cache.get(&k)) else { return Ok(None) };
+    let (tag, body) = data.to_wire();
+    // a bytearray for pickles: arrays that are views of it are writable
+    Ok(Some((tag, if tag == taskfarm::Data::TAG_PICKLE { PyByteArray::new(py, &body).into_any() } else { PyBytes::new(py, &body).into_any() })))
+}
+
+/// Store a value given as (tag, bytes).
+#[pyfunction]
+fn cache_put(py: Python<'_>, dir: PathBuf, key: &str, tag: u8, body: Vec<u8>) -> PyResult<()> {
+    let (cache, k) = (open_cache(dir)?, cache_key(key)?);
+    let data = match taskfarm::Data::from_parts(tag, &body).map_err(|e| PyValueError::new_err(e.to_string()))? {
+        Some(d) => d,
+        None => taskfarm::Data::opaque(tag, body),
+    };
+    py.detach(|| cache.put(&k, &data)).map_err(os_error)
+}
+
+/// Whether a sound entry of `key` is there.
+#[pyfunction]
+fn cache_contains(py: Python<'_>, dir: PathBuf, key: &str) -> PyResult<bool> {
+    let (cache, k) = (open_cache(dir)?, cache_key(key)?);
+    Ok(py.detach(|| cache.present(&k)))
+}
+
+/// (entries, bytes) of the cache.
+#[pyfunction]
+fn cache_info(py: Python<'_>, dir: PathBuf) -> PyResult<(u64, u64)> {
+    let cache = open_cache(dir)?;
+    let i = py.detach(|| cache.info()).map_err(os_error)?;
+    Ok((i.entries, i.bytes))
+}
+
+/// Remove entries not used for `older_than` seconds, then the least
+/// recently used down to `max_bytes` (and to `max_items`); (entries, bytes) removed.
+#[pyfunction]
+#[pyo3(signature = (dir, max_bytes=None, older_than=None))]
+fn cache_prune(py: Python<'_>, dir: PathBuf, max_bytes: Option<u64>, older_than: Option<f64>) -> PyResult<(u64, u64)> {
+    let cache = open_cache(dir)?;
+    let age = older_than.map(duration).transpose()?;
+    py.detach(|| cache.prune(max_bytes, age)).map_err(os_error)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    for f in [
+        wrap_pyfunction!(cache_call_key, m)?,
+        wrap_pyfunction!(cache_get, m)?,
+        wrap_pyfunction!(cache_put, m)?,
+        wrap_pyfunction!(cache_contains, m)?,
+        wrap_pyfunction!(cache_info, m)?,
+        wrap_pyfunction!(cache_prune, m)?,
+    ] {
+        m.add_function(f)?;
+    }
     m.add_class::<Cluster>()?;
     m.add_class::<Session>()?;
     m.add_function(wrap_pyfunction!(error_parts, m)?)?;

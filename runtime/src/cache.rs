@@ -110,6 +110,21 @@ impl Cache {
         self.root.join("v1").join(&h[..2]).join(h)
     }
 
+    /// The value of `k`, if a sound entry is there (a broken one is
+    /// removed and counts as absent).
+    pub fn get(&self, k: &CacheKey) -> Option<Data> {
+        let path = self.path_of(k);
+        if !path.exists() {
+            return None;
+        }
+        load(&path).ok()
+    }
+
+    /// Store the value of `k`.
+    pub fn put(&self, k: &CacheKey, d: &Data) -> io::Result<()> {
+        store(&self.path_of(k), d)
+    }
+
     /// Whether a sound entry of `k` is there (see [`VERIFY_AT_PLAN`]); a
     /// broken one is removed.
     pub fn present(&self, k: &CacheKey) -> bool {
@@ -302,6 +317,35 @@ fn key_of(def: &TaskDef, expr: &Expr, deps: &[Option<CacheKey>]) -> Option<Cache
         None if cmd => return None,
         _ => {}
     }
+    hash_expr(expr, deps)
+}
+
+/// The key of a Python call without dependencies: `func_hash` and the
+/// pickled `(args, kwargs)`, as a cluster task of the same call has
+/// (Python's `Memory` uses it, so its entries and a cluster's are shared).
+pub fn python_call_key(func_hash: &[u8], args: &[u8]) -> CacheKey {
+    let call = crate::graph::PyCall { func_hash: func_hash.to_vec(), func: Vec::new(), args: args.to_vec(), python: String::new() };
+    hash_expr(&Expr::Py(Box::new(call)), &[]).expect("no dependencies")
+}
+
+/// Parse a key written as 64 hex digits.
+pub fn parse_key(text: &str) -> Option<CacheKey> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(k)
+}
+
+/// The hex form of a key.
+pub fn key_hex(k: &CacheKey) -> String {
+    hex(k)
+}
+
+fn hash_expr(expr: &Expr, deps: &[Option<CacheKey>]) -> Option<CacheKey> {
     let mut h = Sha256::new();
     h.update(b"taskfarm-cache-v1\0");
     h.update(env!("CARGO_PKG_VERSION").as_bytes());

@@ -56,6 +56,16 @@ impl Data {
         }
     }
 
+    /// Tag byte and body as on the wire (JSON encoded, the rest as it is).
+    pub fn to_wire(&self) -> (u8, std::borrow::Cow<'_, [u8]>) {
+        use std::borrow::Cow;
+        match self {
+            Data::Json(j) => (Data::TAG_JSON, Cow::Owned(serde_json::to_vec(j).expect("JSON values serialise"))),
+            Data::Bytes(b) => (Data::TAG_BYTES, Cow::Borrowed(b)),
+            Data::Pickle(b) => (Data::TAG_PICKLE, Cow::Borrowed(b)),
+        }
+    }
+
     /// Approximate memory size in bytes, used for placement and reporting.
     pub fn nbytes(&self) -> u64 {
         match self {

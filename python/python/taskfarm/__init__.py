@@ -10,7 +10,8 @@
 """
 
 from ._client import CancelledError, Client, Future, TaskError, as_completed, default_client, futures_of, wait
+from ._memory import Memory, MemorizedFunc
 from ._native import VERSION as __version__
 from ._progress import progress
 
-__all__ = ["Client", "Future", "as_completed", "wait", "futures_of", "progress", "default_client", "TaskError", "CancelledError", "__version__"]
+__all__ = ["Client", "Future", "Memory", "MemorizedFunc", "as_completed", "wait", "futures_of", "progress", "default_client", "TaskError", "CancelledError", "__version__"]

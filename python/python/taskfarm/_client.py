@@ -172,6 +172,11 @@ class Client:
     for its batch command, and so after :func:`taskfarm.mpi.initialize`)
     counts as ``scheduler_file=``, as ``distributed.Client()`` joins the
     scheduler that dask-mpi set up.
+
+    ``cache=DIR`` gives the local cluster a result cache (``--cache``,
+    docs/campaigns.md): tasks whose values are there are loaded instead of
+    run. A cluster started elsewhere has the cache its scheduler was
+    started with; passing ``cache=`` to it is an error.
     """
 
     def __init__(
@@ -187,6 +192,7 @@ class Client:
         preload: Sequence[str] = (),
         timeout: float = 30.0,
         set_as_default: bool = True,
+        cache: str | os.PathLike | None = None,
     ):
         self._cluster = None
         self._closed = False
@@ -203,8 +209,11 @@ class Client:
 
             threads = threads_per_worker or _local_threads()
             directory = local_directory or tempfile.gettempdir()
-            self._cluster = _native.Cluster(n_workers, threads, os.fspath(directory), os.fspath(python or sys.executable), list(preload))
+            self._cluster = _native.Cluster(n_workers, threads, os.fspath(directory), os.fspath(python or sys.executable), list(preload),
+                                            None if cache is None else os.fspath(cache))
             self._session = _native.Session.connect(self._cluster.address, bytes(self._cluster.secret))
+        elif cache is not None:
+            raise ValueError("cache= is for the local cluster Client() starts; a scheduler started elsewhere takes --cache DIR itself")
         elif scheduler_file is not None:
             self._session = _native.Session.from_scheduler_file(os.fspath(scheduler_file), float(timeout))
         else:

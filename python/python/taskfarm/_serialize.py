@@ -33,10 +33,30 @@ class _HasFuture(Exception):
     """Raised while pickling when the arguments hold a future."""
 
 
+def _code_of(fn: Any) -> bytes:
+    """The bytecode (and constants, names, nested code) of a function, also
+    of one cloudpickle sends by reference (from an importable module): a
+    changed function then has another hash, so result caches and pure keys
+    do not mix its old and new results."""
+    import marshal
+
+    fn = getattr(fn, "func", fn)  # functools.partial
+    code = getattr(fn, "__code__", None) or getattr(getattr(fn, "__call__", None), "__code__", None)
+    if code is None:
+        return b""
+    try:
+        return marshal.dumps(code.replace(co_filename="", co_firstlineno=1))
+    except (ValueError, TypeError):
+        return b""
+
+
 def function_payload(fn: Callable) -> tuple[bytes, bytes]:
-    """(content hash, cloudpickle bytes) of a callable."""
+    """(content hash, cloudpickle bytes) of a callable. The hash covers the
+    pickle and the function's code."""
     data = cloudpickle.dumps(fn, protocol=5)
-    return hashlib.blake2b(data, digest_size=16).digest(), data
+    h = hashlib.blake2b(data, digest_size=16)
+    h.update(_code_of(fn))
+    return h.digest(), data
 
 
 class _DepPickler(cloudpickle.CloudPickler):
