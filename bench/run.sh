@@ -44,6 +44,7 @@ bounded() {
     section "spill";             COUNT=8 SIZE=10000000 REPS=1 bounded "$here/spill.sh"
     section "encryption";        N=1000 REPS=1 SIZE=16777216 TRANSFER_REPS=2 bounded "$here/encryption.sh"
     section "dashboard";         N=1000 REPS=1 bounded "$here/dashboard.sh"
+    section "result cache";      SMOKE=1 bounded "$here/cache.sh"
     section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler -- --quick
   else
     section "no-op tasks";       bounded "$here/noop.sh" --with-dask
@@ -55,6 +56,7 @@ bounded() {
     section "spill";             bounded "$here/spill.sh"
     section "encryption";        bounded "$here/encryption.sh"
     section "dashboard";         bounded "$here/dashboard.sh"
+    section "result cache";      bounded "$here/cache.sh"
     section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler
   fi
 } 2>&1 | tee "$out"
