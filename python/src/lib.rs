@@ -127,6 +127,11 @@ impl Session {
 
 #[pymethods]
 impl Session {
+    /// Give up on a scheduler silent for this many seconds.
+    fn set_scheduler_timeout(&self, seconds: f64) -> PyResult<()> {
+        self.get()?.set_scheduler_timeout(duration(seconds)?).map_err(os_error)
+    }
+
     /// Connect to tcp://HOST:PORT with the secret.
     #[staticmethod]
     fn connect(py: Python<'_>, address: String, secret: Vec<u8>) -> PyResult<Session> {

@@ -467,3 +467,22 @@ def test_closing_one_local_cluster_leaves_another_clusters_running_tasks_alone(t
     finally:
         first.close()
         second.close()
+
+
+def test_a_frozen_scheduler_is_given_up_on_instead_of_waited_for_forever(cluster):
+    import signal
+    import time
+
+    c = taskfarm.Client(scheduler_file=cluster.file, timeout=60, scheduler_timeout=3, set_as_default=False)
+    try:
+        c.wait_for_workers(2, timeout=60)
+        assert c.submit(lambda: 5).result(timeout=60) == 5
+        cluster.scheduler.send_signal(signal.SIGSTOP)
+        try:
+            pending = c.submit(time.sleep, 600, pure=False)
+            with pytest.raises(Exception, match="said nothing for longer than the scheduler timeout"):
+                pending.result(timeout=120)
+        finally:
+            cluster.scheduler.send_signal(signal.SIGCONT)
+    finally:
+        c.close()

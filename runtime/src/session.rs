@@ -108,10 +108,19 @@ impl Session {
             Some((msgs, _)) if matches!(msgs.first(), Some(ToClient::Welcome { .. })) => {}
             _ => return Err(format!("the scheduler at {address} did not welcome this client")),
         }
+        // The scheduler pings every 5 s: silence this long means it is
+        // frozen or cut off, and the reader gives up (see `read_loop`).
+        stream.set_read_timeout(Some(crate::protocol::SCHEDULER_TIMEOUT)).map_err(lost)?;
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), cv: Condvar::new() });
         let s2 = shared.clone();
         let reader = std::thread::Builder::new().name("tf-session".into()).spawn(move || read_loop(reader, &s2)).map_err(|e| e.to_string())?;
         Ok(Session { shared, writer: Mutex::new(writer), requests: Mutex::new(()), stream, secret: secret.to_vec(), address: address.to_string(), reader: Some(reader) })
+    }
+
+    /// Give up on the scheduler (failing every pending key) after this long
+    /// without a word from it (default 60 s; it pings every 5 s).
+    pub fn set_scheduler_timeout(&self, d: Duration) -> Result<(), String> {
+        self.stream.set_read_timeout(Some(d.max(Duration::from_millis(100)))).map_err(|e| e.to_string())
     }
 
     fn send(&self, msgs: &[ToScheduler]) -> Result<(), String> {
@@ -386,6 +395,9 @@ fn read_loop(mut reader: FrameReader<crate::seal::LinkReader>, shared: &Shared) 
                 shared.cv.notify_all();
             }
             Ok(None) => break "the scheduler closed the connection".to_string(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                break "the scheduler has said nothing for longer than the scheduler timeout (it pings every 5 s): it is frozen (stopped, swapping) or cut off; giving up on it".to_string()
+            }
             Err(e) => break format!("lost the scheduler: {e}"),
         }
     };

@@ -173,6 +173,10 @@ class Client:
     counts as ``scheduler_file=``, as ``distributed.Client()`` joins the
     scheduler that dask-mpi set up.
 
+    ``scheduler_timeout`` (seconds, default 60): a scheduler that says
+    nothing for this long (it pings every 5 s) is given up on, and every
+    pending future fails saying so, instead of waiting forever.
+
     ``cache=DIR`` gives the local cluster a result cache (``--cache``,
     docs/campaigns.md): tasks whose values are there are loaded instead of
     run. A cluster started elsewhere has the cache its scheduler was
@@ -193,6 +197,7 @@ class Client:
         timeout: float = 30.0,
         set_as_default: bool = True,
         cache: str | os.PathLike | None = None,
+        scheduler_timeout: float | None = None,
     ):
         self._cluster = None
         self._closed = False
@@ -224,6 +229,8 @@ class Client:
             if isinstance(secret, str):
                 secret = bytes.fromhex(secret)
             self._session = _native.Session.connect(str(address), bytes(secret))
+        if scheduler_timeout is not None:
+            self._session.set_scheduler_timeout(float(scheduler_timeout))
         self._events = threading.Thread(target=self._event_loop, name="taskfarm-client-events", daemon=True)
         self._events.start()
         _clients.add(self)
