@@ -383,6 +383,72 @@ fn site_rejections_and_bad_options_are_clear() {
     assert!(stderr(&o).contains("HTCondor has no queues"), "{}", stderr(&o));
 }
 
+/// A campaign of about 2.5 allocations of work, run as a chain of SLURM
+/// jobs of 1 minute (SLURM's shortest walltime) with
+/// jobscripts/slurm-campaign.sh: each job runs the same graph against one
+/// result cache. The chain finishes with the right result, and the tasks
+/// executed are the graph's plus at most those running when each job was
+/// stopped (every task logs its runs).
+#[test]
+#[ignore = "needs the SLURM cluster and Grid Engine cell that tests/run-all.sh starts"]
+fn slurm_campaign_of_one_minute_jobs_finishes_through_the_cache() {
+    require("slurm");
+    let dir = TempDir::new("jq-campaign");
+    let runs = dir.join("runs.log");
+    let n = 300;
+    let mut g = serde_json::Map::new();
+    let mut parts = vec![serde_json::json!("concat")];
+    for i in 0..n {
+        let script = format!("echo {i} >> {}; sleep 1; echo {i}", runs.display());
+        g.insert(format!("t{i}"), serde_json::json!({"cmd": ["sh", "-c", script], "cache": true}));
+        parts.push(serde_json::json!(format!("t{i}")));
+    }
+    g.insert("total".into(), serde_json::json!(parts));
+    dir.write("graph.json", &serde_json::Value::Object(g).to_string());
+    let want: String = (0..n).map(|i| format!("{i}\n")).collect();
+    let export = format!(
+        "ALL,PATH={},TASKFARM_CACHE={},TASKFARM_SCHEDULER_FILE={},IFACE=lo,TASKFARM_MPI_OPTIONS=--nthreads 2",
+        path_with_taskfarm(),
+        dir.join("cache").display(),
+        dir.join("sched.json").display()
+    );
+    let mut ids: Vec<String> = Vec::new();
+    for _ in 0..5 {
+        let mut args = vec!["--parsable".to_string(), "--time=1".into(), "--nodes=3".into(), "--ntasks=3".into(), "--ntasks-per-node=1".into()];
+        args.extend(["--chdir".into(), dir.path().to_str().unwrap().to_string(), "--export".into(), export.clone()]);
+        if let Some(prev) = ids.last() {
+            args.push(format!("--dependency=afterany:{prev}"));
+        }
+        args.extend([repo_file("jobscripts/slurm-campaign.sh"), "graph.json".into()]);
+        let o = Command::new("sbatch").args(&args).output().unwrap();
+        assert!(o.status.success(), "sbatch: {}", stderr(&o));
+        ids.push(stdout(&o).trim().split(';').next().unwrap().to_string());
+    }
+    struct Cancel(Vec<String>);
+    impl Drop for Cancel {
+        fn drop(&mut self) {
+            let _ = Command::new("scancel").args(&self.0).output();
+        }
+    }
+    let _cancel = Cancel(ids.clone());
+    let results = dir.join("results.json");
+    wait_for("the campaign's results", Duration::from_secs(600), || results.exists());
+    let outputs: String = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".out"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let got: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(got["total"], want.as_str(), "{outputs}");
+    let finisher = ids.iter().position(|id| outputs.contains(&format!("campaign finished in job {id}"))).expect("a job finished it");
+    assert!(finisher >= 1, "the work needs more than one 1-minute job: finished by the first");
+    let executed = std::fs::read_to_string(&runs).unwrap().lines().count();
+    // every task ran; beyond that only what 2 threads were running when
+    // each of the `finisher` earlier jobs was stopped
+    assert!(executed >= n && executed <= n + 2 * finisher, "{executed} executions of {n} tasks over {} jobs", finisher + 1);
+}
+
 /// `taskfarm mpi` under srun across 3 virtual nodes: ranks from SLURM's
 /// environment (no mpirun), rank 1 runs the client.
 #[test]
