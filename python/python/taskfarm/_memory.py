@@ -37,7 +37,9 @@ _PLAIN = (str, bool, float, type(None))
 
 def _is_plain(v: Any, budget: list[int]) -> bool:
     """Exactly JSON (and back), as the executors decide: such values are
-    stored as JSON so built-in and command tasks can use them too."""
+    stored as JSON so built-in and command tasks can use them too. (The
+    same rule as ``is_plain`` in the worker's executor.py, which runs
+    without this package and so keeps its own copy.)"""
     stack = [v]
     while stack:
         budget[0] -= 1
