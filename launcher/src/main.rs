@@ -165,7 +165,8 @@ pub(crate) fn log_filter(spec: &str) -> Result<tracing_subscriber::filter::Targe
 }
 
 fn cmd_functions() -> Result<u8, Fail> {
-    for (name, help) in Registry::with_builtins().describe() {
+    // `__` names are the runtime's own (the result cache's loads)
+    for (name, help) in Registry::with_builtins().describe().into_iter().filter(|(n, _)| !n.starts_with("__")) {
         outln!("{name:10} {help}");
     }
     Ok(0)
