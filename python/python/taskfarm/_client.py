@@ -5,11 +5,11 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import itertools
 import os
 import queue
 import sys
 import threading
-import uuid
 import weakref
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -46,7 +46,9 @@ class _Key:
         self.refs = 0
         self.status = _PENDING
         self.error: str | None = None
-        self.event = threading.Event()
+        # made only when someone waits on this key alone (most never are:
+        # 10,000 Events cost more than the tasks of a map of no-ops)
+        self.event: threading.Event | None = None
         self.callbacks: list[Callable[["Future"], Any]] = []
 
 
@@ -102,7 +104,7 @@ class Future:
         return None if e is None else getattr(e, "__taskfarm_traceback__", None)
 
     def _wait(self, timeout: float | None) -> None:
-        if not self._info.event.wait(timeout):
+        if not self.client._wait_key(self._info, timeout):
             raise TimeoutError(f"future {self.key} did not finish within {timeout} s")
 
     def add_done_callback(self, fn: Callable[["Future"], Any]) -> None:
@@ -207,6 +209,8 @@ class Client:
         # keys of futures dropped (garbage-collected or released), not yet counted
         self._dropped: "collections.deque[str]" = collections.deque()
         self._functions: "collections.OrderedDict[int, tuple[Any, bytes, bytes]]" = collections.OrderedDict()
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
         if address is None and scheduler_file is None:
             scheduler_file = os.environ.get("TASKFARM_SCHEDULER_FILE") or None
         if address is None and scheduler_file is None:
@@ -337,11 +341,32 @@ class Client:
                     self._settle(key, info, _FINISHED if kind == "finished" else _ERROR, text or None)
 
     def _settle(self, key: str, info: _Key, status: str, error: str | None) -> None:
-        info.status, info.error = status, error
-        info.event.set()
-        callbacks, info.callbacks = info.callbacks, []
+        # under the lock: a waiter or a callback added meanwhile is not missed
+        with self._lock:
+            info.status, info.error = status, error
+            event = info.event
+            callbacks, info.callbacks = info.callbacks, []
+        if event is not None:
+            event.set()
         for cb in callbacks:
             self._call_back(cb, key)
+
+    def _wait_key(self, info: _Key, timeout: float | None) -> bool:
+        """Wait until the key is settled; False if ``timeout`` ran out."""
+        if info.status != _PENDING:
+            return True
+        with self._lock:
+            if info.status != _PENDING:
+                return True
+            if info.event is None:
+                info.event = threading.Event()
+            event = info.event
+        return event.wait(timeout)
+
+    def _unique(self, name: str) -> str:
+        """A key of its own for an impure call (as uuid4, but cheaper): this
+        client's random prefix and a counter."""
+        return f"{name}-{self._prefix}{next(self._counter):x}"
 
     def _call_back(self, cb: Callable[[Future], Any], key: str) -> None:
         try:
@@ -376,7 +401,7 @@ class Client:
             if pure:
                 key = f"{name}-{ser.token(fh, payload, chr(0).join(deps).encode())}"
             else:
-                key = f"{name}-{uuid.uuid4().hex}"
+                key = self._unique(name)
         res = sorted((str(k), float(v)) for k, v in (resources or {}).items())
         if workers is None:
             ws = []
@@ -468,7 +493,7 @@ class Client:
         tasks, keys, futures = [], [], []
         for x in items:
             payload = ser.value_payload(x)
-            k = f"{type(x).__name__}-{ser.token(payload) if hash else uuid.uuid4().hex}"
+            k = f"{type(x).__name__}-{ser.token(payload)}" if hash else self._unique(type(x).__name__)
             tasks.append((k, [], "value", b"", b"", payload, "", (0, 0, [], [], None, 0, None)))
             keys.append(k)
             futures.append(Future(k, self))
@@ -741,7 +766,7 @@ def wait(fs: Any, timeout: float | None = None, return_when: str = "ALL_COMPLETE
     if return_when == "ALL_COMPLETED":
         for f in fs:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not f._info.event.wait(left):
+            if not f.client._wait_key(f._info, left):
                 raise TimeoutError(f"not every future finished within {timeout} s")
     elif fs and not any(f.done() for f in fs):
         first = threading.Event()
