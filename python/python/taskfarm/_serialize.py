@@ -167,6 +167,11 @@ def decode(tag: int, body: Any) -> Any:
     """A value from its tag and bytes (a bytearray for pickles: arrays
     that are views of it are writable)."""
     if tag == TAG_JSON:
+        # the common small results without the JSON decoder's overhead
+        if type(body) is bytes and 0 < len(body) < 19 and (body.isdigit() or (body[:1] == b"-" and body[1:].isdigit())):
+            return int(body)
+        if body == b"null":
+            return None
         return json.loads(body)
     if tag == TAG_BYTES:
         return bytes(body)
