@@ -387,8 +387,8 @@ fn site_rejections_and_bad_options_are_clear() {
 /// jobs of 1 minute (SLURM's shortest walltime) with
 /// jobscripts/slurm-campaign.sh: each job runs the same graph against one
 /// result cache. The chain finishes with the right result, and the tasks
-/// executed are the graph's plus at most those running when each job was
-/// stopped (every task logs its runs).
+/// executed are the graph's plus at most two per thread and stopped job
+/// (every task logs its runs).
 #[test]
 #[ignore = "needs the SLURM cluster and Grid Engine cell that tests/run-all.sh starts"]
 fn slurm_campaign_of_one_minute_jobs_finishes_through_the_cache() {
@@ -444,9 +444,12 @@ fn slurm_campaign_of_one_minute_jobs_finishes_through_the_cache() {
     let finisher = ids.iter().position(|id| outputs.contains(&format!("campaign finished in job {id}"))).expect("a job finished it");
     assert!(finisher >= 1, "the work needs more than one 1-minute job: finished by the first");
     let executed = std::fs::read_to_string(&runs).unwrap().lines().count();
-    // every task ran; beyond that only what 2 threads were running when
-    // each of the `finisher` earlier jobs was stopped
-    assert!(executed >= n && executed <= n + 2 * finisher, "{executed} executions of {n} tasks over {} jobs", finisher + 1);
+    // Every task ran; beyond that, per stopped job and thread, the task it
+    // was running when SLURM signalled the job (the signal kills that
+    // command too) and at most one more: a worker retiring on SIGTERM still
+    // starts its next queued task while its scheduler shuts down
+    // (docs/campaigns.md says so). 2 threads.
+    assert!(executed >= n && executed <= n + 2 * 2 * finisher, "{executed} executions of {n} tasks over {} jobs", finisher + 1);
 }
 
 /// `taskfarm mpi` under srun across 3 virtual nodes: ranks from SLURM's

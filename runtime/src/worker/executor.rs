@@ -60,6 +60,10 @@ struct StartAcks {
     acked: Vec<AtomicU64>,
     lock: Mutex<()>,
     cv: Condvar,
+    /// The worker is gone (its pool dropped): start nothing more. Without
+    /// it a thread waiting for an acknowledgement that will never come ran
+    /// one more queued command after the worker lost its scheduler.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The thread pool.
@@ -212,6 +216,14 @@ impl Cancels {
     }
 }
 
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.acks.closed.store(true, Ordering::Release);
+        let _guard = self.acks.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.acks.cv.notify_all();
+    }
+}
+
 impl Pool {
     /// Start `nthreads` executors evaluating with `registry` in `dir`,
     /// Python calls with interpreters started as `python` says; `report`
@@ -230,6 +242,7 @@ impl Pool {
             acked: (0..n).map(|_| AtomicU64::new(0)).collect(),
             lock: Mutex::new(()),
             cv: Condvar::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         for i in 0..n {
             let (rx, report, reg, dir, acks) = (
@@ -249,6 +262,7 @@ impl Pool {
     }
 
     /// Queue a job; false if the executors are gone.
+    /// (Dropping the pool stops the executors from starting queued jobs.)
     pub fn submit(&self, job: Job) -> bool {
         self.jobs.send(job).is_ok()
     }
@@ -342,8 +356,11 @@ fn executor(
         if wait {
             let guard = acks.lock.lock().expect("ack lock");
             let _ = acks.cv.wait_timeout_while(guard, START_ACK_WAIT, |_| {
-                acks.acked[index].load(Ordering::Acquire) < ticket
+                acks.acked[index].load(Ordering::Acquire) < ticket && !acks.closed.load(Ordering::Acquire)
             });
+        }
+        if acks.closed.load(Ordering::Acquire) {
+            return;
         }
         let start = Instant::now();
         let result = run_job(&job, &reg, &dir, start, &mut python, &cancels);
