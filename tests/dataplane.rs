@@ -445,3 +445,40 @@ fn a_full_spill_disk_fails_the_work_it_blocks_with_a_clear_error() {
     assert!(e.contains("worker 'full'") && e.contains("cannot spill to disk") && e.contains("No space left on device"), "{e}\n{}", worker.log_text());
     assert!(worker.log_text().contains("No space left on device"), "{}", worker.log_text());
 }
+
+/// A worker retiring on SIGTERM finishes the task it runs and gives back
+/// the ones waiting for it, which another worker runs: it does not start
+/// new work on its way out (at a walltime that work would be lost).
+#[test]
+fn a_retiring_worker_gives_back_its_waiting_tasks() {
+    let mut c = Cluster::start("retire-handback", &[("w0", 1)]);
+    let starts = c.dir.join("starts.log");
+    let mut g = serde_json::Map::new();
+    let mut parts = vec![serde_json::json!("concat")];
+    for i in 0..8 {
+        // each command says where it ran: the worker's scratch directory
+        let script = format!("echo \"$(pwd)\" >> '{}'; sleep 0.3; echo {i}", starts.display());
+        g.insert(format!("t{i}"), serde_json::json!({"cmd": ["sh", "-c", script]}));
+        parts.push(serde_json::json!(format!("t{i}")));
+    }
+    g.insert("total".into(), serde_json::json!(parts));
+    let graph = c.dir.write("g.json", &json_graph(g));
+    let file = c.file.clone();
+    let submit = std::thread::spawn(move || taskfarm(&["submit", graph.to_str().unwrap(), "--scheduler-file", file.to_str().unwrap(), "--keys", "total"]));
+    let lines = || std::fs::read_to_string(&starts).unwrap_or_default().lines().map(str::to_string).collect::<Vec<_>>();
+    wait_for("w0 to start its first task", Duration::from_secs(30), || !lines().is_empty());
+    assert!(Command::new("kill").args(["-TERM", &c.workers[0].child.id().to_string()]).status().unwrap().success());
+    assert_eq!(c.workers[0].wait_exit(Duration::from_secs(60)), Some(0), "{}", c.workers[0].log_text());
+    let by_w0 = lines().len();
+    assert_eq!(by_w0, 1, "w0 ran only the task it was running when told to leave: {:?}", lines());
+    c.add_worker("w1", 1);
+    let o = submit.join().unwrap();
+    let want: String = (0..8).map(|i| format!("{i}\\n")).collect();
+    assert_eq!(stdout(&o), format!("{{\"total\": \"{want}\"}}\n"), "{}", stderr(&o));
+    // w1 ran the 7 given back, and the one w0 finished: no worker could
+    // take its value when w0 left, so it is recomputed (as the log says)
+    let all = lines();
+    assert_eq!(all.len(), 9, "{all:?}");
+    assert!(all[1..].iter().all(|d| d.contains("w1")), "w1 ran the rest: {all:?}");
+    assert!(c.scheduler.log_text().contains("no other worker can take"), "{}", c.scheduler.log_text());
+}
