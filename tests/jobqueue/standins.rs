@@ -179,7 +179,7 @@ fn one_minute_walltime_graph_outlives_its_jobs_without_losing_or_rerunning(syste
     assert_eq!(stdout(&out).trim(), format!("{{\"total\": {want}}}"));
     let jobs = recorded(&file);
     assert!(jobs.len() >= 2, "a replacement job was submitted ahead of the walltime: {jobs:?}");
-    assert_eq!(stat(&file, "tasks_finished"), (2 * n + 1) as u64);
+    assert_eq!(stat(&file, "tasks_finished"), (2 * n + 1) as u64, "{}", sched.log_text());
     assert_eq!(stat(&file, "tasks_recomputed"), 0);
     assert!(stat(&file, "workers_retired") >= 1);
     assert_eq!(stat(&file, "workers_lost"), 0, "every worker left before its job's limit");

@@ -31,12 +31,6 @@ impl SchedulerState {
             out.push(w.info.name.clone());
             let unique = w.has_what.iter().filter(|t| self.tasks[**t as usize].who_has.len() == 1).count();
             self.logs.push(format!("worker '{}' retiring: no new tasks; {unique} values only it holds will be copied to other workers", w.info.name));
-            // What it has not started runs elsewhere (it answers `Stolen`,
-            // keeping what runs).
-            let waiting: Vec<TaskId> = w.processing.iter().copied().filter(|t| !self.stealing.contains_key(t)).collect();
-            if !waiting.is_empty() {
-                self.to_worker.push((id, ToWorker::Steal { ids: waiting }));
-            }
         }
         self.progress_retirements();
         out
