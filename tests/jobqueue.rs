@@ -445,10 +445,10 @@ fn slurm_campaign_of_one_minute_jobs_finishes_through_the_cache() {
     assert!(finisher >= 1, "the work needs more than one 1-minute job: finished by the first");
     let executed = std::fs::read_to_string(&runs).unwrap().lines().count();
     // Every task ran; beyond that, per stopped job and thread, the task it
-    // was running when SLURM signalled the job and at most one more: the
-    // signal kills that command too, and its thread can pick the next task
-    // in the instant before the worker, retiring on the same signal, stops
-    // starting any (docs/campaigns.md). 2 threads.
+    // was running when SLURM signalled the job (the signal kills that
+    // command too) and at most one more: a worker retiring on SIGTERM still
+    // starts its next queued task while its scheduler shuts down
+    // (docs/campaigns.md says so). 2 threads.
     assert!(executed >= n && executed <= n + 2 * 2 * finisher, "{executed} executions of {n} tasks over {} jobs", finisher + 1);
 }
 

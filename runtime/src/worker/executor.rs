@@ -44,8 +44,6 @@ pub enum Report {
         /// The executor thread that ran it.
         exec: usize,
     },
-    /// Task `id` was not started: the pool is draining (the worker retires).
-    Returned { id: TaskId },
 }
 
 /// Before running a command, an executor waits (up to this long) until the
@@ -66,8 +64,6 @@ struct StartAcks {
     /// it a thread waiting for an acknowledgement that will never come ran
     /// one more queued command after the worker lost its scheduler.
     closed: std::sync::atomic::AtomicBool,
-    /// The worker retires: queued jobs are given back, not started.
-    draining: std::sync::atomic::AtomicBool,
 }
 
 /// The thread pool.
@@ -247,7 +243,6 @@ impl Pool {
             lock: Mutex::new(()),
             cv: Condvar::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
-            draining: std::sync::atomic::AtomicBool::new(false),
         });
         for i in 0..n {
             let (rx, report, reg, dir, acks) = (
@@ -270,11 +265,6 @@ impl Pool {
     /// (Dropping the pool stops the executors from starting queued jobs.)
     pub fn submit(&self, job: Job) -> bool {
         self.jobs.send(job).is_ok()
-    }
-
-    /// Start nothing more: every queued job is given back (`Report::Returned`).
-    pub fn drain(&self) {
-        self.acks.draining.store(true, Ordering::Release);
     }
 
     /// Stop a running (or queued) task: see [`Cancels::cancel`].
@@ -322,12 +312,6 @@ fn executor(
                 Err(_) => return,
             },
         };
-        if acks.draining.load(Ordering::Acquire) {
-            if !report(Report::Returned { id: job.id }) {
-                return;
-            }
-            continue;
-        }
         if cancels.is_cancelled(job.id) {
             let id = job.id;
             if !report(Report::Started { id, exec: index, ticket: 0 }) || !report(Report::Done { id, result: Err(CANCELLED.into()), duration: Duration::ZERO, exec: index }) {
@@ -340,7 +324,7 @@ fn executor(
             // round trip to the Python process runs them all.
             let share = (rx.len() / nthreads).min(MAX_BATCH - 1);
             let mut batch = vec![job];
-            while batch.len() <= share && !acks.draining.load(Ordering::Acquire) {
+            while batch.len() <= share {
                 match rx.try_recv() {
                     Ok(j) if batchable(&j) => batch.push(j),
                     Ok(j) => {

@@ -389,7 +389,6 @@ impl WorkerLoop {
                 })
             }
             Event::SchedulerClosed(reason) => Some(WorkerExit::SchedulerLost(reason)),
-            Event::Exec(Report::Returned { id }) => self.input(Input::Returned { id }),
             Event::Exec(Report::Started { id, exec, ticket }) => {
                 self.started.push(id);
                 if ticket > 0 {
@@ -541,7 +540,6 @@ impl WorkerLoop {
                 }
                 Instruction::DropValue(id) => self.store.remove(id),
                 Instruction::Cancel(id) => self.pool.cancel(id),
-                Instruction::Drain => self.pool.drain(),
                 Instruction::ForgetPeer(peer) => {
                     self.peers.remove(&peer);
                 }

@@ -88,9 +88,6 @@ pub enum Input {
     },
     /// Asked to leave gracefully (a signal; the scheduler moves the data).
     RetireRequested,
-    /// An [`Execute`] the executors gave back unstarted (the worker is
-    /// retiring): the scheduler places it elsewhere.
-    Returned { id: TaskId },
     /// The memory policy paused or resumed the worker.
     Paused(bool),
     /// Time passed: start ready tasks, check the lifetime and the retirement.
@@ -116,8 +113,6 @@ pub enum Instruction {
     /// Stop this running task (nobody wants it any more): its process is
     /// killed; its result, if it still comes, is dropped.
     Cancel(TaskId),
-    /// Start no more tasks: give the queued ones back (`Returned`).
-    Drain,
     Exit(WorkerExit),
 }
 
@@ -301,26 +296,6 @@ impl WorkerState {
                 if self.retire_deadline.is_none() {
                     self.retire_deadline = Some(now + RETIRE_TIMEOUT);
                     self.send(ToScheduler::RetireMe);
-                    // Graceful: what runs finishes here, what waits runs
-                    // elsewhere. Tasks not handed to the executors go back
-                    // now; the executors give back the ones queued with them.
-                    let waiting: Vec<TaskId> = self.tasks.iter().filter(|(_, t)| !t.running).map(|(&id, _)| id).collect();
-                    for &id in &waiting {
-                        self.forget_task(id);
-                    }
-                    if !waiting.is_empty() {
-                        self.send(ToScheduler::Stolen { ids: waiting, kept: Vec::new() });
-                    }
-                    self.out.push(Instruction::Drain);
-                }
-            }
-            Input::Returned { id } => {
-                if let Some(task) = self.tasks.remove(&id) {
-                    if task.running {
-                        self.executing -= 1;
-                        self.release_resources(&task.compute.resources);
-                    }
-                    self.send(ToScheduler::Stolen { ids: vec![id], kept: Vec::new() });
                 }
             }
             Input::Paused(p) => self.paused = p,

@@ -35,8 +35,6 @@ struct Sim {
     cancelled: Vec<TaskId>,
     forgotten_peers: Vec<String>,
     exit: Option<WorkerExit>,
-    /// The executors were told to start nothing more.
-    drained: bool,
 }
 
 impl Sim {
@@ -57,7 +55,6 @@ impl Sim {
             cancelled: Vec::new(),
             forgotten_peers: Vec::new(),
             exit: None,
-            drained: false,
         }
     }
 
@@ -94,7 +91,6 @@ impl Sim {
                     }
                     Instruction::ForgetPeer(p) => self.forgotten_peers.push(p),
                     Instruction::Cancel(id) => self.cancelled.push(id),
-                    Instruction::Drain => self.drained = true,
                     Instruction::Exit(e) => self.exit = Some(e),
                 }
             }
@@ -367,44 +363,6 @@ fn the_lifetime_starts_a_retirement_that_ends_in_bounded_time() {
         "{:?}",
         sim.exit
     );
-}
-
-#[test]
-fn a_retiring_worker_finishes_what_runs_and_gives_back_what_waits() {
-    let mut sim = Sim::new(1, &[]);
-    // Short tasks open the window: tasks queue ahead with the executors.
-    sim.compute(task(1, &[]));
-    sim.tick();
-    sim.finish(1, 8, Duration::from_micros(10));
-    for id in 2..=5 {
-        sim.compute(task(id, &[]));
-    }
-    sim.tick();
-    let handed: Vec<TaskId> = ids_running(&sim);
-    assert!(handed.len() >= 2, "some queued with the executors: {handed:?}");
-    let _ = sim.take_sent();
-    sim.input(Input::RetireRequested);
-    assert!(sim.drained, "the executors start nothing more");
-    let sent = sim.take_sent();
-    assert_eq!(sent[0], ToScheduler::RetireMe);
-    let not_handed: Vec<TaskId> = (2..=5).filter(|id| !handed.contains(id)).collect();
-    if !not_handed.is_empty() {
-        assert_eq!(sent[1], ToScheduler::Stolen { ids: not_handed, kept: Vec::new() });
-    }
-    // the executors give back the queued ones, and the first runs to its end
-    let (first, queued) = (handed[0], handed[1..].to_vec());
-    for &id in &queued {
-        sim.running.retain(|x| x.id != id);
-        sim.input(Input::Returned { id });
-    }
-    let back: Vec<ToScheduler> = queued.iter().map(|&id| ToScheduler::Stolen { ids: vec![id], kept: Vec::new() }).collect();
-    assert_eq!(sim.take_sent(), back);
-    sim.finish(first, 8, Duration::from_millis(5));
-    sim.tick();
-    assert!(sim.running.is_empty(), "nothing new starts");
-    // a task given back twice (a late duplicate) is ignored
-    sim.input(Input::Returned { id: queued[0] });
-    assert!(!sim.take_sent().iter().any(|m| matches!(m, ToScheduler::Stolen { .. })));
 }
 
 #[test]
