@@ -8,6 +8,7 @@
 //! scheduler connection's reader, the executors ([`executor`]) and the peer
 //! fetchers ([`crate::dataplane`]) talk to it over one channel.
 
+mod deps;
 pub(crate) mod executor;
 pub mod lifetime;
 pub mod memory;

@@ -321,9 +321,8 @@ impl WorkerState {
         self.out.drain(..)
     }
 
-    /// Move the instructions produced so far to the end of `buf` (which
-    /// keeps its allocation from one input to the next).
-    /// Move the messages for the scheduler produced so far to the end of `buf`.
+    /// Move the messages for the scheduler produced so far to the end of
+    /// `buf` (which keeps its allocation from one input to the next).
     pub fn take_messages_into(&mut self, buf: &mut Vec<ToScheduler>) {
         buf.append(&mut self.sent);
     }
@@ -463,7 +462,7 @@ impl WorkerState {
         };
         let (inner, cache) = crate::cache::unwrap_store(expr);
         expr = inner;
-        drop_dataless_deps(&mut ct, &mut expr);
+        super::deps::drop_dataless_deps(&mut ct, &mut expr);
         let mut missing = 0;
         for (i, (dep, holders)) in ct.deps.iter().enumerate() {
             if held.contains(*dep) {
@@ -793,42 +792,6 @@ impl WorkerState {
             }
         }
         Ok(())
-    }
-}
-
-/// Drop the dependencies a task's expression does not reference (listed in
-/// the graph's `"deps"`: they only order the task, and the scheduler sends it
-/// only once they finished), renumbering the references to the rest. Their
-/// values are then neither fetched nor read back from disk for it.
-pub(crate) fn drop_dataless_deps(ct: &mut ComputeTask, expr: &mut Expr) {
-    // A Python call gets every dependency (its pickle refers to them by
-    // position, out of the runtime's sight).
-    if matches!(expr, Expr::Py(_)) {
-        return;
-    }
-    let mut used = vec![false; ct.deps.len()];
-    expr.for_each_ref(&mut |i| {
-        if let Some(u) = used.get_mut(*i as usize) {
-            *u = true;
-        }
-    });
-    if used.iter().all(|&u| u) {
-        return;
-    }
-    let mut renumber = vec![u32::MAX; used.len()];
-    for (next, (i, _)) in used.iter().enumerate().filter(|(_, u)| **u).enumerate() {
-        renumber[i] = next as u32;
-    }
-    expr.for_each_ref(&mut |i| {
-        if let Some(&n) = renumber.get(*i as usize) {
-            *i = n;
-        }
-    });
-    let mut keep = used.iter().copied();
-    ct.deps.retain(|_| keep.next().unwrap_or(true));
-    if ct.dep_nbytes.len() == used.len() {
-        let mut keep = used.iter().copied();
-        ct.dep_nbytes.retain(|_| keep.next().unwrap_or(true));
     }
 }
 

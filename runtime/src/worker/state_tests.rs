@@ -4,6 +4,7 @@
 //! instructions.
 
 use super::*;
+use crate::worker::deps::drop_dataless_deps;
 use crate::graph::CmdSpec;
 use std::collections::HashSet;
 
