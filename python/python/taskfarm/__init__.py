@@ -9,9 +9,10 @@
 ``taskfarm scheduler`` or a job queue. See docs/python.md.
 """
 
-from ._client import CancelledError, Client, Future, TaskError, as_completed, default_client, futures_of, wait
+from ._client import CancelledError, Client, Future, TaskError, default_client
 from ._memory import Memory, MemorizedFunc
 from ._native import VERSION as __version__
 from ._progress import progress
+from ._waiting import as_completed, futures_of, wait
 
 __all__ = ["Client", "Future", "Memory", "MemorizedFunc", "as_completed", "wait", "futures_of", "progress", "default_client", "TaskError", "CancelledError", "__version__"]
