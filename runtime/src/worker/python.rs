@@ -471,16 +471,13 @@ fn write_task(w: &mut impl Write, call: &PyCall, send_func: bool, deps: &[&Data]
 /// an executor that maps shared values as tag `M`: u32 descriptor number
 /// in this process, u64 length.
 fn wire(d: &Data, shm: bool) -> (u8, std::borrow::Cow<'_, [u8]>) {
-    use std::borrow::Cow;
     match d {
-        Data::Json(j) => (Data::TAG_JSON, Cow::Owned(serde_json::to_vec(j).expect("JSON values serialise"))),
-        Data::Bytes(b) => (Data::TAG_BYTES, Cow::Borrowed(b)),
         Data::Pickle(Blob::Shared(s)) if shm => {
             let mut r = (s.fd() as u32).to_le_bytes().to_vec();
             r.extend_from_slice(&(s.len() as u64).to_le_bytes());
-            (b'M', Cow::Owned(r))
+            (b'M', std::borrow::Cow::Owned(r))
         }
-        Data::Pickle(b) => (Data::TAG_PICKLE, Cow::Borrowed(b)),
+        d => d.to_wire(),
     }
 }
 
