@@ -248,11 +248,16 @@ fn sigterm_shuts_the_scheduler_down_cleanly_and_workers_follow() {
 }
 
 #[test]
-fn workers_exit_nonzero_when_the_scheduler_dies() {
-    let mut c = Cluster::start("schedkill", &[("w1", 1)]);
+fn workers_exit_nonzero_when_the_scheduler_dies_and_does_not_come_back() {
+    let mut c = Cluster::start("schedkill", &[]);
+    let log = c.dir.join("worker-w1.log");
+    c.workers.push(Proc::spawn(&["worker", "--scheduler-file", c.file_arg(), "--name", "w1", "--death-timeout", "2s"], log));
+    wait_for("the worker to register", Duration::from_secs(30), || status(&c.file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(1)));
     c.scheduler.child.kill().unwrap();
-    assert_eq!(c.workers[0].wait_exit(Duration::from_secs(20)), Some(1), "{}", c.workers[0].log_text());
-    assert!(c.workers[0].log_text().contains("scheduler"), "{}", c.workers[0].log_text());
+    // It looks for the scheduler again for --death-timeout, then gives up.
+    assert_eq!(c.workers[0].wait_exit(Duration::from_secs(60)), Some(1), "{}", c.workers[0].log_text());
+    let text = c.workers[0].log_text();
+    assert!(text.contains("looking for the scheduler again") && text.contains("it did not come back"), "{text}");
 }
 
 #[test]
@@ -342,7 +347,7 @@ fn a_running_command_is_killed_when_its_client_leaves() {
 fn a_frozen_scheduler_is_noticed_by_its_clients_and_workers() {
     let mut c = Cluster::start("frozen", &[]);
     let log = c.dir.join("worker-w.log");
-    c.workers.push(Proc::spawn(&["worker", "--scheduler-file", c.file_arg(), "--name", "w", "--scheduler-timeout", "10s"], log));
+    c.workers.push(Proc::spawn(&["worker", "--scheduler-file", c.file_arg(), "--name", "w", "--scheduler-timeout", "10s", "--death-timeout", "3s"], log));
     wait_for("the worker to register", Duration::from_secs(30), || status(&c.file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(1)));
     let g = c.dir.write("slow.json", r#"{"slow": ["sleep", 30]}"#);
     let mut submit = Proc::spawn(&["submit", g.to_str().unwrap(), "--scheduler-file", c.file_arg(), "--scheduler-timeout", "10s"], c.dir.join("submit.log"));

@@ -326,3 +326,18 @@ impl CacheArg {
         self.cache.as_deref().map(|d| taskfarm::cache::Cache::open(d).map_err(|e| Fail(EXIT_USAGE, format!("--cache: {e}")))).transpose()
     }
 }
+
+#[derive(Args, Clone)]
+pub(crate) struct JournalArg {
+    /// Record submitted graphs, finished results and where they are in FILE (append-only, synced in batches,
+    /// mode 0600), and resume from it when started again with the same FILE: workers still alive come back
+    /// with their values, clients still waiting get their results, finished work is not run again. With
+    /// --cache, a new allocation's scheduler resumes even when every worker is new. Not on by default: a
+    /// restart should never resume old graphs by surprise. See docs/campaigns.md [default: no journal].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) journal: Option<PathBuf>,
+    /// When resuming from --journal: wait at most this long for the workers it names to come back with their
+    /// values before resuming without them (their values are then loaded from the cache or computed again).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration, requires = "journal")]
+    pub(crate) reattach_timeout: std::time::Duration,
+}

@@ -104,6 +104,11 @@ pub struct Client {
     /// was submitted (progress bars).
     pub progress: Option<Box<ProgressHook>>,
     pub progress_every: Duration,
+    /// When the connection breaks during [`Client::compute`]: find the
+    /// scheduler again through this scheduler file, waiting up to this long,
+    /// and submit the graph again (a scheduler restarted from its journal
+    /// has kept it, and what finished). `None`: fail.
+    pub reconnect: Option<(std::path::PathBuf, Duration)>,
     progress_outstanding: u32,
     /// Batches from the scheduler, read by a thread of their own so that
     /// waiting can be bounded without breaking a frame.
@@ -174,6 +179,7 @@ impl Client {
             note_every: Duration::from_secs(10),
             progress: None,
             progress_every: Duration::from_millis(200),
+            reconnect: None,
             progress_outstanding: 0,
             inbox,
             stream,
@@ -246,9 +252,25 @@ impl Client {
     /// Submit `graph`, wait for `keys`, fetch their values. The graph is
     /// consumed: its tasks are sent as they are, not copied.
     pub fn compute(&mut self, graph: Graph, keys: &[String]) -> Result<Results, ClientError> {
-        let baseline = if self.progress.is_some() { Some(self.progress_now()?) } else { None };
+        let mut baseline = if self.progress.is_some() { Some(self.progress_now()?) } else { None };
+        let again = self.reconnect.is_some().then(|| graph.tasks.clone());
         self.send(ToScheduler::UpdateGraph { tasks: graph.tasks, wanted: keys.to_vec() })?;
-        let results = self.gather(keys, baseline.as_deref());
+        let results = loop {
+            match self.gather(keys, baseline.as_deref()) {
+                Err(ClientError::Lost(why)) if again.is_some() => {
+                    let (path, wait) = self.reconnect.clone().expect("checked with `again`");
+                    log_at!(1, "client", "lost the scheduler ({why}); looking for it through {} for up to {:.0} s", path.display(), wait.as_secs_f64());
+                    let fresh = Client::from_scheduler_file(&path, wait).map_err(|e| ClientError::Lost(format!("{why}; it did not come back: {e}")))?;
+                    self.take_connection(fresh);
+                    log_at!(1, "client", "reached the scheduler at {} again; submitting the graph again (a scheduler resumed from its journal keeps what finished)", self.address);
+                    if baseline.is_some() {
+                        baseline = Some(self.progress_now()?);
+                    }
+                    self.send(ToScheduler::UpdateGraph { tasks: again.clone().expect("checked"), wanted: keys.to_vec() })?;
+                }
+                r => break r,
+            }
+        };
         if let (Some(base), Ok(_)) = (&baseline, &results) {
             let now = self.progress_now()?;
             if let Some(hook) = &mut self.progress {
@@ -256,6 +278,18 @@ impl Client {
             }
         }
         results
+    }
+
+    /// Use `fresh`'s connection from now on (the old one closes with it).
+    fn take_connection(&mut self, mut fresh: Client) {
+        std::mem::swap(&mut self.inbox, &mut fresh.inbox);
+        std::mem::swap(&mut self.stream, &mut fresh.stream);
+        std::mem::swap(&mut self.writer, &mut fresh.writer);
+        std::mem::swap(&mut self.secret, &mut fresh.secret);
+        std::mem::swap(&mut self.address, &mut fresh.address);
+        self.pending = std::mem::take(&mut fresh.pending);
+        self.last_word = fresh.last_word;
+        self.progress_outstanding = 0;
     }
 
     /// The scheduler's task counters per key prefix (the answer to this

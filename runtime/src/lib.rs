@@ -31,6 +31,7 @@ pub mod gate;
 pub mod graph;
 pub(crate) mod idmap;
 pub mod jobqueue;
+pub mod journal;
 pub(crate) mod keys;
 pub mod local;
 pub mod mpi;

@@ -54,6 +54,8 @@ impl LocalCluster {
             state: SchedulerConfig::default(),
             dashboard,
             cache,
+            journal: None,
+            reattach_timeout: std::time::Duration::ZERO,
         })?;
         let mut workers = Vec::new();
         for i in 0..n_workers {

@@ -213,6 +213,58 @@ impl Store {
         }
     }
 
+    /// Every value held (in memory or spilled) with its size.
+    pub fn held(&self) -> Vec<(TaskId, u64)> {
+        let s = self.lock();
+        let mut v: Vec<(TaskId, u64)> = s.memory.iter().map(|(&id, e)| (id, e.nbytes)).chain(s.disk.iter().map(|(&id, &n)| (id, n))).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Keep the values named in `pairs` under their new ids (`(old, new)`)
+    /// and drop every other one: a restarted scheduler numbers tasks anew.
+    /// Spilled values' files are renamed in two steps, so an old id that
+    /// is another value's new id is never overwritten.
+    pub fn renumber(&self, pairs: &[(TaskId, TaskId)]) {
+        let mut s = self.lock();
+        let mut old_memory = std::mem::take(&mut s.memory);
+        let mut old_disk = std::mem::take(&mut s.disk);
+        s.lru.clear();
+        s.memory_bytes = 0;
+        s.disk_bytes = 0;
+        let mut memory: HashMap<TaskId, Entry> = HashMap::with_capacity(pairs.len());
+        let mut disk: HashMap<TaskId, u64> = HashMap::new();
+        let mut moved_files = Vec::new();
+        for &(old, new) in pairs {
+            if let Some(e) = old_memory.remove(&old) {
+                memory.insert(new, e);
+            } else if let Some(n) = old_disk.remove(&old) {
+                let tmp = self.spill_dir.join(format!("renumber-{new}"));
+                if std::fs::rename(self.path(old), &tmp).is_ok() {
+                    moved_files.push((tmp, new, n));
+                }
+            }
+        }
+        // Dropped values' files go before the renamed ones take their names.
+        for id in old_disk.keys() {
+            let _ = std::fs::remove_file(self.path(*id));
+        }
+        for (tmp, new, n) in moved_files {
+            if std::fs::rename(&tmp, self.path(new)).is_ok() {
+                disk.insert(new, n);
+            }
+        }
+        let mut entries: Vec<(u64, TaskId)> = memory.iter().map(|(&id, e)| (e.tick, id)).collect();
+        entries.sort_unstable();
+        s.lru.extend(entries);
+        s.memory_bytes = memory.values().map(|e| e.nbytes).sum();
+        s.disk_bytes = disk.values().sum();
+        s.memory = memory;
+        s.disk = disk;
+        drop(s);
+        drop(old_memory);
+    }
+
     /// Spill least recently used values until at most `target` bytes are
     /// held in memory. Returns the bytes written.
     pub fn spill_until(&self, target: u64) -> io::Result<u64> {
@@ -318,6 +370,29 @@ mod tests {
             s.remove(i);
         }
         assert_eq!(s.stats().disk_count, 0);
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "no spill files left");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn renumbering_keeps_the_listed_values_under_new_ids_in_memory_and_on_disk() {
+        let d = dir();
+        let s = Store::new(d.clone());
+        for i in 0..6u32 {
+            s.insert(i, Arc::new(Value::new(Data::Bytes(vec![i as u8; 1000]))));
+        }
+        s.spill_until(3000).unwrap(); // 0, 1, 2 on disk
+        assert_eq!(s.stats().disk_count, 3);
+        // 1 -> 0 and 0 -> 1 swap spilled names; 4 -> 2 lands on a dropped
+        // spilled value's id; 2, 3 and 5 are dropped.
+        s.renumber(&[(0, 1), (1, 0), (4, 2)]);
+        assert_eq!(s.held(), vec![(0, 1000), (1, 1000), (2, 1000)]);
+        assert_eq!(s.get(0).unwrap().unwrap().data, Data::Bytes(vec![1; 1000]));
+        assert_eq!(s.get(1).unwrap().unwrap().data, Data::Bytes(vec![0; 1000]));
+        assert_eq!(s.get(2).unwrap().unwrap().data, Data::Bytes(vec![4; 1000]));
+        assert!(s.get(3).unwrap().is_none() && s.get(5).unwrap().is_none());
+        let st = s.stats();
+        assert_eq!((st.memory_bytes, st.disk_count), (3000, 0));
         assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0, "no spill files left");
         std::fs::remove_dir_all(d).unwrap();
     }

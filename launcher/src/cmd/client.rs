@@ -21,7 +21,8 @@ pub(crate) struct SubmitArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) timeout: Option<Duration>,
     /// Give up when the scheduler says nothing for this long (it pings every 5 s): frozen (e.g. SIGSTOP), overloaded
-    /// or cut off (exit 1).
+    /// or cut off (exit 1). A scheduler whose connection breaks has this long to come back through the scheduler file;
+    /// the graph is then submitted again (a scheduler restarted with its --journal kept what finished).
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) scheduler_timeout: Duration,
     #[command(flatten)]
@@ -82,8 +83,10 @@ pub(crate) fn cmd_submit(a: SubmitArgs) -> Result<u8, Fail> {
         return Err(Fail(EXIT_USAGE, format!("--scheduler-timeout must be longer than the scheduler's ping interval ({} s)", taskfarm::protocol::PING_INTERVAL.as_secs())));
     }
     let start = std::time::Instant::now();
-    let mut client = client_from(a.file, a.timeout.unwrap_or(Duration::from_secs(30)))?;
+    let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
+    let mut client = Client::from_scheduler_file(&path, a.timeout.unwrap_or(Duration::from_secs(30)))?;
     client.scheduler_timeout = a.scheduler_timeout;
+    client.reconnect = Some((path, a.scheduler_timeout));
     client.deadline = a.timeout.map(|t| start + t);
     super::observe::install_progress(&mut client, &a.observe);
     let recording = super::observe::start_recording(&mut client, &a.observe)?;

@@ -19,6 +19,8 @@ pub(crate) struct MpiArgs {
     pub(crate) dashboard: DashboardArgs,
     #[command(flatten)]
     pub(crate) cache: CacheArg,
+    #[command(flatten)]
+    pub(crate) journal: JournalArg,
     /// Transport; only tcp is supported.
     #[arg(long, default_value = "tcp", value_parser = ["tcp"])]
     pub(crate) protocol: String,
@@ -77,6 +79,8 @@ pub(crate) fn cmd_mpi(a: MpiArgs) -> Result<u8, Fail> {
     let mut opts = taskfarm::mpi::MpiOptions::new(schedfile::resolve_path(a.file.scheduler_file.as_deref()));
     opts.dashboard = a.dashboard.spec()?;
     opts.cache = a.cache.open()?;
+    opts.journal = a.journal.journal;
+    opts.reattach_timeout = a.journal.reattach_timeout;
     opts.interface = a.net.interface;
     opts.listen_address = a.net.listen_address;
     opts.contact_address = a.net.contact_address;

@@ -24,6 +24,8 @@ pub(crate) struct SchedulerArgs {
     pub(crate) dashboard: DashboardArgs,
     #[command(flatten)]
     pub(crate) cache: CacheArg,
+    #[command(flatten)]
+    pub(crate) journal: JournalArg,
     /// Port to listen on; 0 picks a free one (the scheduler file tells clients which).
     #[arg(long, default_value_t = 0, value_name = "P")]
     pub(crate) port: u16,
@@ -122,6 +124,8 @@ pub(crate) fn cmd_scheduler(a: SchedulerArgs) -> Result<u8, Fail> {
         state: SchedulerConfig { worker_timeout: a.worker_timeout.as_secs_f64(), allowed_failures: a.allowed_failures, ..Default::default() },
         dashboard,
         cache,
+        journal: a.journal.journal.clone(),
+        reattach_timeout: a.journal.reattach_timeout,
     })
     .map_err(|e| Fail::env(e.to_string()))?;
     let adapt = match adapt_plan {

@@ -24,7 +24,9 @@ pub(crate) struct WorkerArgs {
     /// Where the worker's scratch directory (cwd of command tasks; removed at exit) goes [default: $TMPDIR or /tmp].
     #[arg(long, value_name = "DIR")]
     pub(crate) local_directory: Option<PathBuf>,
-    /// How long to wait for the scheduler (file to appear and answer) before giving up.
+    /// How long to wait for the scheduler (file to appear and answer) before giving up: at start, and when the
+    /// scheduler goes away (the worker keeps its values meanwhile, and offers them to a scheduler restarted
+    /// with the same --journal).
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     pub(crate) death_timeout: Duration,
     /// Leave when the connected scheduler says nothing for this long (it pings every 5 s): frozen (e.g. SIGSTOP),
@@ -76,6 +78,7 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
     if let Some(cmd) = &a.python.setup_command {
         taskfarm::worker::python::run_setup_command(cmd).map_err(Fail::env)?;
     }
+    let reattach: taskfarm::worker::Reattach;
     let (secret, stream) = match &a.address {
         Some(addr) => {
             let secret = std::env::var("TASKFARM_SECRET")
@@ -84,12 +87,25 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
                 .filter(|s| !s.is_empty())
                 .ok_or_else(|| Fail(EXIT_USAGE, format!("connecting to {addr} needs the scheduler's secret in $TASKFARM_SECRET (hex); or use --scheduler-file")))?;
             let stream = schedfile::connect_with_retry(addr, &secret, Role::Worker, a.death_timeout)?;
+            let (addr, again, wait) = (addr.clone(), secret.clone(), a.death_timeout);
+            reattach = std::sync::Arc::new(move || schedfile::connect_with_retry(&addr, &again, Role::Worker, wait).map_err(|e| e.to_string()));
             (secret, stream)
         }
         None => {
             let path = schedfile::resolve_path(a.file.scheduler_file.as_deref());
             let (file, stream) = schedfile::wait_and_connect(&path, a.death_timeout, Role::Worker)?;
-            (file.secret_bytes().map_err(Fail::env)?, stream)
+            let secret = file.secret_bytes().map_err(Fail::env)?;
+            let (again, wait) = (secret.clone(), a.death_timeout);
+            reattach = std::sync::Arc::new(move || {
+                let (file, link) = schedfile::wait_and_connect(&path, wait, Role::Worker).map_err(|e| e.to_string())?;
+                // Values move between workers under the cluster's secret: a
+                // scheduler with another one is another cluster.
+                if file.secret_bytes().ok().as_deref() != Some(again.as_slice()) {
+                    return Err(format!("the scheduler in {} now has another secret: a new cluster, not the one this worker left (start it with the same --journal to resume)", path.display()));
+                }
+                Ok(link)
+            });
+            (secret, stream)
         }
     };
     // Until connected, a signal ends the worker at once; from now on the first
@@ -106,6 +122,7 @@ pub(crate) fn cmd_worker(a: WorkerArgs) -> Result<u8, Fail> {
         lifetime,
         python,
         scheduler_timeout: a.scheduler_timeout,
+        reattach: Some(reattach),
         ..WorkerConfig::new(name, nthreads, secret)
     };
     if let Some(job) = a.job_id {

@@ -28,6 +28,10 @@ pub struct MpiOptions {
     pub scheduler_file: PathBuf,
     /// Rank 0's result cache (`--cache DIR`).
     pub cache: Option<crate::cache::Cache>,
+    /// Rank 0's journal (`--journal FILE`), and how long it waits for
+    /// the workers it names when it resumes.
+    pub journal: Option<PathBuf>,
+    pub reattach_timeout: Duration,
     /// Rank 0 serves the dashboard here.
     pub dashboard: Option<crate::dashboard::DashboardSpec>,
     /// Listen on and advertise this interface's address (scheduler and workers).
@@ -67,6 +71,8 @@ impl MpiOptions {
         MpiOptions {
             scheduler_file,
             cache: None,
+            journal: None,
+            reattach_timeout: crate::scheduler::server::REATTACH_TIMEOUT,
             dashboard: None,
             interface: None,
             listen_address: None,
@@ -332,8 +338,12 @@ fn run_scheduler(opts: &MpiOptions, listen: Option<IpAddr>, contact: Option<IpAd
         state: SchedulerConfig::default(),
         dashboard: opts.dashboard.clone(),
         cache: opts.cache.clone(),
+        journal: opts.journal.clone(),
+        reattach_timeout: opts.reattach_timeout,
     })
     .map_err(|e| e.to_string())?;
+    // A scheduler resuming from its journal keeps the cluster's secret.
+    let secret = sched.secret.clone();
     if let Some(h) = handle {
         share_address(h, Some((&sched.address, &secret)));
     }

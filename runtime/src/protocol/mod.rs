@@ -73,7 +73,7 @@ pub const ERROR_DETAIL: &str = "\u{1e}taskfarm-python-exception:";
 pub fn error_text(error: &str) -> &str {
     error.split_once(ERROR_DETAIL).map_or(error, |(text, _)| text)
 }
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Results up to this size (in their wire form) travel with the task's
 /// completion, through the scheduler, to the clients waiting for them, so
 /// they need no fetch from the worker.
@@ -180,6 +180,12 @@ pub enum ToScheduler {
         job: String,
         /// The functions it has beyond the built-ins.
         functions: Vec<String>,
+        /// A worker coming back after its scheduler went away: the values
+        /// it still holds (task id and size, as that scheduler numbered
+        /// them) and that scheduler's run ([`ToWorker::SchedulerRun`]).
+        /// Empty and 0 for a new worker.
+        held: Vec<(TaskId, u64)>,
+        run: u64,
     },
     RegisterClient {
         name: String,
@@ -328,6 +334,13 @@ pub enum ToWorker {
     /// The scheduler is alive (sent every [`PING_INTERVAL`]): a worker that
     /// hears nothing for its scheduler timeout knows it is frozen or cut off.
     Ping,
+    /// Sent on registration: the scheduler's run (a random number per
+    /// start), which a worker names when it comes back with its values.
+    SchedulerRun { run: u64 },
+    /// A scheduler restarted from its journal took over values this
+    /// worker held: each `(old, new)` keeps the value under its new id;
+    /// every held value not listed is dropped. Sent before any other work.
+    Renumber { pairs: Vec<(TaskId, TaskId)> },
 }
 
 /// How often the scheduler tells every worker and client it is alive.

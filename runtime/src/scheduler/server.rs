@@ -5,13 +5,14 @@
 
 use super::state::{ClientId, Event as StateEvent, Outcome, Recorder, SchedulerConfig, SchedulerState, WorkerInfo};
 use crate::log_at;
-use crate::protocol::{server_handshake, FrameReader, FrameWriter, Role, StatusReport, ToClient, ToScheduler, ToWorker, WorkerId};
+use crate::journal::{self, RecordRef, Resume};
+use crate::protocol::{server_handshake, FrameReader, FrameWriter, Role, StatusReport, TaskId, ToClient, ToScheduler, ToWorker, WorkerId};
 use crate::schedfile::SchedulerFile;
 use crate::telemetry::{Telemetry, TelemetryReport, TransferRun};
 use crate::util;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,12 +40,22 @@ pub struct ServerConfig {
     pub dashboard: Option<crate::dashboard::DashboardSpec>,
     /// The result cache (`--cache DIR`).
     pub cache: Option<crate::cache::Cache>,
+    /// The journal (`--journal FILE`): resumed from at start, kept since.
+    pub journal: Option<PathBuf>,
+    /// Resuming from the journal: wait at most this long for the workers it
+    /// names to come back with their values before resuming without them.
+    pub reattach_timeout: Duration,
 }
+
+/// The default of [`ServerConfig::reattach_timeout`].
+pub const REATTACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 type ConnId = u64;
 
 enum Event {
-    Worker { conn: ConnId, info: WorkerInfo, tx: Sender<Vec<ToWorker>>, stream: TcpStream },
+    /// A worker registered; `held` and `run`: the values it offers from a
+    /// scheduler run before this one (a worker that came back).
+    Worker { conn: ConnId, info: WorkerInfo, tx: Sender<Vec<ToWorker>>, stream: TcpStream, held: Vec<(TaskId, u64)>, run: u64 },
     Client { conn: ConnId, name: String, tx: Sender<Vec<ToClient>>, stream: TcpStream },
     Messages { conn: ConnId, msgs: Vec<ToScheduler> },
     Closed { conn: ConnId, reason: String },
@@ -65,6 +76,8 @@ pub struct Observation {
 /// A running scheduler.
 pub struct Scheduler {
     pub address: String,
+    /// The cluster's secret (from the journal, when resuming from one).
+    pub secret: Vec<u8>,
     /// The dashboard's URL with its token, if it serves one.
     pub dashboard_url: Option<String>,
     events: Sender<Event>,
@@ -131,7 +144,16 @@ impl Controller {
 }
 
 /// Bind, write the scheduler file, and start serving in background threads.
-pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
+pub fn start(mut cfg: ServerConfig) -> std::io::Result<Scheduler> {
+    let (resume, journal_lock) = match &cfg.journal {
+        Some(path) => open_journal(path)?,
+        None => (None, None),
+    };
+    if let Some(r) = &resume {
+        // Workers that come back, and the values they serve each other,
+        // authenticate with the cluster's secret: it stays.
+        cfg.secret = r.secret.clone();
+    }
     // Many peers, many connections: the usual soft limit of 1,024 files is low.
     crate::gate::raise_fd_limit();
     let listener = TcpListener::bind(cfg.listen).map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen)))?;
@@ -173,11 +195,13 @@ pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
     }
     let dashboard_url = dashboard.as_ref().map(|d| d.url.clone()).unwrap_or_default();
     let dashboard_url_out = dashboard_url.clone();
+    let secret_out = cfg.secret.clone();
     let core_tx = tx.clone();
     let addr = address.clone();
     let core = std::thread::Builder::new().name("tf-scheduler".into()).spawn(move || {
-        let mut core = Core::new(cfg, addr, core_tx, dashboard_url);
+        let mut core = Core::new(cfg, addr, core_tx, dashboard_url, resume);
         core.run(rx);
+        drop(journal_lock);
         drop(dashboard);
         stopping.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees `stopping`.
@@ -186,7 +210,37 @@ pub fn start(cfg: ServerConfig) -> std::io::Result<Scheduler> {
             file.remove_if_ours(path);
         }
     })?;
-    Ok(Scheduler { address, dashboard_url: (!dashboard_url_out.is_empty()).then_some(dashboard_url_out), events: tx, core: Some(core) })
+    Ok(Scheduler { address, secret: secret_out, dashboard_url: (!dashboard_url_out.is_empty()).then_some(dashboard_url_out), events: tx, core: Some(core) })
+}
+
+/// Lock the journal (one scheduler at a time) and read what to resume.
+fn open_journal(path: &std::path::Path) -> std::io::Result<(Option<Resume>, Option<std::fs::File>)> {
+    let fail = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let lock = journal::lock(path).map_err(fail)?;
+    let Some(loaded) = journal::load(path).map_err(fail)? else {
+        log_at!(2, "scheduler", "journal {} is new: this scheduler's graphs and results are recorded there", path.display());
+        return Ok((None, lock));
+    };
+    if let Some(dropped) = &loaded.dropped {
+        log_at!(1, "scheduler", "journal {}: {dropped}", path.display());
+    }
+    let n = loaded.records.len();
+    let resume = journal::resume(loaded.records);
+    match &resume {
+        Some(r) => log_at!(
+            2,
+            "scheduler",
+            "resuming from journal {} ({n} records): {} graphs still wanted ({} tasks, {} keys waited for), {} values finished before, {} workers to wait for",
+            path.display(),
+            r.graphs,
+            r.tasks.len(),
+            r.wanted.len(),
+            r.keys.len(),
+            r.workers.len()
+        ),
+        None => log_at!(1, "scheduler", "journal {} holds nothing to resume; starting afresh", path.display()),
+    }
+    Ok((resume, lock))
 }
 
 fn accept_loop(listener: TcpListener, secret: Vec<u8>, tx: Sender<Event>, stopping: Arc<AtomicBool>) {
@@ -228,11 +282,11 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
     };
     let mut rest = first.into_iter();
     match (role, rest.next()) {
-        (Role::Worker, Some(ToScheduler::RegisterWorker { name, data_address, nthreads, resources, host, pid, job, functions, .. })) => {
+        (Role::Worker, Some(ToScheduler::RegisterWorker { name, data_address, nthreads, resources, host, pid, job, functions, held, run, .. })) => {
             let (wtx, wrx) = unbounded();
             spawn_writer(link.writer().ok(), stream.try_clone().ok(), wrx, format!("worker '{name}'"));
             let info = WorkerInfo { name, address: data_address, nthreads: nthreads.max(1), resources, host, pid, job, functions };
-            let _ = tx.send(Event::Worker { conn, info, tx: wtx, stream });
+            let _ = tx.send(Event::Worker { conn, info, tx: wtx, stream, held, run });
         }
         (Role::Client, Some(ToScheduler::RegisterClient { name })) => {
             let (ctx, crx) = unbounded();
@@ -316,6 +370,32 @@ struct Core {
     cache_keys: HashMap<String, crate::cache::CacheKey>,
     /// What planning graphs against the cache did, summed.
     cache_plans: crate::cache::Plan,
+    /// This scheduler's run: a random number workers name when they come
+    /// back with values.
+    run: u64,
+    /// The journal being written (none while resuming: the old file stays
+    /// as it is until the resumed graphs are in).
+    journal: Option<journal::Writer>,
+    /// Resuming from the journal, waiting for its workers to come back.
+    resuming: Option<Resuming>,
+    /// The client that holds the resumed graphs' wanted keys, and those keys
+    /// no client has asked for again yet.
+    journal_client: Option<ClientId>,
+    journal_wants: HashSet<String>,
+}
+
+/// A scheduler started from a journal, before it submits what it resumes.
+struct Resuming {
+    resume: Resume,
+    /// Give up waiting for the workers at this time.
+    deadline: Instant,
+    /// Workers the journal names that have not come back yet.
+    expected: HashSet<String>,
+    /// Values the workers that came back offer (ids of the journal's run).
+    offered: Vec<(WorkerId, Vec<(TaskId, u64)>)>,
+    /// Client requests that change the graph, held until the resumed graphs
+    /// are in (so they cannot start work the returning workers hold).
+    held_back: Vec<(ClientId, ToScheduler)>,
 }
 
 impl Core {
@@ -329,7 +409,7 @@ impl Core {
         s
     }
 
-    fn new(cfg: ServerConfig, address: String, self_tx: Sender<Event>, dashboard_url: String) -> Core {
+    fn new(cfg: ServerConfig, address: String, self_tx: Sender<Event>, dashboard_url: String, resume: Option<Resume>) -> Core {
         let state = SchedulerState::new(cfg.state.clone());
         let recorder = std::env::var_os("TASKFARM_RECORD").filter(|p| !p.is_empty()).and_then(|p| {
             let path = std::path::PathBuf::from(p);
@@ -361,7 +441,173 @@ impl Core {
             dashboard_url,
             cache_keys: HashMap::new(),
             cache_plans: Default::default(),
+            run: u64::from_le_bytes(util::random_bytes(8).try_into().expect("8 bytes")) | 1,
+            journal: None,
+            resuming: None,
+            journal_client: None,
+            journal_wants: HashSet::new(),
         }
+        .with_journal(resume)
+    }
+
+    /// Start journaling, or start resuming from what the journal held.
+    fn with_journal(mut self, resume: Option<Resume>) -> Core {
+        let Some(path) = self.cfg.journal.clone() else { return self };
+        match resume {
+            Some(resume) => {
+                let expected: HashSet<String> = resume.workers.iter().cloned().collect();
+                if !expected.is_empty() {
+                    log_at!(2, "scheduler", "waiting up to {:.0} s for the journal's {} workers to come back with their values", self.cfg.reattach_timeout.as_secs_f64(), expected.len());
+                }
+                self.resuming = Some(Resuming { resume, deadline: Instant::now() + self.cfg.reattach_timeout, expected, offered: Vec::new(), held_back: Vec::new() });
+            }
+            None => {
+                let first = self.journal_head(&[]);
+                match journal::Writer::create(&path, first) {
+                    Ok(w) => self.journal = Some(w),
+                    Err(e) => log_at!(0, "scheduler", "{e}; running without a journal"),
+                }
+            }
+        }
+        self
+    }
+
+    /// The records a fresh journal file starts with: this run, the workers
+    /// connected now, and `extra`.
+    fn journal_head(&self, extra: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        journal::encode(&mut b, &RecordRef::Start { run: self.run, secret: &self.cfg.secret, started: self.started });
+        for (id, conn) in &self.worker_conn {
+            if let (Some(Peer::Worker { .. }), Some(name)) = (self.conns.get(conn), self.state.worker_name(*id)) {
+                journal::encode(&mut b, &RecordRef::WorkerJoined { worker: *id, name });
+            }
+        }
+        b.extend_from_slice(extra);
+        b
+    }
+
+    fn journal(&mut self, r: RecordRef<'_>) {
+        if let Some(j) = &mut self.journal {
+            j.record(&r);
+        }
+    }
+
+    /// Submit what the journal held, with the values the workers that came
+    /// back offered, then write the compacted journal.
+    fn finish_resuming(&mut self, now: f64) {
+        let Some(r) = self.resuming.take() else { return };
+        let Resuming { resume, offered, held_back, expected, .. } = r;
+        if !expected.is_empty() {
+            let mut missing: Vec<&String> = expected.iter().collect();
+            missing.sort();
+            log_at!(1, "scheduler", "resuming without {} of the journal's workers, which did not come back within {:.0} s (--reattach-timeout): {}", missing.len(), self.cfg.reattach_timeout.as_secs_f64(), missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+        }
+        let Resume { tasks, wanted, keys, graphs, .. } = resume;
+        let Outcome::Client(jc) = self.apply(StateEvent::AddClient { name: "journal".into() }, now) else { unreachable!("AddClient answers with the client") };
+        let mut held = Vec::new();
+        let mut offers: Vec<(WorkerId, TaskId, &str)> = Vec::new();
+        for (w, values) in &offered {
+            for (old, nbytes) in values {
+                if let Some(k) = keys.get(old) {
+                    held.push((k.clone(), *w, *nbytes));
+                    offers.push((*w, *old, k.as_str()));
+                }
+            }
+        }
+        let original = tasks.clone();
+        let mut tasks = tasks;
+        if let Some(cache) = &self.cfg.cache {
+            let p = crate::cache::plan(cache, &mut tasks, &wanted, &mut self.cache_keys);
+            self.cache_plans.loads += p.loads;
+            self.cache_plans.stores += p.stores;
+            self.cache_plans.uncacheable += p.uncacheable;
+        }
+        let state = &self.state;
+        let new: Vec<u32> = tasks.iter().filter(|d| state.task_id(&d.key).is_none()).map(|d| self.telemetry.prefix_index(&d.key)).collect();
+        let n_tasks = tasks.len();
+        let accepted = match self.apply(StateEvent::Resume { client: jc, tasks, wanted: wanted.clone(), held }, now) {
+            Outcome::Graph(Err(e)) => {
+                log_at!(0, "scheduler", "cannot resume the journal's graphs: {e}; starting afresh");
+                false
+            }
+            _ => {
+                self.telemetry.submitted(&new);
+                true
+            }
+        };
+        // The values taken over, under their new ids; whatever else the
+        // workers offered they drop. Sent before the work the resumed
+        // graphs give them (that waits in the state's outbox).
+        let mut pairs: HashMap<WorkerId, Vec<(TaskId, TaskId)>> = offered.iter().map(|(w, _)| (*w, Vec::new())).collect();
+        let mut adopted_records = Vec::new();
+        for (w, old, key) in offers {
+            if let Some(new) = self.state.task_id(key).filter(|&t| self.state.held_by(t, w)) {
+                pairs.entry(w).or_default().push((old, new));
+                journal::encode(&mut adopted_records, &RecordRef::Finished { worker: w, id: new, key });
+            }
+        }
+        let adopted: usize = pairs.values().map(|p| p.len()).sum();
+        for (w, pairs) in pairs {
+            self.send_worker(w, ToWorker::Renumber { pairs });
+        }
+        let finished_before = keys.len();
+        if accepted {
+            self.journal_client = Some(jc);
+            self.journal_wants = wanted.iter().cloned().collect();
+        }
+        log_at!(
+            2,
+            "scheduler",
+            "resumed {graphs} graphs from the journal: {n_tasks} tasks, {} keys waited for; {adopted} values taken over from {} workers that came back; of the {finished_before} values finished before, the others are loaded from the cache or computed again if still needed",
+            wanted.len(),
+            offered.len()
+        );
+        if let Some(path) = self.cfg.journal.clone() {
+            let mut body = Vec::new();
+            if accepted {
+                journal::encode(&mut body, &RecordRef::Graph { client: jc, tasks: &original, wanted: &wanted });
+                body.extend_from_slice(&adopted_records);
+            }
+            let first = self.journal_head(&body);
+            match journal::Writer::create(&path, first) {
+                Ok(w) => self.journal = Some(w),
+                Err(e) => log_at!(0, "scheduler", "{e}; running without a journal"),
+            }
+        }
+        for (c, m) in held_back {
+            if self.client_conn.contains_key(&c) {
+                self.client_message(c, m, now);
+            }
+        }
+    }
+
+    fn send_worker(&self, w: WorkerId, m: ToWorker) {
+        if let Some(Peer::Worker { tx, .. }) = self.worker_conn.get(&w).and_then(|c| self.conns.get(c)) {
+            let _ = tx.send(vec![m]);
+        }
+    }
+
+    /// Clients other than the journal's.
+    fn real_clients(&self) -> usize {
+        self.state.client_count() - usize::from(self.journal_client.is_some())
+    }
+
+    /// Nothing left that anyone waits for: rewrite the journal with only
+    /// this run and its workers.
+    fn compact_journal_if_done(&mut self) {
+        let done = self.journal.as_ref().is_some_and(|j| j.appended > 0) && self.real_clients() == 0 && self.journal_wants.is_empty() && self.nothing_active();
+        if done {
+            let head = self.journal_head(&[]);
+            if let Some(j) = &mut self.journal {
+                j.compact(head);
+                log_at!(3, "scheduler", "journal {} compacted: nothing is wanted any more", j.path().display());
+            }
+        }
+    }
+
+    fn nothing_active(&self) -> bool {
+        use super::state::TaskState as S;
+        [S::Waiting, S::Queued, S::NoWorker, S::Processing].iter().all(|&s| self.state.count(s) == 0)
     }
 
     /// Give the state an event (recording it first, when recording).
@@ -380,6 +626,11 @@ impl Core {
     }
 
     fn run(&mut self, rx: Receiver<Event>) {
+        if self.resuming.as_ref().is_some_and(|r| r.expected.is_empty()) {
+            let now = self.now();
+            self.finish_resuming(now);
+            self.flush();
+        }
         let tick = Duration::from_millis(500);
         let mut last_tick = Instant::now();
         let mut last_ping = Instant::now();
@@ -409,6 +660,10 @@ impl Core {
                     }
                 }
                 self.apply(StateEvent::Balance, now);
+                if self.resuming.as_ref().is_some_and(|r| Instant::now() >= r.deadline) {
+                    self.finish_resuming(now);
+                }
+                self.compact_journal_if_done();
                 self.check_idle();
                 if last_ping.elapsed() >= crate::protocol::PING_INTERVAL {
                     last_ping = Instant::now();
@@ -419,6 +674,9 @@ impl Core {
         }
         let reason = self.stop.clone().unwrap_or_else(|| "stopped".into());
         log_at!(2, "scheduler", "shutting down: {reason}");
+        if let Some(j) = &mut self.journal {
+            j.sync();
+        }
         if let Some(r) = self.recorder.take() {
             if let Err(e) = r.finish(&self.state) {
                 log_at!(0, "scheduler", "cannot finish the event recording: {e}");
@@ -469,7 +727,8 @@ impl Core {
     }
 
     fn check_idle(&mut self) {
-        let busy = self.state.client_count() > 0 || !self.state.is_idle();
+        // Values held for the journal's client alone keep nobody busy.
+        let busy = if self.journal_client.is_some() { self.real_clients() > 0 || !self.nothing_active() } else { self.state.client_count() > 0 || !self.state.is_idle() };
         if busy {
             self.idle_since = Instant::now();
         } else if let Some(limit) = self.cfg.idle_timeout {
@@ -482,12 +741,32 @@ impl Core {
     fn handle(&mut self, ev: Event) {
         let now = self.now();
         match ev {
-            Event::Worker { conn, info, tx, stream } => {
+            Event::Worker { conn, info, tx, stream, held, run } => {
                 let (name, address, nthreads) = (info.name.clone(), info.address.clone(), info.nthreads);
                 let Outcome::Worker(id) = self.apply(StateEvent::AddWorker(info), now) else { unreachable!("AddWorker answers with the worker") };
                 self.telemetry.worker(id, &name, &address, nthreads);
+                let _ = tx.send(vec![ToWorker::SchedulerRun { run: self.run }]);
+                self.journal(RecordRef::WorkerJoined { worker: id, name: &name });
+                if !held.is_empty() {
+                    match &mut self.resuming {
+                        Some(r) if run == r.resume.run => {
+                            log_at!(2, "scheduler", "worker '{name}' came back with {} values", held.len());
+                            r.offered.push((id, held));
+                        }
+                        _ => {
+                            log_at!(2, "scheduler", "worker '{name}' came back with {} values of a scheduler this one does not resume; it drops them", held.len());
+                            let _ = tx.send(vec![ToWorker::Renumber { pairs: Vec::new() }]);
+                        }
+                    }
+                }
                 self.worker_conn.insert(id, conn);
                 self.conns.insert(conn, Peer::Worker { id, tx, stream });
+                if let Some(r) = &mut self.resuming {
+                    r.expected.remove(&name);
+                    if r.expected.is_empty() {
+                        self.finish_resuming(now);
+                    }
+                }
             }
             Event::Client { conn, name, tx, stream } => {
                 let Outcome::Client(id) = self.apply(StateEvent::AddClient { name }, now) else { unreachable!("AddClient answers with the client") };
@@ -497,10 +776,18 @@ impl Core {
             Event::Closed { conn, reason } => match self.conns.remove(&conn) {
                 Some(Peer::Worker { id, .. }) => {
                     self.worker_conn.remove(&id);
+                    if let Some(r) = &mut self.resuming {
+                        r.offered.retain(|(w, _)| *w != id);
+                    }
+                    self.journal(RecordRef::WorkerGone { worker: id });
                     self.apply(StateEvent::RemoveWorker { worker: id, reason }, now);
                 }
                 Some(Peer::Client { id, .. }) => {
                     self.client_conn.remove(&id);
+                    if let Some(r) = &mut self.resuming {
+                        r.held_back.retain(|(c, _)| *c != id);
+                    }
+                    self.journal(RecordRef::ClientGone { client: id });
                     self.apply(StateEvent::RemoveClient { client: id }, now);
                 }
                 None => {}
@@ -541,6 +828,9 @@ impl Core {
             ToScheduler::TaskFinished { id, nbytes, duration_us, start_us, thread, value } => {
                 if let Some(key) = self.state.key_of(id) {
                     self.telemetry.ran(key, w, thread, start_us, duration_us, true);
+                    if let Some(j) = &mut self.journal {
+                        j.record(&RecordRef::Finished { worker: w, id, key });
+                    }
                 }
                 StateEvent::TaskFinished { worker: w, id, nbytes, duration: duration_us as f64 * 1e-6, value }
             }
@@ -555,6 +845,9 @@ impl Core {
             ToScheduler::RetireMe => StateEvent::RetireMe { worker: w },
             ToScheduler::Started { ids } => StateEvent::Started { worker: w, ids },
             ToScheduler::Replicated { id, nbytes, transfer } => {
+                if let (Some(j), Some(key)) = (&mut self.journal, self.state.key_of(id)) {
+                    j.record(&RecordRef::Finished { worker: w, id, key });
+                }
                 if let Some(t) = transfer {
                     self.telemetry.transferred(TransferRun { worker: w, from: t.from, nbytes, start_us: t.start_us, duration_us: t.duration_us });
                 }
@@ -571,16 +864,40 @@ impl Core {
     }
 
     fn client_message(&mut self, c: ClientId, m: ToScheduler, now: f64) {
+        if let Some(r) = &mut self.resuming {
+            if matches!(m, ToScheduler::UpdateGraph { .. } | ToScheduler::ReleaseKeys { .. } | ToScheduler::PublishDataset { .. } | ToScheduler::UnpublishDataset { .. } | ToScheduler::RetireWorkers { .. }) {
+                r.held_back.push((c, m));
+                return;
+            }
+        }
         match m {
             ToScheduler::UpdateGraph { mut tasks, wanted } => {
                 let (n, n_wanted) = (tasks.len(), wanted.len());
+                // As the client sent it: the cache may rewrite it below.
+                let record = self.journal.as_ref().map(|_| {
+                    let mut b = Vec::new();
+                    journal::encode(&mut b, &RecordRef::Graph { client: c, tasks: &tasks, wanted: &wanted });
+                    b
+                });
+                // Keys the journal's client held that this client asks for
+                // are this client's from now on.
+                let claimed: Vec<String> = if self.journal_wants.is_empty() { Vec::new() } else { wanted.iter().filter(|k| self.journal_wants.remove(k.as_str())).cloned().collect() };
                 let planned = self.cfg.cache.as_ref().map(|cache| crate::cache::plan(cache, &mut tasks, &wanted, &mut self.cache_keys));
                 let state = &self.state;
                 let new: Vec<u32> = tasks.iter().filter(|d| state.task_id(&d.key).is_none()).map(|d| self.telemetry.prefix_index(&d.key)).collect();
                 if let Outcome::Graph(Err(error)) = self.apply(StateEvent::UpdateGraph { client: c, tasks, wanted }, now) {
                     log_at!(1, "scheduler", "rejected a graph of {n} tasks from client {c}: {error}");
                     self.send_client(c, ToClient::GraphRejected { error });
+                    self.journal_wants.extend(claimed);
                 } else {
+                    if let (Some(j), Some(b)) = (&mut self.journal, record) {
+                        j.record_encoded(&b);
+                    }
+                    if let (Some(jc), false) = (self.journal_client, claimed.is_empty()) {
+                        log_at!(2, "scheduler", "client {c} asked again for {} keys of the resumed graphs", claimed.len());
+                        self.journal(RecordRef::Released { client: jc, keys: &claimed });
+                        self.apply(StateEvent::ReleaseKeys { client: jc, keys: claimed }, now);
+                    }
                     if let Some(p) = planned {
                         log_at!(3, "scheduler", "result cache: {} tasks loaded, {} to store, {} not cacheable", p.loads, p.stores, p.uncacheable);
                         self.cache_plans.loads += p.loads;
@@ -595,6 +912,7 @@ impl Core {
                 }
             }
             ToScheduler::ReleaseKeys { keys } => {
+                self.journal(RecordRef::Released { client: c, keys: &keys });
                 self.apply(StateEvent::ReleaseKeys { client: c, keys }, now);
             }
             ToScheduler::StatusRequest => {
@@ -666,6 +984,9 @@ impl Core {
 
     /// Route what the state produced, one batch per connection.
     fn flush(&mut self) {
+        if let Some(j) = &mut self.journal {
+            j.flush();
+        }
         for line in self.state.take_logs() {
             log_at!(2, "scheduler", "{line}");
         }

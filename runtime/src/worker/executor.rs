@@ -208,6 +208,16 @@ impl Cancels {
         }
     }
 
+    /// Stop every task running now (their processes are killed).
+    fn cancel_all(&self) {
+        let mut st = self.lock();
+        let running: Vec<(TaskId, u32)> = st.running.iter().map(|(&id, &pid)| (id, pid)).collect();
+        for (id, pid) in running {
+            st.cancelled.insert(id);
+            kill(pid);
+        }
+    }
+
     /// Task `id` was reported done: forget it.
     fn ended(&self, id: TaskId) {
         let mut st = self.lock();
@@ -270,6 +280,12 @@ impl Pool {
     /// Stop a running (or queued) task: see [`Cancels::cancel`].
     pub fn cancel(&self, id: TaskId) {
         self.cancels.cancel(id);
+    }
+
+    /// Stop every running task's process (the worker lost its scheduler;
+    /// queued jobs never start once the pool is dropped).
+    pub fn cancel_all(&self) {
+        self.cancels.cancel_all();
     }
 
     /// These starts (and every result before them) have been sent to the

@@ -65,7 +65,16 @@ pub struct WorkerConfig {
     /// Give up on a scheduler that says nothing (not even its ping every
     /// 5 s) for this long: it is frozen, overloaded or cut off.
     pub scheduler_timeout: Duration,
+    /// How to find the scheduler again when the connection is lost (the
+    /// scheduler file or address, retried for `--death-timeout`): the
+    /// worker keeps its values and offers them to the scheduler that comes
+    /// back (one restarted from its journal takes them over). `None`: leave.
+    pub reattach: Option<Reattach>,
 }
+
+/// Connects to the scheduler again (an authenticated worker connection),
+/// or says why it could not.
+pub type Reattach = Arc<dyn Fn() -> Result<crate::seal::Link, String> + Send + Sync>;
 
 impl WorkerConfig {
     /// A worker called `name` with `nthreads` threads that authenticates
@@ -92,6 +101,7 @@ impl WorkerConfig {
             job: crate::jobqueue::detect_job().map(|(_, id)| id).unwrap_or_default(),
             python: Arc::new(PythonSettings::default()),
             scheduler_timeout: crate::protocol::SCHEDULER_TIMEOUT,
+            reattach: None,
         }
     }
 }
@@ -119,7 +129,8 @@ enum Event {
 }
 
 /// Connect-and-run, on the calling thread, until the scheduler says stop or
-/// goes away. `scheduler` must be an authenticated connection (role Worker).
+/// goes away (and, with [`WorkerConfig::reattach`], does not come back).
+/// `scheduler` must be an authenticated connection (role Worker).
 pub fn run(cfg: WorkerConfig, scheduler: crate::seal::Link) -> io::Result<WorkerExit> {
     util::release_large_frees();
     let local_ip = scheduler.local_addr()?.ip();
@@ -146,37 +157,11 @@ pub fn run(cfg: WorkerConfig, scheduler: crate::seal::Link) -> io::Result<Worker
             .name("tf-data-server".into())
             .spawn(move || dataplane::data_server(listener, secret, store, counters))?;
     }
-
-    let (tx, rx) = unbounded::<Event>();
-    let mut to_sched = FrameWriter::new(scheduler.writer()?);
-    to_sched.send(
-        &[ToScheduler::RegisterWorker {
-            name: cfg.name.clone(),
-            data_address: data_address.clone(),
-            nthreads: cfg.nthreads,
-            resources: cfg.resources.clone(),
-            host: util::hostname(),
-            pid: std::process::id(),
-            local_directory: scratch.display().to_string(),
-            job: cfg.job.clone(),
-            functions: cfg.registry.user_functions(),
-        }],
-        &[],
-    )?;
-    spawn_scheduler_reader(scheduler.reader()?, tx.clone())?;
+    // Signals go to whichever connection's loop runs now.
+    let retire_to: Arc<std::sync::Mutex<Option<Sender<Event>>>> = Arc::default();
     if let Some(requests) = cfg.retire_requests.clone() {
-        spawn_retire_forwarder(requests, tx.clone())?;
+        spawn_retire_forwarder(requests, retire_to.clone())?;
     }
-    let pool = {
-        let tx = tx.clone();
-        Pool::start(
-            cfg.nthreads,
-            cfg.registry.clone(),
-            scratch.clone(),
-            cfg.python.clone(),
-            move |r| tx.send(Event::Exec(r)).is_ok(),
-        )?
-    };
     log_at!(
         2,
         "worker",
@@ -201,37 +186,97 @@ pub fn run(cfg: WorkerConfig, scheduler: crate::seal::Link) -> io::Result<Worker
     };
     // Large receive buffers kept for reuse: an eighth of the memory limit.
     crate::bufpool::set_limit(cfg.memory.limit.unwrap_or_else(util::node_memory) / 8);
-    let mut w = WorkerLoop {
-        state: WorkerState::new(shape),
-        cfg,
-        store,
-        counters,
-        tx,
-        pool,
-        peers: HashMap::new(),
-        out: Vec::new(),
-        started: Vec::new(),
-        start_acks: Vec::new(),
-        last_memory_check: None,
-        report_now: false,
-        instructions: Vec::new(),
-        pending: Vec::new(),
-        now: Instant::now(),
-        last_word: Instant::now(),
-        warned_silence: false,
+    let mut scheduler = scheduler;
+    let (mut held, mut run_id) = (Vec::new(), 0u64);
+    let exit = loop {
+        let (tx, rx) = unbounded::<Event>();
+        let mut to_sched = FrameWriter::new(scheduler.writer()?);
+        to_sched.send(
+            &[ToScheduler::RegisterWorker {
+                name: cfg.name.clone(),
+                data_address: data_address.clone(),
+                nthreads: cfg.nthreads,
+                resources: cfg.resources.clone(),
+                host: util::hostname(),
+                pid: std::process::id(),
+                local_directory: scratch.display().to_string(),
+                job: cfg.job.clone(),
+                functions: cfg.registry.user_functions(),
+                held: std::mem::take(&mut held),
+                run: run_id,
+            }],
+            &[],
+        )?;
+        spawn_scheduler_reader(scheduler.reader()?, tx.clone())?;
+        *retire_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        let pool = {
+            let tx = tx.clone();
+            Pool::start(
+                cfg.nthreads,
+                cfg.registry.clone(),
+                scratch.clone(),
+                cfg.python.clone(),
+                move |r| tx.send(Event::Exec(r)).is_ok(),
+            )?
+        };
+        let mut w = WorkerLoop {
+            state: WorkerState::new(shape.clone()),
+            cfg: cfg.clone(),
+            store: store.clone(),
+            counters: counters.clone(),
+            tx,
+            pool,
+            peers: HashMap::new(),
+            out: Vec::new(),
+            started: Vec::new(),
+            start_acks: Vec::new(),
+            last_memory_check: None,
+            report_now: false,
+            instructions: Vec::new(),
+            pending: Vec::new(),
+            now: Instant::now(),
+            last_word: Instant::now(),
+            warned_silence: false,
+            run_id: 0,
+        };
+        let exit = w.run(rx, &mut to_sched);
+        let _ = scheduler.shutdown(std::net::Shutdown::Both);
+        let (Ok(WorkerExit::SchedulerLost(reason)), Some(reattach)) = (&exit, &cfg.reattach) else { break exit };
+        if w.state.retiring() || w.run_id == 0 {
+            break exit;
+        }
+        // Nothing started under the lost scheduler may finish under the
+        // next one (it numbers tasks anew): stop what runs, drop the rest.
+        w.pool.cancel_all();
+        run_id = w.run_id;
+        drop(w);
+        *retire_to.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        held = store.held();
+        log_at!(1, "worker", "worker '{}' lost its scheduler ({reason}); keeping its {} values and looking for the scheduler again (--death-timeout)", cfg.name, held.len());
+        match reattach() {
+            Ok(link) => {
+                log_at!(1, "worker", "worker '{}' reached a scheduler again; offering it {} values", cfg.name, held.len());
+                scheduler = link;
+            }
+            Err(e) => break Ok(WorkerExit::SchedulerLost(format!("{reason}; it did not come back: {e}"))),
+        }
     };
-    let exit = w.run(rx, &mut to_sched);
-    let _ = scheduler.shutdown(std::net::Shutdown::Both);
     drop(scratch_dir);
     exit
 }
 
 /// Pass each retirement request (a signal) on to the worker's loop.
-fn spawn_retire_forwarder(requests: Receiver<()>, tx: Sender<Event>) -> io::Result<()> {
+fn spawn_retire_forwarder(requests: Receiver<()>, to: Arc<std::sync::Mutex<Option<Sender<Event>>>>) -> io::Result<()> {
     std::thread::Builder::new().name("tf-retire".into()).spawn(move || {
         while requests.recv().is_ok() {
-            if tx.send(Event::RetireRequested).is_err() {
-                return;
+            // Between two connections a signal has no loop to go to; the
+            // worker is not running tasks then, so it leaves at once.
+            let tx = to.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            match tx {
+                Some(tx) => {
+                    let _ = tx.send(Event::RetireRequested);
+                }
+                None => std::process::exit(1),
             }
         }
     })?;
@@ -289,6 +334,8 @@ struct WorkerLoop {
     /// When the scheduler last sent anything.
     last_word: Instant,
     warned_silence: bool,
+    /// The scheduler's run ([`ToWorker::SchedulerRun`]; 0 until it says).
+    run_id: u64,
 }
 
 impl WorkerLoop {
@@ -493,10 +540,22 @@ impl WorkerLoop {
 
     /// A message from the scheduler, straight to the state.
     fn message(&mut self, m: ToWorker) -> Option<WorkerExit> {
-        if let ToWorker::PythonPlugin { name, data } = m {
-            crate::log_at!(2, "worker", "worker plugin '{name}' registered: each Python executor runs it before its next task");
-            self.cfg.python.add_plugin(name, data);
-            return None;
+        match m {
+            ToWorker::PythonPlugin { name, data } => {
+                crate::log_at!(2, "worker", "worker plugin '{name}' registered: each Python executor runs it before its next task");
+                self.cfg.python.add_plugin(name, data);
+                return None;
+            }
+            ToWorker::SchedulerRun { run } => {
+                self.run_id = run;
+                return None;
+            }
+            ToWorker::Renumber { pairs } => {
+                log_at!(2, "worker", "worker '{}': the scheduler took over {} of its values", self.cfg.name, pairs.len());
+                self.store.renumber(&pairs);
+                return None;
+            }
+            _ => {}
         }
         self.state.message(m, &*self.store);
         self.after_state(self.now)

@@ -360,6 +360,11 @@ impl WorkerState {
         self.paused
     }
 
+    /// Retiring (a signal, `--lifetime` or the scheduler's request).
+    pub fn retiring(&self) -> bool {
+        self.retire_deadline.is_some()
+    }
+
     /// The `--lifetime` runs out at this tick (the next `Tick` retires).
     pub fn lifetime_reached(&self, now: Instant) -> bool {
         self.shape.retire_at.is_some_and(|t| now >= t)
@@ -372,7 +377,7 @@ impl WorkerState {
     fn scheduler_message(&mut self, m: ToWorker, held: &dyn Held) {
         match m {
             // the IO layer hands plugins to the Python executors
-            ToWorker::Welcome { .. } | ToWorker::PythonPlugin { .. } | ToWorker::Ping => {}
+            ToWorker::Welcome { .. } | ToWorker::PythonPlugin { .. } | ToWorker::Ping | ToWorker::SchedulerRun { .. } | ToWorker::Renumber { .. } => {}
             ToWorker::Compute(ct) => self.compute(ct, held),
             ToWorker::Free { ids } => self.free(&ids),
             ToWorker::Replicate { id, holders } => self.replicate(id, holders, held),

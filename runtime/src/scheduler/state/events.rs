@@ -17,6 +17,9 @@ pub enum Event {
     AddClient { name: String },
     RemoveClient { client: ClientId },
     UpdateGraph { client: ClientId, tasks: Vec<TaskDef>, wanted: Vec<String> },
+    /// A graph resumed from the journal, some of whose values workers that
+    /// came back still hold (`(key, worker, nbytes)`).
+    Resume { client: ClientId, tasks: Vec<TaskDef>, wanted: Vec<String>, held: Vec<(String, WorkerId, u64)> },
     ReleaseKeys { client: ClientId, keys: Vec<String> },
     RetireWorkers { names: Vec<String>, all_idle: bool },
     TaskFinished { worker: WorkerId, id: TaskId, nbytes: u64, duration: f64, value: Option<Payload> },
@@ -64,6 +67,7 @@ impl SchedulerState {
             Event::AddClient { name } => return Outcome::Client(self.add_client(name)),
             Event::RemoveClient { client } => self.remove_client(client),
             Event::UpdateGraph { client, tasks, wanted } => return Outcome::Graph(self.update_graph(client, tasks, &wanted)),
+            Event::Resume { client, tasks, wanted, held } => return Outcome::Graph(self.update_graph_holding(client, tasks, &wanted, &held)),
             Event::ReleaseKeys { client, keys } => self.release_keys(client, &keys),
             Event::RetireWorkers { names, all_idle } => return Outcome::Retiring(self.retire_workers(&names, all_idle)),
             Event::TaskFinished { worker, id, nbytes, duration, value } => self.task_finished_with(worker, id, nbytes, duration, value, now),

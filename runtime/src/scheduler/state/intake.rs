@@ -43,6 +43,15 @@ impl SchedulerState {
     /// update is rejected (nothing changes) if it refers to unknown keys or
     /// contains a cycle. Keys that already exist keep their existing task.
     pub fn update_graph(&mut self, c: ClientId, defs: Vec<TaskDef>, wanted: &[String]) -> Result<(), String> {
+        self.update_graph_holding(c, defs, wanted, &[])
+    }
+
+    /// [`SchedulerState::update_graph`], where some of the new tasks'
+    /// values are already held by workers (`(key, worker, nbytes)`: workers
+    /// that came back to a scheduler restarted from its journal): those
+    /// tasks start in memory on their holders instead of running. Held keys
+    /// of tasks that already existed, or of unknown workers, are ignored.
+    pub fn update_graph_holding(&mut self, c: ClientId, defs: Vec<TaskDef>, wanted: &[String], held: &[(String, WorkerId, u64)]) -> Result<(), String> {
         if !self.clients.contains_key(&c) {
             return Err("unknown client".into());
         }
@@ -63,6 +72,21 @@ impl SchedulerState {
                 dt.live_dependents += 1;
             }
             self.tasks[id as usize].deps = dep_ids.into();
+        }
+        // New tasks are released and inactive, as are their dependents:
+        // nothing waits on them yet, so one can start in memory.
+        let new: hashbrown::HashSet<TaskId> = if held.is_empty() { Default::default() } else { added.iter().map(|&(id, _)| id).collect() };
+        for (key, w, nbytes) in held {
+            let Some(t) = self.task_id(key) else { continue };
+            if !new.contains(&t) || !self.workers.contains_key(w) || self.tasks[t as usize].who_has.contains(w) {
+                continue;
+            }
+            let task = &mut self.tasks[t as usize];
+            task.nbytes = *nbytes;
+            task.who_has.push(*w);
+            self.workers.get_mut(w).expect("checked").has_what.insert(t);
+            self.set_state(t, TaskState::Memory);
+            self.stats.values_adopted += 1;
         }
         for (k, &loc) in wanted.iter().zip(&plan.wanted_locs) {
             self.want(c, k, resolve(loc));

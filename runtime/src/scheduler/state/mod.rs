@@ -239,6 +239,9 @@ pub struct SchedulerStats {
     pub tasks_erred: u64,
     /// Tasks run again because their result was lost with a worker.
     pub tasks_recomputed: u64,
+    /// Values workers still held when they came back to a scheduler
+    /// restarted from its journal, taken over instead of recomputed.
+    pub values_adopted: u64,
     /// Tasks put back because the worker running them was lost.
     pub tasks_rescheduled: u64,
     pub workers_lost: u64,
@@ -400,6 +403,16 @@ impl SchedulerState {
     }
 
     /// The key of task `t`, if there is such a task.
+    /// The name worker `w` registered with.
+    pub fn worker_name(&self, w: WorkerId) -> Option<&str> {
+        self.workers.get(&w).map(|x| x.info.name.as_str())
+    }
+
+    /// Whether worker `w` holds the value of task `t`.
+    pub fn held_by(&self, t: TaskId, w: WorkerId) -> bool {
+        self.tasks.get(t as usize).is_some_and(|task| task.who_has.contains(&w))
+    }
+
     pub fn key_of(&self, t: TaskId) -> Option<&str> {
         self.tasks.get(t as usize).map(|task| key_at(&self.key_bytes, task.key))
     }
@@ -466,6 +479,7 @@ impl SchedulerState {
                 ("tasks_finished".into(), self.stats.tasks_finished),
                 ("tasks_erred".into(), self.stats.tasks_erred),
                 ("tasks_recomputed".into(), self.stats.tasks_recomputed),
+                ("values_adopted".into(), self.stats.values_adopted),
                 ("tasks_rescheduled".into(), self.stats.tasks_rescheduled),
                 ("retries".into(), self.stats.retries),
                 ("workers_lost".into(), self.stats.workers_lost),

@@ -973,3 +973,29 @@ fn tasks_calling_a_registered_function_go_to_workers_that_have_it() {
     let sent: Vec<(WorkerId, String)> = sim.computes().into_iter().map(|(w, _, k)| (w, k)).collect();
     assert_eq!(sent, vec![(custom, "x".to_string())]);
 }
+
+#[test]
+fn a_resumed_graph_takes_over_the_values_workers_still_hold() {
+    let mut sim = Sim::new();
+    let w1 = sim.s.add_worker(info("a", 1), 0.0);
+    let w2 = sim.s.add_worker(info("b", 1), 0.0);
+    let c = sim.s.add_client("journal".into());
+    // x -> y -> z wanted, and p -> q wanted; y is held by w1 (so x is never
+    // run), p by w2; a held key that is not in the graph is ignored.
+    let defs = graph(r#"{"x": 1, "y": ["inc", "x"], "z": ["inc", "y"], "p": 5, "q": ["inc", "p"]}"#);
+    let held = vec![("y".to_string(), w1, 8), ("p".to_string(), w2, 8), ("nope".to_string(), w2, 8), ("y".to_string(), 99, 8)];
+    sim.s.handle(Event::Resume { client: c, tasks: defs, wanted: wanted(&["z", "q"]), held }, 0.0);
+    sim.ok();
+    assert_eq!(sim.s.stats.values_adopted, 2);
+    assert_eq!(sim.state("y"), Some(TaskState::Memory));
+    assert!(sim.s.held_by(sim.id("y"), w1) && !sim.s.held_by(sim.id("y"), w2));
+    let mut ran: Vec<(WorkerId, String)> = sim.computes().into_iter().map(|(w, _, k)| (w, k)).collect();
+    ran.sort();
+    // z runs where y is, q where p is; x never runs.
+    assert_eq!(ran, vec![(w1, "z".to_string()), (w2, "q".to_string())]);
+    sim.finish(w1, "z");
+    sim.finish(w2, "q");
+    assert_eq!(sim.s.stats.tasks_finished, 2);
+    assert_eq!((sim.state("z"), sim.state("q")), (Some(TaskState::Memory), Some(TaskState::Memory)));
+    assert_eq!(sim.s.count(TaskState::Processing) + sim.s.count(TaskState::Waiting) + sim.s.count(TaskState::Queued), 0);
+}
