@@ -45,6 +45,7 @@ bounded() {
     section "encryption";        N=1000 REPS=1 SIZE=16777216 TRANSFER_REPS=2 bounded "$here/encryption.sh"
     section "dashboard";         N=1000 REPS=1 bounded "$here/dashboard.sh"
     section "result cache";      SMOKE=1 bounded "$here/cache.sh"
+    section "journal";           SMOKE=1 bounded "$here/journal.sh"
     section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler -- --quick
   else
     section "no-op tasks";       bounded "$here/noop.sh" --with-dask
@@ -57,6 +58,7 @@ bounded() {
     section "encryption";        bounded "$here/encryption.sh"
     section "dashboard";         bounded "$here/dashboard.sh"
     section "result cache";      bounded "$here/cache.sh"
+    section "journal";           bounded "$here/journal.sh"
     section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler
   fi
 } 2>&1 | tee "$out"
