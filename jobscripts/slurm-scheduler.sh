@@ -19,8 +19,15 @@ MEMORY=${MEMORY:-120GB}        # per worker job (GB = 10^9 bytes, GiB = 2^30)
 WALLTIME=${WALLTIME:-02:00:00} # per worker job; replacements are submitted ahead of its end
 JOBS_MAX=${JOBS_MAX:-20}
 mkdir -p "$(dirname "$SCHED")" logs
+# A campaign longer than this job (docs/campaigns.md): set TASKFARM_JOURNAL and
+# TASKFARM_CACHE to paths on shared storage and TASKFARM_SCHEDULER_FILE to one
+# fixed path, and chain jobs with sbatch --dependency=afterany:<previous job>.
+# Each job resumes from the journal and the cache what the one before left.
+RESUME=()
+[ -z "${TASKFARM_JOURNAL:-}" ] || RESUME+=(--journal "$TASKFARM_JOURNAL")
+[ -z "${TASKFARM_CACHE:-}" ] || RESUME+=(--cache "$TASKFARM_CACHE")
 
-taskfarm scheduler --scheduler-file "$SCHED" --interface "$IFACE" \
+taskfarm scheduler --scheduler-file "$SCHED" --interface "$IFACE" "${RESUME[@]}" \
     --adapt slurm --minimum-jobs 0 --maximum-jobs "$JOBS_MAX" \
     --cores "$CORES" --memory "$MEMORY" --walltime "$WALLTIME" \
     --local-directory '$TMPDIR' --log-directory "$PWD/logs" &

@@ -38,14 +38,18 @@ def eventually(condition, what, timeout=60.0):
 class Cluster:
     """`taskfarm scheduler` + `taskfarm worker` processes on loopback."""
 
-    def __init__(self, tmp: Path, workers: int, threads: int):
+    def __init__(self, tmp: Path, workers: int, threads: int, scheduler_args=()):
         self.tmp = tmp
         self.file = tmp / "scheduler.json"
         self.logs = []
-        self.scheduler = self._spawn("scheduler", ["scheduler", "--scheduler-file", str(self.file), "--host", "127.0.0.1"])
+        self.scheduler_args = list(scheduler_args)
+        self.scheduler = self.start_scheduler("scheduler")
         self.workers = {}
         for i in range(workers):
             self.add_worker(f"w{i}", threads)
+
+    def start_scheduler(self, log_name):
+        return self._spawn(log_name, ["scheduler", "--scheduler-file", str(self.file), "--host", "127.0.0.1", *self.scheduler_args])
 
     def _spawn(self, name, args):
         log = open(self.tmp / f"{name}.log", "wb")

@@ -46,6 +46,19 @@ struct State {
     /// Answers to dataset requests, in order.
     replies: VecDeque<ToClient>,
     lost: Option<String>,
+    /// Bumped when the connection is lost: fetches started before do not
+    /// count (a restarted scheduler numbers tasks anew, and its workers
+    /// their values).
+    generation: u64,
+    /// Keys that had a value on the cluster when the connection was lost:
+    /// pending again until the scheduler that came back says where they
+    /// are, without a second `Finished` event.
+    relocating: std::collections::HashSet<String>,
+    /// `close` was called: a lost connection is not looked for again.
+    closing: bool,
+    /// How long the scheduler may say nothing (and, with a scheduler file,
+    /// how long a lost one has to come back).
+    scheduler_timeout: Duration,
 }
 
 struct Shared {
@@ -70,10 +83,12 @@ pub type Outcome = Result<(u8, Arc<Vec<u8>>), String>;
 
 pub struct Session {
     shared: Arc<Shared>,
-    writer: Mutex<FrameWriter<crate::seal::LinkWriter>>,
+    /// Shared with the reader thread, which replaces it (holding it, so
+    /// senders wait) when it connects again to a scheduler that came back.
+    writer: Arc<Mutex<FrameWriter<crate::seal::LinkWriter>>>,
     /// Held while a request waits for its reply, so replies pair with requests.
     requests: Mutex<()>,
-    stream: TcpStream,
+    stream: Arc<Mutex<TcpStream>>,
     secret: Vec<u8>,
     pub address: String,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -86,48 +101,45 @@ impl Session {
             ConnectError::Fatal(m) => m,
             ConnectError::Unreachable(e) => format!("cannot reach the scheduler at {address}: {e}"),
         })?;
-        Session::start(stream, address, secret)
+        Session::start(stream, address, secret, None)
     }
 
     /// Find the scheduler through its file, waiting up to `timeout` for it.
+    /// Find the scheduler through its file, waiting up to `timeout` for it.
+    /// When the connection breaks, the session looks for the scheduler
+    /// through the file again (for the scheduler timeout): a scheduler
+    /// restarted with its journal still has this client's keys, which are
+    /// asked for again; until then, waits for values go on waiting.
     pub fn from_scheduler_file(path: &Path, timeout: Duration) -> Result<Session, String> {
         let (file, stream) = schedfile::wait_and_connect(path, timeout, Role::Client).map_err(|e| e.to_string())?;
         let secret = file.secret_bytes()?;
-        Session::start(stream, &file.address, &secret)
+        Session::start(stream, &file.address, &secret, Some(path.to_path_buf()))
     }
 
-    fn start(link: crate::seal::Link, address: &str, secret: &[u8]) -> Result<Session, String> {
-        let lost = |e: std::io::Error| format!("lost the scheduler at {address}: {e}");
-        let _ = link.set_nodelay(true);
-        let stream = link.stream().map_err(lost)?;
-        let mut writer = FrameWriter::new(link.writer().map_err(lost)?);
-        let name = format!("{}-{}-py", crate::util::hostname(), std::process::id());
-        writer.send(&[ToScheduler::RegisterClient { name }], &[]).map_err(lost)?;
-        let mut reader = FrameReader::new(link.reader().map_err(lost)?);
-        match reader.read_batch::<ToClient>().map_err(lost)? {
-            Some((msgs, _)) if matches!(msgs.first(), Some(ToClient::Welcome { .. })) => {}
-            _ => return Err(format!("the scheduler at {address} did not welcome this client")),
-        }
-        // The scheduler pings every 5 s: silence this long means it is
-        // frozen or cut off, and the reader gives up (see `read_loop`).
-        stream.set_read_timeout(Some(crate::protocol::SCHEDULER_TIMEOUT)).map_err(lost)?;
-        let shared = Arc::new(Shared { state: Mutex::new(State::default()), cv: Condvar::new() });
+    fn start(link: crate::seal::Link, address: &str, secret: &[u8], file: Option<std::path::PathBuf>) -> Result<Session, String> {
+        let (reader, writer, stream) = register(link, address)?;
+        let shared = Arc::new(Shared { state: Mutex::new(State { scheduler_timeout: crate::protocol::SCHEDULER_TIMEOUT, ..State::default() }), cv: Condvar::new() });
+        let (writer, stream) = (Arc::new(Mutex::new(writer)), Arc::new(Mutex::new(stream)));
+        let again = file.map(|path| Again { path, secret: secret.to_vec(), writer: writer.clone(), stream: stream.clone() });
         let s2 = shared.clone();
-        let reader = std::thread::Builder::new().name("tf-session".into()).spawn(move || read_loop(reader, &s2)).map_err(|e| e.to_string())?;
-        Ok(Session { shared, writer: Mutex::new(writer), requests: Mutex::new(()), stream, secret: secret.to_vec(), address: address.to_string(), reader: Some(reader) })
+        let reader = std::thread::Builder::new().name("tf-session".into()).spawn(move || read_loop(reader, &s2, again)).map_err(|e| e.to_string())?;
+        Ok(Session { shared, writer, requests: Mutex::new(()), stream, secret: secret.to_vec(), address: address.to_string(), reader: Some(reader) })
     }
 
     /// Give up on the scheduler (failing every pending key) after this long
-    /// without a word from it (default 60 s; it pings every 5 s).
+    /// without a word from it (default 60 s; it pings every 5 s); a session
+    /// from a scheduler file also gives a lost scheduler this long to come back.
     pub fn set_scheduler_timeout(&self, d: Duration) -> Result<(), String> {
-        self.stream.set_read_timeout(Some(d.max(Duration::from_millis(100)))).map_err(|e| e.to_string())
+        let d = d.max(Duration::from_millis(100));
+        self.shared.lock().scheduler_timeout = d;
+        lock(&self.stream).set_read_timeout(Some(d)).map_err(|e| e.to_string())
     }
 
     fn send(&self, msgs: &[ToScheduler]) -> Result<(), String> {
         if let Some(l) = &self.shared.lock().lost {
             return Err(l.clone());
         }
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = lock(&self.writer);
         w.send(msgs, &[]).map_err(|e| format!("lost the scheduler at {}: {e}", self.address))
     }
 
@@ -246,6 +258,7 @@ impl Session {
     /// Fetch `items` from `holder` into the key table; what it does not
     /// have waits for the scheduler to say where it is now.
     fn fetch_from(&self, holder: &str, items: &[(String, TaskId)]) {
+        let generation = self.shared.lock().generation;
         let ids: Vec<TaskId> = items.iter().map(|(_, id)| *id).collect();
         let got = fetch_values(holder, &self.secret, &ids).unwrap_or_else(|e| {
             crate::log_at!(1, "client", "cannot fetch results from {holder}: {e}; waiting for the scheduler to recompute them");
@@ -253,6 +266,9 @@ impl Session {
         });
         let mut got: HashMap<TaskId, Payload> = got.into_iter().collect();
         let mut st = self.shared.lock();
+        if st.generation != generation {
+            return; // the scheduler was lost meanwhile: the ids may mean other values now
+        }
         for (k, id) in items {
             let Some(state) = st.keys.get_mut(k) else { continue };
             match got.remove(id) {
@@ -353,7 +369,8 @@ impl Session {
 
     /// Close the connection (the scheduler releases what only this client wanted).
     pub fn close(&mut self) {
-        let _ = self.stream.shutdown(Shutdown::Both);
+        self.shared.lock().closing = true;
+        let _ = lock(&self.stream).shutdown(Shutdown::Both);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -383,8 +400,151 @@ fn fetch_values(holder: &str, secret: &[u8], ids: &[TaskId]) -> std::io::Result<
     Ok(out)
 }
 
-fn read_loop(mut reader: FrameReader<crate::seal::LinkReader>, shared: &Shared) {
-    let reason = loop {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type Reader = FrameReader<crate::seal::LinkReader>;
+type Writer = FrameWriter<crate::seal::LinkWriter>;
+
+/// Register as a client on an authenticated connection.
+fn register(link: crate::seal::Link, address: &str) -> Result<(Reader, Writer, TcpStream), String> {
+    let lost = |e: std::io::Error| format!("lost the scheduler at {address}: {e}");
+    let _ = link.set_nodelay(true);
+    let stream = link.stream().map_err(lost)?;
+    let mut writer = FrameWriter::new(link.writer().map_err(lost)?);
+    let name = format!("{}-{}-py", crate::util::hostname(), std::process::id());
+    writer.send(&[ToScheduler::RegisterClient { name }], &[]).map_err(lost)?;
+    let mut reader = FrameReader::new(link.reader().map_err(lost)?);
+    match reader.read_batch::<ToClient>().map_err(lost)? {
+        Some((msgs, _)) if matches!(msgs.first(), Some(ToClient::Welcome { .. })) => {}
+        _ => return Err(format!("the scheduler at {address} did not welcome this client")),
+    }
+    // The scheduler pings every 5 s: silence this long means it is
+    // frozen or cut off, and the reader gives up (see `read_loop`).
+    stream.set_read_timeout(Some(crate::protocol::SCHEDULER_TIMEOUT)).map_err(lost)?;
+    Ok((reader, writer, stream))
+}
+
+/// What the reader needs to connect again to a scheduler that came back.
+struct Again {
+    path: std::path::PathBuf,
+    secret: Vec<u8>,
+    writer: Arc<Mutex<Writer>>,
+    stream: Arc<Mutex<TcpStream>>,
+}
+
+fn read_loop(mut reader: Reader, shared: &Shared, again: Option<Again>) {
+    loop {
+        let reason = read_until_lost(&mut reader, shared);
+        let wait = {
+            let mut st = shared.lock();
+            if st.closing || again.is_none() {
+                drop(st);
+                return fail_all(shared, reason);
+            }
+            st.generation += 1;
+            let st = &mut *st;
+            for (k, state) in st.keys.iter_mut() {
+                if matches!(state, KeyState::At { .. }) {
+                    *state = KeyState::Pending;
+                    st.relocating.insert(k.clone());
+                }
+            }
+            st.scheduler_timeout
+        };
+        let a = again.as_ref().expect("checked");
+        crate::log_at!(1, "client", "{reason}; looking for the scheduler through {} for up to {:.0} s", a.path.display(), wait.as_secs_f64());
+        // Senders wait for the new connection (or for the failure).
+        let mut w = lock(&a.writer);
+        match connect_again(a, shared, wait) {
+            Ok((r, new_writer, stream)) => {
+                *w = new_writer;
+                *lock(&a.stream) = stream;
+                drop(w);
+                reader = r;
+            }
+            Err(e) => {
+                drop(w);
+                return fail_all(shared, format!("{reason}; it did not come back: {e}"));
+            }
+        }
+    }
+}
+
+/// Reach the scheduler through its file again, and want again every key
+/// this client wants that it knows (a scheduler restarted with its journal
+/// knows them); the others fail, saying why.
+fn connect_again(a: &Again, shared: &Shared, wait: Duration) -> Result<(Reader, Writer, TcpStream), String> {
+    let (file, link) = schedfile::wait_and_connect(&a.path, wait, Role::Client).map_err(|e| e.to_string())?;
+    if file.secret_bytes().ok().as_deref() != Some(a.secret.as_slice()) {
+        return Err(format!("the scheduler in {} now has another secret: a new cluster, which does not have this client's work", a.path.display()));
+    }
+    let (mut reader, mut writer, stream) = register(link, &file.address)?;
+    stream.set_read_timeout(Some(wait)).map_err(|e| e.to_string())?;
+    let keys: Vec<String> = shared.lock().keys.keys().cloned().collect();
+    let lost = |e: std::io::Error| format!("lost the scheduler at {} again: {e}", file.address);
+    writer.send(&[ToScheduler::KeyStatesRequest { keys: keys.clone() }], &[]).map_err(lost)?;
+    let states = loop {
+        let Some((msgs, _)) = reader.read_batch::<ToClient>().map_err(lost)? else {
+            return Err("the scheduler closed the connection".into());
+        };
+        let mut st = shared.lock();
+        let mut found = None;
+        for m in msgs {
+            match m {
+                ToClient::KeyStates(s) if found.is_none() => found = Some(s),
+                m => message(&mut st, m),
+            }
+        }
+        if let Some(s) = found {
+            break s;
+        }
+    };
+    let mut known = Vec::new();
+    {
+        let mut st = shared.lock();
+        let st = &mut *st;
+        for (k, state) in keys.into_iter().zip(states) {
+            if state != "unknown" {
+                known.push(k);
+                continue;
+            }
+            st.relocating.remove(&k);
+            if let Some(s) = st.keys.get_mut(&k) {
+                if matches!(s, KeyState::Pending) {
+                    let why = format!("the scheduler at {} came back without '{k}' (it was not started again with the --journal that had it)", file.address);
+                    *s = KeyState::Failed(why.clone());
+                    st.events.push(Event::Erred(k, why));
+                }
+            }
+        }
+        st.submissions.push_back(known.clone());
+    }
+    shared.cv.notify_all();
+    writer.send(&[ToScheduler::UpdateGraph { tasks: Vec::new(), wanted: known }], &[]).map_err(lost)?;
+    crate::log_at!(1, "client", "reached the scheduler at {} again; asked again for this client's keys", file.address);
+    Ok((reader, writer, stream))
+}
+
+/// Every key still waiting fails with `reason`, and the session is lost.
+fn fail_all(shared: &Shared, reason: String) {
+    let mut st = shared.lock();
+    let st = &mut *st;
+    for state in st.keys.values_mut() {
+        if matches!(state, KeyState::Pending | KeyState::At { .. }) {
+            *state = KeyState::Failed(reason.clone());
+        }
+    }
+    st.events.push(Event::Lost(reason.clone()));
+    st.lost = Some(reason);
+    shared.cv.notify_all();
+}
+
+/// Read the scheduler's messages into the state until the connection ends;
+/// returns why.
+fn read_until_lost(reader: &mut Reader, shared: &Shared) -> String {
+    loop {
         match reader.read_batch::<ToClient>() {
             Ok(Some((msgs, _))) => {
                 let mut st = shared.lock();
@@ -400,17 +560,7 @@ fn read_loop(mut reader: FrameReader<crate::seal::LinkReader>, shared: &Shared) 
             }
             Err(e) => break format!("lost the scheduler: {e}"),
         }
-    };
-    let mut st = shared.lock();
-    let st = &mut *st;
-    for state in st.keys.values_mut() {
-        if matches!(state, KeyState::Pending | KeyState::At { .. }) {
-            *state = KeyState::Failed(reason.clone());
-        }
     }
-    st.events.push(Event::Lost(reason.clone()));
-    st.lost = Some(reason);
-    shared.cv.notify_all();
 }
 
 /// One scheduler message into the key table and the events.
@@ -434,7 +584,7 @@ fn message(st: &mut State, m: ToClient) {
             if matches!(s, KeyState::Value(..)) {
                 return;
             }
-            let was_pending = matches!(s, KeyState::Pending | KeyState::Failed(_));
+            let was_pending = matches!(s, KeyState::Pending | KeyState::Failed(_)) && !st.relocating.remove(&key);
             *s = match value {
                 Some((tag, body)) => KeyState::Value(tag, Arc::new(body)),
                 None => KeyState::At { id, holders },

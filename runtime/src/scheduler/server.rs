@@ -393,8 +393,9 @@ struct Resuming {
     expected: HashSet<String>,
     /// Values the workers that came back offer (ids of the journal's run).
     offered: Vec<(WorkerId, Vec<(TaskId, u64)>)>,
-    /// Client requests that change the graph, held until the resumed graphs
-    /// are in (so they cannot start work the returning workers hold).
+    /// Client requests about the graph, held until the resumed graphs are
+    /// in (so they cannot start work the returning workers hold, and key
+    /// states are those of the resumed graphs).
     held_back: Vec<(ClientId, ToScheduler)>,
 }
 
@@ -865,7 +866,8 @@ impl Core {
 
     fn client_message(&mut self, c: ClientId, m: ToScheduler, now: f64) {
         if let Some(r) = &mut self.resuming {
-            if matches!(m, ToScheduler::UpdateGraph { .. } | ToScheduler::ReleaseKeys { .. } | ToScheduler::PublishDataset { .. } | ToScheduler::UnpublishDataset { .. } | ToScheduler::RetireWorkers { .. }) {
+            // Only what does not depend on the graphs is answered now.
+            if !matches!(m, ToScheduler::StatusRequest | ToScheduler::ProgressRequest | ToScheduler::TelemetryRequest { .. } | ToScheduler::Shutdown) {
                 r.held_back.push((c, m));
                 return;
             }
