@@ -459,8 +459,17 @@ fn read_loop(mut reader: Reader, shared: &Shared, again: Option<Again>) {
         let mut w = lock(&a.writer);
         match connect_again(a, shared, wait) {
             Ok((r, new_writer, stream)) => {
+                // `close` sets `closing`, then shuts the stream it finds
+                // under this lock: the new one, or (closed meanwhile) none.
+                let mut current = lock(&a.stream);
+                if shared.lock().closing {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    drop((current, w));
+                    return fail_all(shared, "the client was closed".into());
+                }
+                *current = stream;
+                drop(current);
                 *w = new_writer;
-                *lock(&a.stream) = stream;
                 drop(w);
                 reader = r;
             }
