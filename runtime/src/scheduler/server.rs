@@ -884,6 +884,13 @@ impl Core {
                 // Keys the journal's client held that this client asks for
                 // are this client's from now on.
                 let claimed: Vec<String> = if self.journal_wants.is_empty() { Vec::new() } else { wanted.iter().filter(|k| self.journal_wants.remove(k.as_str())).cloned().collect() };
+                if self.cfg.cache.is_some() {
+                    // Tasks the scheduler has already keep their task (and
+                    // were planned when they came): only new ones are planned
+                    // and counted.
+                    let state = &self.state;
+                    tasks.retain(|d| state.task_id(&d.key).is_none());
+                }
                 let planned = self.cfg.cache.as_ref().map(|cache| crate::cache::plan(cache, &mut tasks, &wanted, &mut self.cache_keys));
                 let state = &self.state;
                 let new: Vec<u32> = tasks.iter().filter(|d| state.task_id(&d.key).is_none()).map(|d| self.telemetry.prefix_index(&d.key)).collect();
