@@ -10,9 +10,16 @@
 # module load ...
 set -euo pipefail
 cd "$PBS_O_WORKDIR"
-SCHED=$HOME/.taskfarm/sched-$PBS_JOBID.json
+SCHED=${TASKFARM_SCHEDULER_FILE:-$HOME/.taskfarm/sched-$PBS_JOBID.json}
 mkdir -p "$(dirname "$SCHED")" logs
-taskfarm scheduler --scheduler-file "$SCHED" --interface ib0 \
+# A campaign longer than this job (docs/campaigns.md): pass TASKFARM_JOURNAL,
+# TASKFARM_CACHE (shared storage) and one fixed TASKFARM_SCHEDULER_FILE with
+# qsub -v, and chain jobs with -W depend=afterany:<previous job>; each resumes
+# from the journal and the cache what the one before left.
+RESUME=()
+[ -z "${TASKFARM_JOURNAL:-}" ] || RESUME+=(--journal "$TASKFARM_JOURNAL")
+[ -z "${TASKFARM_CACHE:-}" ] || RESUME+=(--cache "$TASKFARM_CACHE")
+taskfarm scheduler --scheduler-file "$SCHED" --interface ib0 "${RESUME[@]}" \
     --adapt pbs --minimum-jobs 0 --maximum-jobs 20 \
     --cores 32 --memory 120GB --walltime 02:00:00 \
     --local-directory '$TMPDIR' --log-directory "$PWD/logs" &
