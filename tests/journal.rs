@@ -64,6 +64,19 @@ fn finished_in_journal(path: &std::path::Path) -> usize {
     keys.len()
 }
 
+/// `taskfarm submit` of `graph` for `keys` in the background: results in
+/// `submit.out`, its log in `submit.err`.
+fn spawn_submit(dir: &TempDir, graph: &std::path::Path, c: &Cluster, keys: &str) -> std::process::Child {
+    Command::new(bin())
+        .args(["submit", graph.to_str().unwrap(), "--scheduler-file", c.file_arg(), "--keys", keys, "--quiet"])
+        .env_remove("TASKFARM_SCHEDULER_FILE")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("submit.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("submit.err")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 /// Wait for the client's exit (bounded); on a timeout, fail with every log.
 fn wait_client(submit: &mut std::process::Child, dir: &TempDir, c: &Cluster) -> Option<i32> {
     let deadline = std::time::Instant::now() + Duration::from_secs(180);
@@ -96,14 +109,7 @@ fn kill_9_of_the_scheduler_then_a_restart_with_the_journal_keeps_the_workers_val
     let graph_file = dir.write("g.json", &graph(&fifo));
     let keys = "part-0,part-1,part-2,part-3,total,gate";
     let out = dir.join("submit.out");
-    let mut submit = Command::new(bin())
-        .args(["submit", graph_file.to_str().unwrap(), "--scheduler-file", c.file_arg(), "--keys", keys, "--quiet"])
-        .env_remove("TASKFARM_SCHEDULER_FILE")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(dir.join("submit.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut submit = spawn_submit(&dir, &graph_file, &c, keys);
 
     // Everything but the gate has finished, and the journal has it on disk.
     let before = LEAVES + PARTS + 1;
@@ -191,14 +197,7 @@ fn a_new_scheduler_resumes_from_the_journal_and_the_cache_when_every_worker_is_n
     let mut c = Cluster::start_with("journal-new", &[("old", 2)], &[], &sched_args);
     let graph_file = dir.write("g.json", &serde_json::Value::Object(g).to_string());
     let out = dir.join("submit.out");
-    let mut submit = Command::new(bin())
-        .args(["submit", graph_file.to_str().unwrap(), "--scheduler-file", c.file_arg(), "--keys", "words", "--quiet"])
-        .env_remove("TASKFARM_SCHEDULER_FILE")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(dir.join("submit.err")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut submit = spawn_submit(&dir, &graph_file, &c, "words");
     wait_for("the 50 commands to be journaled as finished", Duration::from_secs(60), || finished_in_journal(&journal) >= 50);
     wait_for("the gate to read its pipe", Duration::from_secs(60), || !gate_readers(&fifo).is_empty());
     let old = gate_readers(&fifo);
