@@ -14,8 +14,8 @@
 //! (`Start`, first), submitted graphs as the clients sent them (before the
 //! result cache rewrote them), keys released, clients gone, workers joining
 //! and leaving, and every value finished or copied (which worker holds it,
-//! under which task id). A writer thread appends the batches and syncs
-//! them to disk once per batch it finds waiting (group commit), so the
+//! under which task id). A writer thread appends the batches as they come
+//! and syncs them to disk at most every 20 ms (group commit), so the
 //! scheduler's loop never waits for the disk. A kill -9 mid-write leaves a
 //! torn last frame: [`load`] stops at the first frame whose length or
 //! checksum does not hold, says how many bytes it dropped, and the rest is
@@ -347,48 +347,7 @@ impl Writer {
         let thread_path = path.to_path_buf();
         std::thread::Builder::new()
             .name("tf-journal".into())
-            .spawn(move || {
-                let mut file = file;
-                let mut broken = false;
-                while let Ok(job) = rx.recv() {
-                    let mut jobs = vec![job];
-                    while let Ok(more) = rx.try_recv() {
-                        jobs.push(more);
-                    }
-                    if broken {
-                        for job in jobs {
-                            if let Job::Sync(a) = job {
-                                let _ = a.send(());
-                            }
-                        }
-                        continue;
-                    }
-                    let mut answers = Vec::new();
-                    let done = (|| -> io::Result<()> {
-                        let mut pending = Vec::new();
-                        for job in jobs {
-                            match job {
-                                Job::Append(payload) => pending.extend_from_slice(&frame(&payload)),
-                                Job::Rewrite(payload) => {
-                                    file.write_all(&pending)?;
-                                    pending.clear();
-                                    file = rewrite(&thread_path, &payload)?;
-                                }
-                                Job::Sync(answer) => answers.push(answer),
-                            }
-                        }
-                        file.write_all(&pending)?;
-                        file.sync_data()
-                    })();
-                    for a in answers {
-                        let _ = a.send(());
-                    }
-                    if let Err(e) = done {
-                        crate::log_at!(0, "scheduler", "cannot write the journal {}: {e}; journaling stops (a restart resumes from what was written)", thread_path.display());
-                        broken = true;
-                    }
-                }
-            })
+            .spawn(move || write_loop(&rx, file, &thread_path))
             .map_err(|e| format!("cannot start the journal thread: {e}"))?;
         Ok(Writer { path: path.to_path_buf(), buf: Vec::new(), tx, appended: 0 })
     }
@@ -432,6 +391,75 @@ impl Writer {
         let _ = self.tx.send(Job::Rewrite(records));
     }
 }
+
+/// The writer thread: append what comes, sync at most every [`SYNC_EVERY`]
+/// (and before answering a `Sync`). Records written but not yet synced
+/// survive a kill of the process (they are in the page cache), not a crash
+/// of the node.
+fn write_loop(rx: &crossbeam_channel::Receiver<Job>, mut file: File, path: &Path) {
+    use crossbeam_channel::RecvTimeoutError;
+    let mut broken = false;
+    let mut dirty = false;
+    let mut last_sync = std::time::Instant::now();
+    loop {
+        let first = if dirty {
+            match rx.recv_timeout(SYNC_EVERY.saturating_sub(last_sync.elapsed())) {
+                Ok(j) => Some(j),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = file.sync_data();
+                    return;
+                }
+            }
+        } else {
+            match rx.recv() {
+                Ok(j) => Some(j),
+                Err(_) => return,
+            }
+        };
+        let mut jobs: Vec<Job> = first.into_iter().collect();
+        while let Ok(more) = rx.try_recv() {
+            jobs.push(more);
+        }
+        let mut answers = Vec::new();
+        let mut pending = Vec::new();
+        let mut done = Ok(());
+        for job in jobs {
+            match job {
+                Job::Append(payload) => pending.extend_from_slice(&frame(&payload)),
+                Job::Rewrite(payload) if !broken => {
+                    done = done.and_then(|()| file.write_all(&pending)).and_then(|()| rewrite(path, &payload).map(|f| file = f));
+                    pending.clear();
+                    dirty = false;
+                }
+                Job::Rewrite(_) => {}
+                Job::Sync(answer) => answers.push(answer),
+            }
+        }
+        if !broken {
+            if !pending.is_empty() {
+                done = done.and_then(|()| file.write_all(&pending));
+                dirty = true;
+            }
+            if dirty && (!answers.is_empty() || last_sync.elapsed() >= SYNC_EVERY) {
+                done = done.and_then(|()| file.sync_data());
+                dirty = false;
+                last_sync = std::time::Instant::now();
+            }
+            if let Err(e) = done {
+                crate::log_at!(0, "scheduler", "cannot write the journal {}: {e}; journaling stops (a restart resumes from what was written)", path.display());
+                broken = true;
+                dirty = false;
+            }
+        }
+        for a in answers {
+            let _ = a.send(());
+        }
+    }
+}
+
+/// The journal is synced to disk at most this often (and at a clean stop).
+const SYNC_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Write `payload` as the only frame of a new journal at `path` (temporary
 /// file, synced, renamed) and return it opened for appending.
