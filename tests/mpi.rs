@@ -84,6 +84,33 @@ fn batch_mode(l: Launcher) {
     assert!(start.elapsed() < Duration::from_secs(30), "took {:?}", start.elapsed());
 }
 
+/// `--journal` on rank 0: a batch job leaves its journal (0600) behind, and
+/// a second launch with it resumes from it (with the journal's secret, which
+/// its ranks then use) and runs its own command.
+fn batch_mode_with_a_journal(l: Launcher) {
+    let d = TempDir::new("mpijournal");
+    let file = d.join("s.json");
+    let journal = d.join("journal");
+    let g = d.write("g.json", SEED);
+    for round in 0..2 {
+        let mut c = launcher(l, 3);
+        c.args([bin(), "mpi", "--scheduler-file", file.to_str().unwrap(), "--journal", journal.to_str().unwrap(), "--", bin(), "submit", g.to_str().unwrap()]);
+        let o = c.output().unwrap();
+        let text = format!("{}{}", stdout(&o), stderr(&o));
+        assert_eq!(o.status.code(), Some(0), "round {round}: {text}");
+        assert!(stdout(&o).contains("{\"z\": 12}"), "{text}");
+        assert_eq!(round == 1, text.contains("resuming from journal"), "round {round}: {text}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&journal).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
+
+#[test]
+#[ignore = "needs Open MPI and MPICH launchers (and root for the namespace hosts): tests/run-all.sh installs them and runs this"]
+fn open_mpi_batch_mode_with_a_journal() {
+    batch_mode_with_a_journal(Launcher::OpenMpi);
+}
+
 fn killed_worker_rank_ends_the_job(l: Launcher) {
     let d = TempDir::new("mpikill");
     let file = d.join("s.json");
