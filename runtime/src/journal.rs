@@ -7,7 +7,7 @@
 //! ```text
 //! "TFJOURN1"
 //! frame: u32 LE payload length | first 8 bytes of SHA-256(payload) | payload
-//! payload: bincode records, back to back
+//! payload: bincode records (variable-length integers), back to back
 //! ```
 //!
 //! Records: the run that writes the file and the cluster's secret
@@ -71,9 +71,17 @@ pub enum RecordRef<'a> {
     Finished { worker: u32, id: u32, key: &'a str },
 }
 
+/// Records are bincode with variable-length integers (lengths, ids and
+/// counts are mostly small: half the bytes of the fixed-width encoding).
+fn codec() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_no_limit()
+}
+
 /// Append one record's encoding to `buf`.
 pub fn encode(buf: &mut Vec<u8>, r: &RecordRef<'_>) {
-    bincode::serialize_into(&mut *buf, r).expect("records always encode");
+    use bincode::Options;
+    codec().serialize_into(&mut *buf, r).expect("records always encode");
 }
 
 /// Take the lock of the journal at `path` (`FILE.lock`, flock: released
@@ -170,7 +178,7 @@ pub fn parse(mut rest: &[u8]) -> Loaded {
         let mut cursor = io::Cursor::new(payload);
         let mut batch = Vec::new();
         while (cursor.position() as usize) < len {
-            match bincode::deserialize_from::<_, Record>(&mut cursor) {
+            match bincode::Options::deserialize_from::<_, Record>(codec(), &mut cursor) {
                 Ok(r) => batch.push(r),
                 Err(e) => {
                     out.dropped = bad(&format!("a record that does not decode: {e}"));
