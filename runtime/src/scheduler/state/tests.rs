@@ -999,3 +999,82 @@ fn a_resumed_graph_takes_over_the_values_workers_still_hold() {
     assert_eq!((sim.state("z"), sim.state("q")), (Some(TaskState::Memory), Some(TaskState::Memory)));
     assert_eq!(sim.s.count(TaskState::Processing) + sim.s.count(TaskState::Waiting) + sim.s.count(TaskState::Queued), 0);
 }
+
+/// A random walk stopped at a random point, as a scheduler killed mid-graph:
+/// a fresh state resumes the same graph with the values every worker still
+/// holds (`Resume`), keeps its invariants, never computes a held key again,
+/// and finishes.
+#[test]
+fn a_graph_resumed_at_a_random_point_computes_no_held_value_again_and_finishes() {
+    let mut adopted = 0;
+    for seed in 1..=200u64 {
+        let mut rng = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n.max(1)
+        };
+        let n = 20 + next(40) as usize;
+        let mut text = String::from("{");
+        for i in 0..n {
+            let deps: Vec<String> = (0..next(4)).filter(|_| i > 0).map(|_| format!("\"t{}\"", next(i as u64))).collect();
+            let args = if deps.is_empty() { "1".to_string() } else { deps.join(", ") };
+            text.push_str(&format!("\"t{i}\": [\"add\", {args}]{}", if i + 1 < n { ", " } else { "}" }));
+        }
+        let outputs: Vec<String> = Graph::from_json(&text, &|_: &str| true).unwrap().output_keys();
+        // Before: two workers, a random number of tasks finished.
+        let mut before = Sim::new();
+        let c = before.s.add_client("c".into());
+        let old = [before.s.add_worker(info("a", 2), 0.0), before.s.add_worker(info("b", 2), 0.0)];
+        before.s.update_graph(c, graph(&text), &outputs).unwrap();
+        let mut running: Vec<(WorkerId, TaskId)> = Vec::new();
+        for _ in 0..next(2 * n as u64) {
+            running.extend(before.computes().into_iter().map(|(w, t, _)| (w, t)));
+            if running.is_empty() {
+                break;
+            }
+            let (w, t) = running.remove(next(running.len() as u64) as usize);
+            before.s.task_finished(w, t, 8, 0.001, 0.0);
+            before.ok();
+        }
+        // What each worker holds when the scheduler goes.
+        let mut held_keys: Vec<(String, usize)> = Vec::new();
+        for t in 0..before.s.tasks.len() as TaskId {
+            if before.s.tasks[t as usize].state != TaskState::Memory {
+                continue;
+            }
+            for (i, &w) in old.iter().enumerate() {
+                if before.s.held_by(t, w) {
+                    held_keys.push((before.s.key(t).to_string(), i));
+                }
+            }
+        }
+        // After: the same workers come back, the graph is resumed.
+        let mut after = Sim::new();
+        let new = [after.s.add_worker(info("a", 2), 0.0), after.s.add_worker(info("b", 2), 0.0)];
+        let jc = after.s.add_client("journal".into());
+        let held: Vec<(String, WorkerId, u64)> = held_keys.iter().map(|(k, i)| (k.clone(), new[*i], 8)).collect();
+        let Outcome::Graph(r) = after.s.handle(Event::Resume { client: jc, tasks: graph(&text), wanted: outputs.clone(), held }, 0.0) else { panic!("seed {seed}: no answer") };
+        r.unwrap();
+        after.ok();
+        let held_set: std::collections::HashSet<&str> = held_keys.iter().map(|(k, _)| k.as_str()).collect();
+        let mut running: Vec<(WorkerId, TaskId)> = Vec::new();
+        let mut steps = 0;
+        while !outputs.iter().all(|k| after.state(k) == Some(TaskState::Memory)) {
+            for (w, t, k) in after.computes() {
+                assert!(!held_set.contains(k.as_str()), "seed {seed}: '{k}' was held by a worker that came back, yet computed again");
+                running.push((w, t));
+            }
+            steps += 1;
+            assert!(steps < 5000 && !running.is_empty(), "seed {seed}: no progress after the resume");
+            let (w, t) = running.remove(next(running.len() as u64) as usize);
+            after.s.task_finished(w, t, 8, 0.001, 0.0);
+            after.ok();
+        }
+        adopted += after.s.stats.values_adopted;
+        after.s.remove_client(jc);
+        after.ok();
+    }
+    assert!(adopted > 200, "the walks took over values ({adopted})");
+}
