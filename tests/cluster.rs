@@ -261,6 +261,22 @@ fn workers_exit_nonzero_when_the_scheduler_dies_and_does_not_come_back() {
 }
 
 #[test]
+fn a_worker_looking_for_its_lost_scheduler_leaves_at_once_on_sigterm_and_cleans_up() {
+    let mut c = Cluster::start("schedlost-term", &[]);
+    let scratch = c.dir.join("scratch-w");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let log = c.dir.join("worker-w.log");
+    c.workers.push(Proc::spawn(&["worker", "--scheduler-file", c.file_arg(), "--name", "w", "--death-timeout", "600s", "--local-directory", scratch.to_str().unwrap()], log));
+    wait_for("the worker to register", Duration::from_secs(30), || status(&c.file).is_some_and(|s| s["workers"].as_array().map(|w| w.len()) == Some(1)));
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 1, "the worker's scratch directory");
+    c.scheduler.child.kill().unwrap();
+    wait_for("the worker to look for its scheduler", Duration::from_secs(30), || c.workers[0].log_text().contains("looking for the scheduler again"));
+    signal(c.workers[0].child.id(), "-TERM");
+    assert_eq!(c.workers[0].wait_exit(Duration::from_secs(30)), Some(1), "{}", c.workers[0].log_text());
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "scratch removed: {}", c.workers[0].log_text());
+}
+
+#[test]
 fn worker_by_address_needs_the_secret_from_the_environment() {
     let mut c = Cluster::start("byaddr", &[]);
     let f = taskfarm::schedfile::SchedulerFile::read(&c.file).unwrap();

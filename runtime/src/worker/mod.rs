@@ -160,7 +160,7 @@ pub fn run(cfg: WorkerConfig, scheduler: crate::seal::Link) -> io::Result<Worker
     // Signals go to whichever connection's loop runs now.
     let retire_to: Arc<std::sync::Mutex<Option<Sender<Event>>>> = Arc::default();
     if let Some(requests) = cfg.retire_requests.clone() {
-        spawn_retire_forwarder(requests, retire_to.clone())?;
+        spawn_retire_forwarder(requests, retire_to.clone(), scratch.clone())?;
     }
     log_at!(
         2,
@@ -266,17 +266,22 @@ pub fn run(cfg: WorkerConfig, scheduler: crate::seal::Link) -> io::Result<Worker
 }
 
 /// Pass each retirement request (a signal) on to the worker's loop.
-fn spawn_retire_forwarder(requests: Receiver<()>, to: Arc<std::sync::Mutex<Option<Sender<Event>>>>) -> io::Result<()> {
+fn spawn_retire_forwarder(requests: Receiver<()>, to: Arc<std::sync::Mutex<Option<Sender<Event>>>>, scratch: PathBuf) -> io::Result<()> {
     std::thread::Builder::new().name("tf-retire".into()).spawn(move || {
         while requests.recv().is_ok() {
-            // Between two connections a signal has no loop to go to; the
-            // worker is not running tasks then, so it leaves at once.
+            // Between two connections (looking for a lost scheduler) a
+            // signal has no loop to go to; the worker runs no task then, so
+            // it leaves at once, its scratch directory with it.
             let tx = to.lock().unwrap_or_else(|p| p.into_inner()).clone();
             match tx {
                 Some(tx) => {
                     let _ = tx.send(Event::RetireRequested);
                 }
-                None => std::process::exit(1),
+                None => {
+                    log_at!(1, "worker", "signalled while looking for its scheduler: leaving now");
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    std::process::exit(1);
+                }
             }
         }
     })?;
