@@ -33,6 +33,10 @@ use std::time::{Duration, Instant};
 pub const MAX_FETCHES_IN_FLIGHT: usize = 64;
 /// ...and at most this many bytes (one larger value may always go alone).
 pub const MAX_FETCH_BYTES_IN_FLIGHT: u64 = 512 << 20;
+/// Tasks shorter than this on average (microseconds) get one more queued
+/// behind each running one, so the thread starts it without waiting for a
+/// round trip through the worker's loop.
+const QUEUE_AHEAD_BELOW_US: f64 = 20_000.0;
 /// How long a retiring worker waits for the scheduler before leaving anyway.
 pub const RETIRE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -637,13 +641,14 @@ impl WorkerState {
     /// How many tasks may sit in the executors' queue at once: one per
     /// thread for long tasks (so priorities and the scheduler's placement
     /// keep control), a deeper window when tasks are short so threads never
-    /// wait for this loop between tasks.
+    /// wait for this loop between tasks: one more per thread below
+    /// [`QUEUE_AHEAD_BELOW_US`], many more below a millisecond.
     fn window(&self) -> u32 {
         let n = self.shape.nthreads.max(1);
-        if self.mean_task_us > 0.0 && self.mean_task_us < 1000.0 {
-            n * 64
-        } else {
-            n
+        match self.mean_task_us {
+            m if m > 0.0 && m < 1000.0 => n * 64,
+            m if m > 0.0 && m < QUEUE_AHEAD_BELOW_US => n * 2,
+            _ => n,
         }
     }
 
