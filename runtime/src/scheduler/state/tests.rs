@@ -444,27 +444,39 @@ fn heartbeat_timeout_removes_silent_workers() {
     sim.ok();
 }
 
+/// A deterministic xorshift generator for the random walks: `next(n)` is
+/// in `0..n`.
+fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed.wrapping_mul(0x9E3779B97F4A7C15);
+    move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n.max(1)
+    }
+}
+
+/// A random DAG of 20 to 59 `add` tasks (graph JSON) and its output keys.
+fn random_dag(next: &mut impl FnMut(u64) -> u64) -> (String, Vec<String>) {
+    let n = 20 + next(40) as usize;
+    let mut text = String::from("{");
+    for i in 0..n {
+        let deps: Vec<String> = (0..next(4)).filter(|_| i > 0).map(|_| format!("\"t{}\"", next(i as u64))).collect();
+        let args = if deps.is_empty() { "1".to_string() } else { deps.join(", ") };
+        text.push_str(&format!("\"t{i}\": [\"add\", {args}]{}", if i + 1 < n { ", " } else { "}" }));
+    }
+    let outputs = Graph::from_json(&text, &|_: &str| true).unwrap().output_keys();
+    (text, outputs)
+}
+
 /// A deterministic random walk through events on a random DAG: after every
 /// event the invariants hold, and at the end every wanted key is in memory.
 #[test]
 fn random_event_sequences_keep_invariants_and_finish() {
     for seed in 1..=300u64 {
-        let mut rng = seed.wrapping_mul(0x9E3779B97F4A7C15);
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n.max(1)
-        };
-        let n = 20 + next(40) as usize;
-        let mut text = String::from("{");
-        for i in 0..n {
-            let deps: Vec<String> = (0..next(4)).filter(|_| i > 0).map(|_| format!("\"t{}\"", next(i as u64))).collect();
-            let args = if deps.is_empty() { "1".to_string() } else { deps.join(", ") };
-            text.push_str(&format!("\"t{i}\": [\"add\", {args}]{}", if i + 1 < n { ", " } else { "}" }));
-        }
+        let mut next = xorshift(seed);
+        let (text, outputs) = random_dag(&mut next);
         let defs = graph(&text);
-        let outputs: Vec<String> = Graph::from_json(&text, &|_: &str| true).unwrap().output_keys();
         let mut sim = Sim { s: SchedulerState::new(SchedulerConfig { allowed_failures: 10_000, ..Default::default() }) };
         let c = sim.s.add_client("c".into());
         let mut workers: Vec<WorkerId> = vec![sim.s.add_worker(info("w0", 2), 0.0)];
@@ -1008,21 +1020,9 @@ fn a_resumed_graph_takes_over_the_values_workers_still_hold() {
 fn a_graph_resumed_at_a_random_point_computes_no_held_value_again_and_finishes() {
     let mut adopted = 0;
     for seed in 1..=200u64 {
-        let mut rng = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n.max(1)
-        };
-        let n = 20 + next(40) as usize;
-        let mut text = String::from("{");
-        for i in 0..n {
-            let deps: Vec<String> = (0..next(4)).filter(|_| i > 0).map(|_| format!("\"t{}\"", next(i as u64))).collect();
-            let args = if deps.is_empty() { "1".to_string() } else { deps.join(", ") };
-            text.push_str(&format!("\"t{i}\": [\"add\", {args}]{}", if i + 1 < n { ", " } else { "}" }));
-        }
-        let outputs: Vec<String> = Graph::from_json(&text, &|_: &str| true).unwrap().output_keys();
+        let mut next = xorshift(seed);
+        let (text, outputs) = random_dag(&mut next);
+        let n = graph(&text).len();
         // Before: two workers, a random number of tasks finished.
         let mut before = Sim::new();
         let c = before.s.add_client("c".into());
