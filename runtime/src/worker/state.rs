@@ -158,21 +158,8 @@ struct Fetching {
 }
 
 impl Fetching {
-    fn new(
-        candidates: Vec<String>,
-        waiting: Vec<TaskId>,
-        replicate: bool,
-        nbytes: u64,
-    ) -> Fetching {
-        Fetching {
-            candidates,
-            tried: Vec::new(),
-            waiting,
-            replicate,
-            nbytes,
-            in_flight: false,
-            queued: false,
-        }
+    fn new(candidates: Vec<String>, waiting: Vec<TaskId>, replicate: bool, nbytes: u64) -> Fetching {
+        Fetching { candidates, tried: Vec::new(), waiting, replicate, nbytes, in_flight: false, queued: false }
     }
 }
 
