@@ -246,15 +246,21 @@ impl Client {
     }
 
     fn send(&mut self, m: ToScheduler) -> Result<(), ClientError> {
-        self.writer.send(&[m], &[]).map_err(|e| ClientError::Lost(e.to_string()))
+        self.send_all(std::slice::from_ref(&m))
+    }
+
+    fn send_all(&mut self, msgs: &[ToScheduler]) -> Result<(), ClientError> {
+        self.writer.send(msgs, &[]).map_err(|e| ClientError::Lost(e.to_string()))
     }
 
     /// Submit `graph`, wait for `keys`, fetch their values. The graph is
     /// consumed: its tasks are sent as they are, not copied.
     pub fn compute(&mut self, graph: Graph, keys: &[String]) -> Result<Results, ClientError> {
         let mut baseline = if self.progress.is_some() { Some(self.progress_now()?) } else { None };
-        let again = self.reconnect.is_some().then(|| graph.tasks.clone());
-        self.send(ToScheduler::UpdateGraph { tasks: graph.tasks, wanted: keys.to_vec() })?;
+        // Sent by reference, and kept only when it may be sent again: no copy.
+        let update = [ToScheduler::UpdateGraph { tasks: graph.tasks, wanted: keys.to_vec() }];
+        self.send_all(&update)?;
+        let again = self.reconnect.is_some().then_some(update);
         let results = loop {
             match self.gather(keys, baseline.as_deref()) {
                 Err(ClientError::Lost(why)) if again.is_some() => {
@@ -266,7 +272,7 @@ impl Client {
                     if baseline.is_some() {
                         baseline = Some(self.progress_now()?);
                     }
-                    self.send(ToScheduler::UpdateGraph { tasks: again.clone().expect("checked"), wanted: keys.to_vec() })?;
+                    self.send_all(again.as_ref().expect("checked"))?;
                 }
                 r => break r,
             }

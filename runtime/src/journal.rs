@@ -225,16 +225,13 @@ fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
 }
 
 fn check_directory(path: &Path) -> Result<(), String> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let meta = std::fs::metadata(dir).map_err(|e| format!("journal directory {}: {e}", dir.display()))?;
-    if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
-        return Err(format!(
-            "journal directory {} may be written by every user (mode {:o}, no sticky bit): anyone could replace the journal. Use a directory only you can write to",
-            dir.display(),
-            meta.mode() & 0o7777
-        ));
+    match crate::util::replaceable_by_anyone(path) {
+        Some((dir, mode)) => Err(format!(
+            "journal directory {} may be written by every user (mode {mode:o}, no sticky bit): anyone could replace the journal. Use a directory only you can write to",
+            dir.display()
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// What a scheduler started from a journal resumes.

@@ -201,21 +201,20 @@ fn check_trusted(path: &Path, meta: &fs::Metadata, me: u32) -> Result<(), String
 /// then refuse it, but the scheduler would be unreachable). Every user: refuse;
 /// a group, or another owner: warn.
 fn check_directory(path: &Path) -> io::Result<()> {
+    if let Some((dir, mode)) = util::replaceable_by_anyone(path) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "directory {} may be written by every user (mode {mode:o}, no sticky bit): anyone could replace the scheduler file. \
+                 Use a directory only you can write to, e.g. $HOME/.taskfarm (mkdir -m 700)",
+                dir.display()
+            ),
+        ));
+    }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let Ok(meta) = fs::metadata(dir) else { return Ok(()) }; // the write reports a missing directory
     let mode = meta.mode();
     let sticky = mode & 0o1000 != 0;
-    if mode & 0o002 != 0 && !sticky {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "directory {} may be written by every user (mode {:o}, no sticky bit): anyone could replace the scheduler file. \
-                 Use a directory only you can write to, e.g. $HOME/.taskfarm (mkdir -m 700)",
-                dir.display(),
-                mode & 0o7777
-            ),
-        ));
-    }
     if !sticky && (mode & 0o020 != 0 || (meta.uid() != util::effective_uid() && meta.uid() != 0)) {
         crate::log_at!(
             1,

@@ -55,6 +55,15 @@ pub fn write_file_atomic(path: &std::path::Path, bytes: &[u8], mode: u32) -> std
     written
 }
 
+/// The directory `path` is in, when every user may write to it without the
+/// sticky bit (anyone could replace a file there): its mode.
+pub fn replaceable_by_anyone(path: &std::path::Path) -> Option<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let mode = std::fs::metadata(dir).ok()?.mode();
+    (mode & 0o002 != 0 && mode & 0o1000 == 0).then(|| (dir.to_path_buf(), mode & 0o7777))
+}
+
 /// Parse resources a worker offers: "GPU=2 MEM=10e9" (or comma-separated).
 pub fn parse_resources(s: &str) -> Result<Vec<(String, f64)>, String> {
     s.split(|c: char| c.is_whitespace() || c == ',')

@@ -6,7 +6,7 @@
 use super::state::{ClientId, Event as StateEvent, Outcome, Recorder, SchedulerConfig, SchedulerState, WorkerInfo};
 use crate::log_at;
 use crate::journal::{self, RecordRef, Resume};
-use crate::protocol::{server_handshake, FrameReader, FrameWriter, Role, StatusReport, TaskId, ToClient, ToScheduler, ToWorker, WorkerId};
+use crate::protocol::{server_handshake, FrameReader, FrameWriter, Role, StatusReport, TaskDef, TaskId, ToClient, ToScheduler, ToWorker, WorkerId};
 use crate::schedfile::SchedulerFile;
 use crate::telemetry::{Telemetry, TelemetryReport, TransferRun};
 use crate::util;
@@ -586,16 +586,7 @@ impl Core {
                 // Keys the journal's client held that this client asks for
                 // are this client's from now on.
                 let claimed: Vec<String> = if self.journal_wants.is_empty() { Vec::new() } else { wanted.iter().filter(|k| self.journal_wants.remove(k.as_str())).cloned().collect() };
-                if self.cfg.cache.is_some() {
-                    // Tasks the scheduler has already keep their task (and
-                    // were planned when they came): only new ones are planned
-                    // and counted.
-                    let state = &self.state;
-                    tasks.retain(|d| state.task_id(&d.key).is_none());
-                }
-                let planned = self.cfg.cache.as_ref().map(|cache| crate::cache::plan(cache, &mut tasks, &wanted, &mut self.cache_keys));
-                let state = &self.state;
-                let new: Vec<u32> = tasks.iter().filter(|d| state.task_id(&d.key).is_none()).map(|d| self.telemetry.prefix_index(&d.key)).collect();
+                let intake = self.prepare_graph(&mut tasks, &wanted);
                 if let Outcome::Graph(Err(error)) = self.apply(StateEvent::UpdateGraph { client: c, tasks, wanted }, now) {
                     log_at!(1, "scheduler", "rejected a graph of {n} tasks from client {c}: {error}");
                     self.send_client(c, ToClient::GraphRejected { error });
@@ -609,13 +600,7 @@ impl Core {
                         self.journal(RecordRef::Released { client: jc, keys: &claimed });
                         self.apply(StateEvent::ReleaseKeys { client: jc, keys: claimed }, now);
                     }
-                    if let Some(p) = planned {
-                        log_at!(3, "scheduler", "result cache: {} tasks loaded, {} to store, {} not cacheable", p.loads, p.stores, p.uncacheable);
-                        self.cache_plans.loads += p.loads;
-                        self.cache_plans.stores += p.stores;
-                        self.cache_plans.uncacheable += p.uncacheable;
-                    }
-                    self.telemetry.submitted(&new);
+                    self.graph_accepted(intake);
                     log_at!(3, "scheduler", "client {c} submitted {n} tasks, wants {n_wanted} keys");
                 }
                 if n >= 10_000 {
@@ -677,6 +662,35 @@ impl Core {
             }
             other => log_at!(1, "scheduler", "client {c} sent a message only workers may send; ignored: {}", short(&other)),
         }
+    }
+
+    /// Before a graph goes to the state: with the result cache, drop the
+    /// tasks the scheduler already has (they keep their task, planned when
+    /// they came) and plan the rest against the cache. Returns the plan and
+    /// the key prefixes of the new tasks, for [`Core::graph_accepted`].
+    fn prepare_graph(&mut self, tasks: &mut Vec<TaskDef>, wanted: &[String]) -> (Option<crate::cache::Plan>, Vec<u32>) {
+        let state = &self.state;
+        let planned = match &self.cfg.cache {
+            Some(cache) => {
+                tasks.retain(|d| state.task_id(&d.key).is_none());
+                Some(crate::cache::plan(cache, tasks, wanted, &mut self.cache_keys))
+            }
+            None => None,
+        };
+        // With the cache, every task left is new (and cache loads keep their keys).
+        let new = tasks.iter().filter(|d| planned.is_some() || state.task_id(&d.key).is_none()).map(|d| self.telemetry.prefix_index(&d.key)).collect();
+        (planned, new)
+    }
+
+    /// The state took a graph prepared by [`Core::prepare_graph`]: count it.
+    fn graph_accepted(&mut self, (planned, new): (Option<crate::cache::Plan>, Vec<u32>)) {
+        if let Some(p) = planned {
+            log_at!(3, "scheduler", "result cache: {} tasks loaded, {} to store, {} not cacheable", p.loads, p.stores, p.uncacheable);
+            self.cache_plans.loads += p.loads;
+            self.cache_plans.stores += p.stores;
+            self.cache_plans.uncacheable += p.uncacheable;
+        }
+        self.telemetry.submitted(&new);
     }
 
     fn send_client(&mut self, c: ClientId, m: ToClient) {

@@ -117,14 +117,7 @@ impl Core {
         }
         let original = tasks.clone();
         let mut tasks = tasks;
-        if let Some(cache) = &self.cfg.cache {
-            let p = crate::cache::plan(cache, &mut tasks, &wanted, &mut self.cache_keys);
-            self.cache_plans.loads += p.loads;
-            self.cache_plans.stores += p.stores;
-            self.cache_plans.uncacheable += p.uncacheable;
-        }
-        let state = &self.state;
-        let new: Vec<u32> = tasks.iter().filter(|d| state.task_id(&d.key).is_none()).map(|d| self.telemetry.prefix_index(&d.key)).collect();
+        let intake = self.prepare_graph(&mut tasks, &wanted);
         let n_tasks = tasks.len();
         let accepted = match self.apply(StateEvent::Resume { client: jc, tasks, wanted: wanted.clone(), held }, now) {
             Outcome::Graph(Err(e)) => {
@@ -132,7 +125,7 @@ impl Core {
                 false
             }
             _ => {
-                self.telemetry.submitted(&new);
+                self.graph_accepted(intake);
                 true
             }
         };
