@@ -66,6 +66,12 @@ fi
 echo "== benchmark smoke runs (tiny sizes; real numbers: docs/benchmarks.md)"
 bench/run.sh --smoke
 
+# The venv with cloudpickle, dask, joblib and numpy (tests/python-env.sh),
+# made now: the Python executor's unit tests use it too.
+echo "== Python venv for the tests (target/pyvenv)"
+venv=$(bash tests/python-env.sh | tail -n 1)
+export TASKFARM_TEST_PYTHON="$venv/bin/python"
+
 # Tests that need MPI launchers, the batch systems or root are marked
 # #[ignore] (so a plain `cargo test` passes and names them); this script has
 # all of those, so it runs them too. The one test that needs a cgroup-v1
@@ -92,7 +98,6 @@ fi
 # taskfarm binary built above (target/debug/taskfarm), real workers and
 # real Open MPI.
 echo "== Python package and its tests (venv: target/pyvenv)"
-venv=$(bash tests/python-env.sh | tail -n 1)
 (cd python && TASKFARM_BIN="$root/target/debug/taskfarm" "$venv/bin/python" -m pytest -q -p no:cacheprovider)
 echo "== Python benchmark smoke run (tiny sizes, taskfarm only; real numbers: docs/benchmarks.md)"
 SMOKE=1 "$venv/bin/python" bench/python_bench.py

@@ -152,6 +152,10 @@ impl Reaper {
 struct CancelState {
     running: std::collections::HashMap<TaskId, u32>,
     cancelled: std::collections::HashSet<TaskId>,
+    /// Processes a cancel killed and nobody has reaped yet: a Python
+    /// executor may have held other tasks of a batch, which must run again
+    /// rather than fail (see [`Cancels::take_killed`]).
+    killed: std::collections::HashSet<u32>,
 }
 
 /// Kill a child this worker has not reaped yet, with everything it started:
@@ -181,17 +185,33 @@ impl Cancels {
         let mut st = self.lock();
         if st.cancelled.contains(&id) {
             kill(pid);
+            st.killed.insert(pid);
         }
         self.reaper.get_or_init(|| Reaper::start(&self.token));
         st.running.insert(id, pid);
     }
 
-    /// These tasks' process is about to be reaped: never kill it again.
+    /// These tasks are answered, or their process is about to be reaped:
+    /// their cancel must not kill it (any more).
     pub fn stopped(&self, ids: impl IntoIterator<Item = TaskId>) {
         let mut st = self.lock();
         for id in ids {
             st.running.remove(&id);
         }
+    }
+
+    /// A command's process was reaped: forget it.
+    fn reaped(&self, id: TaskId) {
+        let mut st = self.lock();
+        if let Some(pid) = st.running.remove(&id) {
+            st.killed.remove(&pid);
+        }
+    }
+
+    /// Did a cancel kill process `pid` (which died and is being reaped)?
+    /// Forgets it either way: `pid` may be reused after this.
+    pub fn take_killed(&self, pid: u32) -> bool {
+        self.lock().killed.remove(&pid)
     }
 
     pub fn is_cancelled(&self, id: TaskId) -> bool {
@@ -205,6 +225,7 @@ impl Cancels {
         st.cancelled.insert(id);
         if let Some(&pid) = st.running.get(&id) {
             kill(pid);
+            st.killed.insert(pid);
         }
     }
 
@@ -215,6 +236,7 @@ impl Cancels {
         for (id, pid) in running {
             st.cancelled.insert(id);
             kill(pid);
+            st.killed.insert(pid);
         }
     }
 
@@ -451,7 +473,7 @@ fn run_job(
     let id = job.id;
     let spawned = |pid: Option<u32>| match pid {
         Some(pid) => cancels.running(id, pid),
-        None => cancels.stopped([id]),
+        None => cancels.reaped(id),
     };
     let ctx = TaskContext {
         key: &job.key,
