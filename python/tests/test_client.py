@@ -3,11 +3,12 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 import taskfarm
-from conftest import eventually
+from conftest import Cluster, eventually
 
 
 def test_the_one_liner_prints_2_in_a_fresh_interpreter(tmp_path):
@@ -319,6 +320,77 @@ def test_large_values_stay_in_shared_memory_between_the_tasks_of_a_worker(cluste
         # many large values in one batch of tasks, then all of them at once
         parts = [c.submit(lambda i: np.full(n // 4, float(i)), i, workers="w0", pure=False) for i in range(12)]
         assert c.submit(lambda *a: float(sum(x.sum() for x in a)), *parts, workers="w0").result() == float(sum(range(12)) * (n // 4))
+
+
+def test_result_files_are_reused_but_never_under_an_array_a_task_kept(tmp_path):
+    # Files of dropped results go back to the executor that wrote them and
+    # take later results (pages already allocated); a file an executor
+    # still maps (an array a task kept) is never reused under it; an idle
+    # worker lets its executors drop the spare files.
+    import numpy as np
+
+    def result_files():
+        return dict(__import__("__main__").taskfarm_result_files)
+
+    def memory_files():
+        """The memory files this executor has open (its results, held by
+        the worker or spare, and the values it maps), counted once each."""
+        files = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:taskfarm-value"):
+                    files.add(os.stat(f"/proc/self/fd/{fd}").st_ino)
+            except FileNotFoundError:  # the directory's own descriptor, closed
+                pass
+        return len(files)
+
+    def keep(a):
+        import builtins
+
+        builtins.taskfarm_test_kept = a
+        return float(a[0])
+
+    def kept_is_intact():
+        import builtins
+
+        a = builtins.taskfarm_test_kept
+        return float(a.min()), float(a.max())
+
+    n = 1 << 19  # 4 MiB arrays
+    c = Cluster(tmp_path, workers=1, threads=1)  # one executor
+    try:
+        with c.client(1) as cl:
+            first = cl.submit(lambda: np.full(n, 1.0), pure=False)
+            assert cl.submit(keep, first, pure=False).result() == 1.0
+            del first  # the worker drops it; the executor still maps it
+            deadline = time.monotonic() + 60
+            i = 2
+            while result_files_reused(cl, result_files) < 3:
+                assert time.monotonic() < deadline, f"no result file reused after {i - 2} results: {cl.submit(result_files, pure=False).result()}"
+                f = cl.submit(lambda i: np.full(n, float(i)), i, pure=False)
+                assert cl.submit(lambda a: (float(a[0]), float(a[-1])), f, pure=False).result() == (float(i), float(i))
+                del f
+                assert cl.submit(kept_is_intact, pure=False).result() == (1.0, 1.0)
+                i += 1
+            # idle: the spare files are dropped; the kept array's stays open
+            # (the worker keeps it for the executor that maps it)
+            eventually_slowly(lambda: cl.submit(memory_files, pure=False).result() == 1, "the executor dropped its spare result files")
+            assert cl.submit(kept_is_intact, pure=False).result() == (1.0, 1.0)
+    finally:
+        c.stop()
+
+
+def result_files_reused(cl, result_files):
+    return cl.submit(result_files, pure=False).result()["reused"]
+
+
+def eventually_slowly(condition, what, timeout=60.0):
+    """As conftest.eventually, for a condition that needs the worker idle
+    for a while (checked every 3 s, not in a busy loop)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not seen within {timeout:.0f} s: {what}"
+        time.sleep(3)
 
 
 def test_run_and_plugins_reach_every_executor_of_current_and_later_workers(cluster):

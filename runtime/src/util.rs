@@ -306,9 +306,18 @@ pub fn cpu_micros_of(pid: u32) -> u64 {
     (ticks(11) + ticks(12)) * 1_000_000 / hz
 }
 
-/// Resident set size of process `pid` in bytes (0 if unknown or gone).
-pub fn rss_bytes_of(pid: u32) -> u64 {
-    statm_rss(&format!("/proc/{pid}/statm"))
+/// Resident bytes of process `pid` that are its own (anonymous), 0 if
+/// unknown or gone: without the pages of files and shared memory it maps,
+/// such as the worker's shared values (counted once, by the worker) and
+/// libraries.
+pub fn private_rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| {
+            let mut f = s.split_whitespace().skip(1).map(|v| v.parse::<u64>().ok());
+            Some(f.next()??.saturating_sub(f.next()??) * 4096)
+        })
+        .unwrap_or(0)
 }
 
 fn statm_rss(path: &str) -> u64 {

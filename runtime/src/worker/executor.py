@@ -14,8 +14,9 @@
 #                             a pickled callable, or an object with setup()
 #                       b"Z": u8 1 if large results go through shared
 #                             memory (the answer to H), else 0
-#                       b"R": the worker has opened every shared result
-#                             sent so far: their files may be closed
+#                       b"F": u32 descriptor numbers (here) of result
+#                             files the worker dropped: kept for reuse
+#                       b"D": drop the files kept for reuse (worker idle)
 #   executor -> worker  b"H": ready (body: Python version, then a zero byte
 #                             and the descriptor number of a one-byte memory
 #                             file the worker tries to open), or
@@ -23,11 +24,18 @@
 #                       b"O": a result: u8 value tag (J, B, P) + the value
 #                       b"M": a large result in a memory file: u8 tag P,
 #                             u32 descriptor number here, u64 length; the
-#                             file stays open until the next R
+#                             file stays open here until the worker gives
+#                             it back (F), then it is reused or closed
+#                       b"U": pairs of u32 descriptor number (in the
+#                             worker) and u32 count: that many finished
+#                             tasks' dependencies of tag M no longer mapped
+#                             here (sent before a result or an error)
 #
 # A dependency with tag M is a value in the worker's shared memory: u32
 # descriptor number in the worker, u64 length; mapped copy-on-write here
-# (runtime/src/shm.rs).
+# (runtime/src/shm.rs). The worker keeps it (its file is not reused) until
+# U says no finished task's mapping of it is alive: an array a task kept
+# (in a global, say) never sees its bytes change.
 #
 # A "P" value is a pickle, or (when it holds large buffers, e.g. numpy
 # arrays) the framed pickle-5 form: OOB_MAGIC, u32 buffer count, u64 pickle
@@ -77,6 +85,7 @@ def _main():
         import time
         import traceback
         import importlib
+        import weakref
 
         import cloudpickle
     except ImportError as e:
@@ -192,15 +201,43 @@ def _main():
             return b"J", [json.dumps(v, separators=(",", ":")).encode()]
         return b"P", dumps(v)
 
+    # Pins (see U above): live mappings of each worker file here, and the
+    # finished tasks' pins not given back yet (their files still mapped).
+    maps = {}
+    released = {}
+
+    def unmapped(fd):
+        left = maps[fd] - 1
+        if left:
+            maps[fd] = left
+        else:
+            del maps[fd]
+
     def mapped(body):
         """A worker's shared value (tag M): a private copy-on-write map of
         its memory file, so arrays unpickled from it are writable views."""
         fd, n = struct.unpack_from("<IQ", body, 0)
         f = os.open(f"/proc/{parent}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return mmap.mmap(f, n, access=mmap.ACCESS_COPY)
+            m = mmap.mmap(f, n, access=mmap.ACCESS_COPY)
         finally:
             os.close(f)
+        maps[fd] = maps.get(fd, 0) + 1
+        weakref.finalize(m, unmapped, fd)
+        return m
+
+    def task_pins(deps):
+        """A task's dependencies of tag M: pinned until it ends."""
+        return [struct.unpack_from("<I", body, 0)[0] for tag, body in deps if tag == b"M"]
+
+    def give_back(pins):
+        """A task ended: its pins, and earlier ones, whose files are no
+        longer mapped here go back to the worker (U)."""
+        for fd in pins:
+            released[fd] = released.get(fd, 0) + 1
+        back = [fd for fd in released if fd not in maps]
+        if back:
+            send(b"U", b"".join(struct.pack("<II", fd, released.pop(fd)) for fd in back))
 
     def decode(tag, body):
         if tag == b"M":
@@ -276,7 +313,7 @@ def _main():
         at += 4
         return body[at:at + n], at + n
 
-    def run_task(body):
+    def run_task(body, pins):
         # u32+hash, u32+func (empty: cached), u32+args, u32 ndeps, then
         # per dependency u8 tag + u64 length + u8 padding length + padding
         # (so the bytes start 64-byte aligned in the body) + bytes
@@ -300,6 +337,7 @@ def _main():
             if len(funcs) > 1000:
                 funcs.clear()
             funcs[key] = fn
+        pins.extend(task_pins(deps))
         if ndeps:
             a, kw = ArgsUnpickler(args, deps).load()
         else:
@@ -335,7 +373,45 @@ def _main():
         send(b"E", u32.pack(len(text_bytes)), text_bytes, blob)
 
     SHARED_MIN = 1 << 20  # runtime/src/shm.rs: MIN_SHARED
-    shared = {"on": False, "pending": []}
+    SPARE_MAX = 1 << 30  # bytes of files kept for reuse (dropped when idle)
+    shared = {"on": False}
+    # Result files: the ones the worker holds, and the ones it gave back
+    # (F), kept for reuse: writing into pages already allocated and mapped
+    # costs a third of a new file. fd -> [capacity, size, mapping or None].
+    owned = {}
+    spares = {}
+    # counted for the tests (runtime/src/worker/python.rs, test_client.py)
+    files = {"new": 0, "reused": 0}
+    sys.modules["__main__"].taskfarm_result_files = files
+
+    def drop_file(fd, entry):
+        if entry[2] is not None:
+            entry[2].close()
+        os.close(fd)
+
+    def reusable(size):
+        """A spare file for a result of `size` bytes (at most twice that
+        capacity), resized and mapped; or None."""
+        fits = [fd for fd, (cap, _, _) in spares.items() if size <= cap <= 2 * size]
+        if not fits:
+            return None
+        fd = min(fits, key=lambda f: spares[f][0])
+        entry = spares.pop(fd)
+        _, had, m = entry
+        if had != size:
+            os.ftruncate(fd, size)
+        fresh = m is None or len(m) < size
+        if fresh:
+            if m is not None:
+                m.close()
+            m = entry[2] = mmap.mmap(fd, size)
+        if fresh or had < size:
+            try:  # MADV_POPULATE_WRITE (Linux 5.14): the pages mapped in one go
+                m.madvise(23, 0, size)
+            except (OSError, ValueError):
+                pass
+        entry[1] = size
+        return fd, entry
 
     def send_result(tag, parts):
         """A result: in a memory file when it is a large pickle and the
@@ -344,13 +420,39 @@ def _main():
         if not (shared["on"] and tag == b"P" and size >= SHARED_MIN):
             send(b"O", tag, *parts)
             return
-        fd = os.memfd_create("taskfarm-value", os.MFD_CLOEXEC)
-        for p in parts:
-            view = memoryview(p).cast("B")
-            while view:
-                view = view[os.write(fd, view):]
-        shared["pending"].append(fd)
+        spare = reusable(size)
+        if spare is None:
+            fd = os.memfd_create("taskfarm-value", os.MFD_CLOEXEC)
+            for p in parts:
+                view = memoryview(p).cast("B")
+                while view:
+                    view = view[os.write(fd, view):]
+            owned[fd] = [size, size, None]
+            files["new"] += 1
+        else:
+            fd, entry = spare
+            m, at = entry[2], 0
+            for p in parts:
+                view = memoryview(p).cast("B")
+                m[at:at + len(view)] = view
+                at += len(view)
+            owned[fd] = entry
+            files["reused"] += 1
         send(b"M", tag, struct.pack("<IQ", fd, size))
+
+    def given_back(body):
+        """F: the worker dropped these results: keep their files for reuse
+        while they fit in SPARE_MAX, else close them."""
+        held = sum(e[1] for e in spares.values())
+        for (fd,) in struct.iter_unpack("<I", body):
+            entry = owned.pop(fd, None)
+            if entry is None:
+                continue
+            if held + entry[1] <= SPARE_MAX:
+                spares[fd] = entry
+                held += entry[1]
+            else:
+                drop_file(fd, entry)
 
     own_code = (sys._getframe().f_code, run_task.__code__)
     probe = None
@@ -359,17 +461,23 @@ def _main():
         os.write(probe, b"\0")
     send(b"H", sys.version.encode() + (b"" if probe is None else b"\0" + str(probe).encode()), flush=True)
     for kind, body in messages():
+        pins = None
         try:
             if kind == b"T":
-                result = run_task(body)
+                pins = []
+                result = run_task(body, pins)
+                # the task's arguments are gone: its pins may go back
+                give_back(pins)
+                pins = None
                 tag, parts = encode(result)
                 del result
                 send_result(tag, parts)
                 del parts
-            elif kind == b"R":
-                for fd in shared["pending"]:
-                    os.close(fd)
-                shared["pending"].clear()
+            elif kind == b"F":
+                given_back(body)
+            elif kind == b"D":
+                for fd in list(spares):
+                    drop_file(fd, spares.pop(fd))
             elif kind == b"Z":
                 shared["on"] = body[:1] == b"\x01"
                 if probe is not None:
@@ -381,6 +489,9 @@ def _main():
         except BaseException as e:
             report_error(e)
         del body  # a large task's buffer is not kept until the next task
+        if pins is not None:
+            # a failed task: its traceback (and its arguments) are gone now
+            give_back(pins)
 
 
 _main()

@@ -11,7 +11,7 @@ use crate::graph::Expr;
 use crate::protocol::TaskId;
 use crate::store::Value;
 use crate::value::Data;
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -321,6 +321,11 @@ impl Pool {
     }
 }
 
+/// After this long without a task (and every this long while idle), an
+/// executor thread gives its Python executor the memory files the worker
+/// dropped and lets it drop the ones it keeps for reuse.
+const IDLE: Duration = Duration::from_secs(2);
+
 #[allow(clippy::too_many_arguments)]
 fn executor(
     index: usize,
@@ -345,9 +350,15 @@ fn executor(
     loop {
         let job = match held_back.take() {
             Some(j) => j,
-            None => match rx.recv() {
+            None => match rx.recv_timeout(IDLE) {
                 Ok(j) => j,
-                Err(_) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    // (again every IDLE: values dropped meanwhile are given
+                    // back and their memory freed)
+                    python.idle();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
             },
         };
         if cancels.is_cancelled(job.id) {

@@ -74,16 +74,18 @@ impl PythonSettings {
         }
     }
 
-    /// Resident bytes of the live executor processes.
     /// CPU time of the live executors, microseconds.
     pub fn executors_cpu_us(&self) -> u64 {
         let pids = self.pids.lock().expect("pids").clone();
         pids.iter().map(|&p| crate::util::cpu_micros_of(p)).sum()
     }
 
+    /// Resident bytes of the live executors, their own: shared values they
+    /// map or keep for reuse are not counted again (the worker counts the
+    /// values it holds).
     pub fn executors_rss(&self) -> u64 {
         let pids = self.pids.lock().expect("pids").clone();
-        pids.iter().map(|&p| crate::util::rss_bytes_of(p)).sum()
+        pids.iter().map(|&p| crate::util::private_rss_of(p)).sum()
     }
 
     fn choose(&self, call: &PyCall) -> PathBuf {
@@ -141,15 +143,23 @@ struct Proc {
     pipe_room: usize,
     /// Whether large values cross as shared memory files (see [`crate::shm`]).
     shm: bool,
-    /// The executor holds result files the worker has opened: the next
-    /// batch starts with `R`, so it closes them.
-    shm_pending: bool,
+    /// This executor's memory files the worker dropped: given back to it
+    /// (`F`) with the next batch or when idle (see [`crate::shm`]).
+    recycler: Arc<crate::shm::Recycler>,
+    /// Shared values this executor may map, by descriptor number here,
+    /// with how many of its tasks were given them and have not said their
+    /// mappings are gone (`U`): held, so their files are not reused.
+    pins: std::collections::HashMap<i32, (Arc<crate::shm::Shared>, u32)>,
+    /// The executor may hold spare memory files: an idle worker thread
+    /// tells it to drop them (`D`).
+    spares: bool,
     interpreter: PathBuf,
     settings: Arc<PythonSettings>,
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        self.recycler.close();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let pid = self.child.id();
@@ -216,12 +226,7 @@ impl Python {
                 return;
             }
             let p = self.proc.as_mut().expect("started");
-            if p.shm_pending {
-                // the results of the last batch are all read: the executor
-                // may close its shared result files
-                let _ = p.w.write_all(b"R\0\0\0\0\0\0\0\0");
-                p.shm_pending = false;
-            }
+            give_back(p);
             // Write the batch: it fits in the pipe, so this never waits for
             // the executor (which may be writing results) — except a lone
             // call larger than the pipe, which the executor reads as it comes.
@@ -238,6 +243,9 @@ impl Python {
                 }
                 // a failed write means the process died: the reads say so
                 let _ = write_task(&mut p.w, job.call, send_func, &job.deps, p.shm);
+                if p.shm {
+                    pin(&mut p.pins, &job.deps);
+                }
                 if send_func {
                     p.funcs.insert(job.call.func_hash.clone());
                 }
@@ -252,8 +260,8 @@ impl Python {
                 match read_message_split(p, deadline, true) {
                     Ok((b'O', tag, value)) => done(i, decode_value(tag, value)),
                     Ok((b'M', tag, value)) => {
-                        p.shm_pending = true;
-                        done(i, open_shared(pid, tag, &value));
+                        p.spares = true;
+                        done(i, open_shared(pid, tag, &value, &p.recycler));
                     }
                     Ok((b'E', _, body)) => done(i, Err(decode_error(&body))),
                     Ok((kind, _, _)) => {
@@ -303,6 +311,19 @@ impl Python {
                     alone_until = end;
                 }
             }
+        }
+    }
+
+    /// The worker thread is idle: give the executor back the files the
+    /// worker dropped and have it drop its spare ones (memory is not held
+    /// for results that may never come).
+    pub fn idle(&mut self) {
+        let Some(p) = self.proc.as_mut() else { return };
+        give_back(p);
+        if p.spares {
+            p.spares = false;
+            // a failed write means it died: the next task's read says so
+            let _ = p.w.write_all(b"D\0\0\0\0\0\0\0\0").and_then(|_| p.w.flush());
         }
     }
 
@@ -392,7 +413,9 @@ impl Python {
             plugins_run: Default::default(),
             pipe_room,
             shm: false,
-            shm_pending: false,
+            recycler: crate::shm::Recycler::new(),
+            pins: Default::default(),
+            spares: false,
             interpreter: interpreter.clone(),
             settings: self.settings.clone(),
         };
@@ -494,7 +517,7 @@ fn wire(d: &Data, shm: bool) -> (u8, std::borrow::Cow<'_, [u8]>) {
 fn shm_works(pid: u32, hello: &[u8]) -> bool {
     let Some(at) = hello.iter().rposition(|&b| b == 0) else { return false };
     let Some(fd) = std::str::from_utf8(&hello[at + 1..]).ok().and_then(|t| t.parse::<u32>().ok()) else { return false };
-    match crate::shm::Shared::open_from(pid, fd, 1) {
+    match crate::shm::Shared::open_from(pid, fd, 1, None) {
         Ok(_) => true,
         Err(e) => {
             crate::log_at!(1, "worker", "large Python values go through pipes, not shared memory: {e}");
@@ -505,14 +528,61 @@ fn shm_works(pid: u32, hello: &[u8]) -> bool {
 
 /// A result the executor wrote to a memory file (`M`: u32 descriptor
 /// number in the executor, u64 length), mapped into the store.
-fn open_shared(pid: u32, tag: u8, body: &[u8]) -> Result<Data, String> {
+fn open_shared(pid: u32, tag: u8, body: &[u8], recycler: &Arc<crate::shm::Recycler>) -> Result<Data, String> {
     if tag != Data::TAG_PICKLE || body.len() != 12 {
         return Err(format!("the Python executor sent a bad shared result (tag {tag}, {} bytes)", body.len()));
     }
     let fd = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
     let len = u64::from_le_bytes(body[4..].try_into().expect("8 bytes")) as usize;
-    let s = crate::shm::Shared::open_from(pid, fd, len)?;
-    Ok(Data::Pickle(Blob::Shared(Arc::new(s))))
+    match crate::shm::Shared::open_from(pid, fd, len, Some(recycler)) {
+        Ok(s) => Ok(Data::Pickle(Blob::Shared(Arc::new(s)))),
+        Err(e) => {
+            // the executor keeps its file until told
+            recycler.free(fd);
+            Err(e)
+        }
+    }
+}
+
+/// The shared values among `deps` are pinned for this executor until it
+/// says its mappings of them are gone (see [`unpin`]).
+fn pin(pins: &mut std::collections::HashMap<i32, (Arc<crate::shm::Shared>, u32)>, deps: &[&Data]) {
+    for d in deps {
+        if let Data::Pickle(Blob::Shared(s)) = d {
+            pins.entry(s.fd()).or_insert_with(|| (s.clone(), 0)).1 += 1;
+        }
+    }
+}
+
+/// `U`: pairs of u32 descriptor number (here) and u32 count of tasks that
+/// no longer map it.
+fn unpin(p: &mut Proc, body: &[u8]) {
+    for pair in body.chunks_exact(8) {
+        let fd = i32::from_le_bytes(pair[..4].try_into().expect("4 bytes"));
+        let n = u32::from_le_bytes(pair[4..].try_into().expect("4 bytes"));
+        if let std::collections::hash_map::Entry::Occupied(mut e) = p.pins.entry(fd) {
+            e.get_mut().1 = e.get().1.saturating_sub(n);
+            if e.get().1 == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// `F`: the executor's memory files the worker dropped since the last
+/// time (u32 descriptor numbers in the executor), buffered.
+fn give_back(p: &mut Proc) {
+    let freed = p.recycler.take();
+    if freed.is_empty() {
+        return;
+    }
+    p.spares = true;
+    let mut msg = Vec::with_capacity(9 + 4 * freed.len());
+    msg.push(b'F');
+    msg.extend_from_slice(&(4 * freed.len() as u64).to_le_bytes());
+    freed.iter().for_each(|fd| msg.extend_from_slice(&fd.to_le_bytes()));
+    // a failed write means the process died: the next read says so
+    let _ = p.w.write_all(&msg);
 }
 
 /// One message: its kind and body. A result's body (`O`: value tag, then
@@ -524,6 +594,16 @@ fn read_message(p: &mut Proc, deadline: Option<Instant>) -> Result<(u8, Vec<u8>)
 }
 
 fn read_message_split(p: &mut Proc, deadline: Option<Instant>, split_tag: bool) -> Result<(u8, u8, Vec<u8>), Fail> {
+    loop {
+        let (kind, tag, body) = read_one(p, deadline, split_tag)?;
+        if kind != b'U' {
+            return Ok((kind, tag, body));
+        }
+        unpin(p, &body);
+    }
+}
+
+fn read_one(p: &mut Proc, deadline: Option<Instant>, split_tag: bool) -> Result<(u8, u8, Vec<u8>), Fail> {
     let mut header = [0u8; 9];
     read_exact_by(p, &mut header, deadline)?;
     let mut len = u64::from_le_bytes(header[1..].try_into().expect("8 bytes")) as usize;
