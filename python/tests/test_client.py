@@ -322,7 +322,7 @@ def test_large_values_stay_in_shared_memory_between_the_tasks_of_a_worker(cluste
         assert c.submit(lambda *a: float(sum(x.sum() for x in a)), *parts, workers="w0").result() == float(sum(range(12)) * (n // 4))
 
 
-def test_result_files_are_reused_but_never_under_an_array_a_task_kept(tmp_path):
+def test_result_files_are_reused_but_never_under_an_array_a_task_kept(tmp_path, monkeypatch):
     # Files of dropped results go back to the executor that wrote them and
     # take later results (pages already allocated); a file an executor
     # still maps (an array a task kept) is never reused under it; an idle
@@ -357,6 +357,8 @@ def test_result_files_are_reused_but_never_under_an_array_a_task_kept(tmp_path):
         return float(a.min()), float(a.max())
 
     n = 1 << 19  # 4 MiB arrays
+    # spare files dropped at the first idle check (2 s), not after 30 s
+    monkeypatch.setenv("TASKFARM_SHARED_IDLE", "0")
     c = Cluster(tmp_path, workers=1, threads=1)  # one executor
     try:
         with c.client(1) as cl:

@@ -323,7 +323,8 @@ impl Pool {
 
 /// After this long without a task (and every this long while idle), an
 /// executor thread gives its Python executor the memory files the worker
-/// dropped and lets it drop the ones it keeps for reuse.
+/// dropped (and, after a longer while, lets it drop the ones it keeps for
+/// reuse: `python::SPARE_IDLE`).
 const IDLE: Duration = Duration::from_secs(2);
 
 #[allow(clippy::too_many_arguments)]

@@ -46,6 +46,8 @@ pub struct PythonSettings {
     pub interpreter: Option<PathBuf>,
     /// Modules imported in every executor when it starts (`--preload`).
     pub preload: Vec<String>,
+    /// How long an idle executor keeps spare memory files ([`SPARE_IDLE`]).
+    pub spare_idle: Duration,
     /// Large values made by executors stay in shared memory (on unless
     /// `TASKFARM_SHARED_VALUES=0`; see [`crate::shm`]).
     pub shared_values: bool,
@@ -60,7 +62,14 @@ pub struct PythonSettings {
 impl PythonSettings {
     pub fn new(interpreter: Option<PathBuf>, preload: Vec<String>) -> PythonSettings {
         let shared_values = std::env::var_os("TASKFARM_SHARED_VALUES").is_none_or(|v| v != "0");
-        PythonSettings { interpreter, preload, shared_values, pids: Mutex::new(Vec::new()), plugins: Mutex::new(Vec::new()) }
+        let spare_idle = match std::env::var("TASKFARM_SHARED_IDLE") {
+            Ok(v) => v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64).unwrap_or_else(|| {
+                crate::log_at!(1, "worker", "TASKFARM_SHARED_IDLE={v:?} is not a number of seconds: using {} s", SPARE_IDLE.as_secs());
+                SPARE_IDLE
+            }),
+            Err(_) => SPARE_IDLE,
+        };
+        PythonSettings { interpreter, preload, shared_values, spare_idle, pids: Mutex::new(Vec::new()), plugins: Mutex::new(Vec::new()) }
     }
 
     /// A worker plugin arrived: executors run it before their next task.
@@ -128,7 +137,16 @@ pub struct Python {
     settings: Arc<PythonSettings>,
     cancels: Arc<Cancels>,
     proc: Option<Proc>,
+    /// When the last batch ended (spare memory files go after [`SPARE_IDLE`]).
+    last_batch: Instant,
 }
+
+/// An executor keeps the memory files it may reuse (see [`crate::shm`])
+/// until its thread has had no task for this long (`TASKFARM_SHARED_IDLE`
+/// seconds overrides). Ray's store keeps its memory for good; a worker on
+/// a shared node gives it back, but not between two bursts of work a
+/// client sends a few seconds apart.
+const SPARE_IDLE: Duration = Duration::from_secs(30);
 
 struct Proc {
     child: Child,
@@ -182,7 +200,7 @@ enum Fail {
 
 impl Python {
     pub fn new(settings: Arc<PythonSettings>, cancels: Arc<Cancels>) -> Python {
-        Python { settings, cancels, proc: None }
+        Python { settings, cancels, proc: None, last_batch: Instant::now() }
     }
 
     /// Run a Python call with its dependencies' values.
@@ -203,6 +221,11 @@ impl Python {
     /// wait): those calls run again one at a time in a new process, and the
     /// one that kills that alone fails.
     pub fn run_batch(&mut self, jobs: &[PyJob<'_>], deadline: Option<Instant>, done: &mut dyn FnMut(usize, Result<Data, String>)) {
+        self.run_batch_inner(jobs, deadline, done);
+        self.last_batch = Instant::now();
+    }
+
+    fn run_batch_inner(&mut self, jobs: &[PyJob<'_>], deadline: Option<Instant>, done: &mut dyn FnMut(usize, Result<Data, String>)) {
         let mut next = 0;
         let mut alone_until = 0;
         while next < jobs.len() {
@@ -315,12 +338,12 @@ impl Python {
     }
 
     /// The worker thread is idle: give the executor back the files the
-    /// worker dropped and have it drop its spare ones (memory is not held
-    /// for results that may never come).
+    /// worker dropped, and after [`SPARE_IDLE`] have it drop its spare ones
+    /// (memory is not held for results that may never come).
     pub fn idle(&mut self) {
         let Some(p) = self.proc.as_mut() else { return };
         give_back(p);
-        if p.spares {
+        if p.spares && self.last_batch.elapsed() >= self.settings.spare_idle {
             p.spares = false;
             // a failed write means it died: the next task's read says so
             let _ = p.w.write_all(b"D\0\0\0\0\0\0\0\0").and_then(|_| p.w.flush());
