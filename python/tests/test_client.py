@@ -324,9 +324,10 @@ def test_large_values_stay_in_shared_memory_between_the_tasks_of_a_worker(cluste
 
 def test_result_files_are_reused_but_never_under_an_array_a_task_kept(tmp_path, monkeypatch):
     # Files of dropped results go back to the executor that wrote them and
-    # take later results (pages already allocated); a file an executor
-    # still maps (an array a task kept) is never reused under it; an idle
-    # worker lets its executors drop the spare files.
+    # take later results (pages already allocated); mappings of values are
+    # kept for later values in the same files unless a task wrote to them;
+    # a file an executor still maps (an array a task kept) is never reused
+    # under it; an idle worker lets its executors drop the spare files.
     import numpy as np
 
     def result_files():
@@ -365,12 +366,20 @@ def test_result_files_are_reused_but_never_under_an_array_a_task_kept(tmp_path, 
             first = cl.submit(lambda: np.full(n, 1.0), pure=False)
             assert cl.submit(keep, first, pure=False).result() == 1.0
             del first  # the worker drops it; the executor still maps it
+            def ends(a, scribble):
+                got = (float(a[0]), float(a[-1]))
+                if scribble:  # its own copy of those pages: never kept
+                    a[0] = a[-1] = -5.0
+                return got
+
             deadline = time.monotonic() + 60
             i = 2
-            while result_files_reused(cl, result_files) < 3:
+            while min(result_files_reused(cl, result_files)) < 3:
                 assert time.monotonic() < deadline, f"no result file reused after {i - 2} results: {cl.submit(result_files, pure=False).result()}"
                 f = cl.submit(lambda i: np.full(n, float(i)), i, pure=False)
-                assert cl.submit(lambda a: (float(a[0]), float(a[-1])), f, pure=False).result() == (float(i), float(i))
+                # read through a new mapping or a kept one (of a recycled file)
+                assert cl.submit(ends, f, i % 2 == 0, pure=False).result() == (float(i), float(i))
+                assert cl.submit(ends, f, False, pure=False).result() == (float(i), float(i))
                 del f
                 assert cl.submit(kept_is_intact, pure=False).result() == (1.0, 1.0)
                 i += 1
@@ -383,7 +392,9 @@ def test_result_files_are_reused_but_never_under_an_array_a_task_kept(tmp_path, 
 
 
 def result_files_reused(cl, result_files):
-    return cl.submit(result_files, pure=False).result()["reused"]
+    """Results written into reused files, and values read through kept mappings."""
+    files = cl.submit(result_files, pure=False).result()
+    return files["reused"], files["mapped again"]
 
 
 def eventually_slowly(condition, what, timeout=60.0):

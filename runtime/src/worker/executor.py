@@ -13,7 +13,8 @@
 #                       b"S": a worker plugin to run now (answered by O or E):
 #                             a pickled callable, or an object with setup()
 #                       b"Z": u8 1 if large results go through shared
-#                             memory (the answer to H), else 0
+#                             memory (the answer to H), else 0; u64 bytes
+#                             of spare files, and of kept mappings, to hold
 #                       b"F": u32 descriptor numbers (here) of result
 #                             files the worker dropped: kept for reuse
 #                       b"D": drop the files kept for reuse (worker idle)
@@ -29,7 +30,8 @@
 #                       b"U": pairs of u32 descriptor number (in the
 #                             worker) and u32 count: that many finished
 #                             tasks' dependencies of tag M no longer mapped
-#                             here (sent before a result or an error)
+#                             here (sent as tasks end, whenever their
+#                             mappings are gone)
 #
 # A dependency with tag M is a value in the worker's shared memory: u32
 # descriptor number in the worker, u64 length; mapped copy-on-write here
@@ -85,7 +87,6 @@ def _main():
         import time
         import traceback
         import importlib
-        import weakref
 
         import cloudpickle
     except ImportError as e:
@@ -205,13 +206,13 @@ def _main():
     # finished tasks' pins not given back yet (their files still mapped).
     maps = {}
     released = {}
-
-    def unmapped(fd):
-        left = maps[fd] - 1
-        if left:
-            maps[fd] = left
-        else:
-            del maps[fd]
+    # Mappings handed to tasks ([worker fd, inode, mmap]), and the ones no
+    # task uses any more whose pages were never written, by inode: a later
+    # value in the same (recycled) file is read through pages already
+    # mapped, as Ray's workers read its store (a new mapping costs about as
+    # much again as reading 50 MB through it).
+    in_use = []
+    views = {}
 
     def mapped(body):
         """A worker's shared value (tag M): a private copy-on-write map of
@@ -219,12 +220,64 @@ def _main():
         fd, n = struct.unpack_from("<IQ", body, 0)
         f = os.open(f"/proc/{parent}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            m = mmap.mmap(f, n, access=mmap.ACCESS_COPY)
+            ino = os.fstat(f).st_ino
+            m = views.pop(ino, None)
+            if m is not None and len(m) < n:
+                m.close()
+                m = None
+            if m is None:
+                m = mmap.mmap(f, n, access=mmap.ACCESS_COPY)
+            else:
+                files["mapped again"] += 1
         finally:
             os.close(f)
         maps[fd] = maps.get(fd, 0) + 1
-        weakref.finalize(m, unmapped, fd)
-        return m
+        in_use.append([fd, ino, m])
+        # (a cached mapping may be longer than this value: its file was
+        # larger once; the bytes past n are never read)
+        return m if len(m) == n else memoryview(m)[:n]
+
+    # A page of a private mapping that was written is the process's own
+    # (pagemap: present and not a file page, or swapped): such a mapping is
+    # not kept, it no longer shows its file.
+    written_page = bytes(1 if (b & 0x80 and not b & 0x20) or b & 0x40 else 0 for b in range(256))
+
+    def unwritten(m):
+        try:
+            import ctypes
+
+            probe = ctypes.c_char.from_buffer(m)
+            addr = ctypes.addressof(probe)
+            del probe
+            pages = (len(m) + 4095) // 4096
+            with open("/proc/self/pagemap", "rb", buffering=0) as pm:
+                entries = os.pread(pm.fileno(), pages * 8, addr // 4096 * 8)
+        except (OSError, ValueError, TypeError, ImportError):
+            return False
+        return len(entries) == pages * 8 and 1 not in entries[7::8].translate(written_page)
+
+    def sweep():
+        """Mappings no task refers to any more: unpinned, and kept for
+        reuse when clean (within shared["keep"] bytes), else unmapped."""
+        if not in_use:
+            return
+        busy = []
+        for entry in in_use:
+            fd, ino, m = entry
+            if sys.getrefcount(m) > 3:  # in_use's entry, m, the argument
+                busy.append(entry)
+                continue
+            left = maps[fd] - 1
+            if left:
+                maps[fd] = left
+            else:
+                del maps[fd]
+            if ino not in views and unwritten(m) and sum(map(len, views.values())) + len(m) <= shared["keep"]:
+                views[ino] = m
+            else:
+                m.close()
+        del entry, m
+        in_use[:] = busy
 
     def task_pins(deps):
         """A task's dependencies of tag M: pinned until it ends."""
@@ -233,6 +286,7 @@ def _main():
     def give_back(pins):
         """A task ended: its pins, and earlier ones, whose files are no
         longer mapped here go back to the worker (U)."""
+        sweep()
         for fd in pins:
             released[fd] = released.get(fd, 0) + 1
         back = [fd for fd in released if fd not in maps]
@@ -373,15 +427,16 @@ def _main():
         send(b"E", u32.pack(len(text_bytes)), text_bytes, blob)
 
     SHARED_MIN = 1 << 20  # runtime/src/shm.rs: MIN_SHARED
-    SPARE_MAX = 1 << 30  # bytes of files kept for reuse (dropped when idle)
-    shared = {"on": False}
+    # keep: bytes of spare files, and of kept mappings, held (set by Z;
+    # dropped when idle: D)
+    shared = {"on": False, "keep": 0}
     # Result files: the ones the worker holds, and the ones it gave back
     # (F), kept for reuse: writing into pages already allocated and mapped
     # costs a third of a new file. fd -> [capacity, size, mapping or None].
     owned = {}
     spares = {}
-    # counted for the tests (runtime/src/worker/python.rs, test_client.py)
-    files = {"new": 0, "reused": 0}
+    # counted for the tests (python/tests/test_client.py)
+    files = {"new": 0, "reused": 0, "mapped again": 0}
     sys.modules["__main__"].taskfarm_result_files = files
 
     def drop_file(fd, entry):
@@ -442,13 +497,13 @@ def _main():
 
     def given_back(body):
         """F: the worker dropped these results: keep their files for reuse
-        while they fit in SPARE_MAX, else close them."""
+        while they fit in shared["keep"] bytes, else close them."""
         held = sum(e[1] for e in spares.values())
         for (fd,) in struct.iter_unpack("<I", body):
             entry = owned.pop(fd, None)
             if entry is None:
                 continue
-            if held + entry[1] <= SPARE_MAX:
+            if held + entry[1] <= shared["keep"]:
                 spares[fd] = entry
                 held += entry[1]
             else:
@@ -478,8 +533,13 @@ def _main():
             elif kind == b"D":
                 for fd in list(spares):
                     drop_file(fd, spares.pop(fd))
+                for m in views.values():
+                    m.close()
+                views.clear()
             elif kind == b"Z":
                 shared["on"] = body[:1] == b"\x01"
+                if len(body) >= 9:
+                    shared["keep"] = u64.unpack_from(body, 1)[0]
                 if probe is not None:
                     os.close(probe)
                     probe = None

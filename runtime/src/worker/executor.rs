@@ -260,14 +260,20 @@ impl Pool {
     /// Start `nthreads` executors evaluating with `registry` in `dir`,
     /// Python calls with interpreters started as `python` says; `report`
     /// is called from the executor threads (false: the worker is gone).
+    /// `memory_limit`: the worker's (0: none), which bounds the memory
+    /// files Python executors keep for reuse.
     pub fn start(
         nthreads: u32,
         registry: Registry,
         dir: PathBuf,
         python: Arc<PythonSettings>,
+        memory_limit: u64,
         report: impl Fn(Report) -> bool + Clone + Send + 'static,
     ) -> std::io::Result<Pool> {
         let n = nthreads.max(1);
+        // Spare result files and kept mappings: each at most 1 GiB per
+        // executor, and together at most a quarter of the worker's limit.
+        let keep = if memory_limit > 0 { (memory_limit / (8 * n as u64)).min(1 << 30) } else { 1 << 30 };
         let (jobs, rx) = unbounded::<Job>();
         let cancels = Arc::new(Cancels::default());
         let acks = Arc::new(StartAcks {
@@ -284,7 +290,7 @@ impl Pool {
                 dir.clone(),
                 acks.clone(),
             );
-            let python = Python::new(python.clone(), cancels.clone());
+            let python = Python::new(python.clone(), cancels.clone(), keep);
             let cancels = cancels.clone();
             std::thread::Builder::new()
                 .name(format!("tf-exec-{i}"))

@@ -216,6 +216,7 @@ pub fn run(cfg: WorkerConfig, scheduler: crate::seal::Link) -> io::Result<Worker
                 cfg.registry.clone(),
                 scratch.clone(),
                 cfg.python.clone(),
+                cfg.memory.limit.unwrap_or(0),
                 move |r| tx.send(Event::Exec(r)).is_ok(),
             )?
         };

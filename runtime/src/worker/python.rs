@@ -139,6 +139,9 @@ pub struct Python {
     proc: Option<Proc>,
     /// When the last batch ended (spare memory files go after [`SPARE_IDLE`]).
     last_batch: Instant,
+    /// Bytes of spare memory files, and of kept mappings, the executor may
+    /// hold (each).
+    keep: u64,
 }
 
 /// An executor keeps the memory files it may reuse (see [`crate::shm`])
@@ -168,8 +171,8 @@ struct Proc {
     /// with how many of its tasks were given them and have not said their
     /// mappings are gone (`U`): held, so their files are not reused.
     pins: std::collections::HashMap<i32, (Arc<crate::shm::Shared>, u32)>,
-    /// The executor may hold spare memory files: an idle worker thread
-    /// tells it to drop them (`D`).
+    /// The executor may hold spare memory files, or mappings of shared
+    /// values kept for reuse: an idle worker thread tells it to drop them (`D`).
     spares: bool,
     interpreter: PathBuf,
     settings: Arc<PythonSettings>,
@@ -199,8 +202,8 @@ enum Fail {
 }
 
 impl Python {
-    pub fn new(settings: Arc<PythonSettings>, cancels: Arc<Cancels>) -> Python {
-        Python { settings, cancels, proc: None, last_batch: Instant::now() }
+    pub fn new(settings: Arc<PythonSettings>, cancels: Arc<Cancels>, keep: u64) -> Python {
+        Python { settings, cancels, proc: None, last_batch: Instant::now(), keep }
     }
 
     /// Run a Python call with its dependencies' values.
@@ -266,8 +269,9 @@ impl Python {
                 }
                 // a failed write means the process died: the reads say so
                 let _ = write_task(&mut p.w, job.call, send_func, &job.deps, p.shm);
-                if p.shm {
-                    pin(&mut p.pins, &job.deps);
+                if p.shm && pin(&mut p.pins, &job.deps) {
+                    // it may keep mappings of them (dropped when idle)
+                    p.spares = true;
                 }
                 if send_func {
                     p.funcs.insert(job.call.func_hash.clone());
@@ -446,7 +450,9 @@ impl Python {
             Ok((b'H', hello)) => {
                 p.shm = self.settings.shared_values && shm_works(pid, &hello);
                 // a failed write means it died: the first task's read says so
-                let _ = p.w.write_all(&[b'Z', 1, 0, 0, 0, 0, 0, 0, 0, u8::from(p.shm)]).and_then(|_| p.w.flush());
+                let mut z = vec![b'Z', 9, 0, 0, 0, 0, 0, 0, 0, u8::from(p.shm)];
+                z.extend_from_slice(&self.keep.to_le_bytes());
+                let _ = p.w.write_all(&z).and_then(|_| p.w.flush());
                 crate::log_at!(3, "worker", "Python executor pid {pid} ({}) started", interpreter.display());
                 Ok(p)
             }
@@ -568,13 +574,16 @@ fn open_shared(pid: u32, tag: u8, body: &[u8], recycler: &Arc<crate::shm::Recycl
 }
 
 /// The shared values among `deps` are pinned for this executor until it
-/// says its mappings of them are gone (see [`unpin`]).
-fn pin(pins: &mut std::collections::HashMap<i32, (Arc<crate::shm::Shared>, u32)>, deps: &[&Data]) {
+/// says its mappings of them are gone (see [`unpin`]); whether there were any.
+fn pin(pins: &mut std::collections::HashMap<i32, (Arc<crate::shm::Shared>, u32)>, deps: &[&Data]) -> bool {
+    let mut any = false;
     for d in deps {
         if let Data::Pickle(Blob::Shared(s)) = d {
             pins.entry(s.fd()).or_insert_with(|| (s.clone(), 0)).1 += 1;
+            any = true;
         }
     }
+    any
 }
 
 /// `U`: pairs of u32 descriptor number (here) and u32 count of tasks that
@@ -748,7 +757,7 @@ mod tests {
     fn a_cancel_that_kills_an_idle_executor_does_not_fail_the_next_task() {
         let py = interpreter();
         let cancels = Arc::new(Cancels::default());
-        let mut python = Python::new(Arc::new(PythonSettings::new(Some(py.clone()), Vec::new())), cancels.clone());
+        let mut python = Python::new(Arc::new(PythonSettings::new(Some(py.clone()), Vec::new())), cancels.clone(), 1 << 30);
         let (a, b, c): (TaskId, TaskId, TaskId) = (1, 2, 3);
         assert_eq!(run(&mut python, a, &eval_call(&py, "6 * 7")), Ok(serde_json::json!(42)));
         let first = python.proc.as_ref().expect("an executor").child.id();
