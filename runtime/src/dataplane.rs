@@ -4,7 +4,7 @@
 
 use crate::log_at;
 use crate::protocol::{
-    server_handshake, FrameReader, FrameWriter, PeerReply, PeerRequest, Role, TaskId,
+    server_handshake_verified, FrameReader, FrameWriter, PeerReply, PeerRequest, Role, TaskId,
 };
 use crate::store::{Store, Value};
 use crossbeam_channel::unbounded;
@@ -194,8 +194,7 @@ fn serve_peer(mut stream: TcpStream, secret: &[u8], store: &Store, counters: &Co
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let handshake = server_handshake(&mut stream, secret);
-    drop(pending);
+    let handshake = server_handshake_verified(&mut stream, secret, move || drop(pending));
     if handshake.is_ok() {
         // Who fetched from this worker (authenticated peers only).
         if let Ok(a) = stream.peer_addr() {

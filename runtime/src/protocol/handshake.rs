@@ -165,6 +165,15 @@ pub fn client_handshake(stream: &mut TcpStream, secret: &[u8], role: Role) -> Re
 /// Accepting side. Returns the authenticated peer's role and the
 /// connection's keys (None in plaintext mode).
 pub fn server_handshake(stream: &mut TcpStream, secret: &[u8]) -> Result<(Role, Option<crate::seal::Keys>), HandshakeError> {
+    server_handshake_verified(stream, secret, || {})
+}
+
+/// [`server_handshake`], calling `verified` once the peer has proven it
+/// holds the secret and before it is told so: a connection counted as
+/// unauthenticated (see [`crate::gate`]) must stop counting before the peer
+/// can believe it is in, or the gate may close it under a peer that has
+/// already sent its first message.
+pub fn server_handshake_verified(stream: &mut TcpStream, secret: &[u8], verified: impl FnOnce()) -> Result<(Role, Option<crate::seal::Keys>), HandshakeError> {
     let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
     // Writes too: a peer that never reads must not hold the thread.
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
@@ -203,6 +212,7 @@ pub fn server_handshake(stream: &mut TcpStream, secret: &[u8]) -> Result<(Role, 
         let _ = stream.write_all(&[STATUS_AUTH]);
         return Err(HandshakeError::AuthFailed);
     }
+    verified();
     stream.write_all(&[STATUS_OK])?;
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;

@@ -582,6 +582,8 @@ impl<W: Write> FrameWriter<W> {
 mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -635,6 +637,31 @@ mod tests {
         let t = std::thread::spawn(move || server_handshake(&mut s, b"sekrit").map_err(|e| e.to_string()));
         client_handshake(&mut c, b"sekrit", Role::Client).unwrap();
         assert_eq!(t.join().unwrap().unwrap().0, Role::Client);
+    }
+
+    /// The gate's pending slot must be freed before the peer is told it is
+    /// in: else a burst of newcomers could close a connection whose client
+    /// already sent its registration (seen with 300 workers at once).
+    #[test]
+    fn a_verified_peer_stops_counting_as_pending_before_it_is_told() {
+        let (mut c, mut s) = pair();
+        let released = Arc::new(AtomicBool::new(false));
+        let flag = released.clone();
+        let t = std::thread::spawn(move || {
+            server_handshake_verified(&mut s, b"sekrit", move || flag.store(true, Ordering::SeqCst)).map(|r| r.0).map_err(|e| e.to_string())
+        });
+        client_handshake(&mut c, b"sekrit", Role::Worker).unwrap();
+        assert!(released.load(Ordering::SeqCst), "released only after the client was told");
+        assert_eq!(t.join().unwrap().unwrap(), Role::Worker);
+        // a peer that fails to prove the secret is never released
+        let (mut c, mut s) = pair();
+        let released = Arc::new(AtomicBool::new(false));
+        let flag = released.clone();
+        let t = std::thread::spawn(move || server_handshake_verified(&mut s, b"right", move || flag.store(true, Ordering::SeqCst)).is_ok());
+        assert!(client_handshake(&mut c, b"wrong", Role::Worker).is_err());
+        drop(c);
+        assert!(!t.join().unwrap());
+        assert!(!released.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -20,14 +20,13 @@ pub(super) fn accept_loop(listener: TcpListener, secret: Vec<u8>, tx: Sender<Eve
 /// Handshake, registration, then read batches until the peer goes away.
 fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Sender<Event>, pending: crate::gate::Pending) {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
-    let (role, keys) = match server_handshake(&mut stream, secret) {
+    let (role, keys) = match server_handshake_verified(&mut stream, secret, move || drop(pending)) {
         Ok(r) => r,
         Err(e) => {
             log_at!(1, "scheduler", "rejected connection from {peer}: {e}");
             return;
         }
     };
-    drop(pending);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
     let link = crate::seal::Link::new(stream, keys);
     let Ok(read_half) = link.reader() else { return };

@@ -6,7 +6,7 @@
 use super::state::{ClientId, Event as StateEvent, Outcome, Recorder, SchedulerConfig, SchedulerState, WorkerInfo};
 use crate::log_at;
 use crate::journal::{self, RecordRef, Resume};
-use crate::protocol::{server_handshake, FrameReader, FrameWriter, Role, StatusReport, TaskDef, TaskId, ToClient, ToScheduler, ToWorker, WorkerId};
+use crate::protocol::{server_handshake_verified, FrameReader, FrameWriter, Role, StatusReport, TaskDef, TaskId, ToClient, ToScheduler, ToWorker, WorkerId};
 use crate::schedfile::SchedulerFile;
 use crate::telemetry::{Telemetry, TelemetryReport, TransferRun};
 use crate::util;
