@@ -46,6 +46,7 @@ bounded() {
     section "dashboard";         N=1000 REPS=1 bounded "$here/dashboard.sh"
     section "result cache";      SMOKE=1 bounded "$here/cache.sh"
     section "journal";           SMOKE=1 bounded "$here/journal.sh"
+    section "many workers";      bounded "$here/many_workers.sh" --smoke
     section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler -- --quick
   else
     section "no-op tasks";       bounded "$here/noop.sh" --with-dask
@@ -59,6 +60,7 @@ bounded() {
     section "dashboard";         bounded "$here/dashboard.sh"
     section "result cache";      bounded "$here/cache.sh"
     section "journal";           bounded "$here/journal.sh"
+    section "many workers";      bounded "$here/many_workers.sh"
     section "scheduler only";    bounded cargo bench --quiet --manifest-path "$root/Cargo.toml" -p taskfarm --bench scheduler
   fi
 } 2>&1 | tee "$out"
