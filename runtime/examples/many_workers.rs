@@ -51,6 +51,9 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
+/// Each simulated worker's connection to the scheduler, for heartbeats.
+type Writers = Mutex<Vec<Arc<Mutex<FrameWriter<LinkWriter>>>>>;
+
 /// What every simulated worker adds to.
 #[derive(Default)]
 struct Totals {
@@ -88,7 +91,7 @@ fn main() {
         std::process::exit(2);
     }
     let totals = Arc::new(Totals::default());
-    let writers: Arc<Mutex<Vec<Arc<Mutex<FrameWriter<LinkWriter>>>>>> = Arc::default();
+    let writers: Arc<Writers> = Arc::default();
     let start = Instant::now();
     for i in 0..a.workers {
         let (address, secret, totals, writers) = (file.address.clone(), secret.clone(), totals.clone(), writers.clone());
@@ -148,7 +151,7 @@ fn simulate(
     secret: &[u8],
     threads: u32,
     totals: &Totals,
-    writers: &Mutex<Vec<Arc<Mutex<FrameWriter<LinkWriter>>>>>,
+    writers: &Writers,
 ) -> Result<(), String> {
     // as real workers: a connection the scheduler's gate closed (too many
     // handshakes at once from one address) is tried again
