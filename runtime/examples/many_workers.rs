@@ -183,11 +183,16 @@ fn simulate(
     let null = Data::null();
     let (tag, body) = null.to_wire();
     let mut out = Vec::new();
+    let mut welcomed = false;
     loop {
-        let Some((msgs, _payloads)) = reader.read_batch::<ToWorker>().map_err(|e| e.to_string())? else { return Ok(()) };
+        let Some((msgs, _payloads)) = reader.read_batch::<ToWorker>().map_err(|e| e.to_string())? else {
+            // (counted as failed: the harness waits for every worker's fate)
+            return if welcomed { Ok(()) } else { Err("the scheduler closed the connection before welcoming it".into()) };
+        };
         for m in msgs {
             match m {
                 ToWorker::Welcome { .. } => {
+                    welcomed = true;
                     totals.welcomed.fetch_add(1, Ordering::Relaxed);
                 }
                 ToWorker::Compute(t) => {
