@@ -24,7 +24,7 @@ sim="$root/target/release/examples/many_workers"
 # one descriptor per worker on each side
 ulimit -n "$(ulimit -Hn)" 2> /dev/null || true
 tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2> /dev/null; rm -rf "$tmp"' EXIT
+trap 'kill $(jobs -p) 2> /dev/null || true; rm -rf "$tmp"' EXIT
 noop_graph "$TASKS" "$tmp/graph.json"
 machine_line; echo
 printf '%-8s %-14s %-18s %-16s %-14s %s\n' workers "registered in" "scheduler threads" "scheduler RSS" "${TASKS} tasks" "tasks/s"
