@@ -133,6 +133,16 @@ impl Read for LinkReader {
     }
 }
 
+impl LinkWriter {
+    /// Shut the socket down both ways (the reader then sees it closed).
+    pub fn shutdown(&self) -> io::Result<()> {
+        match self {
+            LinkWriter::Plain(s) => s.shutdown(std::net::Shutdown::Both),
+            LinkWriter::Sealed(w) => w.stream.shutdown(std::net::Shutdown::Both),
+        }
+    }
+}
+
 impl Write for LinkWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         match self {

@@ -572,6 +572,11 @@ impl<W: Write> FrameWriter<W> {
         self.inner.flush()
     }
 
+    /// The writer underneath (e.g. to shut its socket down).
+    pub fn get_ref(&self) -> &W {
+        self.inner.get_ref()
+    }
+
     pub fn send<T: Serialize>(&mut self, msgs: &[T], payloads: &[(u8, &[u8])]) -> io::Result<()> {
         self.write_batch(msgs, payloads)?;
         self.flush()

@@ -28,9 +28,11 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
         }
     };
     let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
+    // Three descriptors per connection: the reader's, the writer's and the
+    // core's (to shut it down); the handshake's own handle is closed here.
     let link = crate::seal::Link::new(stream, keys);
-    let Ok(read_half) = link.reader() else { return };
-    let Ok(stream) = link.stream() else { return };
+    let (Ok(read_half), Ok(write_half), Ok(stream)) = (link.reader(), link.writer(), link.stream()) else { return };
+    drop(link);
     let mut reader = FrameReader::new(read_half);
     let first = match reader.read_batch::<ToScheduler>() {
         Ok(Some((msgs, _))) => msgs,
@@ -44,13 +46,13 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
     match (role, rest.next()) {
         (Role::Worker, Some(ToScheduler::RegisterWorker { name, data_address, nthreads, resources, host, pid, job, functions, held, run, .. })) => {
             let (wtx, wrx) = unbounded();
-            spawn_writer(link.writer().ok(), stream.try_clone().ok(), wrx, format!("worker '{name}'"));
+            spawn_writer(write_half, wrx, format!("worker '{name}'"));
             let info = WorkerInfo { name, address: data_address, nthreads: nthreads.max(1), resources, host, pid, job, functions };
             let _ = tx.send(Event::Worker { conn, info, tx: wtx, stream, held, run });
         }
         (Role::Client, Some(ToScheduler::RegisterClient { name })) => {
             let (ctx, crx) = unbounded();
-            spawn_writer(link.writer().ok(), stream.try_clone().ok(), crx, format!("client '{name}'"));
+            spawn_writer(write_half, crx, format!("client '{name}'"));
             let _ = tx.send(Event::Client { conn, name, tx: ctx, stream });
         }
         (role, first) => {
@@ -78,8 +80,7 @@ fn serve_connection(conn: ConnId, mut stream: TcpStream, secret: &[u8], tx: Send
 }
 
 /// Write batches as they come, coalescing whatever is already queued.
-fn spawn_writer<T: Serialize + Send + 'static>(writer: Option<crate::seal::LinkWriter>, closer: Option<TcpStream>, rx: Receiver<Vec<T>>, who: String) {
-    let Some(writer) = writer else { return };
+fn spawn_writer<T: Serialize + Send + 'static>(writer: crate::seal::LinkWriter, rx: Receiver<Vec<T>>, who: String) {
     let _ = std::thread::Builder::new().name("tf-writer".into()).spawn(move || {
         let mut w = FrameWriter::new(writer);
         while let Ok(mut batch) = rx.recv() {
@@ -94,9 +95,7 @@ fn spawn_writer<T: Serialize + Send + 'static>(writer: Option<crate::seal::LinkW
                 // connection so its reader reports it and it is removed,
                 // instead of queueing messages for it forever.
                 log_at!(1, "scheduler", "cannot write to {who}: {e}; closing its connection");
-                if let Some(c) = &closer {
-                    let _ = c.shutdown(Shutdown::Both);
-                }
+                let _ = w.get_ref().shutdown();
                 break;
             }
         }
