@@ -202,9 +202,8 @@ def _main():
             return b"J", [json.dumps(v, separators=(",", ":")).encode()]
         return b"P", dumps(v)
 
-    # Pins (see U above): live mappings of each worker file here, and the
-    # finished tasks' pins not given back yet (their files still mapped).
-    maps = {}
+    # Pins (see U above): the finished tasks' pins not given back yet
+    # (their files still mapped here).
     released = {}
     # Mappings handed to tasks ([worker fd, inode, mmap]), and the ones no
     # task uses any more whose pages were never written, by inode: a later
@@ -231,7 +230,6 @@ def _main():
                 files["mapped again"] += 1
         finally:
             os.close(f)
-        maps[fd] = maps.get(fd, 0) + 1
         in_use.append([fd, ino, m])
         # (a cached mapping may be longer than this value: its file was
         # larger once; the bytes past n are never read)
@@ -263,15 +261,10 @@ def _main():
             return
         busy = []
         for entry in in_use:
-            fd, ino, m = entry
+            _, ino, m = entry
             if sys.getrefcount(m) > 3:  # in_use's entry, m, the argument
                 busy.append(entry)
                 continue
-            left = maps[fd] - 1
-            if left:
-                maps[fd] = left
-            else:
-                del maps[fd]
             if ino not in views and unwritten(m) and sum(map(len, views.values())) + len(m) <= shared["keep"]:
                 views[ino] = m
             else:
@@ -289,7 +282,8 @@ def _main():
         sweep()
         for fd in pins:
             released[fd] = released.get(fd, 0) + 1
-        back = [fd for fd in released if fd not in maps]
+        mapped_now = {entry[0] for entry in in_use}
+        back = [fd for fd in released if fd not in mapped_now]
         if back:
             send(b"U", b"".join(struct.pack("<II", fd, released.pop(fd)) for fd in back))
 

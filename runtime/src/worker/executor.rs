@@ -158,6 +158,14 @@ struct CancelState {
     killed: std::collections::HashSet<u32>,
 }
 
+impl CancelState {
+    /// Kill `pid` for a cancel, and remember that a cancel did.
+    fn kill(&mut self, pid: u32) {
+        kill(pid);
+        self.killed.insert(pid);
+    }
+}
+
 /// Kill a child this worker has not reaped yet, with everything it started:
 /// its process group when it leads one (commands do), else the process.
 pub fn kill(pid: u32) {
@@ -184,15 +192,13 @@ impl Cancels {
     pub fn running(&self, id: TaskId, pid: u32) {
         let mut st = self.lock();
         if st.cancelled.contains(&id) {
-            kill(pid);
-            st.killed.insert(pid);
+            st.kill(pid);
         }
         self.reaper.get_or_init(|| Reaper::start(&self.token));
         st.running.insert(id, pid);
     }
 
-    /// These tasks are answered, or their process is about to be reaped:
-    /// their cancel must not kill it (any more).
+    /// These tasks' process is about to be reaped: never kill it again.
     pub fn stopped(&self, ids: impl IntoIterator<Item = TaskId>) {
         let mut st = self.lock();
         for id in ids {
@@ -224,8 +230,7 @@ impl Cancels {
         let mut st = self.lock();
         st.cancelled.insert(id);
         if let Some(&pid) = st.running.get(&id) {
-            kill(pid);
-            st.killed.insert(pid);
+            st.kill(pid);
         }
     }
 
@@ -235,8 +240,7 @@ impl Cancels {
         let running: Vec<(TaskId, u32)> = st.running.iter().map(|(&id, &pid)| (id, pid)).collect();
         for (id, pid) in running {
             st.cancelled.insert(id);
-            kill(pid);
-            st.killed.insert(pid);
+            st.kill(pid);
         }
     }
 

@@ -350,8 +350,9 @@ impl Python {
         if p.spares && self.last_batch.elapsed() >= self.settings.spare_idle {
             p.spares = false;
             // a failed write means it died: the next task's read says so
-            let _ = p.w.write_all(b"D\0\0\0\0\0\0\0\0").and_then(|_| p.w.flush());
+            let _ = p.w.write_all(b"D\0\0\0\0\0\0\0\0");
         }
+        let _ = p.w.flush();
     }
 
     /// Run the worker plugins this process has not run yet. One that fails
