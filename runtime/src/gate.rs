@@ -120,21 +120,8 @@ pub fn accept_loop(listener: &TcpListener, what: &str, stop: &dyn Fn() -> bool, 
                 handle(stream);
             }
             Err(e) => {
-                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
-                if out_of_fds {
-                    // Free the reserve to take the waiting connection off
-                    // the queue and close it: it would be accepted again
-                    // and again otherwise.
-                    drop(reserve.take());
-                    if let Ok((s, addr)) = listener.accept() {
-                        drop(s);
-                        log_at!(1, "net", "{what}: out of file descriptors ({e}); closed a new connection from {addr}");
-                    }
-                    reserve = open_reserve();
-                } else if e.kind() == std::io::ErrorKind::ConnectionAborted || e.kind() == std::io::ErrorKind::Interrupted {
+                if !accept_failed(listener, what, &e, &mut reserve, pause.is_zero()) {
                     continue;
-                } else if pause.is_zero() {
-                    log_at!(1, "net", "{what}: accept failed: {e}");
                 }
                 pause = (pause * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                 std::thread::sleep(pause);
@@ -143,7 +130,30 @@ pub fn accept_loop(listener: &TcpListener, what: &str, stop: &dyn Fn() -> bool, 
     }
 }
 
-fn open_reserve() -> Option<std::fs::File> {
+/// What to do about a failed accept: out of file descriptors, free the
+/// reserve (`reserve`, from [`open_reserve`]) to take the waiting
+/// connection off the queue and close it (it would be accepted again and
+/// again otherwise), then take a new reserve. Returns whether the caller
+/// should back off before accepting again (false: retry at once).
+pub fn accept_failed(listener: &TcpListener, what: &str, e: &std::io::Error, reserve: &mut Option<std::fs::File>, log: bool) -> bool {
+    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+    if out_of_fds {
+        drop(reserve.take());
+        if let Ok((s, addr)) = listener.accept() {
+            drop(s);
+            log_at!(1, "net", "{what}: out of file descriptors ({e}); closed a new connection from {addr}");
+        }
+        *reserve = open_reserve();
+    } else if matches!(e.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted) {
+        return false;
+    } else if log {
+        log_at!(1, "net", "{what}: accept failed: {e}");
+    }
+    true
+}
+
+/// A descriptor kept in reserve for [`accept_failed`].
+pub fn open_reserve() -> Option<std::fs::File> {
     std::fs::File::open("/dev/null").ok()
 }
 

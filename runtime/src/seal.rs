@@ -79,7 +79,7 @@ impl Link {
         let s = self.stream.try_clone()?;
         Ok(match &self.keys {
             None => LinkReader::Plain(s),
-            Some(k) => LinkReader::Sealed(Box::new(SealedReader { stream: s, key: key(&k.recv), counter: 0, buf: Vec::new(), pos: 0, end: 0 })),
+            Some(k) => LinkReader::Sealed(Box::new(SealedReader { stream: s, opener: Opener::new(k), buf: Vec::new(), pos: 0, end: 0 })),
         })
     }
 
@@ -88,13 +88,19 @@ impl Link {
         let s = self.stream.try_clone()?;
         Ok(match &self.keys {
             None => LinkWriter::Plain(s),
-            Some(k) => LinkWriter::Sealed(Box::new(SealedWriter { stream: s, key: key(&k.send), counter: 0, buf: header_only() })),
+            Some(k) => LinkWriter::Sealed(Box::new(SealedWriter { stream: s, sealer: Sealer::new(k), buf: header_only() })),
         })
     }
 
     /// The socket itself (e.g. to keep for shutting it down).
     pub fn stream(&self) -> io::Result<TcpStream> {
         self.stream.try_clone()
+    }
+
+    /// The socket and the keys, apart (for an event loop that seals with
+    /// [`Sealer`] and opens with [`Opener`] in its own buffers).
+    pub fn into_parts(self) -> (TcpStream, Option<Keys>) {
+        (self.stream, self.keys)
     }
 }
 
@@ -158,10 +164,94 @@ impl Write for LinkWriter {
     }
 }
 
-pub struct SealedWriter {
-    stream: TcpStream,
+/// The sending direction's cipher state, without IO (for event loops that
+/// own their buffers; [`SealedWriter`] wraps it for blocking sockets).
+pub struct Sealer {
     key: LessSafeKey,
     counter: u64,
+}
+
+impl Sealer {
+    pub fn new(keys: &Keys) -> Sealer {
+        Sealer { key: key(&keys.send), counter: 0 }
+    }
+
+    /// Seal `out[start + 4..]` (plaintext of at most [`RECORD`] bytes that
+    /// follows a 4-byte slot at `start`) into one record in place.
+    fn seal_at(&mut self, out: &mut Vec<u8>, start: usize) -> io::Result<()> {
+        let tag = self.key.seal_in_place_separate_tag(nonce(self.counter), Aad::empty(), &mut out[start + 4..]).map_err(|_| io::Error::other("cannot encrypt a record"))?;
+        self.counter += 1;
+        out.extend_from_slice(tag.as_ref());
+        let len = (out.len() - start - 4) as u32;
+        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+        Ok(())
+    }
+
+    /// Append `plain` to `out` as records.
+    pub fn seal_into(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        for chunk in plain.chunks(RECORD) {
+            let start = out.len();
+            out.reserve(4 + chunk.len() + TAG);
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(chunk);
+            self.seal_at(out, start)?;
+        }
+        Ok(())
+    }
+}
+
+/// The receiving direction's cipher state, without IO.
+pub struct Opener {
+    key: LessSafeKey,
+    counter: u64,
+}
+
+/// What [`Opener::next_record`] found at the front of a buffer.
+pub enum Opened {
+    /// A whole record: its plaintext is `buf[range]`; `consumed` bytes of the buffer were its.
+    Record { range: std::ops::Range<usize>, consumed: usize },
+    /// Not a whole record yet.
+    Partial,
+}
+
+impl Opener {
+    pub fn new(keys: &Keys) -> Opener {
+        Opener { key: key(&keys.recv), counter: 0 }
+    }
+
+    fn check_len(len: usize) -> io::Result<()> {
+        if !(TAG + 1..=RECORD + TAG).contains(&len) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("encrypted record of {len} bytes is outside 17..={}", RECORD + TAG)));
+        }
+        Ok(())
+    }
+
+    fn open<'a>(&mut self, sealed: &'a mut [u8]) -> io::Result<&'a mut [u8]> {
+        let plain = self.key.open_in_place(nonce(self.counter), Aad::empty(), sealed).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "a record failed its integrity check: the connection was tampered with or corrupted (or the peer does not share this cluster's keys)")
+        })?;
+        self.counter += 1;
+        Ok(plain)
+    }
+
+    /// Open the record at the front of `buf` in place, if it is all there.
+    pub fn next_record(&mut self, buf: &mut [u8]) -> io::Result<Opened> {
+        if buf.len() < 4 {
+            return Ok(Opened::Partial);
+        }
+        let len = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+        Self::check_len(len)?;
+        if buf.len() < 4 + len {
+            return Ok(Opened::Partial);
+        }
+        let n = self.open(&mut buf[4..4 + len])?.len();
+        Ok(Opened::Record { range: 4..4 + n, consumed: 4 + len })
+    }
+}
+
+pub struct SealedWriter {
+    stream: TcpStream,
+    sealer: Sealer,
     /// A 4-byte length slot, then the plaintext of the record being filled.
     buf: Vec<u8>,
 }
@@ -171,14 +261,7 @@ impl SealedWriter {
         if self.buf.len() == 4 {
             return Ok(());
         }
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce(self.counter), Aad::empty(), &mut self.buf[4..])
-            .map_err(|_| io::Error::other("cannot encrypt a record"))?;
-        self.counter += 1;
-        self.buf.extend_from_slice(tag.as_ref());
-        let len = (self.buf.len() - 4) as u32;
-        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        self.sealer.seal_at(&mut self.buf, 0)?;
         let r = self.stream.write_all(&self.buf);
         self.buf.truncate(4);
         r
@@ -203,8 +286,7 @@ impl Write for SealedWriter {
 
 pub struct SealedReader {
     stream: TcpStream,
-    key: LessSafeKey,
-    counter: u64,
+    opener: Opener,
     buf: Vec<u8>,
     /// The plaintext of the current record is `buf[pos..end]`.
     pos: usize,
@@ -226,16 +308,10 @@ impl SealedReader {
             }
         }
         let len = u32::from_le_bytes(h) as usize;
-        if !(TAG + 1..=RECORD + TAG).contains(&len) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("encrypted record of {len} bytes is outside 17..={}", RECORD + TAG)));
-        }
+        Opener::check_len(len)?;
         self.buf.resize(len, 0);
         self.stream.read_exact(&mut self.buf)?;
-        let plain = self.key.open_in_place(nonce(self.counter), Aad::empty(), &mut self.buf).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "a record failed its integrity check: the connection was tampered with or corrupted (or the peer does not share this cluster's keys)")
-        })?;
-        self.counter += 1;
-        self.end = plain.len();
+        self.end = self.opener.open(&mut self.buf)?.len();
         self.pos = 0;
         Ok(true)
     }

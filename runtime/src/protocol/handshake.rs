@@ -100,9 +100,9 @@ pub(super) fn proof(secret: &[u8], label: &[u8], parts: &[&[u8]]) -> Hmac<Sha256
     mac
 }
 
-pub(super) const STATUS_OK: u8 = 0;
+pub const STATUS_OK: u8 = 0;
 pub(super) const STATUS_VERSION: u8 = 1;
-pub(super) const STATUS_AUTH: u8 = 2;
+pub const STATUS_AUTH: u8 = 2;
 /// The two sides disagree about encryption (`--insecure-plaintext`).
 pub(super) const STATUS_MODE: u8 = 3;
 
@@ -177,46 +177,91 @@ pub fn server_handshake_verified(stream: &mut TcpStream, secret: &[u8], verified
     let deadline = std::time::Instant::now() + HANDSHAKE_TIMEOUT;
     // Writes too: a peer that never reads must not hold the thread.
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let mut hello = [0u8; 44];
+    let mut hello = [0u8; HELLO_LEN];
     read_exact_by(stream, &mut hello, deadline)?;
-    if &hello[..8] != MAGIC {
-        return Err(HandshakeError::BadMagic);
-    }
-    let theirs = u16::from_le_bytes([hello[8], hello[9]]);
-    let sn = crate::util::random_bytes(32);
-    let mode = mode_byte();
-    let cn = &hello[12..44];
-    let mut reply = Vec::with_capacity(75);
-    reply.extend_from_slice(MAGIC);
-    reply.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    if theirs != PROTOCOL_VERSION {
-        reply.push(STATUS_VERSION);
-        reply.resize(75, 0);
-        let _ = stream.write_all(&reply);
-        return Err(HandshakeError::Version { ours: PROTOCOL_VERSION, theirs });
-    }
-    let role = Role::from_u8(hello[10]).ok_or(HandshakeError::BadRole(hello[10]))?;
-    if hello[11] != mode {
-        reply.push(STATUS_MODE);
-        reply.resize(75, 0);
-        let _ = stream.write_all(&reply);
-        return Err(HandshakeError::Mode { ours_plaintext: mode != 0 });
-    }
-    reply.push(STATUS_OK);
-    reply.extend_from_slice(&sn);
-    reply.extend_from_slice(&proof(secret, b"taskfarm-server", &[cn, &sn, &[mode]]).finalize().into_bytes());
-    stream.write_all(&reply)?;
-    let mut theirs_proof = [0u8; 32];
+    let hs = match ServerHandshake::hello(&hello, secret) {
+        Ok((hs, reply)) => {
+            stream.write_all(&reply)?;
+            hs
+        }
+        Err((reply, e)) => {
+            if let Some(reply) = reply {
+                let _ = stream.write_all(&reply);
+            }
+            return Err(e);
+        }
+    };
+    let mut theirs_proof = [0u8; PROOF_LEN];
     read_exact_by(stream, &mut theirs_proof, deadline)?;
-    if proof(secret, b"taskfarm-client", &[&[role as u8, mode], cn, &sn]).verify_slice(&theirs_proof).is_err() {
+    let done = hs.proof(&theirs_proof, secret);
+    if done.is_err() {
         let _ = stream.write_all(&[STATUS_AUTH]);
-        return Err(HandshakeError::AuthFailed);
+    } else {
+        verified();
+        stream.write_all(&[STATUS_OK])?;
     }
-    verified();
-    stream.write_all(&[STATUS_OK])?;
+    let done = done?;
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
     stream.set_nodelay(true)?;
-    Ok((role, session_keys(secret, cn, &sn, mode, false)))
+    Ok(done)
+}
+
+/// Bytes of a connecting peer's hello, and of its proof.
+pub const HELLO_LEN: usize = 44;
+pub const PROOF_LEN: usize = 32;
+
+/// The accepting side of the handshake without IO (for an event loop):
+/// [`ServerHandshake::hello`] takes the peer's [`HELLO_LEN`] bytes and gives
+/// the reply to send; [`ServerHandshake::proof`] takes its [`PROOF_LEN`]
+/// bytes; then the peer is told one status byte: [`STATUS_OK`] when the
+/// proof held, [`STATUS_AUTH`] when not.
+pub struct ServerHandshake {
+    role: Role,
+    mode: u8,
+    cn: [u8; 32],
+    sn: Vec<u8>,
+}
+
+impl ServerHandshake {
+    /// The reply to a hello, or the error and the reply (if any) that tells
+    /// the peer why it is turned away.
+    #[allow(clippy::result_large_err)]
+    pub fn hello(hello: &[u8; HELLO_LEN], secret: &[u8]) -> Result<(ServerHandshake, Vec<u8>), (Option<Vec<u8>>, HandshakeError)> {
+        if &hello[..8] != MAGIC {
+            return Err((None, HandshakeError::BadMagic));
+        }
+        let theirs = u16::from_le_bytes([hello[8], hello[9]]);
+        let sn = crate::util::random_bytes(32);
+        let mode = mode_byte();
+        let cn: [u8; 32] = hello[12..44].try_into().expect("32 bytes");
+        let mut reply = Vec::with_capacity(75);
+        reply.extend_from_slice(MAGIC);
+        reply.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        let refuse = |mut reply: Vec<u8>, status: u8| {
+            reply.push(status);
+            reply.resize(75, 0);
+            Some(reply)
+        };
+        if theirs != PROTOCOL_VERSION {
+            return Err((refuse(reply, STATUS_VERSION), HandshakeError::Version { ours: PROTOCOL_VERSION, theirs }));
+        }
+        let role = Role::from_u8(hello[10]).ok_or((None, HandshakeError::BadRole(hello[10])))?;
+        if hello[11] != mode {
+            return Err((refuse(reply, STATUS_MODE), HandshakeError::Mode { ours_plaintext: mode != 0 }));
+        }
+        reply.push(STATUS_OK);
+        reply.extend_from_slice(&sn);
+        reply.extend_from_slice(&proof(secret, b"taskfarm-server", &[&cn, &sn, &[mode]]).finalize().into_bytes());
+        Ok((ServerHandshake { role, mode, cn, sn }, reply))
+    }
+
+    /// Check the peer's proof: its role and the connection's keys (None
+    /// in plaintext mode).
+    pub fn proof(self, theirs: &[u8; PROOF_LEN], secret: &[u8]) -> Result<(Role, Option<crate::seal::Keys>), HandshakeError> {
+        let ServerHandshake { role, mode, cn, sn } = self;
+        proof(secret, b"taskfarm-client", &[&[role as u8, mode], &cn, &sn]).verify_slice(theirs).map_err(|_| HandshakeError::AuthFailed)?;
+        Ok((role, session_keys(secret, &cn, &sn, mode, false)))
+    }
 }
 

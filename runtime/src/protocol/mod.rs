@@ -541,6 +541,95 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
+/// Append a control frame holding `msgs` (announcing `npayloads` payload
+/// frames after it) to `out`.
+pub fn encode_control<T: Serialize>(out: &mut Vec<u8>, msgs: &[T], npayloads: u32) -> io::Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 9]);
+    out[start + 8] = KIND_CONTROL;
+    out.extend_from_slice(&npayloads.to_le_bytes());
+    bincode::serialize_into(&mut *out, msgs).map_err(|e| {
+        out.truncate(start);
+        invalid(format!("cannot encode messages: {e}"))
+    })?;
+    let len = (out.len() - start - 9) as u64;
+    out[start..start + 8].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// Control frames from bytes as they arrive, without IO (for an event
+/// loop): [`ControlDecoder::push`] what came in, then take batches with
+/// [`ControlDecoder::next`]. For connections that carry no payload frames
+/// (the scheduler's): a frame announcing payloads is an error. Its buffer
+/// grows only with the bytes that came, whatever length a header claims.
+#[derive(Default)]
+pub struct ControlDecoder {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already decoded.
+    pos: usize,
+}
+
+impl ControlDecoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Whether bytes of an unfinished frame are held.
+    pub fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    /// The next whole batch, if one has arrived.
+    pub fn next<T: DeserializeOwned>(&mut self) -> io::Result<Option<Vec<T>>> {
+        let rest = &self.buf[self.pos..];
+        if rest.len() < 9 {
+            self.compact();
+            return Ok(None);
+        }
+        let len = u64::from_le_bytes(rest[..8].try_into().expect("8 bytes"));
+        if rest[8] != KIND_CONTROL {
+            return Err(invalid(format!("expected a control frame, got frame kind {}", rest[8])));
+        }
+        if !(4..=MAX_CONTROL_FRAME).contains(&len) {
+            return Err(invalid(format!("control frame of {len} bytes is outside the allowed 4..={MAX_CONTROL_FRAME}")));
+        }
+        let len = len as usize;
+        if rest.len() < 9 + len {
+            self.compact();
+            return Ok(None);
+        }
+        let body = &rest[9..9 + len];
+        let npayloads = u32::from_le_bytes(body[..4].try_into().expect("4 bytes"));
+        if npayloads != 0 {
+            return Err(invalid(format!("a batch announced {npayloads} payload frames; this connection takes none")));
+        }
+        let msgs: Vec<T> = bincode::deserialize(&body[4..]).map_err(|e| invalid(format!("undecodable message batch: {e}")))?;
+        self.pos += 9 + len;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            // Thousands of idle connections keep no large buffers.
+            if self.buf.capacity() > 64 << 10 {
+                self.buf = Vec::new();
+            }
+        }
+        Ok(Some(msgs))
+    }
+
+    /// Move an unfinished frame to the front (once the decoded bytes
+    /// before it are worth the copy), so the buffer holds one frame at most.
+    fn compact(&mut self) {
+        if self.pos > 0 && self.pos >= self.buf.len() - self.pos {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}
+
 /// Writes batches of messages; large payloads go straight to the socket.
 pub struct FrameWriter<W: Write> {
     inner: BufWriter<W>,
@@ -555,10 +644,7 @@ impl<W: Write> FrameWriter<W> {
     /// Queue one batch (not flushed) with its payloads (tag byte, body).
     pub fn write_batch<T: Serialize>(&mut self, msgs: &[T], payloads: &[(u8, &[u8])]) -> io::Result<()> {
         self.scratch.clear();
-        self.scratch.extend_from_slice(&(payloads.len() as u32).to_le_bytes());
-        bincode::serialize_into(&mut self.scratch, msgs).map_err(|e| invalid(format!("cannot encode messages: {e}")))?;
-        self.inner.write_all(&(self.scratch.len() as u64).to_le_bytes())?;
-        self.inner.write_all(&[KIND_CONTROL])?;
+        encode_control(&mut self.scratch, msgs, payloads.len() as u32)?;
         self.inner.write_all(&self.scratch)?;
         for (tag, body) in payloads {
             self.inner.write_all(&(body.len() as u64 + 1).to_le_bytes())?;

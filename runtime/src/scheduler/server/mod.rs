@@ -1,27 +1,24 @@
 //! IO around the scheduler state machine: accept connections, authenticate,
 //! decode batches into calls on [`SchedulerState`], and flush the messages it
-//! produces, batched per connection. One thread owns the state; each
-//! connection has a reader thread and a writer thread.
+//! produces, batched per connection. One thread owns the state; one more
+//! runs every connection on an event loop (`io.rs`).
 
 use super::state::{ClientId, Event as StateEvent, Outcome, Recorder, SchedulerConfig, SchedulerState, WorkerInfo};
 use crate::log_at;
 use crate::journal::{self, RecordRef, Resume};
-use crate::protocol::{server_handshake_verified, FrameReader, FrameWriter, Role, StatusReport, TaskDef, TaskId, ToClient, ToScheduler, ToWorker, WorkerId};
+use crate::protocol::{StatusReport, TaskDef, TaskId, ToClient, ToScheduler, ToWorker, WorkerId};
 use crate::schedfile::SchedulerFile;
 use crate::telemetry::{Telemetry, TelemetryReport, TransferRun};
 use crate::util;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
-use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 
-mod conn;
+mod io;
 mod resume;
-use conn::accept_loop;
+use io::{Io, Out};
 use resume::{open_journal, Resuming};
 use std::time::{Duration, Instant};
 
@@ -60,8 +57,8 @@ type ConnId = u64;
 enum Event {
     /// A worker registered; `held` and `run`: the values it offers from a
     /// scheduler run before this one (a worker that came back).
-    Worker { conn: ConnId, info: WorkerInfo, tx: Sender<Vec<ToWorker>>, stream: TcpStream, held: Vec<(TaskId, u64)>, run: u64 },
-    Client { conn: ConnId, name: String, tx: Sender<Vec<ToClient>>, stream: TcpStream },
+    Worker { conn: ConnId, info: WorkerInfo, held: Vec<(TaskId, u64)>, run: u64 },
+    Client { conn: ConnId, name: String },
     Messages { conn: ConnId, msgs: Vec<ToScheduler> },
     Closed { conn: ConnId, reason: String },
     Stop { reason: String },
@@ -191,26 +188,18 @@ pub fn start(mut cfg: ServerConfig) -> std::io::Result<Scheduler> {
         log_at!(2, "scheduler", "scheduler file written to {}", path.display());
     }
     log_at!(2, "scheduler", "listening on {address}");
-    let stopping = Arc::new(AtomicBool::new(false));
-    {
-        let tx = tx.clone();
-        let secret = cfg.secret.clone();
-        let stopping = stopping.clone();
-        std::thread::Builder::new().name("tf-accept".into()).spawn(move || accept_loop(listener, secret, tx, stopping))?;
-    }
+    let io = io::start(listener, cfg.secret.clone(), tx.clone())?;
     let dashboard_url = dashboard.as_ref().map(|d| d.url.clone()).unwrap_or_default();
     let dashboard_url_out = dashboard_url.clone();
     let secret_out = cfg.secret.clone();
     let core_tx = tx.clone();
     let addr = address.clone();
     let core = std::thread::Builder::new().name("tf-scheduler".into()).spawn(move || {
-        let mut core = Core::new(cfg, addr, core_tx, dashboard_url, resume);
+        let mut core = Core::new(cfg, addr, core_tx, dashboard_url, resume, io);
         core.run(rx);
+        drop(core);
         drop(journal_lock);
         drop(dashboard);
-        stopping.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees `stopping`.
-        let _ = TcpStream::connect_timeout(&local, Duration::from_millis(200));
         for path in &paths {
             file.remove_if_ours(path);
         }
@@ -219,8 +208,8 @@ pub fn start(mut cfg: ServerConfig) -> std::io::Result<Scheduler> {
 }
 
 enum Peer {
-    Worker { id: WorkerId, tx: Sender<Vec<ToWorker>>, stream: TcpStream },
-    Client { id: ClientId, tx: Sender<Vec<ToClient>>, stream: TcpStream },
+    Worker { id: WorkerId },
+    Client { id: ClientId },
 }
 
 struct Core {
@@ -229,6 +218,8 @@ struct Core {
     started: f64,
     t0: Instant,
     state: SchedulerState,
+    /// Every connection's IO.
+    io: Io,
     conns: HashMap<ConnId, Peer>,
     worker_conn: HashMap<WorkerId, ConnId>,
     client_conn: HashMap<ClientId, ConnId>,
@@ -271,7 +262,7 @@ impl Core {
         s
     }
 
-    fn new(cfg: ServerConfig, address: String, self_tx: Sender<Event>, dashboard_url: String, resume: Option<Resume>) -> Core {
+    fn new(cfg: ServerConfig, address: String, self_tx: Sender<Event>, dashboard_url: String, resume: Option<Resume>, io: Io) -> Core {
         let state = SchedulerState::new(cfg.state.clone());
         let recorder = std::env::var_os("TASKFARM_RECORD").filter(|p| !p.is_empty()).and_then(|p| {
             let path = std::path::PathBuf::from(p);
@@ -292,6 +283,7 @@ impl Core {
             started: util::unix_time(),
             t0: Instant::now(),
             state,
+            io,
             conns: HashMap::new(),
             worker_conn: HashMap::new(),
             client_conn: HashMap::new(),
@@ -385,47 +377,29 @@ impl Core {
                 log_at!(0, "scheduler", "cannot finish the event recording: {e}");
             }
         }
-        for peer in self.conns.values() {
-            match peer {
-                Peer::Worker { tx, .. } => {
-                    let _ = tx.send(vec![ToWorker::Shutdown { reason: reason.clone() }]);
-                }
-                Peer::Client { tx, .. } => {
-                    let _ = tx.send(vec![ToClient::ShuttingDown { reason: reason.clone() }]);
-                }
-            }
+        for (&conn, peer) in &self.conns {
+            self.io.send(
+                conn,
+                match peer {
+                    Peer::Worker { .. } => Out::Worker(vec![ToWorker::Shutdown { reason: reason.clone() }]),
+                    Peer::Client { .. } => Out::Client(vec![ToClient::ShuttingDown { reason: reason.clone() }]),
+                },
+            );
         }
-        // Give writers a moment to flush the goodbyes, then close.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        for peer in self.conns.values() {
-            let (empty, stream): (Box<dyn Fn() -> bool>, &TcpStream) = match peer {
-                Peer::Worker { tx, stream, .. } => {
-                    let tx = tx.clone();
-                    (Box::new(move || tx.is_empty()), stream)
-                }
-                Peer::Client { tx, stream, .. } => {
-                    let tx = tx.clone();
-                    (Box::new(move || tx.is_empty()), stream)
-                }
-            };
-            while !empty() && Instant::now() < deadline {
-                std::thread::yield_now();
-            }
-            let _ = stream.shutdown(Shutdown::Read);
-        }
+        // Give the goodbyes a moment to be written, then close.
+        self.io.shutdown(Duration::from_secs(2));
     }
 
     /// Tell every worker and client the scheduler is alive.
     fn ping_all(&self) {
-        for peer in self.conns.values() {
-            match peer {
-                Peer::Worker { tx, .. } => {
-                    let _ = tx.send(vec![ToWorker::Ping]);
-                }
-                Peer::Client { tx, .. } => {
-                    let _ = tx.send(vec![ToClient::Ping]);
-                }
-            }
+        for (&conn, peer) in &self.conns {
+            self.io.send(
+                conn,
+                match peer {
+                    Peer::Worker { .. } => Out::Worker(vec![ToWorker::Ping]),
+                    Peer::Client { .. } => Out::Client(vec![ToClient::Ping]),
+                },
+            );
         }
     }
 
@@ -444,11 +418,11 @@ impl Core {
     fn handle(&mut self, ev: Event) {
         let now = self.now();
         match ev {
-            Event::Worker { conn, info, tx, stream, held, run } => {
+            Event::Worker { conn, info, held, run } => {
                 let (name, address, nthreads) = (info.name.clone(), info.address.clone(), info.nthreads);
                 let Outcome::Worker(id) = self.apply(StateEvent::AddWorker(info), now) else { unreachable!("AddWorker answers with the worker") };
                 self.telemetry.worker(id, &name, &address, nthreads);
-                let _ = tx.send(vec![ToWorker::SchedulerRun { run: self.run }]);
+                self.io.send(conn, Out::Worker(vec![ToWorker::SchedulerRun { run: self.run }]));
                 self.journal(RecordRef::WorkerJoined { worker: id, name: &name });
                 if !held.is_empty() {
                     match &mut self.resuming {
@@ -458,12 +432,12 @@ impl Core {
                         }
                         _ => {
                             log_at!(2, "scheduler", "worker '{name}' came back with {} values of a scheduler this one does not resume; it drops them", held.len());
-                            let _ = tx.send(vec![ToWorker::Renumber { pairs: Vec::new() }]);
+                            self.io.send(conn, Out::Worker(vec![ToWorker::Renumber { pairs: Vec::new() }]));
                         }
                     }
                 }
                 self.worker_conn.insert(id, conn);
-                self.conns.insert(conn, Peer::Worker { id, tx, stream });
+                self.conns.insert(conn, Peer::Worker { id });
                 if let Some(r) = &mut self.resuming {
                     r.expected.remove(&name);
                     if r.expected.is_empty() {
@@ -471,10 +445,10 @@ impl Core {
                     }
                 }
             }
-            Event::Client { conn, name, tx, stream } => {
+            Event::Client { conn, name } => {
                 let Outcome::Client(id) = self.apply(StateEvent::AddClient { name }, now) else { unreachable!("AddClient answers with the client") };
                 self.client_conn.insert(id, conn);
-                self.conns.insert(conn, Peer::Client { id, tx, stream });
+                self.conns.insert(conn, Peer::Client { id });
             }
             Event::Closed { conn, reason } => match self.conns.remove(&conn) {
                 Some(Peer::Worker { id, .. }) => {
@@ -694,16 +668,15 @@ impl Core {
     }
 
     fn send_client(&mut self, c: ClientId, m: ToClient) {
-        if let Some(Peer::Client { tx, .. }) = self.client_conn.get(&c).and_then(|conn| self.conns.get(conn)) {
-            let _ = tx.send(vec![m]);
+        if let Some(&conn) = self.client_conn.get(&c) {
+            self.io.send(conn, Out::Client(vec![m]));
         }
     }
 
     fn drop_worker_conn(&mut self, w: WorkerId) {
         if let Some(conn) = self.worker_conn.remove(&w) {
-            if let Some(Peer::Worker { stream, .. }) = self.conns.remove(&conn) {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
+            self.conns.remove(&conn);
+            self.io.send(conn, Out::Close);
         }
     }
 
@@ -724,8 +697,8 @@ impl Core {
             per_worker.entry(w).or_default().push(m);
         }
         for (w, batch) in per_worker {
-            if let Some(Peer::Worker { tx, .. }) = self.worker_conn.get(&w).and_then(|c| self.conns.get(c)) {
-                let _ = tx.send(batch);
+            if let Some(&conn) = self.worker_conn.get(&w) {
+                self.io.send(conn, Out::Worker(batch));
             }
         }
         let mut per_client: HashMap<ClientId, Vec<ToClient>> = HashMap::new();
@@ -733,10 +706,11 @@ impl Core {
             per_client.entry(c).or_default().push(m);
         }
         for (c, batch) in per_client {
-            if let Some(Peer::Client { tx, .. }) = self.client_conn.get(&c).and_then(|conn| self.conns.get(conn)) {
-                let _ = tx.send(batch);
+            if let Some(&conn) = self.client_conn.get(&c) {
+                self.io.send(conn, Out::Client(batch));
             }
         }
+        self.io.commit();
     }
 }
 

@@ -176,8 +176,8 @@ impl Core {
     }
 
     pub(super) fn send_worker(&self, w: WorkerId, m: ToWorker) {
-        if let Some(Peer::Worker { tx, .. }) = self.worker_conn.get(&w).and_then(|c| self.conns.get(c)) {
-            let _ = tx.send(vec![m]);
+        if let Some(&conn) = self.worker_conn.get(&w) {
+            self.io.send(conn, Out::Worker(vec![m]));
         }
     }
 
