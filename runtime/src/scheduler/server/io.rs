@@ -38,6 +38,18 @@ const WRITE_STALL: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 256 << 10;
 /// Deadlines are checked this often.
 const TICK: Duration = Duration::from_millis(250);
+/// Connections not authenticated yet that the loop keeps at once, in all
+/// and per peer address (see [`crate::gate`]). Far above a threaded
+/// listener's caps: here one costs a descriptor and a few hundred bytes, no
+/// thread, and the ranks of a whole node (up to a few hundred) connect in
+/// the same instant from one address.
+const MAX_PENDING: usize = 4096;
+const MAX_PENDING_PER_IP: usize = 512;
+/// The listening socket's queue of connections not accepted yet (the
+/// kernel caps it at `net.core.somaxconn`, 4,096 by default): with Rust's
+/// default of 128, a burst of thousands of workers overflows it and their
+/// connection attempts wait a second or more to be retried.
+const BACKLOG: i32 = 8192;
 
 /// What the core sends one connection.
 pub(super) enum Out {
@@ -96,6 +108,11 @@ impl Drop for Io {
 /// Serve `listener` on a new thread; events go to `events`.
 pub(super) fn start(listener: TcpListener, secret: Vec<u8>, events: Sender<Event>) -> io::Result<Io> {
     listener.set_nonblocking(true)?;
+    // SAFETY: listen(2) on a socket this function owns; called again on a
+    // listening socket, it only changes the queue's length.
+    if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+        log_at!(1, "scheduler", "cannot lengthen the queue of the listening socket: {}", io::Error::last_os_error());
+    }
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     poll.registry().register(&mut SourceFd(&listener.as_raw_fd()), LISTENER, Interest::READABLE)?;
@@ -109,7 +126,7 @@ pub(super) fn start(listener: TcpListener, secret: Vec<u8>, events: Sender<Event
         conns: Vec::new(),
         free: Vec::new(),
         next_gen: 1,
-        gate: Gate::new(),
+        gate: Gate::with_limits(MAX_PENDING, MAX_PENDING_PER_IP),
         reserve: crate::gate::open_reserve(),
         accept_pause: Duration::ZERO,
         accept_at: None,
