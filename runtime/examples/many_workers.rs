@@ -9,7 +9,12 @@
 //! dependencies between tasks on different workers cannot run on it.
 //!
 //!     cargo run --release -p taskfarm --example many_workers -- \
-//!         --scheduler-file s.json --workers 1000 [--threads 2]
+//!         --scheduler-file s.json --workers 1000 [--threads 2] [--processes P]
+//!
+//! Each simulated worker is a thread with two descriptors, so beyond a few
+//! thousand they are spread over several processes (`--processes`; by
+//! default one per 3,000 workers) to stay under the limit of open files;
+//! the first process starts the others and sums what they report.
 //!
 //! Prints `registered N workers in S s` once the scheduler has welcomed
 //! them all, then runs until its standard input closes (or it gets
@@ -28,10 +33,11 @@ struct Args {
     scheduler_file: PathBuf,
     workers: u32,
     threads: u32,
+    processes: u32,
 }
 
 fn args() -> Result<Args, String> {
-    let mut a = Args { scheduler_file: PathBuf::new(), workers: 100, threads: 1 };
+    let mut a = Args { scheduler_file: PathBuf::new(), workers: 100, threads: 1, processes: 0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -39,14 +45,18 @@ fn args() -> Result<Args, String> {
             "--scheduler-file" => a.scheduler_file = PathBuf::from(value()?),
             "--workers" => a.workers = value()?.parse().map_err(|e| format!("--workers: {e}"))?,
             "--threads" => a.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
+            "--processes" => a.processes = value()?.parse().map_err(|e| format!("--processes: {e}"))?,
             "-h" | "--help" => {
-                return Err("usage: many_workers --scheduler-file FILE [--workers N (100)] [--threads T (1)]".into());
+                return Err("usage: many_workers --scheduler-file FILE [--workers N (100)] [--threads T (1)] [--processes P (one per 3,000 workers)]".into());
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
     if a.scheduler_file.as_os_str().is_empty() {
         return Err("--scheduler-file FILE is required (see --help)".into());
+    }
+    if a.processes == 0 {
+        a.processes = a.workers.div_ceil(3000).max(1);
     }
     Ok(a)
 }
@@ -85,9 +95,12 @@ fn main() {
         eprintln!("many_workers: {e}");
         std::process::exit(2);
     });
+    if a.processes > 1 {
+        return spread(&a);
+    }
     let limit = taskfarm::gate::raise_fd_limit();
-    if limit < u64::from(a.workers) + 64 {
-        eprintln!("many_workers: {} workers need as many open files, and the limit is {limit}: raise `ulimit -n`", a.workers);
+    if limit < 2 * u64::from(a.workers) + 64 {
+        eprintln!("many_workers: {} workers need twice as many open files, and the limit is {limit}: raise `ulimit -n` or give more --processes", a.workers);
         std::process::exit(2);
     }
     let totals = Arc::new(Totals::default());
@@ -145,6 +158,62 @@ fn main() {
     println!("finished {} tasks", totals.finished.load(Ordering::Relaxed));
 }
 
+/// `--processes P`: start P copies of this program with a share of the
+/// workers each, and report their sums as one.
+fn spread(a: &Args) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().expect("this program's path");
+    let mut children = Vec::new();
+    for p in 0..a.processes {
+        let share = a.workers / a.processes + u32::from(p < a.workers % a.processes);
+        let child = Command::new(&exe)
+            .arg("--scheduler-file")
+            .arg(&a.scheduler_file)
+            .args(["--workers", &share.to_string(), "--threads", &a.threads.to_string(), "--processes", "1"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                eprintln!("many_workers: cannot start process {p}: {e}");
+                std::process::exit(1);
+            });
+        children.push(child);
+    }
+    let mut outs: Vec<_> = children.iter_mut().map(|c| std::io::BufReader::new(c.stdout.take().expect("piped"))).collect();
+    let line = |out: &mut std::io::BufReader<std::process::ChildStdout>| {
+        let mut l = String::new();
+        let _ = out.read_line(&mut l);
+        l
+    };
+    let (mut welcomed, mut failed, mut slowest) = (0u64, 0u64, 0f64);
+    for (p, out) in outs.iter_mut().enumerate() {
+        // "registered N workers in S s (F failed)"
+        let l = line(out);
+        let w: Vec<&str> = l.split_whitespace().collect();
+        match (w.get(1).and_then(|x| x.parse::<u64>().ok()), w.get(4).and_then(|x| x.parse::<f64>().ok()), w.get(6).and_then(|x| x.trim_start_matches('(').parse::<u64>().ok())) {
+            (Some(n), Some(secs), Some(f)) => {
+                welcomed += n;
+                slowest = slowest.max(secs);
+                failed += f;
+            }
+            _ => {
+                eprintln!("many_workers: process {p} said {l:?}, not how many workers it registered");
+                std::process::exit(1);
+            }
+        }
+    }
+    println!("registered {welcomed} workers in {slowest:.3} s ({failed} failed)");
+    let _ = std::io::stdin().lock().read_to_end(&mut Vec::new());
+    let mut finished = 0u64;
+    for (c, out) in children.iter_mut().zip(outs.iter_mut()) {
+        drop(c.stdin.take());
+        finished += line(out).split_whitespace().nth(1).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        let _ = c.wait();
+    }
+    println!("finished {finished} tasks");
+}
+
 fn simulate(
     i: u32,
     address: &str,
@@ -158,6 +227,7 @@ fn simulate(
     let link = taskfarm::schedfile::connect_with_retry(address, secret, Role::Worker, Duration::from_secs(120)).map_err(|e| e.to_string())?;
     let writer = Arc::new(Mutex::new(FrameWriter::new(link.writer().map_err(|e| e.to_string())?)));
     let mut reader = FrameReader::new(link.reader().map_err(|e| e.to_string())?);
+    drop(link); // two descriptors per worker, not three
     writer
         .lock()
         .expect("writer")

@@ -16,26 +16,105 @@ use crate::log_at;
 use std::collections::VecDeque;
 use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Unauthenticated connections a listener keeps at once.
 pub const MAX_PENDING: usize = 64;
 /// Unauthenticated connections from one address at once.
 pub const MAX_PENDING_PER_IP: usize = 16;
 
-/// The connections of one listener that have not authenticated yet.
-pub struct Gate {
-    state: Mutex<State>,
+/// Who is waiting to authenticate at one listener, without IO: each
+/// newcomer gets a ticket, and may push out the oldest pending one from its
+/// address (or of all) when a cap is reached; the caller closes that one.
+/// [`Gate`] is this for threaded listeners; the scheduler's event loop
+/// uses it directly.
+pub struct Admission {
+    next: u64,
+    /// Oldest first: (ticket, peer address, since when).
+    pending: VecDeque<(u64, IpAddr, Instant)>,
     max_total: usize,
     max_per_ip: usize,
+    /// A pending connection younger than this is not pushed out (see
+    /// [`Admission::with_min_age`]).
+    min_age: Duration,
+    evicted: u64,
 }
 
-#[derive(Default)]
+/// What [`Admission::admit`] decided about a newcomer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// Its ticket; None: it is turned away (close it).
+    pub ticket: Option<u64>,
+    /// The pending connection to close to make room for it.
+    pub evicted: Option<u64>,
+}
+
+impl Admission {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Admission {
+        Admission { next: 0, pending: VecDeque::new(), max_total: max_total.max(1), max_per_ip: max_per_ip.max(1), min_age: Duration::ZERO, evicted: 0 }
+    }
+
+    /// Push out no pending connection younger than `age`: a real peer's
+    /// handshake takes milliseconds, a staller's lasts until its deadline,
+    /// so under a burst of real peers (the ranks of a node connecting at
+    /// once) the newest do not push out the ones about to finish. Over the
+    /// per-address cap with only young ones from that address, the newcomer
+    /// is let in (up to the total cap); over the total cap with only young
+    /// ones, it is turned away (and connects again).
+    pub fn with_min_age(mut self, age: Duration) -> Admission {
+        self.min_age = age;
+        self
+    }
+
+    /// Let a connection from `ip` in (or not), making room if needed.
+    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admitted {
+        let from_ip = self.pending.iter().filter(|(_, a, _)| *a == ip).count();
+        let full = self.pending.len() >= self.max_total;
+        let candidate = if from_ip >= self.max_per_ip {
+            self.pending.iter().position(|(_, a, _)| *a == ip)
+        } else if full {
+            Some(0)
+        } else {
+            None
+        };
+        let old_enough = |i: usize| now.saturating_duration_since(self.pending[i].2) >= self.min_age;
+        let evicted = match candidate {
+            Some(i) if old_enough(i) => self.pending.remove(i).map(|(t, _, _)| t),
+            Some(_) if full => return Admitted { ticket: None, evicted: None },
+            _ => None,
+        };
+        if evicted.is_some() {
+            self.evicted += 1;
+            if self.evicted.is_power_of_two() {
+                log_at!(1, "net", "too many connections that have not authenticated (latest from {ip}): closed the oldest ({} so far)", self.evicted);
+            }
+        }
+        self.next += 1;
+        self.pending.push_back((self.next, ip, now));
+        Admitted { ticket: Some(self.next), evicted }
+    }
+
+    /// A connection is done with the handshake (either way) or closed.
+    pub fn leave(&mut self, ticket: u64) {
+        if let Some(i) = self.pending.iter().position(|(t, _, _)| *t == ticket) {
+            self.pending.remove(i);
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// The connections of one threaded listener that have not authenticated
+/// yet: [`Admission`] with a handle on each, to close it by.
+pub struct Gate {
+    state: Mutex<State>,
+}
+
 struct State {
-    next: u64,
-    /// Oldest first: (ticket, peer address, a handle to close it by).
-    pending: VecDeque<(u64, IpAddr, TcpStream)>,
-    evicted: u64,
+    admission: Admission,
+    handles: Vec<(u64, TcpStream)>,
 }
 
 /// A pending connection's place at the gate; dropping it (once the
@@ -48,7 +127,8 @@ pub struct Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         let mut st = self.gate.lock();
-        st.pending.retain(|(id, _, _)| *id != self.id);
+        st.admission.leave(self.id);
+        st.handles.retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -58,7 +138,7 @@ impl Gate {
     }
 
     pub fn with_limits(max_total: usize, max_per_ip: usize) -> Arc<Gate> {
-        Arc::new(Gate { state: Mutex::new(State::default()), max_total: max_total.max(1), max_per_ip: max_per_ip.max(1) })
+        Arc::new(Gate { state: Mutex::new(State { admission: Admission::new(max_total, max_per_ip), handles: Vec::new() }) })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -70,34 +150,24 @@ impl Gate {
     pub fn admit(self: &Arc<Self>, stream: &TcpStream) -> Pending {
         let ip = stream.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let mut st = self.lock();
-        let from_ip = st.pending.iter().filter(|(_, a, _)| *a == ip).count();
-        let victim = if from_ip >= self.max_per_ip {
-            st.pending.iter().position(|(_, a, _)| *a == ip)
-        } else if st.pending.len() >= self.max_total {
-            Some(0)
-        } else {
-            None
-        };
-        if let Some(i) = victim {
-            if let Some((_, addr, s)) = st.pending.remove(i) {
+        // (no minimum age here: a ticket always comes)
+        let Admitted { ticket, evicted } = st.admission.admit(ip, Instant::now());
+        let id = ticket.unwrap_or(0);
+        if let Some(victim) = evicted {
+            if let Some(i) = st.handles.iter().position(|(t, _)| *t == victim) {
+                let (_, s) = st.handles.swap_remove(i);
                 let _ = s.shutdown(Shutdown::Both);
-                st.evicted += 1;
-                if st.evicted.is_power_of_two() {
-                    log_at!(1, "net", "too many connections that have not authenticated (latest from {addr}): closed the oldest ({} so far)", st.evicted);
-                }
             }
         }
-        st.next += 1;
-        let id = st.next;
         if let Ok(handle) = stream.try_clone() {
-            st.pending.push_back((id, ip, handle));
+            st.handles.push((id, handle));
         }
         Pending { gate: self.clone(), id }
     }
 
     /// Connections pending now.
     pub fn pending(&self) -> usize {
-        self.lock().pending.len()
+        self.lock().admission.pending()
     }
 }
 
@@ -202,6 +272,31 @@ mod tests {
         // A finished handshake leaves the gate.
         tickets.pop();
         assert_eq!(gate.pending(), 2);
+    }
+
+    #[test]
+    fn young_pending_connections_are_not_pushed_out_when_a_minimum_age_is_set() {
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let t0 = Instant::now();
+        let mut adm = Admission::new(3, 2).with_min_age(Duration::from_secs(1));
+        let first = adm.admit(a, t0).ticket.unwrap();
+        adm.admit(a, t0);
+        // over the per-address cap, but both are young: let in over it
+        assert_eq!(adm.admit(a, t0).evicted, None);
+        assert_eq!(adm.pending(), 3);
+        // over the total cap with only young ones: turned away
+        assert_eq!(adm.admit(b, t0), Admitted { ticket: None, evicted: None });
+        // a second later the oldest gives way
+        let later = adm.admit(b, t0 + Duration::from_secs(2));
+        assert_eq!(later.evicted, Some(first));
+        assert!(later.ticket.is_some());
+        assert_eq!(adm.pending(), 3);
+        adm.leave(later.ticket.unwrap());
+        assert_eq!(adm.pending(), 2);
+        // without a minimum age the oldest from the address always goes
+        let mut strict = Admission::new(10, 1);
+        let one = strict.admit(a, t0).ticket;
+        assert_eq!(strict.admit(a, t0).evicted, one);
     }
 
     #[test]

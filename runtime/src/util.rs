@@ -1,7 +1,6 @@
 //! Small helpers shared by every part: durations, addresses, randomness,
 //! host facts and logging.
 
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -151,12 +150,12 @@ pub fn format_address(a: &SocketAddr) -> String {
     format!("tcp://{a}")
 }
 
-/// `n` random bytes from the kernel.
+/// `n` random bytes from the kernel (getrandom(2): no file to open, so
+/// a process out of descriptors still gets them).
 pub fn random_bytes(n: usize) -> Vec<u8> {
+    use ring::rand::SecureRandom;
     let mut buf = vec![0u8; n];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("/dev/urandom must be readable");
+    ring::rand::SystemRandom::new().fill(&mut buf).expect("the kernel's random numbers (getrandom) must be available");
     buf
 }
 

@@ -12,7 +12,7 @@
 //! [`Event`]s, and the core's batches come back through [`Io::send`].
 
 use super::{ConnId, Event};
-use crate::gate::{Gate, Pending};
+use crate::gate::Admission;
 use crate::log_at;
 use crate::protocol::{encode_control, ControlDecoder, Role, ServerHandshake, ToClient, ToScheduler, ToWorker, HANDSHAKE_TIMEOUT, HELLO_LEN, PROOF_LEN, STATUS_AUTH, STATUS_OK};
 use crate::scheduler::state::WorkerInfo;
@@ -126,7 +126,8 @@ pub(super) fn start(listener: TcpListener, secret: Vec<u8>, events: Sender<Event
         conns: Vec::new(),
         free: Vec::new(),
         next_gen: 1,
-        gate: Gate::with_limits(MAX_PENDING, MAX_PENDING_PER_IP),
+        admission: Admission::new(MAX_PENDING, MAX_PENDING_PER_IP).with_min_age(Duration::from_secs(1)),
+        tickets: Default::default(),
         reserve: crate::gate::open_reserve(),
         accept_pause: Duration::ZERO,
         accept_at: None,
@@ -135,7 +136,14 @@ pub(super) fn start(listener: TcpListener, secret: Vec<u8>, events: Sender<Event
         to_flush: Vec::new(),
         closing: None,
     };
-    let thread = std::thread::Builder::new().name("tf-io".into()).spawn(move || lp.run())?;
+    let thread = std::thread::Builder::new().name("tf-io".into()).spawn(move || {
+        // A scheduler without its connections is of no use: a bug here
+        // stops it (with the reason in its log) rather than leaving it deaf.
+        let events = lp.events.clone();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lp.run())).is_err() {
+            let _ = events.send(Event::Stop { reason: "the connection event loop failed (a bug: see the panic above)".into() });
+        }
+    })?;
     Ok(Io { tx, waker, dirty: Cell::new(false), thread: Some(thread) })
 }
 
@@ -167,16 +175,28 @@ struct Conn {
     out_pos: usize,
     /// Since when what is queued has not moved.
     stalled: Option<Instant>,
-    /// Its place at the gate until it has proven the secret.
-    pending: Option<Pending>,
+    /// Its ticket at the gate until it has proven the secret.
+    pending: Option<u64>,
+    /// Its ticket once it has proven the secret, for the loop to give back.
+    verified: Option<u64>,
 }
 
-/// Why a connection ends: logged (before registration) or told to the core.
-struct Closing(String);
+/// Why a connection ends: logged (before registration, unless quiet: the
+/// gate counts those) or told to the core.
+struct Closing(String, bool);
+
+impl Closing {
+    fn new(why: impl Into<String>) -> Closing {
+        Closing(why.into(), false)
+    }
+    fn quiet(why: impl Into<String>) -> Closing {
+        Closing(why.into(), true)
+    }
+}
 
 impl From<io::Error> for Closing {
     fn from(e: io::Error) -> Closing {
-        Closing(format!("connection error: {e}"))
+        Closing::new(format!("connection error: {e}"))
     }
 }
 
@@ -190,7 +210,9 @@ struct Loop {
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     next_gen: u64,
-    gate: Arc<Gate>,
+    /// Connections not authenticated yet (the gate), and theirs by ticket.
+    admission: Admission,
+    tickets: std::collections::HashMap<u64, ConnId>,
     reserve: Option<std::fs::File>,
     accept_pause: Duration,
     /// Accept again at this time (after an error that was not the peer's).
@@ -216,6 +238,7 @@ impl Loop {
             if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log_at!(0, "scheduler", "the connection event loop failed: {e}");
+                    let _ = self.events.send(Event::Stop { reason: format!("the connection event loop failed: {e}") });
                     return;
                 }
             }
@@ -274,7 +297,7 @@ impl Loop {
             Out::Worker(b) => encode_control(&mut plain, b, 0),
             Out::Client(b) => encode_control(&mut plain, b, 0),
             Out::Close => {
-                self.close(slot(id), Some(id), Closing("closed by the scheduler".into()));
+                self.close(slot(id), Some(id), Closing::new("closed by the scheduler"));
                 self.plain = plain;
                 return;
             }
@@ -320,9 +343,20 @@ impl Loop {
                     if self.reserve.is_none() {
                         self.reserve = crate::gate::open_reserve();
                     }
-                    let pending = self.gate.admit(&stream);
-                    if let Err(e) = self.add(stream, addr.to_string(), pending) {
-                        log_at!(1, "scheduler", "cannot take the connection from {addr}: {e}");
+                    let admitted = self.admission.admit(addr.ip(), Instant::now());
+                    if let Some(victim) = admitted.evicted.and_then(|t| self.tickets.remove(&t)) {
+                        self.close(slot(victim), Some(victim), Closing::quiet("too many connections that have not authenticated: the oldest is closed"));
+                    }
+                    // Turned away: closed at once, and it connects again.
+                    let Some(ticket) = admitted.ticket else { continue };
+                    match self.add(stream, addr.to_string(), ticket) {
+                        Ok(id) => {
+                            self.tickets.insert(ticket, id);
+                        }
+                        Err(e) => {
+                            self.admission.leave(ticket);
+                            log_at!(1, "scheduler", "cannot take the connection from {addr}: {e}");
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -338,7 +372,7 @@ impl Loop {
         }
     }
 
-    fn add(&mut self, stream: std::net::TcpStream, peer: String, pending: Pending) -> io::Result<()> {
+    fn add(&mut self, stream: std::net::TcpStream, peer: String, ticket: u64) -> io::Result<ConnId> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
         let mut stream = TcpStream::from_std(stream);
@@ -365,16 +399,17 @@ impl Loop {
             out: Vec::new(),
             out_pos: 0,
             stalled: None,
-            pending: Some(pending),
+            pending: Some(ticket),
+            verified: None,
         });
-        Ok(())
+        Ok(id)
     }
 
     fn on_readable(&mut self, i: usize) {
         loop {
             let Some(Some(c)) = self.conns.get_mut(i) else { return };
             let n = match c.stream.read(&mut self.scratch) {
-                Ok(0) => return self.close(i, None, Closing("connection closed".into())),
+                Ok(0) => return self.close(i, None, Closing::new("connection closed")),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -394,6 +429,10 @@ impl Loop {
             if c.raw.is_empty() && c.raw.capacity() > 64 << 10 {
                 c.raw = Vec::new();
             }
+            if let Some(t) = c.verified.take() {
+                self.admission.leave(t);
+                self.tickets.remove(&t);
+            }
             if c.out_pos < c.out.len() {
                 self.to_flush.push(i);
             }
@@ -410,7 +449,7 @@ impl Loop {
         let Some(Some(c)) = self.conns.get_mut(i) else { return };
         while c.out_pos < c.out.len() {
             match c.stream.write(&c.out[c.out_pos..]) {
-                Ok(0) => return self.close(i, None, Closing("connection closed while writing".into())),
+                Ok(0) => return self.close(i, None, Closing::new("connection closed while writing")),
                 Ok(n) => {
                     c.out_pos += n;
                     c.stalled = None;
@@ -420,7 +459,7 @@ impl Loop {
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return self.close(i, None, Closing(format!("cannot write: {e}"))),
+                Err(e) => return self.close(i, None, Closing::new(format!("cannot write: {e}"))),
             }
         }
         c.out.clear();
@@ -439,11 +478,16 @@ impl Loop {
         }
         let mut c = self.conns[i].take().expect("checked above");
         self.free.push(i);
+        if let Some(t) = c.pending.or(c.verified) {
+            self.admission.leave(t);
+            self.tickets.remove(&t);
+        }
         let _ = self.poll.registry().deregister(&mut c.stream);
         match c.phase {
             Phase::Open => {
                 let _ = self.events.send(Event::Closed { conn: c.id, reason: why.0 });
             }
+            _ if why.1 => {}
             _ => log_at!(1, "scheduler", "closing connection from {}: {}", c.peer, why.0),
         }
     }
@@ -475,7 +519,7 @@ impl Loop {
                     log_at!(1, "scheduler", "{why}; closing its connection");
                 }
             }
-            self.close(i, None, Closing(why));
+            self.close(i, None, Closing::new(why));
         }
         if self.accept_at.is_some_and(|t| now >= t) {
             self.accept_at = None;
@@ -526,7 +570,7 @@ impl Conn {
                         }
                         Err((reply, e)) => {
                             self.out.extend_from_slice(&reply.unwrap_or_default());
-                            return Err(Closing(format!("rejected: {e}")));
+                            return Err(Closing::new(format!("rejected: {e}")));
                         }
                     }
                 }
@@ -539,8 +583,8 @@ impl Conn {
                     let Phase::Proof { hs, .. } = std::mem::replace(&mut self.phase, Phase::Open) else { unreachable!("matched above") };
                     match hs.proof(theirs, secret) {
                         Ok((role, keys)) => {
-                            // Out of the gate's count before the peer is told it is in.
-                            self.pending = None;
+                            // Out of the gate's reach before the peer is told it is in.
+                            self.verified = self.pending.take();
                             self.out.push(STATUS_OK);
                             self.sealer = keys.as_ref().map(Sealer::new);
                             self.opener = keys.as_ref().map(Opener::new);
@@ -549,7 +593,7 @@ impl Conn {
                         Err(e) => {
                             self.out.push(STATUS_AUTH);
                             self.phase = Phase::Rejected;
-                            return Err(Closing(format!("rejected: {e}")));
+                            return Err(Closing::new(format!("rejected: {e}")));
                         }
                     }
                 }
@@ -593,7 +637,7 @@ impl Conn {
                 Event::Worker { conn, info, held, run }
             }
             (Role::Client, Some(ToScheduler::RegisterClient { name })) => Event::Client { conn, name },
-            (role, first) => return Err(Closing(format!("a {role:?} must register first, got {}", first.map(|m| super::short(&m)).unwrap_or_else(|| "an empty batch".into())))),
+            (role, first) => return Err(Closing::new(format!("a {role:?} must register first, got {}", first.map(|m| super::short(&m)).unwrap_or_else(|| "an empty batch".into())))),
         };
         self.phase = Phase::Open;
         let _ = events.send(registered);
