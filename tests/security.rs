@@ -186,6 +186,54 @@ fn stalling_connections_without_the_secret_cannot_starve_a_worker() {
     assert!(out.status.success() && stdout(&out).contains("after"), "{}", stderr(&out));
 }
 
+#[test]
+fn stalling_connections_cost_the_scheduler_no_threads_and_are_closed_at_the_deadline() {
+    let c = Cluster::start("sched-stallers", &[("w1", 1)]);
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&c.file).unwrap()).unwrap();
+    let addr = file["address"].as_str().unwrap().trim_start_matches("tcp://").to_string();
+    // 600 connections that trickle one byte of a hello every 2 s: more
+    // than the per-address cap of pending ones.
+    let conns: Vec<std::net::TcpStream> = (0..600).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    assert!(conns.len() >= 550, "connected {}", conns.len());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickler = {
+        let conns: Vec<_> = conns.iter().map(|s| s.try_clone().unwrap()).collect();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut conns = conns;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                for s in &mut conns {
+                    let _ = s.write(b"t");
+                }
+                std::thread::sleep(Duration::from_secs(2)); // the attack's pace, not synchronisation
+            }
+        })
+    };
+    // Graphs still run, and the stallers hold no thread of the scheduler.
+    let out = c.submit(r#"{"x": ["add", 1, 2]}"#, &["--timeout", "60s"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), c.scheduler.log_text());
+    let threads = std::fs::read_dir(format!("/proc/{}/task", c.scheduler.child.id())).unwrap().count();
+    assert!(threads < 32, "the scheduler runs {threads} threads with 600 connections pending");
+    let closed = |s: &std::net::TcpStream| {
+        use std::io::Read;
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 64];
+        match (&*s).read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    };
+    wait_for("every stalling connection to be closed", Duration::from_secs(60), || conns.iter().all(closed));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    trickler.join().unwrap();
+    let log = c.scheduler.log_text();
+    assert!(log.contains("handshake not done within 10 s"), "{log}");
+    let out = c.submit(r#"{"y": ["add", 2, 2]}"#, &[]);
+    assert!(out.status.success() && stdout(&out).contains('4'), "{}", stderr(&out));
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches(" kB").trim().parse().unwrap()
