@@ -370,6 +370,49 @@ mod tests {
     }
 
     #[test]
+    fn sealer_and_opener_agree_with_the_blocking_halves_in_pieces_of_any_size() {
+        let (a, b, _) = pair(true);
+        let keys_b = Keys { send: [2u8; 32], recv: [1u8; 32] };
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        // What a blocking writer sends, an Opener reads from pieces of the stream.
+        let mut w = a.writer().unwrap();
+        w.write_all(&big).unwrap();
+        w.flush().unwrap();
+        drop(w);
+        let mut wire = vec![0u8; big.len() + 4 * (4 + TAG)];
+        let mut got = 0;
+        let mut raw = b.stream().unwrap();
+        raw.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        while got < wire.len() {
+            got += raw.read(&mut wire[got..]).unwrap();
+        }
+        let mut opener = Opener::new(&keys_b);
+        let (mut plain, mut pending, mut pos) = (Vec::new(), Vec::new(), 0);
+        for piece in wire.chunks(1000) {
+            pending.extend_from_slice(piece);
+            while let Opened::Record { range, consumed } = opener.next_record(&mut pending[pos..]).unwrap() {
+                plain.extend_from_slice(&pending[pos + range.start..pos + range.end]);
+                pos += consumed;
+            }
+        }
+        assert_eq!(pos, pending.len());
+        assert_eq!(plain, big);
+        // What a Sealer makes, a blocking reader reads.
+        let mut sealed = Vec::new();
+        Sealer::new(&keys_b).seal_into(&big, &mut sealed).unwrap();
+        assert!(!sealed.windows(64).any(|x| x == &big[1000..1064]), "no plaintext in records");
+        let mut raw_b = b.stream().unwrap();
+        raw_b.write_all(&sealed).unwrap();
+        let mut back = vec![0u8; big.len()];
+        a.reader().unwrap().read_exact(&mut back).unwrap();
+        assert_eq!(back, big);
+        // A record that fails its tag is refused.
+        sealed[10] ^= 1;
+        let e = Opener::new(&Keys { send: [1u8; 32], recv: [2u8; 32] }).next_record(&mut sealed).err().unwrap();
+        assert!(e.to_string().contains("integrity check"), "{e}");
+    }
+
+    #[test]
     fn a_flipped_bit_or_a_wrong_key_ends_the_connection() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();

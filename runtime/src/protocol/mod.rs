@@ -702,6 +702,54 @@ mod tests {
     }
 
     #[test]
+    fn the_decoder_takes_frames_in_pieces_of_any_size_and_keeps_no_big_buffer() {
+        let batches = vec![vec![ToWorker::Free { ids: vec![1, 2] }], vec![], vec![ToWorker::Welcome { worker_id: 7 }, ToWorker::Ping]];
+        let mut wire = Vec::new();
+        for b in &batches {
+            encode_control(&mut wire, b, 0).unwrap();
+        }
+        // The blocking reader reads what encode_control wrote.
+        let mut r = FrameReader::new(&wire[..]);
+        for b in &batches {
+            assert_eq!(&r.read_batch::<ToWorker>().unwrap().unwrap().0, b);
+        }
+        for piece in [1, 2, 7, 9, 64, wire.len()] {
+            let mut d = ControlDecoder::default();
+            let mut got = Vec::new();
+            for chunk in wire.chunks(piece) {
+                d.push(chunk);
+                while let Some(b) = d.next::<ToWorker>().unwrap() {
+                    got.push(b);
+                }
+            }
+            assert_eq!(got, batches, "pieces of {piece} bytes");
+            assert!(d.is_empty());
+        }
+        // A batch that announces payloads is refused; so is a payload frame.
+        let mut with_payload = Vec::new();
+        encode_control(&mut with_payload, &[ToWorker::Ping], 1).unwrap();
+        let mut d = ControlDecoder::default();
+        d.push(&with_payload);
+        assert!(d.next::<ToWorker>().unwrap_err().to_string().contains("announced 1 payload"));
+        let mut d = ControlDecoder::default();
+        d.push(&[5, 0, 0, 0, 0, 0, 0, 0, KIND_PAYLOAD]);
+        assert!(d.next::<ToWorker>().unwrap_err().to_string().contains("expected a control frame"));
+        // A header promising 512 MiB holds only the bytes that came.
+        let mut d = ControlDecoder::default();
+        let mut huge = MAX_CONTROL_FRAME.to_le_bytes().to_vec();
+        huge.push(KIND_CONTROL);
+        huge.extend_from_slice(&[0; 100]);
+        d.push(&huge);
+        assert!(d.next::<ToWorker>().unwrap().is_none());
+        assert!(d.buf.capacity() < 4096, "{}", d.buf.capacity());
+        let mut over = (MAX_CONTROL_FRAME + 1).to_le_bytes().to_vec();
+        over.push(KIND_CONTROL);
+        let mut d = ControlDecoder::default();
+        d.push(&over);
+        assert!(d.next::<ToWorker>().unwrap_err().to_string().contains("outside the allowed"));
+    }
+
+    #[test]
     fn oversized_garbage_and_truncated_frames_are_errors() {
         let mut big = (MAX_CONTROL_FRAME + 1).to_le_bytes().to_vec();
         big.push(0);
