@@ -160,10 +160,12 @@ impl SchedulerState {
     /// How many tasks a worker may hold (running plus queued on it).
     pub(super) fn slots(&self, w: &Worker) -> usize {
         let n = w.info.nthreads.max(1) as f64;
-        let extra_per_thread = if self.avg_duration <= 0.0 {
+        // Nothing measured yet: one queued per thread. Measured as 0 µs
+        // (no-op tasks) is the shortest there is, not "unknown".
+        let extra_per_thread = if self.stats.tasks_finished == 0 {
             1.0
         } else {
-            (self.config.pipeline_seconds / self.avg_duration).clamp(1.0, self.config.max_pipeline_per_thread as f64)
+            (self.config.pipeline_seconds / self.avg_duration.max(1e-6)).clamp(1.0, self.config.max_pipeline_per_thread as f64)
         };
         (n + n * extra_per_thread) as usize
     }

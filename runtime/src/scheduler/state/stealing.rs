@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// Busy workers whose queues one call of `balance` looks through.
+const MAX_VICTIMS_PER_BALANCE: usize = 64;
+
 impl SchedulerState {
 
     // ---- work stealing -----------------------------------------------------
@@ -32,7 +35,14 @@ impl SchedulerState {
             .collect();
         busy.sort_unstable_by(|a, b| b.cmp(a));
         let budget = 2.0 * self.avg_duration.max(1e-3);
-        for (excess, victim) in busy {
+        // The most loaded victims first, and only so many per call: with
+        // thousands of busy workers whose queued tasks are already asked
+        // for (steals under way), looking through all their queues every
+        // 5 ms took the whole core and starved the rest.
+        for (excess, victim) in busy.into_iter().take(MAX_VICTIMS_PER_BALANCE) {
+            if idle.is_empty() {
+                break;
+            }
             let mut candidates: Vec<(Priority, TaskId)> = self.workers[&victim]
                 .processing
                 .iter()
