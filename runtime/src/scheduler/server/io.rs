@@ -36,6 +36,9 @@ const WAKER: Token = Token(usize::MAX - 2);
 const WRITE_STALL: Duration = Duration::from_secs(60);
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 256 << 10;
+/// Reads from one connection per turn of the loop: a client sending a big
+/// graph does not hold up everyone else until its last byte.
+const READS_PER_TURN: usize = 16;
 /// Deadlines are checked this often.
 const TICK: Duration = Duration::from_millis(250);
 /// Connections not authenticated yet that the loop keeps at once, in all
@@ -134,6 +137,7 @@ pub(super) fn start(listener: TcpListener, secret: Vec<u8>, events: Sender<Event
         scratch: vec![0; READ_CHUNK],
         plain: Vec::new(),
         to_flush: Vec::new(),
+        to_read: Vec::new(),
         closing: None,
     };
     let thread = std::thread::Builder::new().name("tf-io".into()).spawn(move || {
@@ -222,6 +226,8 @@ struct Loop {
     plain: Vec<u8>,
     /// Connections that were queued bytes since the last flush.
     to_flush: Vec<usize>,
+    /// Connections with bytes left to read after their turn.
+    to_read: Vec<usize>,
     /// Shutting down: write what is queued until then.
     closing: Option<Instant>,
 }
@@ -235,7 +241,9 @@ impl Loop {
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+            // Connections with more to read come back without waiting.
+            let wait = if self.to_read.is_empty() { TICK } else { Duration::ZERO };
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log_at!(0, "scheduler", "the connection event loop failed: {e}");
                     let _ = self.events.send(Event::Stop { reason: format!("the connection event loop failed: {e}") });
@@ -255,6 +263,9 @@ impl Loop {
                         }
                     }
                 }
+            }
+            for i in std::mem::take(&mut self.to_read) {
+                self.on_readable(i);
             }
             self.commands();
             self.flush();
@@ -406,7 +417,12 @@ impl Loop {
     }
 
     fn on_readable(&mut self, i: usize) {
-        loop {
+        for turn in 0.. {
+            if turn == READS_PER_TURN {
+                // (edge-triggered: no new event comes for what is left)
+                self.to_read.push(i);
+                return;
+            }
             let Some(Some(c)) = self.conns.get_mut(i) else { return };
             let n = match c.stream.read(&mut self.scratch) {
                 Ok(0) => return self.close(i, None, Closing::new("connection closed")),
