@@ -207,6 +207,9 @@ pub fn server_handshake_verified(stream: &mut TcpStream, secret: &[u8], verified
     Ok(done)
 }
 
+/// A hello turned away: the reply that tells the peer why (if any), and why.
+pub type Refusal = (Option<Vec<u8>>, HandshakeError);
+
 /// Bytes of a connecting peer's hello, and of its proof.
 pub const HELLO_LEN: usize = 44;
 pub const PROOF_LEN: usize = 32;
@@ -226,8 +229,7 @@ pub struct ServerHandshake {
 impl ServerHandshake {
     /// The reply to a hello, or the error and the reply (if any) that tells
     /// the peer why it is turned away.
-    #[allow(clippy::result_large_err)]
-    pub fn hello(hello: &[u8; HELLO_LEN], secret: &[u8]) -> Result<(ServerHandshake, Vec<u8>), (Option<Vec<u8>>, HandshakeError)> {
+    pub fn hello(hello: &[u8; HELLO_LEN], secret: &[u8]) -> Result<(ServerHandshake, Vec<u8>), Refusal> {
         if &hello[..8] != MAGIC {
             return Err((None, HandshakeError::BadMagic));
         }

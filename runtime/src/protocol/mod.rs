@@ -559,7 +559,7 @@ pub fn encode_control<T: Serialize>(out: &mut Vec<u8>, msgs: &[T], npayloads: u3
 
 /// Control frames from bytes as they arrive, without IO (for an event
 /// loop): [`ControlDecoder::push`] what came in, then take batches with
-/// [`ControlDecoder::next`]. For connections that carry no payload frames
+/// [`ControlDecoder::next_batch`]. For connections that carry no payload frames
 /// (the scheduler's): a frame announcing payloads is an error. Its buffer
 /// grows only with the bytes that came, whatever length a header claims.
 #[derive(Default)]
@@ -584,7 +584,7 @@ impl ControlDecoder {
     }
 
     /// The next whole batch, if one has arrived.
-    pub fn next<T: DeserializeOwned>(&mut self) -> io::Result<Option<Vec<T>>> {
+    pub fn next_batch<T: DeserializeOwned>(&mut self) -> io::Result<Option<Vec<T>>> {
         let rest = &self.buf[self.pos..];
         if rest.len() < 9 {
             self.compact();
@@ -718,7 +718,7 @@ mod tests {
             let mut got = Vec::new();
             for chunk in wire.chunks(piece) {
                 d.push(chunk);
-                while let Some(b) = d.next::<ToWorker>().unwrap() {
+                while let Some(b) = d.next_batch::<ToWorker>().unwrap() {
                     got.push(b);
                 }
             }
@@ -730,23 +730,23 @@ mod tests {
         encode_control(&mut with_payload, &[ToWorker::Ping], 1).unwrap();
         let mut d = ControlDecoder::default();
         d.push(&with_payload);
-        assert!(d.next::<ToWorker>().unwrap_err().to_string().contains("announced 1 payload"));
+        assert!(d.next_batch::<ToWorker>().unwrap_err().to_string().contains("announced 1 payload"));
         let mut d = ControlDecoder::default();
         d.push(&[5, 0, 0, 0, 0, 0, 0, 0, KIND_PAYLOAD]);
-        assert!(d.next::<ToWorker>().unwrap_err().to_string().contains("expected a control frame"));
+        assert!(d.next_batch::<ToWorker>().unwrap_err().to_string().contains("expected a control frame"));
         // A header promising 512 MiB holds only the bytes that came.
         let mut d = ControlDecoder::default();
         let mut huge = MAX_CONTROL_FRAME.to_le_bytes().to_vec();
         huge.push(KIND_CONTROL);
         huge.extend_from_slice(&[0; 100]);
         d.push(&huge);
-        assert!(d.next::<ToWorker>().unwrap().is_none());
+        assert!(d.next_batch::<ToWorker>().unwrap().is_none());
         assert!(d.buf.capacity() < 4096, "{}", d.buf.capacity());
         let mut over = (MAX_CONTROL_FRAME + 1).to_le_bytes().to_vec();
         over.push(KIND_CONTROL);
         let mut d = ControlDecoder::default();
         d.push(&over);
-        assert!(d.next::<ToWorker>().unwrap_err().to_string().contains("outside the allowed"));
+        assert!(d.next_batch::<ToWorker>().unwrap_err().to_string().contains("outside the allowed"));
     }
 
     #[test]

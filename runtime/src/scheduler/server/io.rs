@@ -631,7 +631,7 @@ impl Conn {
                             pos = buf.len();
                         }
                     }
-                    while let Some(batch) = self.frames.next::<ToScheduler>()? {
+                    while let Some(batch) = self.frames.next_batch::<ToScheduler>()? {
                         self.batch(batch, events)?;
                     }
                 }
