@@ -132,6 +132,48 @@ fn limited_worker(c: &Cluster, name: &str, files: u32) -> Proc {
     p
 }
 
+/// Connections that send one byte of a hello every 2 s (the attack's pace)
+/// until stopped.
+struct Trickler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Trickler {
+    fn start(conns: &[std::net::TcpStream]) -> Trickler {
+        let mut conns: Vec<_> = conns.iter().map(|s| s.try_clone().unwrap()).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                for s in &mut conns {
+                    let _ = s.write(b"t");
+                }
+                std::thread::sleep(Duration::from_secs(2)); // the attack's pace, not synchronisation
+            }
+        });
+        Trickler { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap();
+    }
+}
+
+/// The other side closed this connection (EOF or reset).
+fn is_closed(s: &std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 64];
+    match (&*s).read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 fn data_address(c: &Cluster, name: &str) -> String {
     c.worker_status(name)["address"].as_str().unwrap().trim_start_matches("tcp://").to_string()
 }
@@ -144,40 +186,15 @@ fn stalling_connections_without_the_secret_cannot_starve_a_worker() {
     // 300 connections that trickle one byte of a 43-byte hello every 2 s.
     let conns: Vec<std::net::TcpStream> = (0..300).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
     assert!(conns.len() >= 250, "connected {}", conns.len());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trickler = {
-        let conns: Vec<_> = conns.iter().map(|s| s.try_clone().unwrap()).collect();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let mut conns = conns;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                for s in &mut conns {
-                    let _ = s.write(b"t");
-                }
-                std::thread::sleep(Duration::from_secs(2)); // the attack's pace, not synchronisation
-            }
-        })
-    };
+    let trickler = Trickler::start(&conns);
     // The worker still runs a command (pipes, a process: file descriptors).
     let out = c.submit(r#"{"x": {"cmd": ["echo", "still working"], "workers": ["w1"]}}"#, &["--timeout", "60s"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), worker.log_text());
     assert!(stdout(&out).contains("still working"));
     // Every staller is closed: the oldest over the cap at once, the rest at
     // the handshake's 10 s deadline, however slowly they send.
-    let closed = |s: &std::net::TcpStream| {
-        use std::io::Read;
-        s.set_nonblocking(true).unwrap();
-        let mut b = [0u8; 64];
-        match (&*s).read(&mut b) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        }
-    };
-    wait_for("every stalling connection to be closed", Duration::from_secs(60), || conns.iter().all(closed));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    trickler.join().unwrap();
+    wait_for("every stalling connection to be closed", Duration::from_secs(60), || conns.iter().all(is_closed));
+    trickler.stop();
     let log = worker.log_text();
     assert!(log.contains("too many connections that have not authenticated"), "{log}");
     assert!(log.contains("handshake not done within 10 s"), "{log}");
@@ -195,39 +212,14 @@ fn stalling_connections_cost_the_scheduler_no_threads_and_are_closed_at_the_dead
     // than the per-address cap of pending ones.
     let conns: Vec<std::net::TcpStream> = (0..600).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
     assert!(conns.len() >= 550, "connected {}", conns.len());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let trickler = {
-        let conns: Vec<_> = conns.iter().map(|s| s.try_clone().unwrap()).collect();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            use std::io::Write;
-            let mut conns = conns;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                for s in &mut conns {
-                    let _ = s.write(b"t");
-                }
-                std::thread::sleep(Duration::from_secs(2)); // the attack's pace, not synchronisation
-            }
-        })
-    };
+    let trickler = Trickler::start(&conns);
     // Graphs still run, and the stallers hold no thread of the scheduler.
     let out = c.submit(r#"{"x": ["add", 1, 2]}"#, &["--timeout", "60s"]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), c.scheduler.log_text());
     let threads = std::fs::read_dir(format!("/proc/{}/task", c.scheduler.child.id())).unwrap().count();
     assert!(threads < 32, "the scheduler runs {threads} threads with 600 connections pending");
-    let closed = |s: &std::net::TcpStream| {
-        use std::io::Read;
-        s.set_nonblocking(true).unwrap();
-        let mut b = [0u8; 64];
-        match (&*s).read(&mut b) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        }
-    };
-    wait_for("every stalling connection to be closed", Duration::from_secs(60), || conns.iter().all(closed));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    trickler.join().unwrap();
+    wait_for("every stalling connection to be closed", Duration::from_secs(60), || conns.iter().all(is_closed));
+    trickler.stop();
     let log = c.scheduler.log_text();
     assert!(log.contains("handshake not done within 10 s"), "{log}");
     let out = c.submit(r#"{"y": ["add", 2, 2]}"#, &[]);
