@@ -16,8 +16,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Buffers smaller than this are neither pooled nor prefaulted: the
-/// allocator serves them well.
-pub const MIN_POOLED: usize = 4 << 20;
+/// allocator serves them well. Values from about half a megabyte up are:
+/// otherwise each is a new mapping whose pages fault in as it arrives
+/// (100 values of 1 MiB fetched from a peer: 0.34x raw loopback TCP with
+/// pooling from 4 MiB, 0.6-0.75x from 512 KiB; bench/transfer.sh COUNT=100).
+pub const MIN_POOLED: usize = 512 << 10;
 
 struct Pool {
     /// (capacity, buffer, when it was given back)
