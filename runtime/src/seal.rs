@@ -96,12 +96,6 @@ impl Link {
     pub fn stream(&self) -> io::Result<TcpStream> {
         self.stream.try_clone()
     }
-
-    /// The socket and the keys, apart (for an event loop that seals with
-    /// [`Sealer`] and opens with [`Opener`] in its own buffers).
-    pub fn into_parts(self) -> (TcpStream, Option<Keys>) {
-        (self.stream, self.keys)
-    }
 }
 
 fn key(bytes: &[u8; 32]) -> LessSafeKey {
