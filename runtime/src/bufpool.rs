@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 /// (100 values of 1 MiB fetched from a peer: 0.34x raw loopback TCP with
 /// pooling from 4 MiB, 0.6-0.75x from 512 KiB; bench/transfer.sh COUNT=100).
 pub const MIN_POOLED: usize = 512 << 10;
+/// Buffers the pool keeps at most, whatever their bytes (a take looks
+/// through them all: with buffers from 512 KiB, a pool of a big node's
+/// memory / 8 would otherwise hold tens of thousands).
+pub const MAX_BUFFERS: usize = 1024;
 
 struct Pool {
     /// (capacity, buffer, when it was given back)
@@ -85,6 +89,10 @@ pub fn give(mut buf: Vec<u8>) {
     }
     let room = p.limit - cap;
     shrink_to(&mut p, room);
+    if p.free.len() >= MAX_BUFFERS {
+        let (b, _) = p.free.remove(0);
+        p.held -= b.capacity();
+    }
     buf.clear();
     p.held += cap;
     p.free.push((buf, Instant::now()));
@@ -210,6 +218,14 @@ mod tests {
         // larger than the whole pool: freed
         give(Vec::with_capacity(4 * m));
         assert_eq!(stats().0, 0);
+        // at most MAX_BUFFERS, however much room is left (capacity only:
+        // these pages are never touched)
+        set_limit(1 << 40);
+        for _ in 0..MAX_BUFFERS + 3 {
+            give(Vec::with_capacity(MIN_POOLED));
+        }
+        assert_eq!(stats().0, (MAX_BUFFERS * MIN_POOLED) as u64);
+        assert_eq!(clear(), MAX_BUFFERS * MIN_POOLED);
         set_limit(0);
     }
 }
