@@ -38,8 +38,7 @@ fn read_exact_by(stream: &mut TcpStream, buf: &mut [u8], deadline: std::time::In
     Ok(())
 }
 
-/// Read `len` bytes into `buf` (cleared first), growing it as the bytes
-
+/// Why a handshake failed.
 #[derive(Debug)]
 pub enum HandshakeError {
     Io(io::Error),
